@@ -1,0 +1,1 @@
+"""canary-guard shared library: policy, event decoding, decision core, and GCP clients."""

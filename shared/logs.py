@@ -1,0 +1,33 @@
+"""One JSON object per line on stdout, in the shape Cloud Logging parses.
+
+`severity` and `message` are Cloud Logging's special fields; the rest (rollout, rule,
+event_id, ...) become jsonPayload fields that can be filtered on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+Severity = str  # DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def log(severity: Severity, message: str, *, stream: TextIO | None = None, **fields: Any) -> dict[str, Any]:
+    """Write one structured log line and return the entry (handy for responses and tests)."""
+    entry: dict[str, Any] = {"severity": severity, "message": message}
+    entry.update({key: value for key, value in fields.items() if value is not None})
+    line = json.dumps(entry, default=_default, separators=(",", ":"))
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
+    return entry
