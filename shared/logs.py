@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 Severity = str  # DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL
@@ -16,7 +16,7 @@ Severity = str  # DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat()
+        return value.astimezone(UTC).isoformat()
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     return str(value)
