@@ -31,3 +31,18 @@ def log(severity: Severity, message: str, *, stream: TextIO | None = None, **fie
     out.write(line + "\n")
     out.flush()
     return entry
+
+
+class Report:
+    """What a handler did, as the one log line its entry point writes (and an HTTP body)."""
+
+    def __init__(self, severity: Severity, message: str, **fields: Any) -> None:
+        self.severity = severity
+        self.message = message
+        self.fields = {key: value for key, value in fields.items() if value is not None}
+
+    def emit(self) -> dict[str, Any]:
+        return log(self.severity, self.message, **self.fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "message": self.message, **self.fields}

@@ -1,0 +1,98 @@
+"""canary-guard Cloud Functions entry points.
+
+Each is a thin adapter: decode the event, call the shared core, write one structured log line,
+return. Deployed, this file is the archive's main.py with shared/ beside it; in the repository
+it sits in functions/ and the repository root is put on the import path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+if not (_HERE / "shared").is_dir():
+    sys.path.insert(0, str(_HERE.parent))
+
+import functions_framework  # noqa: E402
+from cloudevents.http import CloudEvent  # noqa: E402
+from flask import Request  # noqa: E402
+
+from shared import runtime  # noqa: E402
+from shared.config import ConfigError  # noqa: E402
+from shared.logs import log  # noqa: E402
+from shared.policy import PolicyError  # noqa: E402
+
+# Validate configuration and the policy file at start: a bad deploy fails loudly, naming the
+# variable, instead of failing on the first alert.
+try:
+    runtime.settings()
+    runtime.policy()
+except (ConfigError, PolicyError) as exc:
+    log("CRITICAL", f"canary-guard cannot start: {exc}")
+    raise
+
+
+def _json_response(body: dict, status: int) -> tuple[dict, int, dict[str, str]]:
+    return body, status, {"Content-Type": "application/json"}
+
+
+@functions_framework.cloud_event
+def breach_counter(event: CloudEvent) -> None:
+    """Alert incident (Pub/Sub) → streak update → at the limit, one rollback request."""
+    from shared.breach import handle_alert
+
+    report = handle_alert(
+        event.data,
+        event_id=event["id"],
+        event_time=event.get("time") or "",
+        settings=runtime.settings(),
+        policy=runtime.policy(),
+        store=runtime.store(),
+        publisher=runtime.publisher(),
+        traffic_client=runtime.traffic,
+    )
+    report.emit()
+
+
+@functions_framework.cloud_event
+def rollback(event: CloudEvent) -> None:
+    """Rollback request (Pub/Sub) → stable revision at 100 %."""
+    from shared.rollback import handle_rollback_message
+
+    report = handle_rollback_message(
+        event.data,
+        event_id=event["id"],
+        event_time=event.get("time") or "",
+        settings=runtime.settings(),
+        store=runtime.store(),
+        traffic_client=runtime.traffic(),
+    )
+    report.emit()
+
+
+@functions_framework.http
+def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
+    """On-call HTTP call: POST {"service", "reason", "dry_run"} → traffic before and after."""
+    from shared.rollback import handle_emergency
+
+    if request.method != "POST":
+        return _json_response({"error": "use POST with a JSON body"}, 405)
+    body = request.get_json(silent=True)
+    if body is None:
+        return _json_response(
+            {"error": 'body must be JSON like {"service": "my-service", "reason": "...", "dry_run": true}'},
+            400,
+        )
+    report, status = handle_emergency(
+        body,
+        request.headers.get("Authorization"),
+        settings=runtime.settings(),
+        store=runtime.store(),
+        traffic_client=runtime.traffic(),
+    )
+    report.emit()
+    payload = report.as_dict()
+    if status >= 400:
+        payload["error"] = report.message
+    return _json_response(payload, status)

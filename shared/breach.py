@@ -1,0 +1,146 @@
+"""Alert incident → streak observation → (at the limit) one rollback request.
+
+Shared by the breach_counter entry point and, through `observe`, by scheduled checkpoints,
+so both kinds of observation count in the same streaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shared.config import Settings
+from shared.core import Observation, Outcome
+from shared.events import MalformedEvent, decode_alert, pubsub_message
+from shared.logs import Report
+from shared.policy import Policy
+from shared.store import Rollout, rollout_id
+from shared.traffic import discover_canary
+
+if TYPE_CHECKING:
+    from shared.cloudrun import CloudRunTraffic
+    from shared.pubsub import Publisher
+    from shared.store import RolloutStore
+
+
+def rule_limits(policy: Policy) -> dict[str, int]:
+    return {rule: spec.consecutive for rule, spec in policy.rollback_rules.items()}
+
+
+def rollback_request_for(rollout: Rollout, obs: Observation) -> dict[str, Any]:
+    """The message the rollback function receives (same JSON as the emergency HTTP body)."""
+    return {
+        "service": rollout.service,
+        "canary_revision": rollout.canary_revision,
+        "reason": f"{obs.rule} breached its consecutive limit ({obs.source})",
+        "requested_by": "canary-guard/breach_counter" if obs.source == "alert" else "canary-guard/checkpoint",
+        "rule": obs.rule,
+        "trigger_event_id": obs.event_id,
+        "observations": [{"event_id": obs.event_id, "event_time": obs.event_time.isoformat(), **obs.detail}],
+    }
+
+
+def publish_pending_rollback(
+    rollout: Rollout,
+    outcome: Outcome,
+    obs: Observation,
+    store: RolloutStore,
+    publisher: Publisher,
+    topic: str,
+) -> str | None:
+    """Publish the rollback request when this observation tripped the rule, or when it is the
+    redelivery of the tripping event and the first publish was not confirmed (outbox). Raises if
+    Pub/Sub refuses, so the event is redelivered and this runs again."""
+    if not rollout.rollback_pending:
+        return None
+    assert rollout.rollback_request is not None
+    redelivered_trigger = (
+        outcome is Outcome.DUPLICATE and rollout.rollback_request.get("trigger_event_id") == obs.event_id
+    )
+    if outcome is not Outcome.TRIPPED and not redelivered_trigger:
+        return None
+    message_id = publisher.publish_json(topic, rollout.rollback_request, rollout=rollout.id)
+    store.mark_rollback_published(rollout.id, message_id)
+    return message_id
+
+
+def observe(
+    rollout: Rollout, obs: Observation, *, policy: Policy, store: RolloutStore
+) -> tuple[Outcome, Rollout, str] | None:
+    """Apply one observation to a known rollout. None: the rollout document vanished."""
+    applied = store.apply_observation(
+        rollout.id, obs, rule_limits(policy), rollback_request_for(rollout, obs)
+    )
+    if applied is None:
+        return None
+    decision, updated = applied
+    return decision.outcome, updated, decision.reason
+
+
+def handle_alert(
+    data: Any,
+    *,
+    event_id: str,
+    event_time: str,
+    settings: Settings,
+    policy: Policy,
+    store: RolloutStore,
+    publisher: Publisher,
+    traffic_client: Callable[[], CloudRunTraffic],
+) -> Report:
+    """One Pub/Sub-delivered incident. Malformed or foreign events come back as WARNING reports
+    (acknowledged); Firestore, Cloud Run or Pub/Sub faults raise (redelivered)."""
+    try:
+        message = pubsub_message(data, fallback_id=event_id, fallback_time=event_time)
+        alert = decode_alert(message, settings.project)
+        service = settings.resolve_service(alert.service_name)
+    except (MalformedEvent, LookupError, ValueError) as exc:
+        return Report("WARNING", f"alert ignored: {exc}", event_id=event_id, outcome="malformed")
+
+    obs = alert.observation
+    fields: dict[str, Any] = {
+        "event_id": obs.event_id,
+        "rule": obs.rule,
+        "service": service.name,
+        "revision": alert.revision,
+        "incident_id": alert.incident_id,
+        "observation": obs.kind.value,
+    }
+    rid = rollout_id(service.name, alert.revision)
+    rollout = store.get(rid)
+    if rollout is None:
+        # First event for this revision: learn the rollout from the live service (the Cloud Run
+        # client is built only here, so a warm path never pays for it).
+        split = discover_canary(traffic_client().get(service.name))
+        if split is None or split.canary_revision != alert.revision:
+            current = split.canary_revision if split else "none"
+            return Report(
+                "INFO",
+                f"alert ignored: {alert.revision} is not the live canary of {service.service} "
+                f"(canary: {current})",
+                outcome="not_canary",
+                **fields,
+            )
+        rollout = store.register(
+            service.name,
+            split.canary_revision,
+            split.stable_revision,
+            canary_percent=split.canary_percent,
+            started_by="discovered from the live service",
+        )
+
+    observed = observe(rollout, obs, policy=policy, store=store)
+    if observed is None:
+        raise RuntimeError(f"rollout {rid} disappeared while applying {obs.event_id}")
+    outcome, rollout, reason = observed
+    message_id = publish_pending_rollback(rollout, outcome, obs, store, publisher, settings.rollback_topic)
+    streak = rollout.streaks.get(obs.rule)
+    return Report(
+        "NOTICE" if outcome is Outcome.TRIPPED else "INFO",
+        reason,
+        rollout=rollout.id,
+        outcome=outcome.value,
+        streak=streak.count if streak else 0,
+        rollback_message_id=message_id,
+        **fields,
+    )

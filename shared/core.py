@@ -1,0 +1,126 @@
+"""The pure decision core: consecutive-breach streaks and when to request a rollback.
+
+No I/O: the Firestore store reads the rollout state, calls `apply_observation` inside a
+transaction, and writes back what it returns. Alerts and checkpoints feed the same function,
+so both kinds of observation count in one streak per rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Phase(StrEnum):
+    RUNNING = "RUNNING"
+    ROLLING_BACK = "ROLLING_BACK"
+    ROLLED_BACK = "ROLLED_BACK"
+    PROMOTED = "PROMOTED"
+    FROZEN = "FROZEN"
+    SUPERSEDED = "SUPERSEDED"  # a newer canary of the same service took over
+
+
+class Kind(StrEnum):
+    BREACH = "breach"
+    RECOVERY = "recovery"
+
+
+class Outcome(StrEnum):
+    COUNTED = "counted"  # breach added to the streak
+    TRIPPED = "tripped"  # breach reached the rule's limit: request a rollback now
+    RESET = "reset"  # recovery: streak back to 0
+    DUPLICATE = "duplicate"  # this event id was applied before
+    STALE = "stale"  # older than the last applied observation of the rule
+    NOT_RUNNING = "not_running"  # rollout is rolled back / promoted / superseded: nothing to count
+
+
+IGNORED = frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING})
+
+
+@dataclass(frozen=True)
+class Observation:
+    rule: str
+    kind: Kind
+    event_time: datetime
+    event_id: str
+    source: str  # "alert" | "checkpoint"
+    detail: Mapping[str, Any] = field(default_factory=dict)  # incident id, measured value, threshold
+
+
+@dataclass(frozen=True)
+class Streak:
+    count: int = 0
+    last_event_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StreakState:
+    """The part of a rollout the streak rules read and write."""
+
+    phase: Phase = Phase.RUNNING
+    streaks: Mapping[str, Streak] = field(default_factory=dict)
+    rollback_requested: bool = False
+
+
+@dataclass(frozen=True)
+class StreakDecision:
+    outcome: Outcome
+    state: StreakState
+    rule: str
+    count: int
+    limit: int
+    reason: str
+
+    @property
+    def request_rollback(self) -> bool:
+        return self.outcome is Outcome.TRIPPED
+
+
+def apply_observation(
+    state: StreakState, obs: Observation, limits: Mapping[str, int], *, duplicate: bool = False
+) -> StreakDecision:
+    """Apply one observation to the rollout's streaks.
+
+    `limits` maps each rule to its consecutive-breach limit (from the policy); `duplicate`
+    says the store already holds this event id. Rollback is requested at most once per rollout.
+    """
+    limit = limits[obs.rule]
+    streak = state.streaks.get(obs.rule, Streak())
+
+    def ignored(outcome: Outcome, reason: str) -> StreakDecision:
+        return StreakDecision(outcome, state, obs.rule, streak.count, limit, reason)
+
+    if duplicate:
+        return ignored(Outcome.DUPLICATE, f"event {obs.event_id} was already applied")
+    if state.phase is not Phase.RUNNING:
+        return ignored(Outcome.NOT_RUNNING, f"rollout is {state.phase}")
+    if streak.last_event_time is not None and obs.event_time < streak.last_event_time:
+        return ignored(
+            Outcome.STALE,
+            f"observed at {obs.event_time.isoformat()}, before the last applied "
+            f"{streak.last_event_time.isoformat()}",
+        )
+
+    if obs.kind is Kind.RECOVERY:
+        new_streak = Streak(0, obs.event_time)
+        outcome, reason = Outcome.RESET, f"{obs.rule} recovered; streak reset from {streak.count}"
+    else:
+        new_streak = Streak(streak.count + 1, obs.event_time)
+        if new_streak.count >= limit and not state.rollback_requested:
+            outcome = Outcome.TRIPPED
+            reason = f"{obs.rule} breached {new_streak.count} times in a row (limit {limit}): roll back"
+        else:
+            outcome = Outcome.COUNTED
+            reason = f"{obs.rule} breach {new_streak.count} of {limit}"
+            if state.rollback_requested:
+                reason += "; rollback already requested"
+
+    new_state = replace(
+        state,
+        streaks={**state.streaks, obs.rule: new_streak},
+        rollback_requested=state.rollback_requested or outcome is Outcome.TRIPPED,
+    )
+    return StreakDecision(outcome, new_state, obs.rule, new_streak.count, limit, reason)

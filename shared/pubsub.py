@@ -1,0 +1,23 @@
+"""Publishing JSON messages to Pub/Sub (the emulator is found through PUBSUB_EMULATOR_HOST)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from google.cloud import pubsub_v1
+
+PUBLISH_TIMEOUT_S = 30.0
+
+
+class Publisher:
+    def __init__(self, project: str) -> None:
+        self._project = project
+        self._client = pubsub_v1.PublisherClient()
+
+    def publish_json(self, topic_id: str, payload: Mapping[str, Any], **attributes: str) -> str:
+        """Publish and wait for the server's message id; raises if Pub/Sub did not take it."""
+        topic = self._client.topic_path(self._project, topic_id)
+        data = json.dumps(payload, default=str, separators=(",", ":")).encode()
+        return self._client.publish(topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT_S)

@@ -1,0 +1,248 @@
+"""The one rollback routine behind the rollback topic and the emergency HTTP call.
+
+Stable gets 100 % of traffic in one Cloud Run update; the canary keeps its tag at 0 % so it
+stays reachable for debugging. ROLLED_BACK is sticky: repeating a rollback is a no-op that
+says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shared.cloudrun import ControlPlaneError
+from shared.config import ServiceRef, Settings
+from shared.core import Phase
+from shared.events import (
+    MalformedEvent,
+    RollbackRequest,
+    caller_identity,
+    decode_rollback_request,
+    pubsub_message,
+)
+from shared.logs import Report
+from shared.store import Rollout, rollout_id
+from shared.traffic import ServiceTraffic, TrafficSplit, discover_canary, plan_rollback
+
+if TYPE_CHECKING:
+    from shared.cloudrun import CloudRunTraffic
+    from shared.store import RolloutStore
+
+# Statuses, and the HTTP code the emergency endpoint answers with.
+HTTP_STATUS = {
+    "rolled_back": 200,
+    "already_rolled_back": 200,
+    "dry_run": 200,
+    "superseded": 200,
+    "no_canary": 409,
+}
+ROLLBACK_FROM = {Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN, Phase.PROMOTED}
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    status: str
+    message: str
+    service: str
+    rollout: str | None = None
+    canary_revision: str | None = None
+    stable_revision: str | None = None
+    before: list[dict[str, Any]] = field(default_factory=list)
+    after: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.status]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "message": self.message,
+            "service": self.service,
+            "rollout": self.rollout,
+            "canary_revision": self.canary_revision,
+            "stable_revision": self.stable_revision,
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+def _targets(targets: list[TrafficSplit] | tuple[TrafficSplit, ...]) -> list[dict[str, Any]]:
+    return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in targets]
+
+
+def _find_rollout(
+    request: RollbackRequest, service: ServiceRef, current: ServiceTraffic, store: RolloutStore
+) -> Rollout | None:
+    """The rollout a request is about: the named canary, else the live one, else the last one."""
+    if request.canary_revision:
+        return store.get(rollout_id(service.name, request.canary_revision))
+    split = discover_canary(current)
+    if split is not None:
+        # The live canary wins over stored state: it may be newer than any event seen so far.
+        return store.get(rollout_id(service.name, split.canary_revision)) or store.register(
+            service.name,
+            split.canary_revision,
+            split.stable_revision,
+            canary_percent=split.canary_percent,
+            started_by="discovered by rollback",
+        )
+    # No live canary: already rolled back, or promoted (rolling back then undoes the promotion).
+    rollout = store.active(service.name)
+    return rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None
+
+
+def execute_rollback(
+    request: RollbackRequest,
+    service: ServiceRef,
+    *,
+    mode: str,
+    store: RolloutStore,
+    traffic_client: CloudRunTraffic,
+) -> RollbackResult:
+    """Roll the service back to its stable revision. Cloud Run and Firestore faults raise."""
+    current = traffic_client.get(service.name)
+    rollout = _find_rollout(request, service, current, store)
+    base = {"service": service.name, "before": current.as_dicts()}
+    if rollout is None:
+        return RollbackResult(
+            "no_canary",
+            f"{service.service} has no canary to roll back (no revision tagged 'canary' with traffic)",
+            after=current.as_dicts(),
+            **base,
+        )
+    base |= {
+        "rollout": rollout.id,
+        "canary_revision": rollout.canary_revision,
+        "stable_revision": rollout.stable_revision,
+    }
+    if rollout.phase is Phase.SUPERSEDED:
+        return RollbackResult(
+            "superseded",
+            f"canary {rollout.canary_revision} was superseded by a newer canary; nothing rolled back",
+            after=current.as_dicts(),
+            **base,
+        )
+
+    plan = plan_rollback(current, rollout.stable_revision)
+    if request.dry_run:
+        after = _targets(plan) if plan is not None else current.as_dicts()
+        verb = "would move" if plan is not None else "would not change:"
+        message = f"dry run: {verb} {service.service} to {rollout.stable_revision} at 100%"
+        store.record(
+            rollout.id, "rollback_dry_run", {"message": message, "requested_by": request.requested_by}
+        )
+        return RollbackResult("dry_run", message, after=after, **base)
+    if plan is None and rollout.phase is Phase.ROLLED_BACK:
+        return RollbackResult(
+            "already_rolled_back",
+            f"{service.service} is already rolled back to {rollout.stable_revision}",
+            after=current.as_dicts(),
+            **base,
+        )
+
+    who = {"mode": mode, "requested_by": request.requested_by or "unknown", "reason": request.reason}
+    store.set_phase(
+        rollout.id,
+        Phase.ROLLING_BACK,
+        "rollback_started",
+        {"message": f"rolling back to {rollout.stable_revision}", **who},
+        only_from=ROLLBACK_FROM - {Phase.ROLLING_BACK},
+    )
+    # Re-plan on every attempt: a conflicting writer may have changed the split meanwhile.
+    before, after = traffic_client.update_traffic(
+        service.name, lambda live: plan_rollback(live, rollout.stable_revision)
+    )
+    message = (
+        f"rolled back {service.service}: {rollout.stable_revision} 100%, canary {rollout.canary_revision} 0%"
+    )
+    store.set_phase(
+        rollout.id,
+        Phase.ROLLED_BACK,
+        "rolled_back",
+        {
+            "message": message,
+            "rule": request.rule or None,
+            "observations": request.observations,
+            "before": before.as_dicts(),
+            "after": after.as_dicts(),
+            **who,
+        },
+        only_from=ROLLBACK_FROM,
+    )
+    return RollbackResult(
+        "rolled_back", message, **(base | {"before": before.as_dicts()}), after=after.as_dicts()
+    )
+
+
+def _requested(
+    request: RollbackRequest,
+    settings: Settings,
+    store: RolloutStore,
+    traffic_client: CloudRunTraffic,
+    *,
+    mode: str,
+    event_id: str | None = None,
+) -> tuple[Report, int]:
+    """Resolve the service and run the rollback; a Report plus the HTTP status it maps to."""
+    try:
+        service = settings.resolve_service(request.service)
+    except LookupError as exc:
+        return Report("WARNING", f"rollback refused: {exc}", outcome="forbidden", event_id=event_id), 403
+    except ValueError as exc:
+        return Report("WARNING", f"rollback refused: {exc}", outcome="ambiguous", event_id=event_id), 400
+    result = execute_rollback(request, service, mode=mode, store=store, traffic_client=traffic_client)
+    severity = "NOTICE" if result.status == "rolled_back" else "INFO"
+    fields = result.as_dict() | {
+        "outcome": result.status,
+        "event_id": event_id,
+        "rule": request.rule or None,
+        "requested_by": request.requested_by or "unknown",
+        "mode": mode,
+        "dry_run": request.dry_run,
+    }
+    fields.pop("message")
+    return Report(severity, result.message, **fields), result.http_status
+
+
+def handle_rollback_message(
+    data: Any,
+    *,
+    event_id: str,
+    event_time: str,
+    settings: Settings,
+    store: RolloutStore,
+    traffic_client: CloudRunTraffic,
+) -> Report:
+    """A request from the rollback topic (breach counter, checkpoint, or published by hand)."""
+    try:
+        message = pubsub_message(data, fallback_id=event_id, fallback_time=event_time)
+        request = decode_rollback_request(message.json())
+    except MalformedEvent as exc:
+        return Report("WARNING", f"rollback request ignored: {exc}", event_id=event_id, outcome="malformed")
+    mode = "auto" if request.requested_by.startswith("canary-guard/") else "manual"
+    report, _ = _requested(request, settings, store, traffic_client, mode=mode, event_id=message.message_id)
+    return report
+
+
+def handle_emergency(
+    body: Any,
+    authorization: str | None,
+    *,
+    settings: Settings,
+    store: RolloutStore,
+    traffic_client: CloudRunTraffic,
+) -> tuple[Report, int]:
+    """The on-call engineer's HTTP call: 400 bad input, 403 not watched, 409 nothing to roll back,
+    503 Cloud Run kept failing (safe to call again), 200 with traffic before and after."""
+    try:
+        request = decode_rollback_request(body)
+    except MalformedEvent as exc:
+        return Report("WARNING", str(exc), outcome="bad_request"), 400
+    caller = caller_identity(authorization)
+    request = request.model_copy(update={"requested_by": caller})
+    try:
+        return _requested(request, settings, store, traffic_client, mode="manual")
+    except ControlPlaneError as exc:
+        message = f"Cloud Run did not accept the rollback ({exc}); traffic is unchanged, call again"
+        return Report("ERROR", message, outcome="control_plane_error", service=request.service), 503

@@ -1,0 +1,340 @@
+"""Rollout state in Firestore. Every transition happens inside a transaction.
+
+Layout:
+  canary_rollouts/{rollout_id}                   the rollout: revisions, phase, step, streaks
+  canary_rollouts/{rollout_id}/applied_events/{event_id}   dedupe markers (same txn as streaks)
+  canary_rollouts/{rollout_id}/decisions/{id}    append-only history (status/history read it)
+  canary_services/{service_key}                  which rollout is active for a service
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from shared.core import Observation, Outcome, Phase, Streak, StreakDecision, StreakState, apply_observation
+
+ROLLOUTS = "canary_rollouts"
+SERVICES = "canary_services"
+APPLIED = "applied_events"
+DECISIONS = "decisions"
+# Concurrent deliveries for one rollout contend on one document; the client retries a
+# transaction that lost the race, and past this many attempts the error reaches Pub/Sub.
+TXN_ATTEMPTS = 25
+
+
+class RolloutConflict(RuntimeError):
+    """Another rollout of the service is active (one rollout per service at a time)."""
+
+
+def _key(text: str) -> str:
+    """A Firestore-safe document id: readable, no '/', bounded length."""
+    safe = (
+        text.replace("projects/", "").replace("/locations/", "~").replace("/services/", "~").replace("/", "~")
+    )
+    if len(safe) <= 400:
+        return safe
+    return safe[:300] + "~" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def rollout_id(service_name: str, canary_revision: str) -> str:
+    return _key(f"{service_name}/{canary_revision}")
+
+
+def _event_key(event_id: str) -> str:
+    return hashlib.sha256(event_id.encode()).hexdigest()[:40] if "/" in event_id else event_id
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    service: str
+    canary_revision: str
+    stable_revision: str
+    phase: Phase
+    step_index: int
+    canary_percent: int
+    step_started_at: datetime
+    started_by: str
+    paused: bool = False
+    streaks: Mapping[str, Streak] = field(default_factory=dict)
+    rollback_requested: bool = False
+    rollback_request: Mapping[str, Any] | None = None
+    rollback_published: bool = False
+    last_verdict: Mapping[str, Any] | None = None
+
+    @property
+    def streak_state(self) -> StreakState:
+        return StreakState(self.phase, self.streaks, self.rollback_requested)
+
+    @property
+    def rollback_pending(self) -> bool:
+        """Requested in Firestore but not yet confirmed published (the outbox)."""
+        return self.rollback_requested and not self.rollback_published and self.rollback_request is not None
+
+    @classmethod
+    def from_doc(cls, doc_id: str, data: Mapping[str, Any]) -> Rollout:
+        streaks = {
+            rule: Streak(int(s.get("count", 0)), s.get("last_event_time"))
+            for rule, s in (data.get("streaks") or {}).items()
+        }
+        return cls(
+            id=doc_id,
+            service=data["service"],
+            canary_revision=data["canary_revision"],
+            stable_revision=data["stable_revision"],
+            phase=Phase(data["phase"]),
+            step_index=int(data.get("step_index", 0)),
+            canary_percent=int(data.get("canary_percent", 0)),
+            step_started_at=data["step_started_at"],
+            started_by=data.get("started_by", ""),
+            paused=bool(data.get("paused", False)),
+            streaks=streaks,
+            rollback_requested=bool(data.get("rollback_requested", False)),
+            rollback_request=data.get("rollback_request"),
+            rollback_published=bool(data.get("rollback_published", False)),
+            last_verdict=data.get("last_verdict"),
+        )
+
+
+def _streaks_doc(streaks: Mapping[str, Streak]) -> dict[str, Any]:
+    return {rule: {"count": s.count, "last_event_time": s.last_event_time} for rule, s in streaks.items()}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RolloutStore:
+    def __init__(self, project: str, client: firestore.Client | None = None) -> None:
+        self._db = client or firestore.Client(project=project)
+
+    # -- reads ---------------------------------------------------------------------------
+    def _rollout_ref(self, rid: str) -> firestore.DocumentReference:
+        return self._db.collection(ROLLOUTS).document(rid)
+
+    def _service_ref(self, service_name: str) -> firestore.DocumentReference:
+        return self._db.collection(SERVICES).document(_key(service_name))
+
+    def get(self, rid: str) -> Rollout | None:
+        snap = self._rollout_ref(rid).get()
+        return Rollout.from_doc(snap.id, snap.to_dict()) if snap.exists else None
+
+    def active(self, service_name: str) -> Rollout | None:
+        """The service's most recent rollout (whatever its phase), or None."""
+        snap = self._service_ref(service_name).get()
+        rid = (snap.to_dict() or {}).get("active_rollout") if snap.exists else None
+        return self.get(rid) if rid else None
+
+    def history(self, rid: str, limit: int = 200) -> list[dict[str, Any]]:
+        query = (
+            self._rollout_ref(rid)
+            .collection(DECISIONS)
+            .order_by("at", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        return list(reversed([snap.to_dict() for snap in query.stream()]))
+
+    def _txn(self) -> firestore.Transaction:
+        return self._db.transaction(max_attempts=TXN_ATTEMPTS)
+
+    def _decision(
+        self, txn: firestore.Transaction, rid: str, kind: str, data: Mapping[str, Any], key: str = ""
+    ) -> None:
+        """Append one history entry; a deterministic key makes a redelivered write land on the same doc."""
+        decisions = self._rollout_ref(rid).collection(DECISIONS)
+        ref = decisions.document(_event_key(key)) if key else decisions.document()
+        txn.set(ref, {"at": _now(), "kind": kind, **data})
+
+    # -- writes --------------------------------------------------------------------------
+    def register(
+        self,
+        service_name: str,
+        canary_revision: str,
+        stable_revision: str,
+        *,
+        canary_percent: int,
+        started_by: str,
+        step_index: int = 0,
+        refuse_if_active: bool = False,
+    ) -> Rollout:
+        """Create the rollout for this canary (idempotent) and make it the service's active one.
+
+        A previous RUNNING rollout of the service is SUPERSEDED, unless `refuse_if_active`
+        (the operator's `start`), which raises RolloutConflict instead.
+        """
+        rid = rollout_id(service_name, canary_revision)
+        rollout_ref, service_ref = self._rollout_ref(rid), self._service_ref(service_name)
+
+        @firestore.transactional
+        def txn_body(txn: firestore.Transaction) -> None:
+            rollout_snap = rollout_ref.get(transaction=txn)
+            service_snap = service_ref.get(transaction=txn)
+            previous_id = (
+                (service_snap.to_dict() or {}).get("active_rollout") if service_snap.exists else None
+            )
+            previous = None
+            if previous_id and previous_id != rid:
+                previous_snap = self._rollout_ref(previous_id).get(transaction=txn)
+                if previous_snap.exists:
+                    previous = Rollout.from_doc(previous_id, previous_snap.to_dict())
+            if rollout_snap.exists:
+                return
+            if previous is not None and previous.phase in (Phase.RUNNING, Phase.ROLLING_BACK):
+                if refuse_if_active:
+                    raise RolloutConflict(
+                        f"{service_name} already has an active rollout of {previous.canary_revision} "
+                        f"({previous.phase}); roll it back or promote it first"
+                    )
+                txn.update(
+                    self._rollout_ref(previous.id), {"phase": Phase.SUPERSEDED.value, "updated_at": _now()}
+                )
+                self._decision(
+                    txn, previous.id, "superseded", {"message": f"superseded by canary {canary_revision}"}
+                )
+            now = _now()
+            txn.set(
+                rollout_ref,
+                {
+                    "service": service_name,
+                    "canary_revision": canary_revision,
+                    "stable_revision": stable_revision,
+                    "phase": Phase.RUNNING.value,
+                    "step_index": step_index,
+                    "canary_percent": canary_percent,
+                    "step_started_at": now,
+                    "started_by": started_by,
+                    "created_at": now,
+                    "updated_at": now,
+                    "paused": False,
+                    "streaks": {},
+                    "rollback_requested": False,
+                    "rollback_published": False,
+                },
+            )
+            txn.set(service_ref, {"service": service_name, "active_rollout": rid, "updated_at": now})
+            self._decision(
+                txn,
+                rid,
+                "started",
+                {
+                    "message": f"canary {canary_revision} at {canary_percent}%, stable {stable_revision}",
+                    "started_by": started_by,
+                    "canary_percent": canary_percent,
+                },
+            )
+
+        txn_body(self._txn())
+        rollout = self.get(rid)
+        assert rollout is not None  # written or found by the transaction above
+        return rollout
+
+    def apply_observation(
+        self,
+        rid: str,
+        obs: Observation,
+        limits: Mapping[str, int],
+        rollback_request: Mapping[str, Any],
+    ) -> tuple[StreakDecision, Rollout] | None:
+        """Dedupe + streak update + history in one transaction. None: no such rollout.
+
+        `rollback_request` is stored with the rollout when this observation trips a rule, so
+        the request can be (re)published until it is confirmed (outbox pattern).
+        """
+        rollout_ref = self._rollout_ref(rid)
+        marker_ref = rollout_ref.collection(APPLIED).document(_event_key(obs.event_id))
+        result: dict[str, Any] = {}
+
+        @firestore.transactional
+        def txn_body(txn: firestore.Transaction) -> None:
+            rollout_snap = rollout_ref.get(transaction=txn)
+            if not rollout_snap.exists:
+                result.clear()
+                return
+            marker_snap = marker_ref.get(transaction=txn)
+            rollout = Rollout.from_doc(rid, rollout_snap.to_dict())
+            decision = apply_observation(rollout.streak_state, obs, limits, duplicate=marker_snap.exists)
+            result.update(decision=decision, rollout=rollout)
+            if decision.outcome is Outcome.DUPLICATE:
+                return
+            now = _now()
+            txn.create(marker_ref, {"applied_at": now, "outcome": decision.outcome.value, "rule": obs.rule})
+            self._decision(
+                txn,
+                rid,
+                "observation",
+                {
+                    "rule": obs.rule,
+                    "observation": obs.kind.value,
+                    "source": obs.source,
+                    "event_id": obs.event_id,
+                    "event_time": obs.event_time,
+                    "outcome": decision.outcome.value,
+                    "count": decision.count,
+                    "limit": decision.limit,
+                    "message": decision.reason,
+                    "detail": dict(obs.detail),
+                },
+                key=f"obs-{obs.event_id}",
+            )
+            if decision.outcome in (Outcome.STALE, Outcome.NOT_RUNNING):
+                return
+            update: dict[str, Any] = {
+                "streaks": _streaks_doc(decision.state.streaks),
+                "updated_at": now,
+            }
+            if decision.request_rollback:
+                update |= {"rollback_requested": True, "rollback_request": dict(rollback_request)}
+                self._decision(
+                    txn,
+                    rid,
+                    "rollback_requested",
+                    {"rule": obs.rule, "message": decision.reason, "event_id": obs.event_id},
+                    key=f"req-{obs.event_id}",
+                )
+            txn.update(rollout_ref, update)
+
+        try:
+            txn_body(self._txn())
+        except gexc.Conflict:
+            # The marker was created by a concurrent delivery after our read: that one applied it.
+            return self.apply_observation(rid, obs, limits, rollback_request)
+        if not result:
+            return None
+        decision: StreakDecision = result["decision"]
+        rollout = result["rollout"]
+        if decision.outcome not in (Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING):
+            rollout = self.get(rid) or rollout
+        return decision, rollout
+
+    def mark_rollback_published(self, rid: str, message_id: str) -> None:
+        self._rollout_ref(rid).update(
+            {"rollback_published": True, "rollback_message_id": message_id, "updated_at": _now()}
+        )
+
+    def set_phase(
+        self, rid: str, phase: Phase, kind: str, data: Mapping[str, Any], *, only_from: set[Phase]
+    ) -> bool:
+        """Move to `phase` if the rollout is currently in `only_from`; record it. False: not moved."""
+        rollout_ref = self._rollout_ref(rid)
+
+        @firestore.transactional
+        def txn_body(txn: firestore.Transaction) -> bool:
+            snap = rollout_ref.get(transaction=txn)
+            if not snap.exists or Phase(snap.get("phase")) not in only_from:
+                return False
+            txn.update(rollout_ref, {"phase": phase.value, "updated_at": _now()})
+            self._decision(txn, rid, kind, data)
+            return True
+
+        return txn_body(self._txn())
+
+    def record(self, rid: str, kind: str, data: Mapping[str, Any]) -> None:
+        """Append a history entry outside any state change (dry runs, no-ops, load tests)."""
+        self._rollout_ref(rid).collection(DECISIONS).document().set({"at": _now(), "kind": kind, **data})

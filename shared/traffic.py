@@ -1,0 +1,110 @@
+"""Cloud Run traffic as plain values, and the pure plans that change it.
+
+No I/O here: shared/cloudrun.py reads and writes traffic with the official client, and hands
+these values to the plans below inside its read-modify-write loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CANARY_TAG = "canary"
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    revision: str  # short revision name
+    percent: int
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceTraffic:
+    service: str  # projects/P/locations/L/services/S
+    targets: tuple[TrafficSplit, ...]
+    etag: str = ""
+    latest_ready_revision: str = ""
+    tag_uris: dict[str, str] = field(default_factory=dict)
+    uri: str = ""
+
+    def percent_of(self, revision: str) -> int:
+        return sum(t.percent for t in self.targets if t.revision == revision)
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in self.targets]
+
+
+class TrafficPlanError(ValueError):
+    """The live traffic does not allow the requested change (e.g. no stable revision)."""
+
+
+@dataclass(frozen=True)
+class CanarySplit:
+    canary_revision: str
+    stable_revision: str
+    canary_percent: int
+
+
+def discover_canary(traffic: ServiceTraffic) -> CanarySplit | None:
+    """The canary is the revision tagged `canary` with a non-zero share; stable holds the rest.
+
+    None when there is no live canary (no tag, or the tagged revision gets no traffic).
+    """
+    canary = next((t for t in traffic.targets if t.tag == CANARY_TAG and t.percent > 0), None)
+    if canary is None:
+        return None
+    others = [t for t in traffic.targets if t.revision != canary.revision and t.percent > 0]
+    if not others:
+        return None  # the canary already serves everything: nothing is "stable" any more
+    stable = max(others, key=lambda t: t.percent)
+    return CanarySplit(canary.revision, stable.revision, traffic.percent_of(canary.revision))
+
+
+def _same_split(current: ServiceTraffic, wanted: list[TrafficSplit]) -> bool:
+    def key(targets: tuple[TrafficSplit, ...] | list[TrafficSplit]) -> set[tuple[str, int, str]]:
+        return {(t.revision, t.percent, t.tag) for t in targets if t.percent > 0 or t.tag}
+
+    return key(current.targets) == key(wanted)
+
+
+def _split(current: ServiceTraffic, shares: dict[str, int], tags: dict[str, str]) -> list[TrafficSplit]:
+    """Targets with the given shares; tagged revisions stay reachable at 0 %, untagged ones drop.
+
+    `tags` moves a tag to a revision (a tag names exactly one revision of a service).
+    """
+    tag_of = {t.revision: t.tag for t in current.targets if t.tag}
+    for revision, tag in tags.items():
+        tag_of = {rev: old for rev, old in tag_of.items() if old != tag}
+        tag_of[revision] = tag
+    revisions = list(dict.fromkeys([*shares, *tag_of, *(t.revision for t in current.targets)]))
+    targets = [TrafficSplit(rev, shares.get(rev, 0), tag_of.get(rev, "")) for rev in revisions]
+    return [t for t in targets if t.percent > 0 or t.tag]
+
+
+def plan_rollback(current: ServiceTraffic, stable_revision: str | None) -> list[TrafficSplit] | None:
+    """Stable gets 100 %; every other revision 0 %, keeping its tag so the canary stays reachable.
+
+    Without a known stable revision it is inferred from the live split. None: already there.
+    """
+    stable = stable_revision
+    if not stable:
+        split = discover_canary(current)
+        if split is None:
+            raise TrafficPlanError(f"{current.service} has no live canary and no known stable revision")
+        stable = split.stable_revision
+    wanted = _split(current, {stable: 100}, {})
+    return None if _same_split(current, wanted) else wanted
+
+
+def plan_canary_share(
+    current: ServiceTraffic, canary_revision: str, stable_revision: str, percent: int
+) -> list[TrafficSplit] | None:
+    """Canary (tagged `canary`) gets `percent`, stable the rest. None: already there."""
+    if not 0 <= percent <= 100:
+        raise TrafficPlanError(f"canary percent must be 0..100, got {percent}")
+    shares = {canary_revision: percent, stable_revision: 100 - percent}
+    wanted = _split(
+        current, {rev: share for rev, share in shares.items() if share}, {canary_revision: CANARY_TAG}
+    )
+    return None if _same_split(current, wanted) else wanted

@@ -1,0 +1,130 @@
+"""Shared fixtures: the real Pub/Sub and Firestore emulators (once per session), the Cloud Run
+stand-in, and the functions served by functions-framework as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.localstack import (
+    ALERTS_TOPIC,
+    PROJECT,
+    ROLLBACK_TOPIC,
+    Emulators,
+    free_port,
+    serve_function,
+    start_emulators,
+)
+
+LOCATION = "us-central1"
+SHOP = f"projects/{PROJECT}/locations/{LOCATION}/services/shop"
+API = f"projects/{PROJECT}/locations/{LOCATION}/services/api"
+API_EU = f"projects/{PROJECT}/locations/europe-west1/services/api"
+WATCHED = [SHOP, API, API_EU]
+FOREIGN = f"projects/{PROJECT}/locations/{LOCATION}/services/not-watched"
+FUNCTIONS = ("breach_counter", "rollback", "emergency_rollback")
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack-logs")
+
+
+@pytest.fixture(scope="session")
+def emulators(log_dir: Path) -> Iterator[Emulators]:
+    started = start_emulators(log_dir)
+    saved = {key: os.environ.get(key) for key in started.env()}
+    os.environ.update(started.env())
+    yield started
+    started.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def cloudrun_session() -> Iterator[object]:
+    from infra.cloudrun_standin import start_cloudrun_standin
+
+    standin = start_cloudrun_standin()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def cloudrun(cloudrun_session: object) -> object:
+    cloudrun_session.reset()
+    return cloudrun_session
+
+
+@pytest.fixture
+def firestore_clean(emulators: Emulators) -> Emulators:
+    emulators.reset_firestore()
+    return emulators
+
+
+@pytest.fixture(scope="session")
+def function_env(emulators: Emulators, cloudrun_session: object) -> dict[str, str]:
+    return {
+        **emulators.env(),
+        "CANARY_SERVICES": ",".join(WATCHED),
+        "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
+        "CLOUD_RUN_API_ENDPOINT": cloudrun_session.url,
+    }
+
+
+class ServedFunction:
+    """A function process plus its log, so tests can read the one line each call writes."""
+
+    def __init__(self, name: str, url: str, log_path: Path) -> None:
+        self.name = name
+        self.url = url
+        self.log_path = log_path
+
+    def log_lines(self) -> list[dict]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                try:
+                    lines.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    continue
+        return lines
+
+    def logs_for(self, **match: str) -> list[dict]:
+        return [line for line in self.log_lines() if all(line.get(k) == v for k, v in match.items())]
+
+
+@pytest.fixture(scope="session")
+def functions(function_env: dict[str, str], log_dir: Path) -> Iterator[dict[str, ServedFunction]]:
+    served: dict[str, ServedFunction] = {}
+    processes = []
+    try:
+        for target in FUNCTIONS:
+            port = free_port()
+            process = serve_function(target, port, function_env, log_dir)
+            processes.append(process)
+            served[target] = ServedFunction(target, f"http://127.0.0.1:{port}", process.log_path)
+        yield served
+    finally:
+        for process in processes:
+            process.stop()
+
+
+__all__ = [
+    "ALERTS_TOPIC",
+    "API",
+    "API_EU",
+    "FOREIGN",
+    "LOCATION",
+    "PROJECT",
+    "ROLLBACK_TOPIC",
+    "SHOP",
+    "WATCHED",
+]
