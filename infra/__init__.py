@@ -1,0 +1,1 @@
+"""What runs around the functions but is not Terraform: local stand-ins and test targets."""

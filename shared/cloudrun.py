@@ -1,0 +1,195 @@
+"""Cloud Run traffic client: the only module that touches `google.cloud.run_v2`.
+
+A traffic change is one read-modify-write: GET the service, let a pure plan (shared/traffic.py)
+compute the whole new split, PATCH it back with the etag that was read. The PATCH carries every
+target at once, so traffic is never half-changed; the etag makes it fail (409) instead of
+overwriting a concurrent change, and then the loop re-reads and re-plans.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+
+from shared.logs import log
+from shared.traffic import ServiceTraffic, TrafficSplit
+
+__all__ = ["CloudRunTraffic", "ControlPlaneError", "ServiceTraffic", "TrafficSplit"]
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S = 15.0  # per HTTP request; the client's own default for UpdateService
+OPERATION_TIMEOUT_S = 120.0  # waiting for the update LRO; traffic-only updates take seconds
+
+# Worth another attempt: throttling, server trouble, a lost or slow connection, and 409
+# (Conflict, which Aborted subclasses: an etag mismatch, i.e. a concurrent change).
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    api_exceptions.TooManyRequests,
+    api_exceptions.InternalServerError,
+    api_exceptions.BadGateway,
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.GatewayTimeout,
+    api_exceptions.Conflict,
+    requests.ConnectionError,
+    requests.Timeout,
+    TimeoutError,  # the LRO did not finish in OPERATION_TIMEOUT_S
+)
+
+
+class ControlPlaneError(RuntimeError):
+    """A Cloud Run Admin API call failed for good: not retryable, or out of attempts.
+
+    `status` is the HTTP status of the last failure (None for a connection error or timeout).
+    """
+
+    def __init__(self, message: str, *, status: int | None, attempts: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+def _short_name(resource: str) -> str:
+    return resource.rsplit("/", 1)[-1]
+
+
+def _traffic_of(service: run_v2.Service) -> ServiceTraffic:
+    # latest_ready_revision is a full resource name; plans work with short revision names.
+    latest = _short_name(service.latest_ready_revision)
+    return ServiceTraffic(
+        service=service.name,
+        # A LATEST target names no revision: it follows latest_ready_revision.
+        targets=tuple(TrafficSplit(t.revision or latest, t.percent, t.tag) for t in service.traffic),
+        etag=service.etag,
+        latest_ready_revision=latest,
+        tag_uris={status.tag: status.uri for status in service.traffic_statuses if status.tag},
+        uri=service.uri,
+    )
+
+
+def _status_of(error: BaseException | None) -> int | None:
+    code = getattr(error, "code", None)
+    return code if isinstance(code, int) else None
+
+
+class CloudRunTraffic:
+    """Reads and changes the traffic split of Cloud Run services, retrying transient failures.
+
+    `endpoint` ("http://127.0.0.1:9001") targets a local stand-in with anonymous credentials;
+    None means the real API with application default credentials.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        max_attempts: int = 5,
+        base_delay_s: float = 0.2,
+        max_delay_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        self._endpoint = endpoint
+        self._max_attempts = max_attempts
+        self._base_delay_s = base_delay_s
+        self._max_delay_s = max_delay_s
+        self._sleep = sleep
+        self._call_timeout_s = call_timeout_s
+        self._client: run_v2.ServicesClient | None = None
+
+    @property
+    def _services(self) -> run_v2.ServicesClient:
+        # Built on first use: a function that never changes traffic never needs credentials.
+        if self._client is None:
+            if self._endpoint:
+                self._client = run_v2.ServicesClient(
+                    transport="rest",
+                    client_options={"api_endpoint": self._endpoint},
+                    credentials=AnonymousCredentials(),
+                )
+            else:
+                # REST in production too, so the stand-in tests exercise the same wire path.
+                self._client = run_v2.ServicesClient(transport="rest")
+        return self._client
+
+    def get(self, service: str) -> ServiceTraffic:
+        """The live traffic of `service` (projects/P/locations/L/services/S)."""
+        return self._retrying(f"get {service}", lambda: _traffic_of(self._fetch(service)))
+
+    def update_traffic(
+        self, service: str, plan: Callable[[ServiceTraffic], Sequence[TrafficSplit] | None]
+    ) -> tuple[ServiceTraffic, ServiceTraffic]:
+        """Apply `plan(current)` as the whole new split; returns (before, after).
+
+        `plan` must be pure: it runs again on every attempt, against freshly read traffic.
+        When it returns None nothing is written and (current, current) is returned; an
+        exception from `plan` propagates unchanged.
+        """
+
+        def attempt() -> tuple[ServiceTraffic, ServiceTraffic]:
+            live = self._fetch(service)  # re-read every time: after a 409 the old etag is stale
+            before = _traffic_of(live)
+            targets = plan(before)
+            if targets is None:
+                return before, before
+            revision_type = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+            live.traffic = [
+                run_v2.TrafficTarget(type_=revision_type, revision=t.revision, percent=t.percent, tag=t.tag)
+                for t in targets
+            ]
+            # The whole Service goes back (the API replaces it), carrying the etag we read.
+            operation = self._services.update_service(service=live, retry=None, timeout=self._call_timeout_s)
+            return before, _traffic_of(operation.result(timeout=OPERATION_TIMEOUT_S))
+
+        return self._retrying(f"update traffic of {service}", attempt)
+
+    def _fetch(self, service: str) -> run_v2.Service:
+        # retry=None: the client would retry 503s itself with real sleeps; _retrying owns the policy.
+        return self._services.get_service(name=service, retry=None, timeout=self._call_timeout_s)
+
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
+        last_error: BaseException | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return action()
+            except _RETRYABLE as error:
+                last_error = error
+                if attempt < self._max_attempts:
+                    delay = self._backoff(attempt)
+                    log(
+                        "WARNING",
+                        f"Cloud Run API: {what} failed, retrying",
+                        attempt=attempt,
+                        status=_status_of(error),
+                        error=str(error),
+                        retry_in_s=round(delay, 3),
+                    )
+                    self._sleep(delay)
+            except api_exceptions.GoogleAPICallError as error:
+                raise ControlPlaneError(
+                    f"Cloud Run API: {what} failed and is not retryable: {error}",
+                    status=_status_of(error),
+                    attempts=attempt,
+                ) from error
+        raise ControlPlaneError(
+            f"Cloud Run API: {what} failed {self._max_attempts} times; last error: {last_error}",
+            status=_status_of(last_error),
+            attempts=self._max_attempts,
+        ) from last_error
+
+    def _backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with "equal jitter".
+
+        Each wait is drawn from [cap/2, cap] and the cap doubles, so concurrent callers spread
+        out while the waits of one caller still never shrink (until max_delay_s is reached).
+        """
+        cap = min(self._max_delay_s, self._base_delay_s * 2 ** (attempt - 1))
+        return cap / 2 + random.uniform(0, cap / 2)

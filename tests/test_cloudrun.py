@@ -1,0 +1,328 @@
+"""shared/cloudrun.py driving the real google-cloud-run REST client against the local stand-in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+
+from infra.cloudrun_standin import CloudRunStandin, start_cloudrun_standin
+from shared.cloudrun import CloudRunTraffic, ControlPlaneError, ServiceTraffic, TrafficSplit
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "projects/demo/locations/us-central1/services/shop"
+STABLE, CANARY = "shop-00001", "shop-00002"
+CANARY_AT_10 = [{"revision": STABLE, "percent": 90}, {"revision": CANARY, "percent": 10, "tag": "canary"}]
+
+
+def rollback(current: ServiceTraffic) -> list[TrafficSplit]:
+    return [TrafficSplit(STABLE, 100), TrafficSplit(CANARY, 0, "canary")]
+
+
+def calls(standin: CloudRunStandin) -> list[tuple[str, int]]:
+    return [(call["method"], call["status"]) for call in standin.calls()]
+
+
+@pytest.fixture(scope="module")
+def standin_server() -> Iterator[CloudRunStandin]:
+    standin = start_cloudrun_standin()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def standin(standin_server: CloudRunStandin) -> CloudRunStandin:
+    standin_server.reset()
+    standin_server.put_service(SERVICE, [STABLE, CANARY], CANARY_AT_10)
+    return standin_server
+
+
+@pytest.fixture
+def delays() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def client(standin: CloudRunStandin, delays: list[float]) -> CloudRunTraffic:
+    return CloudRunTraffic(standin.url, max_attempts=5, sleep=delays.append)
+
+
+def test_get_reads_targets_uris_and_latest_short_name(standin, client):
+    traffic = client.get(SERVICE)
+
+    assert traffic.service == SERVICE
+    assert traffic.targets == (TrafficSplit(STABLE, 90), TrafficSplit(CANARY, 10, "canary"))
+    assert traffic.latest_ready_revision == CANARY  # the API sends the full resource name
+    assert traffic.tag_uris == {"canary": "https://canary---shop-abc123-uc.a.run.app"}
+    assert traffic.uri == "https://shop-abc123-uc.a.run.app"
+    assert traffic.etag == standin.service(SERVICE)["etag"]
+    assert traffic.percent_of(CANARY) == 10
+    assert calls(standin) == [("GET", 200)]
+
+
+def test_get_resolves_latest_targets_and_custom_tag_uris(standin, client):
+    standin.put_service(
+        SERVICE,
+        [STABLE, CANARY],
+        [
+            {"percent": 30},
+            {"revision": STABLE, "percent": 70},
+            {"revision": CANARY, "percent": 0, "tag": "canary"},
+        ],
+        uri="http://127.0.0.1:8080",
+        tag_uris={"canary": "http://127.0.0.1:8081"},
+    )
+
+    traffic = client.get(SERVICE)
+
+    assert traffic.targets == (
+        TrafficSplit(CANARY, 30),  # LATEST follows latest_ready_revision
+        TrafficSplit(STABLE, 70),
+        TrafficSplit(CANARY, 0, "canary"),
+    )
+    assert traffic.percent_of(CANARY) == 30
+    assert traffic.tag_uris == {"canary": "http://127.0.0.1:8081"}
+    assert traffic.uri == "http://127.0.0.1:8080"
+
+
+def test_update_traffic_returns_before_and_after(standin, client, delays):
+    before, after = client.update_traffic(SERVICE, rollback)
+
+    assert before.targets == (TrafficSplit(STABLE, 90), TrafficSplit(CANARY, 10, "canary"))
+    assert after.targets == (TrafficSplit(STABLE, 100), TrafficSplit(CANARY, 0, "canary"))
+    assert after.etag != before.etag
+    assert after.tag_uris == before.tag_uris  # the tagged canary stays reachable at 0 %
+    assert after.as_dicts() == [
+        {"revision": STABLE, "percent": 100, "tag": ""},
+        {"revision": CANARY, "percent": 0, "tag": "canary"},
+    ]
+    # The stand-in stored REVISION targets (type 2); proto3 JSON omits the 0 percent.
+    assert standin.service(SERVICE)["traffic"] == [
+        {"type": 2, "revision": STABLE, "percent": 100},
+        {"type": 2, "revision": CANARY, "tag": "canary"},
+    ]
+    assert standin.service(SERVICE)["generation"] == "2"
+    assert calls(standin) == [("GET", 200), ("PATCH", 200)]
+    assert delays == []
+
+
+def test_plan_returning_none_writes_nothing(standin, client):
+    seen: list[ServiceTraffic] = []
+
+    def nothing_to_do(current: ServiceTraffic) -> None:
+        seen.append(current)
+
+    before, after = client.update_traffic(SERVICE, nothing_to_do)
+
+    assert before is after
+    assert seen == [before]
+    assert calls(standin) == [("GET", 200)]
+
+
+@pytest.mark.parametrize(
+    ("targets", "reason"),
+    [
+        ([TrafficSplit(STABLE, 80), TrafficSplit(CANARY, 10)], "add up to 100"),
+        ([TrafficSplit("shop-99999", 100)], "does not exist"),
+        ([TrafficSplit(STABLE, 50, "x"), TrafficSplit(CANARY, 50, "x")], "tags must be unique"),
+    ],
+)
+def test_invalid_traffic_fails_at_once(standin, client, delays, targets, reason):
+    with pytest.raises(ControlPlaneError, match=reason) as failure:
+        client.update_traffic(SERVICE, lambda current: targets)
+
+    assert (failure.value.status, failure.value.attempts) == (400, 1)
+    assert calls(standin) == [("GET", 200), ("PATCH", 400)]
+    assert delays == []
+    assert client.get(SERVICE).targets == (TrafficSplit(STABLE, 90), TrafficSplit(CANARY, 10, "canary"))
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_transient_patch_faults_are_retried(standin, client, delays, status):
+    standin.inject_fault(status, count=2, methods=["PATCH"])
+    plans: list[ServiceTraffic] = []
+
+    def counted_rollback(current: ServiceTraffic) -> list[TrafficSplit]:
+        plans.append(current)
+        return rollback(current)
+
+    _, after = client.update_traffic(SERVICE, counted_rollback)
+
+    assert after.percent_of(STABLE) == 100
+    assert calls(standin) == [("GET", 200), ("PATCH", status)] * 2 + [("GET", 200), ("PATCH", 200)]
+    assert len(plans) == 3  # every attempt re-reads and re-plans
+    assert len(delays) == 2
+    assert delays[0] <= delays[1]
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_transient_get_faults_are_retried(standin, client, delays, status):
+    standin.inject_fault(status, count=3, methods=["GET"])
+
+    traffic = client.get(SERVICE)
+
+    assert traffic.percent_of(CANARY) == 10
+    assert calls(standin) == [("GET", status)] * 3 + [("GET", 200)]
+    assert len(delays) == 3
+    assert delays == sorted(delays)
+
+
+def test_faults_outlasting_the_attempts_give_up_and_leave_traffic_unchanged(standin, delays):
+    client = CloudRunTraffic(standin.url, max_attempts=3, sleep=delays.append)
+    standin.inject_fault(503, count=3, methods=["PATCH"])
+
+    with pytest.raises(ControlPlaneError, match="failed 3 times") as failure:
+        client.update_traffic(SERVICE, rollback)
+
+    assert (failure.value.status, failure.value.attempts) == (503, 3)
+    assert calls(standin) == [("GET", 200), ("PATCH", 503)] * 3
+    assert len(delays) == 2  # no pointless sleep after the last attempt
+    assert client.get(SERVICE).targets == (TrafficSplit(STABLE, 90), TrafficSplit(CANARY, 10, "canary"))
+
+
+def test_backoff_grows_and_is_capped(standin, delays):
+    client = CloudRunTraffic(
+        standin.url, max_attempts=7, base_delay_s=0.1, max_delay_s=0.5, sleep=delays.append
+    )
+    standin.inject_fault(429, count=7, methods=["GET"])
+
+    with pytest.raises(ControlPlaneError):
+        client.get(SERVICE)
+
+    assert len(delays) == 6
+    assert 0.05 <= delays[0] <= 0.1
+    assert delays[:3] == sorted(delays[:3])  # 0.1, 0.2, 0.4 caps: each wait at least the last
+    assert delays[2] > delays[0]
+    assert all(0.25 <= delay <= 0.5 for delay in delays[3:])  # capped at max_delay_s
+
+
+def test_concurrent_change_conflicts_then_rereads_and_replans(standin, client):
+    other_writer = CloudRunTraffic(standin.url)
+    plans: list[ServiceTraffic] = []
+
+    def rollback_racing_a_ramp(current: ServiceTraffic) -> list[TrafficSplit]:
+        plans.append(current)
+        if len(plans) == 1:  # someone ramps the canary between our read and our write
+            other_writer.update_traffic(
+                SERVICE, lambda _: [TrafficSplit(STABLE, 75), TrafficSplit(CANARY, 25, "canary")]
+            )
+        return rollback(current)
+
+    before, after = client.update_traffic(SERVICE, rollback_racing_a_ramp)
+
+    assert [plan.percent_of(CANARY) for plan in plans] == [10, 25]  # re-planned on fresh traffic
+    assert before == plans[1]
+    assert after.percent_of(STABLE) == 100
+    assert calls(standin) == [
+        ("GET", 200),  # ours
+        ("GET", 200),  # the other writer's read-modify-write
+        ("PATCH", 200),
+        ("PATCH", 409),  # ours, with the stale etag
+        ("GET", 200),
+        ("PATCH", 200),
+    ]
+
+
+def test_injected_conflict_is_retried(standin, client, delays):
+    standin.inject_fault(409, count=1, methods=["PATCH"])
+
+    _, after = client.update_traffic(SERVICE, rollback)
+
+    assert after.percent_of(STABLE) == 100
+    assert calls(standin) == [("GET", 200), ("PATCH", 409), ("GET", 200), ("PATCH", 200)]
+    assert len(delays) == 1
+
+
+def test_slow_responses_within_the_timeout_succeed(standin, client, delays):
+    standin.inject_fault(delay_s=0.3, count=2)
+
+    _, after = client.update_traffic(SERVICE, rollback)
+
+    assert after.percent_of(STABLE) == 100
+    assert calls(standin) == [("GET", 200), ("PATCH", 200)]
+    assert delays == []
+
+
+def test_a_response_slower_than_the_call_timeout_is_retried(standin, delays):
+    client = CloudRunTraffic(standin.url, call_timeout_s=0.2, sleep=delays.append)
+    standin.inject_fault(delay_s=0.6, count=1, methods=["GET"])
+
+    traffic = client.get(SERVICE)
+
+    assert traffic.percent_of(CANARY) == 10
+    assert len(delays) == 1  # the timed-out read was retried
+
+
+def test_unknown_service_is_not_found_at_once(standin, client, delays):
+    missing = "projects/demo/locations/us-central1/services/nope"
+
+    with pytest.raises(ControlPlaneError, match="not retryable") as failure:
+        client.get(missing)
+    assert (failure.value.status, failure.value.attempts) == (404, 1)
+
+    with pytest.raises(ControlPlaneError) as failure:
+        client.update_traffic(missing, rollback)
+    assert failure.value.status == 404
+    assert delays == []
+
+
+def test_permission_denied_is_not_retried(standin, client, delays):
+    standin.inject_fault(403, count=5, methods=["GET"])
+
+    with pytest.raises(ControlPlaneError) as failure:
+        client.get(SERVICE)
+
+    assert (failure.value.status, failure.value.attempts) == (403, 1)
+    assert delays == []
+
+
+def test_update_answers_a_done_operation_that_can_be_polled(standin):
+    # The raw client, to see the LRO itself (CloudRunTraffic only returns its result).
+    raw = run_v2.ServicesClient(
+        transport="rest", client_options={"api_endpoint": standin.url}, credentials=AnonymousCredentials()
+    )
+    service = raw.get_service(name=SERVICE)
+    service.traffic[0].percent, service.traffic[1].percent = 100, 0
+
+    operation = raw.update_service(service=service)
+    polled = raw.get_operation({"name": operation.operation.name})
+
+    assert operation.operation.name.startswith("projects/demo/locations/us-central1/operations/")
+    assert polled.done
+    assert operation.result().etag == standin.service(SERVICE)["etag"]
+    assert calls(standin) == [("GET", 200), ("PATCH", 200), ("GET", 200)]
+
+
+def test_runs_as_a_process_with_http_controls():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "infra.cloudrun_standin", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        spec = {"name": SERVICE, "revisions": [STABLE, CANARY], "traffic": CANARY_AT_10}
+        assert requests.post(f"{url}/_standin/services", json=spec, timeout=5).ok
+        fault = {"status": 500, "count": 1, "methods": ["GET"]}
+        assert requests.post(f"{url}/_standin/faults", json=fault, timeout=5).ok
+        bad = requests.post(f"{url}/_standin/services", json={"name": "shop"}, timeout=5)
+        assert bad.status_code == 400
+        assert bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+        assert CloudRunTraffic(url, sleep=lambda _: None).get(SERVICE).percent_of(CANARY) == 10
+
+        logged = requests.get(f"{url}/_standin/calls", timeout=5).json()
+        assert [(call["method"], call["status"]) for call in logged] == [("GET", 500), ("GET", 200)]
+        assert requests.post(f"{url}/_standin/reset", timeout=5).ok
+        assert requests.get(f"{url}/_standin/calls", timeout=5).json() == []
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
