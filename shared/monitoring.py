@@ -1,0 +1,333 @@
+"""Cloud Monitoring API v3 client: the only module that touches `google.cloud.monitoring_v3`.
+
+`MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics;
+`MetricWriter` writes canary-guard's own custom metrics (load-test and probe results).
+The distribution helpers at the bottom are also what the local stand-in
+(infra/monitoring_standin.py) aggregates with, so a percentile is computed one way only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.api import distribution_pb2, metric_pb2, monitored_resource_pb2
+from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as retries
+from google.cloud import monitoring_v3
+from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+Distribution = distribution_pb2.Distribution
+Aligner = monitoring_v3.Aggregation.Aligner
+Reducer = monitoring_v3.Aggregation.Reducer
+
+RUN_RESOURCE = "cloud_run_revision"
+REQUEST_COUNT = "run.googleapis.com/request_count"
+REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
+MEMORY_UTILIZATIONS = "run.googleapis.com/container/memory/utilizations"
+CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
+CUSTOM_METRIC_PREFIX = "custom.googleapis.com/canary_guard/"
+MAX_SERIES_PER_WRITE = 200  # CreateTimeSeries limit
+MIN_WINDOW_S = 60  # the smallest alignment period Cloud Monitoring accepts
+CALL_TIMEOUT_S = 20.0  # per API call; a checkpoint makes four reads and runs every minute
+
+# The client retries ListTimeSeries only on UNAVAILABLE by default. Reads are idempotent, so a
+# server-side DEADLINE_EXCEEDED is worth another attempt too, within the same overall deadline.
+_READ_RETRY = retries.Retry(
+    predicate=retries.if_exception_type(api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded),
+    initial=0.2,
+    maximum=5.0,
+    multiplier=2.0,
+    timeout=CALL_TIMEOUT_S,
+)
+
+
+@dataclass(frozen=True)
+class CanaryMetrics:
+    """What Cloud Monitoring saw of one revision in (window_start, window_end].
+
+    None means "no data" (the caller judges INCONCLUSIVE), never zero.
+    """
+
+    window_start: datetime
+    window_end: datetime
+    request_count: int  # run.googleapis.com/request_count, all response classes
+    error_count: int  # response_code_class = "5xx"
+    error_rate: float | None  # None when request_count == 0
+    latency_p95_ms: float | None  # P95 of the merged request_latencies distribution
+    memory_utilization: float | None  # P99 of container/memory/utilizations (0..1)
+    cpu_utilization: float | None  # P99 of container/cpu/utilizations (0..1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the window as ISO-8601 strings, everything else as is."""
+        data = asdict(self)
+        data["window_start"] = self.window_start.isoformat()
+        data["window_end"] = self.window_end.isoformat()
+        return data
+
+
+@dataclass(frozen=True)
+class CustomPoint:
+    """One value of a canary-guard custom metric, e.g. name "load_test/success_rate"."""
+
+    name: str  # becomes custom.googleapis.com/canary_guard/<name>
+    value: float | int  # int -> INT64, float -> DOUBLE; keep one Python type per name (see write)
+    labels: dict[str, str]
+    at: datetime
+
+
+class _MonitoringApi:
+    def __init__(self, project: str, endpoint: str | None = None) -> None:
+        self._project = project
+        self._endpoint = endpoint
+        self._client_instance: monitoring_v3.MetricServiceClient | None = None
+
+    @property
+    def _client(self) -> monitoring_v3.MetricServiceClient:
+        # Built on first use: a function instance that never queries never needs credentials.
+        if self._client_instance is None:
+            if self._endpoint is None:
+                self._client_instance = monitoring_v3.MetricServiceClient()  # default credentials
+            else:
+                # client_options={"api_endpoint": ...} alone still speaks TLS, which a local
+                # plain-text server never answers; a ready channel makes the client skip auth.
+                channel = grpc.insecure_channel(self._endpoint)
+                transport = MetricServiceGrpcTransport(channel=channel)
+                self._client_instance = monitoring_v3.MetricServiceClient(transport=transport)
+        return self._client_instance
+
+
+class MonitoringReader(_MonitoringApi):
+    """Reads a Cloud Run revision's request, latency and utilisation metrics."""
+
+    def canary_metrics(
+        self, *, location: str, service: str, revision: str, start: datetime, end: datetime
+    ) -> CanaryMetrics:
+        """One ListTimeSeries per metric, aligned over the whole window.
+
+        That gives one point per series; every returned point is still combined, so an answer
+        split over two alignment periods is counted once, not dropped.
+        """
+        _check_window(start, end)
+        resource = (
+            f"resource.type = {_quote(RUN_RESOURCE)}"
+            f" AND resource.labels.location = {_quote(location)}"
+            f" AND resource.labels.service_name = {_quote(service)}"
+            f" AND resource.labels.revision_name = {_quote(revision)}"
+        )
+
+        def query(
+            metric: str, aligner: Aligner, reducer: Reducer, group_by: Sequence[str] = ()
+        ) -> list[monitoring_v3.TimeSeries]:
+            return self._list(
+                f"metric.type = {_quote(metric)} AND {resource}", start, end, aligner, reducer, group_by
+            )
+
+        # Request counts are DELTA int64: sum each series over the window, then add the series
+        # up per response class.
+        by_class = query(
+            REQUEST_COUNT, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM, ["metric.labels.response_code_class"]
+        )
+        counts = {ts.metric.labels.get("response_code_class", ""): _int_total(ts) for ts in by_class}
+        request_count = sum(counts.values())
+        error_count = counts.get("5xx", 0)
+
+        # Latency: request_latencies has one series per response code (and route). A percentile
+        # aligner (ALIGN_PERCENTILE_95) would give one P95 per series, and no reducer turns those
+        # into the revision's P95 (a mean or max of percentiles is not a percentile). ALIGN_DELTA
+        # + REDUCE_SUM are documented for DELTA distributions and keep the whole histogram, so
+        # the P95 of every request in the window is computed here from the bucket counts.
+        latencies = query(REQUEST_LATENCIES, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM)
+        latency = merge_distributions([p.value.distribution_value for ts in latencies for p in ts.points])
+
+        # Utilisations are already distributions across all instances; P99 per series keeps the
+        # near-worst sample, and REDUCE_MAX keeps the worst series (a numeric reducer is valid
+        # here because the percentile aligner outputs DOUBLE).
+        memory = query(MEMORY_UTILIZATIONS, Aligner.ALIGN_PERCENTILE_99, Reducer.REDUCE_MAX)
+        cpu = query(CPU_UTILIZATIONS, Aligner.ALIGN_PERCENTILE_99, Reducer.REDUCE_MAX)
+
+        return CanaryMetrics(
+            window_start=start,
+            window_end=end,
+            request_count=request_count,
+            error_count=error_count,
+            error_rate=error_count / request_count if request_count else None,
+            latency_p95_ms=percentile(latency, 95),
+            memory_utilization=_max_double(memory),
+            cpu_utilization=_max_double(cpu),
+        )
+
+    def _list(
+        self,
+        filter_: str,
+        start: datetime,
+        end: datetime,
+        aligner: Aligner,
+        reducer: Reducer,
+        group_by: Sequence[str],
+    ) -> list[monitoring_v3.TimeSeries]:
+        request = monitoring_v3.ListTimeSeriesRequest(
+            name=f"projects/{self._project}",
+            filter=filter_,
+            interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
+            aggregation=monitoring_v3.Aggregation(
+                alignment_period=end - start,
+                per_series_aligner=aligner,
+                cross_series_reducer=reducer,
+                group_by_fields=list(group_by),
+            ),
+            view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
+        )
+        return list(self._client.list_time_series(request=request, retry=_READ_RETRY, timeout=CALL_TIMEOUT_S))
+
+
+class MetricWriter(_MonitoringApi):
+    """Writes canary-guard custom metrics as GAUGE points on the `global` resource.
+
+    `global` (label project_id) is one of the monitored resources Cloud Monitoring accepts for
+    user-defined metrics; cloud_run_revision is not writable by users.
+    """
+
+    def write(self, points: Sequence[CustomPoint]) -> None:
+        """Write in time order, in as few CreateTimeSeries calls as the API rules allow.
+
+        The first write of a metric fixes its value type (INT64 or DOUBLE); a later point of the
+        other Python type is rejected by the API. Writes are not retried: a write that reached
+        the server and is sent again is rejected as out of order, so failures surface instead.
+        """
+        for batch in _batches(points):
+            self._client.create_time_series(
+                name=f"projects/{self._project}",
+                time_series=[self._time_series(point) for point in batch],
+                timeout=CALL_TIMEOUT_S,
+            )
+
+    def _time_series(self, point: CustomPoint) -> monitoring_v3.TimeSeries:
+        is_int = isinstance(point.value, int)
+        value_type = metric_pb2.MetricDescriptor.ValueType
+        return monitoring_v3.TimeSeries(
+            metric=metric_pb2.Metric(type=CUSTOM_METRIC_PREFIX + point.name, labels=point.labels),
+            resource=monitored_resource_pb2.MonitoredResource(
+                type="global", labels={"project_id": self._project}
+            ),
+            metric_kind=metric_pb2.MetricDescriptor.MetricKind.GAUGE,
+            value_type=value_type.INT64 if is_int else value_type.DOUBLE,
+            points=[
+                monitoring_v3.Point(
+                    interval=monitoring_v3.TimeInterval(end_time=point.at),
+                    value=monitoring_v3.TypedValue(int64_value=point.value)
+                    if is_int
+                    else monitoring_v3.TypedValue(double_value=point.value),
+                )
+            ],
+        )
+
+
+def _batches(points: Sequence[CustomPoint]) -> list[list[CustomPoint]]:
+    """Oldest first; a batch holds at most 200 series and at most one point of each series."""
+    batches: list[list[CustomPoint]] = []
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for point in sorted(points, key=lambda p: p.at):
+        series = (point.name, tuple(sorted(point.labels.items())))
+        if not batches or len(batches[-1]) == MAX_SERIES_PER_WRITE or series in seen:
+            batches.append([])
+            seen = set()
+        batches[-1].append(point)
+        seen.add(series)
+    return batches
+
+
+def _check_window(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("window bounds must be timezone-aware")
+    seconds = (end - start).total_seconds()
+    if seconds < MIN_WINDOW_S or seconds != int(seconds):
+        raise ValueError(f"window must be a whole number of seconds, at least {MIN_WINDOW_S}: got {seconds}")
+
+
+def _quote(value: str) -> str:
+    """A filter string literal."""
+    return '"' + re.sub(r'(["\\])', r"\\\1", value) + '"'
+
+
+def _int_total(series: monitoring_v3.TimeSeries) -> int:
+    return sum(point.value.int64_value for point in series.points)
+
+
+def _max_double(series: Sequence[monitoring_v3.TimeSeries]) -> float | None:
+    return max((point.value.double_value for ts in series for point in ts.points), default=None)
+
+
+# --- Distributions (google.api.Distribution), shared with the local stand-in ---------------
+
+
+def bucket_bounds(options: Distribution.BucketOptions) -> list[float]:
+    """The finite bucket boundaries b0 < b1 < ... < bN of a bucket layout.
+
+    Bucket 0 is the underflow (-inf, b0), bucket i is [b(i-1), b(i)), bucket N+1 the overflow
+    [bN, +inf): N+2 buckets in all (N+1 for explicit bounds, which list the boundaries).
+    """
+    kind = options.WhichOneof("options")
+    if kind == "explicit_buckets":
+        return list(options.explicit_buckets.bounds)
+    if kind == "exponential_buckets":
+        exp = options.exponential_buckets
+        return [exp.scale * exp.growth_factor**i for i in range(exp.num_finite_buckets + 1)]
+    if kind == "linear_buckets":
+        lin = options.linear_buckets
+        return [lin.offset + lin.width * i for i in range(lin.num_finite_buckets + 1)]
+    raise ValueError("distribution has no bucket options")
+
+
+def percentile(distribution: Distribution, q: float) -> float | None:
+    """The q-th percentile (0..100) estimated from bucket counts; None for an empty distribution.
+
+    As cloud.google.com/monitoring/api/v3/distribution-metrics describes: find the bucket that
+    holds rank q% of the count and interpolate linearly between its bounds by the rank's place
+    inside the bucket. The open-ended under/overflow buckets have one finite bound: use it (⚠ not
+    documented).
+    """
+    if distribution.count == 0:
+        return None
+    bounds = bucket_bounds(distribution.bucket_options)
+    rank = q / 100 * distribution.count
+    below = 0
+    for index, count in enumerate(distribution.bucket_counts):
+        if count and below + count >= rank:
+            if index == 0:
+                return bounds[0]
+            if index >= len(bounds):
+                return bounds[-1]
+            lower, upper = bounds[index - 1], bounds[index]
+            return lower + (rank - below) / count * (upper - lower)
+        below += count
+    raise ValueError(f"bucket counts add up to {below}, not to the distribution count {distribution.count}")
+
+
+def merge_distributions(distributions: Sequence[Distribution]) -> Distribution:
+    """The sum of distributions with one bucket layout: what ALIGN_DELTA/REDUCE_SUM make of them."""
+    parts = [d for d in distributions if d.count]
+    if not parts:
+        return Distribution()
+    options = parts[0].bucket_options
+    if any(d.bucket_options != options for d in parts):
+        raise ValueError("cannot merge distributions with different bucket options")
+    count = sum(d.count for d in parts)
+    mean = sum(d.mean * d.count for d in parts) / count
+    # Chan et al.: each part's squared deviation plus its mean's offset from the merged mean.
+    deviation = sum(d.sum_of_squared_deviation + d.count * (d.mean - mean) ** 2 for d in parts)
+    buckets = [0] * max(len(d.bucket_counts) for d in parts)
+    for d in parts:
+        for index, value in enumerate(d.bucket_counts):
+            buckets[index] += value
+    return Distribution(
+        count=count,
+        mean=mean,
+        sum_of_squared_deviation=deviation,
+        bucket_options=options,
+        bucket_counts=buckets,
+    )
