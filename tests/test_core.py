@@ -1,0 +1,569 @@
+"""The pure streak core (shared/core.py): limits from the real policy, resets, event-time
+ordering, dedupe, at-most-once rollback, sticky phases; plus property tests against a tiny
+reference model."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.core import (
+    IGNORED,
+    Kind,
+    Observation,
+    Outcome,
+    Phase,
+    Streak,
+    StreakDecision,
+    StreakState,
+    apply_observation,
+)
+from shared.policy import RULE_NAMES, load_policy
+
+POLICY = load_policy()
+LIMITS: dict[str, int] = {rule: spec.consecutive for rule, spec in POLICY.rollback_rules.items()}
+T0 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
+NOT_RUNNING_PHASES = [phase for phase in Phase if phase is not Phase.RUNNING]
+
+_ids = iter(range(10**9))
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def obs(
+    rule: str = "error_rate", kind: Kind = Kind.BREACH, t: float = 0, eid: str | None = None
+) -> Observation:
+    return Observation(
+        rule=rule,
+        kind=kind,
+        event_time=at(t),
+        event_id=eid if eid is not None else f"evt-{next(_ids)}",
+        source="alert",
+        detail={"incident_id": "0.abc"},
+    )
+
+
+def breach(rule: str = "error_rate", t: float = 0, eid: str | None = None) -> Observation:
+    return obs(rule, Kind.BREACH, t, eid)
+
+
+def recovery(rule: str = "error_rate", t: float = 0, eid: str | None = None) -> Observation:
+    return obs(rule, Kind.RECOVERY, t, eid)
+
+
+def apply(state: StreakState, o: Observation, *, duplicate: bool = False) -> StreakDecision:
+    return apply_observation(state, o, LIMITS, duplicate=duplicate)
+
+
+def feed(state: StreakState, observations: list[Observation]) -> tuple[StreakState, list[StreakDecision]]:
+    decisions = []
+    for o in observations:
+        decision = apply(state, o)
+        decisions.append(decision)
+        state = decision.state
+    return state, decisions
+
+
+def count(state: StreakState, rule: str) -> int:
+    streak = state.streaks.get(rule)
+    return streak.count if streak else 0
+
+
+# --------------------------------------------------------------------------- limits and tripping
+
+
+def test_limits_come_from_the_bundled_policy():
+    assert LIMITS == {"error_rate": 3, "latency_p95": 3, "memory": 2, "canary_down": 1}
+
+
+@pytest.mark.parametrize(("rule", "limit"), sorted(LIMITS.items()))
+def test_rule_trips_exactly_at_its_limit_not_before(rule, limit):
+    state = StreakState()
+    for n in range(1, limit):
+        decision = apply(state, breach(rule, t=n))
+        assert decision.outcome is Outcome.COUNTED
+        assert decision.count == n
+        assert decision.limit == limit
+        assert decision.rule == rule
+        assert decision.request_rollback is False
+        assert decision.reason == f"{rule} breach {n} of {limit}"
+        state = decision.state
+        assert state.rollback_requested is False
+        assert state.streaks[rule] == Streak(n, at(n))
+    decision = apply(state, breach(rule, t=limit))
+    assert decision.outcome is Outcome.TRIPPED
+    assert decision.request_rollback is True
+    assert decision.count == limit
+    assert decision.limit == limit
+    assert f"limit {limit}" in decision.reason and "roll back" in decision.reason
+    assert decision.state.rollback_requested is True
+    assert decision.state.phase is Phase.RUNNING  # the core only requests; the store changes phase
+    assert decision.state.streaks[rule] == Streak(limit, at(limit))
+
+
+def test_canary_down_trips_on_the_first_breach():
+    decision = apply(StreakState(), breach("canary_down"))
+    assert decision.outcome is Outcome.TRIPPED
+    assert decision.count == 1
+
+
+@pytest.mark.parametrize(("rule", "limit"), sorted(LIMITS.items()))
+def test_breaches_after_the_trip_are_counted_but_request_nothing(rule, limit):
+    state, decisions = feed(StreakState(), [breach(rule, t=n) for n in range(limit + 3)])
+    outcomes = [d.outcome for d in decisions]
+    assert outcomes == [Outcome.COUNTED] * (limit - 1) + [Outcome.TRIPPED] + [Outcome.COUNTED] * 3
+    for n, decision in enumerate(decisions[limit:], start=limit + 1):
+        assert decision.count == n
+        assert decision.request_rollback is False
+        assert decision.reason == f"{rule} breach {n} of {limit}; rollback already requested"
+    assert state.rollback_requested is True
+    assert count(state, rule) == limit + 3
+
+
+def test_another_rule_reaching_its_limit_after_a_trip_does_not_request_again():
+    _, decisions = feed(
+        StreakState(),
+        [
+            breach("memory", 1),
+            breach("memory", 2),
+            breach("error_rate", 3),
+            breach("error_rate", 4),
+            breach("error_rate", 5),
+            breach("canary_down", 6),
+        ],
+    )
+    assert [d.outcome for d in decisions] == [
+        Outcome.COUNTED,
+        Outcome.TRIPPED,
+        Outcome.COUNTED,
+        Outcome.COUNTED,
+        Outcome.COUNTED,
+        Outcome.COUNTED,
+    ]
+    assert decisions[4].reason == "error_rate breach 3 of 3; rollback already requested"
+    assert decisions[5].reason == "canary_down breach 1 of 1; rollback already requested"
+    assert sum(d.request_rollback for d in decisions) == 1
+
+
+def test_a_state_that_already_requested_never_trips():
+    state = StreakState(rollback_requested=True)
+    decision = apply(state, breach("canary_down"))
+    assert decision.outcome is Outcome.COUNTED
+    assert decision.count == 1
+    assert decision.state.rollback_requested is True
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def test_recovery_resets_the_streak_and_the_next_breach_counts_from_one():
+    state, decisions = feed(
+        StreakState(), [breach(t=1), breach(t=2), recovery(t=3), breach(t=4), breach(t=5), breach(t=6)]
+    )
+    assert [(d.outcome, d.count) for d in decisions] == [
+        (Outcome.COUNTED, 1),
+        (Outcome.COUNTED, 2),
+        (Outcome.RESET, 0),
+        (Outcome.COUNTED, 1),
+        (Outcome.COUNTED, 2),
+        (Outcome.TRIPPED, 3),
+    ]
+    assert decisions[2].reason == "error_rate recovered; streak reset from 2"
+    assert decisions[2].state.streaks["error_rate"] == Streak(0, at(3))
+    assert decisions[2].request_rollback is False
+    assert state.rollback_requested is True
+
+
+def test_recovery_of_a_rule_never_seen_resets_from_zero_and_records_its_time():
+    decision = apply(StreakState(), recovery("latency_p95", t=7))
+    assert decision.outcome is Outcome.RESET
+    assert decision.count == 0
+    assert decision.reason == "latency_p95 recovered; streak reset from 0"
+    assert decision.state.streaks == {"latency_p95": Streak(0, at(7))}
+
+
+def test_recovery_after_a_trip_does_not_clear_the_request():
+    state, decisions = feed(
+        StreakState(),
+        [
+            breach("memory", 1),
+            breach("memory", 2),
+            recovery("memory", 3),
+            breach("memory", 4),
+            breach("memory", 5),
+        ],
+    )
+    assert [d.outcome for d in decisions] == [
+        Outcome.COUNTED,
+        Outcome.TRIPPED,
+        Outcome.RESET,
+        Outcome.COUNTED,
+        Outcome.COUNTED,
+    ]
+    assert state.rollback_requested is True
+    assert count(state, "memory") == 2
+
+
+def test_alternating_breach_and_recovery_never_trips():
+    observations = []
+    for n in range(20):
+        observations += [
+            breach("error_rate", 2 * n),
+            breach("error_rate", 2 * n),
+            recovery("error_rate", 2 * n + 1),
+        ]
+    state, decisions = feed(StreakState(), observations)
+    assert Outcome.TRIPPED not in {d.outcome for d in decisions}
+    assert max(d.count for d in decisions) == 2
+    assert state.rollback_requested is False
+    assert state.streaks["error_rate"] == Streak(0, at(39))
+
+
+# --------------------------------------------------------------------------- event-time ordering
+
+
+def test_an_older_observation_than_the_last_applied_is_stale_and_changes_nothing():
+    state, _ = feed(StreakState(), [breach(t=10), breach(t=20)])
+    late = breach(t=15)
+    decision = apply(state, late)
+    assert decision.outcome is Outcome.STALE
+    assert decision.state is state
+    assert decision.count == 2
+    assert decision.request_rollback is False
+    assert decision.reason == (
+        f"observed at {at(15).isoformat()}, before the last applied {at(20).isoformat()}"
+    )
+
+
+def test_a_stale_recovery_does_not_reset():
+    state, _ = feed(StreakState(), [breach(t=10), breach(t=11)])
+    decision = apply(state, recovery(t=5))
+    assert decision.outcome is Outcome.STALE
+    assert decision.state is state
+    assert count(decision.state, "error_rate") == 2
+
+
+def test_a_stale_breach_after_a_recovery_does_not_count():
+    state, _ = feed(StreakState(), [breach(t=10), recovery(t=20)])
+    decision = apply(state, breach(t=19))
+    assert decision.outcome is Outcome.STALE
+    assert decision.state.streaks["error_rate"] == Streak(0, at(20))
+
+
+def test_a_stale_breach_cannot_trip():
+    state, _ = feed(StreakState(), [breach("memory", t=10)])
+    state, _ = feed(state, [recovery("memory", t=30)])
+    decision = apply(state, breach("memory", t=20))  # would be the 2nd in a row if it were applied
+    assert decision.outcome is Outcome.STALE
+    assert decision.state.rollback_requested is False
+
+
+def test_an_observation_at_the_same_time_as_the_last_applied_is_applied():
+    state, decisions = feed(StreakState(), [breach(t=10), breach(t=10), breach(t=10)])
+    assert [d.outcome for d in decisions] == [Outcome.COUNTED, Outcome.COUNTED, Outcome.TRIPPED]
+    decision = apply(state, recovery(t=10))
+    assert decision.outcome is Outcome.RESET
+
+
+def test_ordering_is_per_rule():
+    state, decisions = feed(
+        StreakState(), [breach("error_rate", t=100), breach("memory", t=50), recovery("latency_p95", t=1)]
+    )
+    assert [d.outcome for d in decisions] == [Outcome.COUNTED, Outcome.COUNTED, Outcome.RESET]
+    assert state.streaks == {
+        "error_rate": Streak(1, at(100)),
+        "memory": Streak(1, at(50)),
+        "latency_p95": Streak(0, at(1)),
+    }
+    # An older error_rate observation is still stale although memory's last time is older.
+    assert apply(state, breach("error_rate", t=60)).outcome is Outcome.STALE
+    assert apply(state, breach("memory", t=60)).outcome is Outcome.TRIPPED  # 2nd memory breach
+
+
+def test_late_arrivals_between_applied_observations_are_ignored():
+    _, decisions = feed(StreakState(), [breach(t=1), breach(t=3), breach(t=2)])
+    assert [d.outcome for d in decisions] == [Outcome.COUNTED, Outcome.COUNTED, Outcome.STALE]
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_a_duplicate_is_reported_and_changes_nothing(kind):
+    state, _ = feed(StreakState(), [breach(t=1, eid="m-1"), breach(t=2, eid="m-2")])
+    decision = apply(state, obs("error_rate", kind, t=3, eid="m-2"), duplicate=True)
+    assert decision.outcome is Outcome.DUPLICATE
+    assert decision.state is state
+    assert decision.count == 2
+    assert decision.limit == 3
+    assert decision.request_rollback is False
+    assert decision.reason == "event m-2 was already applied"
+
+
+def test_a_duplicate_of_the_tripping_event_does_not_trip_again():
+    trip = breach("canary_down", t=1, eid="m-9")
+    first = apply(StreakState(), trip)
+    again = apply(first.state, trip, duplicate=True)
+    assert first.outcome is Outcome.TRIPPED
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.state is first.state
+
+
+def test_duplicate_takes_precedence_over_stale():
+    state, _ = feed(StreakState(), [breach(t=10)])
+    assert apply(state, breach(t=1), duplicate=True).outcome is Outcome.DUPLICATE
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@pytest.mark.parametrize("phase", NOT_RUNNING_PHASES)
+@pytest.mark.parametrize("kind", list(Kind))
+def test_a_rollout_that_is_not_running_counts_nothing(phase, kind):
+    state = StreakState(phase=phase, streaks={"canary_down": Streak(0, at(0))})
+    decision = apply(state, obs("canary_down", kind, t=5))
+    assert decision.outcome is Outcome.NOT_RUNNING
+    assert decision.state is state
+    assert decision.request_rollback is False
+    assert decision.reason == f"rollout is {phase}"
+
+
+def test_rolled_back_is_sticky():
+    state = StreakState(
+        phase=Phase.ROLLED_BACK, streaks={"error_rate": Streak(3, at(0))}, rollback_requested=True
+    )
+    observations = [
+        obs(rule, kind, t=n)
+        for n, (rule, kind) in enumerate(
+            [(r, k) for r in RULE_NAMES for k in (Kind.RECOVERY, Kind.BREACH, Kind.BREACH, Kind.BREACH)],
+            start=1,
+        )
+    ]
+    final, decisions = feed(state, observations)
+    assert {d.outcome for d in decisions} == {Outcome.NOT_RUNNING}
+    assert final is state
+    assert final.phase is Phase.ROLLED_BACK
+
+
+def test_ignored_outcomes():
+    assert frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING}) == IGNORED
+    assert Outcome.TRIPPED not in IGNORED and Outcome.COUNTED not in IGNORED and Outcome.RESET not in IGNORED
+
+
+# --------------------------------------------------------------------------- independence, fresh rollouts
+
+
+def test_rules_are_independent():
+    state, decisions = feed(
+        StreakState(),
+        [
+            breach("error_rate", 1),
+            breach("latency_p95", 2),
+            breach("error_rate", 3),
+            recovery("latency_p95", 4),
+            breach("memory", 5),
+            breach("latency_p95", 6),
+            breach("error_rate", 7),
+        ],
+    )
+    assert [(d.rule, d.outcome, d.count) for d in decisions] == [
+        ("error_rate", Outcome.COUNTED, 1),
+        ("latency_p95", Outcome.COUNTED, 1),
+        ("error_rate", Outcome.COUNTED, 2),
+        ("latency_p95", Outcome.RESET, 0),
+        ("memory", Outcome.COUNTED, 1),
+        ("latency_p95", Outcome.COUNTED, 1),
+        ("error_rate", Outcome.TRIPPED, 3),
+    ]
+    assert {rule: s.count for rule, s in state.streaks.items()} == {
+        "error_rate": 3,
+        "latency_p95": 1,
+        "memory": 1,
+    }
+
+
+def test_breaches_spread_over_rules_do_not_add_up():
+    # Two breaches each of error_rate and latency_p95 (limits 3): four breaches, no trip.
+    _, decisions = feed(
+        StreakState(),
+        [
+            breach("error_rate", 1),
+            breach("latency_p95", 2),
+            breach("error_rate", 3),
+            breach("latency_p95", 4),
+        ],
+    )
+    assert Outcome.TRIPPED not in {d.outcome for d in decisions}
+
+
+def test_a_new_rollout_starts_from_zero():
+    old, decisions = feed(StreakState(), [breach("error_rate", n) for n in range(3)])
+    assert decisions[-1].outcome is Outcome.TRIPPED
+    fresh = StreakState()
+    assert fresh.phase is Phase.RUNNING and fresh.streaks == {} and fresh.rollback_requested is False
+    _, decisions = feed(fresh, [breach("error_rate", n) for n in range(3)])
+    assert [d.count for d in decisions] == [1, 2, 3]
+    assert decisions[-1].outcome is Outcome.TRIPPED  # the new canary can be rolled back too
+    # An event time older than the old rollout's last observation is fine for the new one.
+    assert apply(StreakState(), breach("error_rate", t=-100)).outcome is Outcome.COUNTED
+    assert old.streaks["error_rate"].count == 3  # the old state is untouched
+
+
+def test_inputs_are_not_mutated():
+    streaks = {"error_rate": Streak(1, at(1))}
+    state = StreakState(streaks=streaks)
+    decision = apply(state, breach("error_rate", t=2))
+    assert streaks == {"error_rate": Streak(1, at(1))}
+    assert state.streaks == {"error_rate": Streak(1, at(1))}
+    assert decision.state.streaks == {"error_rate": Streak(2, at(2))}
+
+
+def test_a_rule_without_a_limit_is_refused():
+    with pytest.raises(KeyError):
+        apply_observation(StreakState(), breach("cpu"), LIMITS)
+
+
+# --------------------------------------------------------------------------- property tests
+
+
+@dataclass
+class Model:
+    """Reference model of the semantics, written independently of the implementation."""
+
+    phase: Phase = Phase.RUNNING
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    last: dict[str, int] = field(default_factory=dict)
+    requested: bool = False
+    seen: set[str] = field(default_factory=set)
+
+    def apply(self, rule: str, kind: Kind, t: int, eid: str) -> Outcome:
+        if eid in self.seen:
+            return Outcome.DUPLICATE
+        self.seen.add(eid)
+        if self.phase is not Phase.RUNNING:
+            return Outcome.NOT_RUNNING
+        if rule in self.last and t < self.last[rule]:
+            return Outcome.STALE
+        self.last[rule] = t
+        if kind is Kind.RECOVERY:
+            self.counts[rule] = 0
+            return Outcome.RESET
+        self.counts[rule] += 1
+        if self.counts[rule] >= LIMITS[rule] and not self.requested:
+            self.requested = True
+            return Outcome.TRIPPED
+        return Outcome.COUNTED
+
+
+Step = tuple[str, Kind, int, str]
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(RULE_NAMES),
+        st.sampled_from(list(Kind)),
+        st.integers(min_value=0, max_value=12),
+        st.integers(min_value=0, max_value=25).map(lambda n: f"msg-{n}"),  # a small pool: duplicates
+    ),
+    max_size=40,
+)
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def drive(
+    state: StreakState, sequence: list[Step], seen: set[str]
+) -> tuple[StreakState, list[StreakDecision]]:
+    """What the store does: duplicate = the id was recorded before; every processed id is recorded."""
+    decisions = []
+    for rule, kind, t, eid in sequence:
+        decision = apply_observation(
+            state, Observation(rule, kind, at(t), eid, "alert"), LIMITS, duplicate=eid in seen
+        )
+        seen.add(eid)
+        decisions.append(decision)
+        state = decision.state
+    return state, decisions
+
+
+@PROPERTY
+@given(steps)
+def test_property_matches_the_reference_model(sequence):
+    final, decisions = drive(StreakState(), sequence, set())
+    model = Model()
+    expected = [model.apply(*step) for step in sequence]
+    assert [d.outcome for d in decisions] == expected
+    assert {rule: s.count for rule, s in final.streaks.items()} == {
+        rule: model.counts[rule] for rule in model.last
+    }
+    assert {rule: s.last_event_time for rule, s in final.streaks.items()} == {
+        rule: at(t) for rule, t in model.last.items()
+    }
+    assert final.rollback_requested is model.requested
+    for decision, step in zip(decisions, sequence, strict=True):
+        assert decision.rule == step[0]
+        assert decision.limit == LIMITS[step[0]]
+        assert decision.request_rollback is (decision.outcome is Outcome.TRIPPED)
+        if decision.outcome not in IGNORED:
+            assert decision.count == decision.state.streaks[step[0]].count
+
+
+@PROPERTY
+@given(steps)
+def test_property_at_most_one_trip_and_it_is_exactly_when_a_limit_is_reached(sequence):
+    _, decisions = drive(StreakState(), sequence, set())
+    trips = [i for i, d in enumerate(decisions) if d.outcome is Outcome.TRIPPED]
+    assert len(trips) <= 1
+    # Independently of the core: replay only the applied observations and find the first time a
+    # rule's run of consecutive breaches reaches its limit.
+    running: dict[str, int] = defaultdict(int)
+    first_reach = None
+    for i, (decision, (rule, kind, _t, _eid)) in enumerate(zip(decisions, sequence, strict=True)):
+        if decision.outcome in IGNORED:
+            continue
+        running[rule] = 0 if kind is Kind.RECOVERY else running[rule] + 1
+        if first_reach is None and running[rule] >= LIMITS[rule]:
+            first_reach = i
+    assert trips == ([] if first_reach is None else [first_reach])
+
+
+@PROPERTY
+@given(steps)
+def test_property_count_is_breaches_since_the_last_applied_recovery_in_event_time_order(sequence):
+    final, decisions = drive(StreakState(), sequence, set())
+    applied = [step for step, d in zip(sequence, decisions, strict=True) if d.outcome not in IGNORED]
+    for rule in RULE_NAMES:
+        mine = sorted((s for s in applied if s[0] == rule), key=lambda s: s[2])  # stable: ties keep order
+        last_recovery = max((i for i, s in enumerate(mine) if s[1] is Kind.RECOVERY), default=-1)
+        expected = sum(1 for s in mine[last_recovery + 1 :] if s[1] is Kind.BREACH)
+        assert count(final, rule) == expected
+        # Applied observations of one rule never go back in time.
+        assert [s[2] for s in mine] == [s[2] for s in applied if s[0] == rule]
+    # Ignored outcomes are exactly duplicates (seen id), non-running, or older than the rule's last.
+    for decision in decisions:
+        if decision.outcome in IGNORED:
+            assert decision.outcome in (Outcome.DUPLICATE, Outcome.STALE)
+
+
+@PROPERTY
+@given(steps)
+def test_property_replaying_the_same_sequence_changes_nothing(sequence):
+    seen: set[str] = set()
+    first, _ = drive(StreakState(), sequence, seen)
+    second, decisions = drive(first, sequence, seen)
+    assert {d.outcome for d in decisions} <= {Outcome.DUPLICATE}
+    assert second is first
+
+
+@PROPERTY
+@given(st.sampled_from(NOT_RUNNING_PHASES), st.booleans(), steps)
+def test_property_nothing_counts_unless_running(phase, requested, sequence):
+    start = StreakState(phase=phase, streaks={"memory": Streak(1, at(0))}, rollback_requested=requested)
+    final, decisions = drive(start, sequence, set())
+    assert final is start
+    assert {d.outcome for d in decisions} <= {Outcome.NOT_RUNNING, Outcome.DUPLICATE}
