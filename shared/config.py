@@ -7,6 +7,7 @@ Terraform checks can prove every function gets what it needs.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -112,9 +113,18 @@ def _number(env: Mapping[str, str], name: str) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"environment variable {name}={raw!r} is not a finite number")
     if value <= 0:
         raise ConfigError(f"environment variable {name}={raw!r} must be positive")
     return value
+
+
+def _whole_number(env: Mapping[str, str], name: str) -> int:
+    value = _number(env, name)
+    if not value.is_integer():
+        raise ConfigError(f"environment variable {name}={_read(env, name)!r} must be a whole number")
+    return int(value)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -141,5 +151,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         monitoring_endpoint=_read(env, "MONITORING_API_ENDPOINT") or None,
         chat_webhook_url=_read(env, "CHAT_WEBHOOK_URL") or None,
         function_timeout_s=_number(env, "FUNCTION_TIMEOUT_S"),
-        function_memory_mb=int(_number(env, "FUNCTION_MEMORY_MB")),
+        function_memory_mb=_whole_number(env, "FUNCTION_MEMORY_MB"),
     )

@@ -41,7 +41,10 @@ class PubSubMessage:
 def parse_time(value: Any) -> datetime:
     """RFC 3339 string or unix seconds → aware UTC datetime."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise MalformedEvent(f"time {value!r} is out of range") from None
     if isinstance(value, str) and value:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -183,6 +186,7 @@ class RollbackRequest(BaseModel):
     # Set by the breach counter: the canary the request is about and what tripped it.
     canary_revision: str = ""
     rule: str = ""
+    trigger_event_id: str = ""
     observations: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -6,6 +6,7 @@ these values to the plans below inside its read-modify-write loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,39 +47,50 @@ class CanarySplit:
     canary_percent: int
 
 
+def _shares(targets: Sequence[TrafficSplit]) -> dict[str, int]:
+    """Percent per revision (Cloud Run may list one revision in several entries)."""
+    shares: dict[str, int] = {}
+    for t in targets:
+        shares[t.revision] = shares.get(t.revision, 0) + t.percent
+    return {rev: share for rev, share in shares.items() if share}
+
+
+def _tags(targets: Sequence[TrafficSplit]) -> dict[str, str]:
+    """Tag → revision (a tag names exactly one revision; a revision may have several tags)."""
+    return {t.tag: t.revision for t in targets if t.tag}
+
+
 def discover_canary(traffic: ServiceTraffic) -> CanarySplit | None:
     """The canary is the revision tagged `canary` with a non-zero share; stable holds the rest.
 
     None when there is no live canary (no tag, or the tagged revision gets no traffic).
     """
-    canary = next((t for t in traffic.targets if t.tag == CANARY_TAG and t.percent > 0), None)
-    if canary is None:
+    canary = _tags(traffic.targets).get(CANARY_TAG)
+    shares = _shares(traffic.targets)
+    if canary is None or canary not in shares:
         return None
-    others = [t for t in traffic.targets if t.revision != canary.revision and t.percent > 0]
+    others = {rev: share for rev, share in shares.items() if rev != canary}
     if not others:
         return None  # the canary already serves everything: nothing is "stable" any more
-    stable = max(others, key=lambda t: t.percent)
-    return CanarySplit(canary.revision, stable.revision, traffic.percent_of(canary.revision))
+    stable = max(others, key=lambda rev: others[rev])
+    return CanarySplit(canary, stable, shares[canary])
 
 
-def _same_split(current: ServiceTraffic, wanted: list[TrafficSplit]) -> bool:
-    def key(targets: tuple[TrafficSplit, ...] | list[TrafficSplit]) -> set[tuple[str, int, str]]:
-        return {(t.revision, t.percent, t.tag) for t in targets if t.percent > 0 or t.tag}
-
-    return key(current.targets) == key(wanted)
+def _same_split(current: ServiceTraffic, wanted: Sequence[TrafficSplit]) -> bool:
+    return _shares(current.targets) == _shares(wanted) and _tags(current.targets) == _tags(wanted)
 
 
-def _split(current: ServiceTraffic, shares: dict[str, int], tags: dict[str, str]) -> list[TrafficSplit]:
-    """Targets with the given shares; tagged revisions stay reachable at 0 %, untagged ones drop.
-
-    `tags` moves a tag to a revision (a tag names exactly one revision of a service).
-    """
-    tag_of = {t.revision: t.tag for t in current.targets if t.tag}
-    for revision, tag in tags.items():
-        tag_of = {rev: old for rev, old in tag_of.items() if old != tag}
-        tag_of[revision] = tag
-    revisions = list(dict.fromkeys([*shares, *tag_of, *(t.revision for t in current.targets)]))
-    targets = [TrafficSplit(rev, shares.get(rev, 0), tag_of.get(rev, "")) for rev in revisions]
+def _split(current: ServiceTraffic, shares: dict[str, int], move_tags: dict[str, str]) -> list[TrafficSplit]:
+    """Targets with the given shares. Every tag stays (tagged revisions stay reachable at 0 %),
+    `move_tags` moves a tag to another revision; untagged revisions without a share drop out."""
+    tags = _tags(current.targets) | {tag: rev for rev, tag in move_tags.items()}
+    revisions = dict.fromkeys([*shares, *tags.values(), *(t.revision for t in current.targets)])
+    targets: list[TrafficSplit] = []
+    for rev in revisions:
+        rev_tags = [tag for tag, tagged in tags.items() if tagged == rev] or [""]
+        # The share rides on the first entry; further tags of the revision get 0 % entries.
+        targets.append(TrafficSplit(rev, shares.get(rev, 0), rev_tags[0]))
+        targets.extend(TrafficSplit(rev, 0, tag) for tag in rev_tags[1:])
     return [t for t in targets if t.percent > 0 or t.tag]
 
 
