@@ -10,23 +10,48 @@ Layout:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.core import Observation, Outcome, Phase, Streak, StreakDecision, StreakState, apply_observation
 
+T = TypeVar("T")
+
 ROLLOUTS = "canary_rollouts"
 SERVICES = "canary_services"
 APPLIED = "applied_events"
 DECISIONS = "decisions"
-# Concurrent deliveries for one rollout contend on one document; the client retries a
-# transaction that lost the race, and past this many attempts the error reaches Pub/Sub.
-TXN_ATTEMPTS = 25
+# Concurrent deliveries for one rollout contend on one document. The client re-runs a
+# transaction that lost the race (keeping its place in line on Firestore); between such
+# rounds we back off with jitter so lock-timeout storms settle, and past the deadline the
+# error reaches Pub/Sub, which redelivers.
+TXN_ATTEMPTS = 5
+TXN_DEADLINE_S = 60.0
+TXN_BACKOFF_S = (0.02, 1.0)  # first and largest pause between rounds
+
+
+class _KeyedLocks:
+    """One lock per rollout id within this process. Concurrent requests in one instance then
+    queue instead of contending in Firestore (where lock-upgrade conflicts abort both)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+_rollout_locks = _KeyedLocks()
 
 
 class RolloutConflict(RuntimeError):
@@ -141,8 +166,25 @@ class RolloutStore:
         )
         return list(reversed([snap.to_dict() for snap in query.stream()]))
 
-    def _txn(self) -> firestore.Transaction:
-        return self._db.transaction(max_attempts=TXN_ATTEMPTS)
+    def _transact(self, key: str, body: Callable[[firestore.Transaction], T]) -> T:
+        """Run `body` in a transaction, serialised per rollout within this process and retrying
+        cross-instance contention with jittered backoff."""
+        with _rollout_locks(key):
+            return self._transact_unlocked(body)
+
+    def _transact_unlocked(self, body: Callable[[firestore.Transaction], T]) -> T:
+        deadline = time.monotonic() + TXN_DEADLINE_S
+        pause, max_pause = TXN_BACKOFF_S
+        wrapped = firestore.transactional(body)
+        while True:
+            try:
+                return wrapped(self._db.transaction(max_attempts=TXN_ATTEMPTS))
+            except (gexc.Aborted, ValueError) as exc:
+                contended = isinstance(exc, gexc.Aborted) or isinstance(exc.__cause__, gexc.Aborted)
+                if not contended or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(random.uniform(pause / 2, pause))
+            pause = min(max_pause, pause * 2)
 
     def _decision(
         self, txn: firestore.Transaction, rid: str, kind: str, data: Mapping[str, Any], key: str = ""
@@ -172,7 +214,6 @@ class RolloutStore:
         rid = rollout_id(service_name, canary_revision)
         rollout_ref, service_ref = self._rollout_ref(rid), self._service_ref(service_name)
 
-        @firestore.transactional
         def txn_body(txn: firestore.Transaction) -> None:
             rollout_snap = rollout_ref.get(transaction=txn)
             service_snap = service_ref.get(transaction=txn)
@@ -230,7 +271,7 @@ class RolloutStore:
                 },
             )
 
-        txn_body(self._txn())
+        self._transact(service_name, txn_body)
         rollout = self.get(rid)
         assert rollout is not None  # written or found by the transaction above
         return rollout
@@ -251,7 +292,6 @@ class RolloutStore:
         marker_ref = rollout_ref.collection(APPLIED).document(_event_key(obs.event_id))
         result: dict[str, Any] = {}
 
-        @firestore.transactional
         def txn_body(txn: firestore.Transaction) -> None:
             rollout_snap = rollout_ref.get(transaction=txn)
             if not rollout_snap.exists:
@@ -301,7 +341,7 @@ class RolloutStore:
             txn.update(rollout_ref, update)
 
         try:
-            txn_body(self._txn())
+            self._transact(rid, txn_body)
         except gexc.Conflict:
             # The marker was created by a concurrent delivery after our read: that one applied it.
             return self.apply_observation(rid, obs, limits, rollback_request)
@@ -324,7 +364,6 @@ class RolloutStore:
         """Move to `phase` if the rollout is currently in `only_from`; record it. False: not moved."""
         rollout_ref = self._rollout_ref(rid)
 
-        @firestore.transactional
         def txn_body(txn: firestore.Transaction) -> bool:
             snap = rollout_ref.get(transaction=txn)
             if not snap.exists or Phase(snap.get("phase")) not in only_from:
@@ -333,7 +372,7 @@ class RolloutStore:
             self._decision(txn, rid, kind, data)
             return True
 
-        return txn_body(self._txn())
+        return self._transact(rid, txn_body)
 
     def record(self, rid: str, kind: str, data: Mapping[str, Any]) -> None:
         """Append a history entry outside any state change (dry runs, no-ops, load tests)."""

@@ -29,6 +29,22 @@ FOREIGN = f"projects/{PROJECT}/locations/{LOCATION}/services/not-watched"
 FUNCTIONS = ("breach_counter", "rollback", "emergency_rollback")
 
 
+def deploy_canary(
+    cloudrun: object,
+    service: str = SHOP,
+    *,
+    stable: str = "shop-00001",
+    canary: str = "shop-00002",
+    percent: int = 5,
+    revisions: tuple[str, ...] = ("shop-00001", "shop-00002", "shop-00003"),
+) -> None:
+    """Put the service in the stand-in with `canary` tagged at `percent` and `stable` holding the rest."""
+    traffic = [{"revision": stable, "percent": 100 - percent}]
+    if percent:
+        traffic.append({"revision": canary, "percent": percent, "tag": "canary"})
+    cloudrun.put_service(service, list(dict.fromkeys((*revisions, stable, canary))), traffic)
+
+
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack-logs")

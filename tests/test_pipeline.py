@@ -1,0 +1,290 @@
+"""Alert → streak → rollback through the real path: CloudEvents posted to the functions served
+by functions-framework, real Pub/Sub and Firestore emulators, the Cloud Run stand-in."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+from infra.localstack import ALERTS_TOPIC, PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
+from shared.core import Phase
+from shared.store import RolloutStore, rollout_id
+from tests.conftest import FOREIGN, LOCATION, SHOP, deploy_canary
+from tests.payloads import cloudevent_data, incident_message
+
+pytestmark = pytest.mark.emulators
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def post_event(fn, data: dict, *, event_id: str, topic: str = ALERTS_TOPIC) -> requests.Response:
+    """A binary-mode CloudEvent, as Eventarc delivers a Pub/Sub message."""
+    headers = {
+        "ce-id": event_id,
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/{topic}",
+        "ce-specversion": "1.0",
+        "ce-time": at(0),
+        "Content-Type": "application/json",
+    }
+    return requests.post(fn.url + "/", data=json.dumps(data), headers=headers, timeout=30)
+
+
+def alert(
+    fn,
+    *,
+    rule: str = "error_rate",
+    state: str = "open",
+    revision: str = "shop-00002",
+    seconds: float = 0,
+    message_id: str | None = None,
+    service: str = "shop",
+) -> tuple[str, requests.Response]:
+    message_id = message_id or uuid.uuid4().hex
+    payload = incident_message(
+        rule=rule,
+        state=state,
+        revision=revision,
+        service=service,
+        project=PROJECT,
+        scoping_project=PROJECT,
+        location=LOCATION,
+    )
+    data = cloudevent_data(payload, message_id=message_id, publish_time=at(seconds))
+    return message_id, post_event(fn, data, event_id=message_id)
+
+
+@pytest.fixture
+def store(firestore_clean) -> RolloutStore:
+    return RolloutStore(PROJECT)
+
+
+@pytest.fixture
+def canary(cloudrun) -> str:
+    """shop: stable shop-00001 at 95 %, canary shop-00002 at 5 % tagged `canary`."""
+    deploy_canary(cloudrun)
+    return rollout_id(SHOP, "shop-00002")
+
+
+@pytest.fixture
+def rollback_requests(emulators):
+    """A pull subscription on the rollback topic, to see what the breach counter published."""
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, ROLLBACK_TOPIC)
+    with contextlib.suppress(gexc.AlreadyExists):
+        publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(PROJECT, f"test-pull-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=topic)
+
+    def pull(expect_at_least: int = 0, timeout_s: float = 10) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            response = subscriber.pull(subscription=sub, max_messages=50, timeout=5)
+            for received in response.received_messages:
+                got.append(json.loads(received.message.data))
+            if response.received_messages:
+                subscriber.acknowledge(
+                    subscription=sub, ack_ids=[r.ack_id for r in response.received_messages]
+                )
+            if len(got) >= expect_at_least and not response.received_messages:
+                break
+        return got
+
+    yield pull
+    subscriber.delete_subscription(subscription=sub)
+
+
+def traffic_of(cloudrun, service: str = SHOP) -> dict[str, int]:
+    return {t.get("revision", ""): t.get("percent", 0) for t in cloudrun.service(service).get("traffic", [])}
+
+
+def test_third_error_rate_breach_requests_one_rollback(functions, store, canary, rollback_requests):
+    fn = functions["breach_counter"]
+    for n in (1, 2):
+        _, response = alert(fn, seconds=n)
+        assert response.status_code == 200
+        assert store.get(canary).streaks["error_rate"].count == n
+        assert not store.get(canary).rollback_requested
+    trip_id, response = alert(fn, seconds=3)
+    assert response.status_code == 200
+    rollout = store.get(canary)
+    assert rollout.streaks["error_rate"].count == 3
+    assert rollout.rollback_requested and rollout.rollback_published
+    requests_seen = rollback_requests(expect_at_least=1)
+    assert len(requests_seen) == 1
+    request = requests_seen[0]
+    assert request["service"] == SHOP
+    assert request["canary_revision"] == "shop-00002"
+    assert request["rule"] == "error_rate"
+    assert request["trigger_event_id"] == trip_id
+    # A fourth breach counts but never requests a second rollback.
+    alert(fn, seconds=4)
+    assert store.get(canary).streaks["error_rate"].count == 4
+    assert rollback_requests() == []
+    log = fn.logs_for(event_id=trip_id)
+    assert log and log[-1]["severity"] == "NOTICE" and log[-1]["outcome"] == "tripped"
+    assert log[-1]["rollout"] == canary and log[-1]["rule"] == "error_rate"
+
+
+def test_memory_trips_after_two_and_canary_down_after_one(functions, store, canary, cloudrun):
+    fn = functions["breach_counter"]
+    alert(fn, rule="memory", seconds=1)
+    assert not store.get(canary).rollback_requested
+    alert(fn, rule="memory", seconds=2)
+    assert store.get(canary).rollback_requested
+    # Next canary: canary_down trips on the first observation.
+    deploy_canary(cloudrun, canary="shop-00003", percent=10)
+    alert(fn, rule="canary_down", revision="shop-00003", seconds=3)
+    fresh = store.get(rollout_id(SHOP, "shop-00003"))
+    assert fresh.rollback_requested and fresh.streaks["canary_down"].count == 1
+    assert fresh.canary_percent == 10
+
+
+def test_recovery_resets_and_order_is_event_time(functions, store, canary):
+    fn = functions["breach_counter"]
+    alert(fn, seconds=10)
+    alert(fn, seconds=20)
+    alert(fn, state="closed", seconds=30)
+    assert store.get(canary).streaks["error_rate"].count == 0
+    # An older breach arriving late is ignored; it does not resume the old streak.
+    stale_id, response = alert(fn, seconds=25)
+    assert response.status_code == 200
+    assert store.get(canary).streaks["error_rate"].count == 0
+    assert fn.logs_for(event_id=stale_id)[-1]["outcome"] == "stale"
+    alert(fn, seconds=40)
+    alert(fn, seconds=50)
+    assert store.get(canary).streaks["error_rate"].count == 2
+    assert not store.get(canary).rollback_requested
+
+
+def test_redelivery_never_counts_twice(functions, store, canary):
+    fn = functions["breach_counter"]
+    message_id, _ = alert(fn, seconds=1)
+    for _ in range(3):
+        _, response = alert(fn, seconds=1, message_id=message_id)
+        assert response.status_code == 200
+    assert store.get(canary).streaks["error_rate"].count == 1
+    assert fn.logs_for(event_id=message_id)[-1]["outcome"] == "duplicate"
+
+
+def test_new_canary_starts_fresh_and_old_one_is_superseded(functions, store, canary, cloudrun):
+    fn = functions["breach_counter"]
+    alert(fn, seconds=1)
+    alert(fn, seconds=2)
+    deploy_canary(cloudrun, canary="shop-00003")
+    alert(fn, revision="shop-00003", seconds=3)
+    new = store.get(rollout_id(SHOP, "shop-00003"))
+    assert new.streaks["error_rate"].count == 1
+    assert store.get(canary).phase is Phase.SUPERSEDED
+    old_id, _ = alert(fn, revision="shop-00002", seconds=4)
+    assert store.get(canary).streaks["error_rate"].count == 2
+    assert fn.logs_for(event_id=old_id)[-1]["outcome"] == "not_running"
+
+
+def test_alerts_for_the_stable_revision_are_ignored(functions, store, canary):
+    message_id, response = alert(functions["breach_counter"], revision="shop-00001")
+    assert response.status_code == 200
+    assert store.get(rollout_id(SHOP, "shop-00001")) is None
+    assert functions["breach_counter"].logs_for(event_id=message_id)[-1]["outcome"] == "not_canary"
+
+
+def test_cloud_run_fault_during_discovery_raises_for_redelivery(functions, store, canary, cloudrun):
+    cloudrun.inject_fault(500, count=50, methods=["GET"])
+    message_id, response = alert(functions["breach_counter"], seconds=1)
+    assert response.status_code == 500  # Pub/Sub will redeliver
+    assert store.get(canary) is None
+    cloudrun.reset()
+    deploy_canary(cloudrun)
+    _, response = alert(functions["breach_counter"], seconds=1, message_id=message_id)
+    assert response.status_code == 200
+    assert store.get(canary).streaks["error_rate"].count == 1
+
+
+def test_concurrent_duplicate_deliveries_leave_exact_counts(functions, store, canary, rollback_requests):
+    """200 deliveries, 30 % of them redeliveries, 8 at a time, four rules: exact counts."""
+    fn = functions["breach_counter"]
+    rules = ["error_rate", "latency_p95", "memory", "canary_down"]
+    unique = [(uuid.uuid4().hex, rules[i % 4]) for i in range(140)]
+    deliveries = unique + [unique[(i * 7) % 140] for i in range(60)]
+    order = sorted(range(200), key=lambda i: (i * 37) % 200)  # deterministic shuffle
+
+    def deliver(index: int) -> int:
+        message_id, rule = deliveries[index]
+        # Same publish time for all: concurrent arrival order must not matter.
+        for _ in range(5):  # what Pub/Sub would do on a 5xx
+            _, response = alert(fn, rule=rule, seconds=1, message_id=message_id)
+            if response.status_code == 200:
+                return 200
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(deliver, order))
+    assert statuses == [200] * 200
+    rollout = store.get(canary)
+    assert {rule: rollout.streaks[rule].count for rule in rules} == {rule: 35 for rule in rules}
+    history = store.history(canary, limit=1000)
+    observations = [h for h in history if h["kind"] == "observation"]
+    assert len(observations) == 140
+    assert len({h["event_id"] for h in observations}) == 140
+    assert len([h for h in history if h["kind"] == "rollback_requested"]) == 1
+    published = rollback_requests(expect_at_least=1)
+    assert len(published) >= 1 and {p["trigger_event_id"] for p in published} == {
+        rollout.rollback_request["trigger_event_id"]
+    }
+
+
+def test_foreign_service_is_acknowledged_with_reason(functions, store, canary):
+    message_id, response = alert(functions["breach_counter"], service="not-watched")
+    assert response.status_code == 200
+    line = functions["breach_counter"].logs_for(event_id=message_id)[-1]
+    assert line["severity"] == "WARNING"
+    assert "not in CANARY_SERVICES" in line["message"]
+    assert FOREIGN.endswith("not-watched")
+
+
+def test_push_subscription_delivers_to_breach_counter(functions, store, canary, emulators):
+    """The Pub/Sub emulator pushes to functions-framework the way Eventarc would deliver."""
+    port = int(functions["breach_counter"].url.rsplit(":", 1)[1])
+    wire_push(PROJECT, ALERTS_TOPIC, "test-breach-push", push_endpoint(port, PROJECT, ALERTS_TOPIC))
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, ALERTS_TOPIC)
+    try:
+        for n in range(2):
+            publisher.publish(
+                topic,
+                json.dumps(
+                    incident_message(
+                        rule="latency_p95", project=PROJECT, location=LOCATION, revision="shop-00002"
+                    )
+                ).encode(),
+            ).result(timeout=10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                rollout = store.get(canary)
+                if (
+                    rollout
+                    and rollout.streaks.get("latency_p95")
+                    and rollout.streaks["latency_p95"].count == n + 1
+                ):
+                    break
+                time.sleep(0.1)
+            assert store.get(canary).streaks["latency_p95"].count == n + 1
+    finally:
+        pubsub_v1.SubscriberClient().delete_subscription(
+            subscription=f"projects/{PROJECT}/subscriptions/test-breach-push"
+        )

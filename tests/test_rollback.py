@@ -1,0 +1,244 @@
+"""Rollback through the functions and the Cloud Run stand-in: the Pub/Sub-triggered rollback,
+the emergency HTTP call, dry runs, idempotency and every injected control-plane fault."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+import requests
+from google.cloud import pubsub_v1
+
+from infra.localstack import PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
+from shared.core import Phase
+from shared.store import RolloutStore, rollout_id
+from tests.conftest import API, API_EU, FOREIGN, SHOP, deploy_canary
+from tests.payloads import cloudevent_data
+from tests.test_pipeline import post_event
+
+pytestmark = pytest.mark.emulators
+CANARY = rollout_id(SHOP, "shop-00002")
+BEFORE = {"shop-00001": 95, "shop-00002": 5}
+AFTER = {"shop-00001": 100, "shop-00002": 0}
+
+
+@pytest.fixture
+def store(firestore_clean) -> RolloutStore:
+    return RolloutStore(PROJECT)
+
+
+@pytest.fixture
+def shop(cloudrun):
+    deploy_canary(cloudrun)
+    return cloudrun
+
+
+def live(cloudrun, service: str = SHOP) -> dict[str, int]:
+    return {t["revision"]: t.get("percent", 0) for t in cloudrun.service(service)["traffic"]}
+
+
+def tags(cloudrun, service: str = SHOP) -> dict[str, str]:
+    return {t["revision"]: t.get("tag", "") for t in cloudrun.service(service)["traffic"]}
+
+
+def token(email: str) -> str:
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"Bearer {part({'alg': 'RS256'})}.{part({'email': email, 'aud': 'x'})}.c2ln"
+
+
+def emergency(functions, body, *, auth: str | None = None) -> requests.Response:
+    headers = {"Authorization": auth} if auth else {}
+    return requests.post(functions["emergency_rollback"].url + "/", json=body, headers=headers, timeout=60)
+
+
+def as_split(targets: list[dict]) -> dict[str, int]:
+    return {t["revision"]: t["percent"] for t in targets}
+
+
+def test_emergency_dry_run_changes_nothing(functions, store, shop):
+    response = emergency(functions, {"service": "shop", "reason": "errors on checkout", "dry_run": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "dry_run"
+    assert as_split(body["before"]) == BEFORE
+    assert as_split(body["after"]) == AFTER
+    assert live(shop) == BEFORE
+    assert not [c for c in shop.calls() if c["method"] == "PATCH"]
+
+
+def test_emergency_rollback_moves_traffic_and_records_who(functions, store, shop):
+    response = emergency(
+        functions, {"service": SHOP, "reason": "errors on checkout"}, auth=token("oncall@example.com")
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "rolled_back"
+    assert as_split(body["before"]) == BEFORE and as_split(body["after"]) == AFTER
+    assert live(shop) == AFTER
+    assert tags(shop)["shop-00002"] == "canary"  # still reachable for debugging
+    rollout = store.get(CANARY)
+    assert rollout.phase is Phase.ROLLED_BACK
+    done = [h for h in store.history(CANARY) if h["kind"] == "rolled_back"]
+    assert len(done) == 1
+    assert done[0]["requested_by"] == "oncall@example.com"
+    assert done[0]["mode"] == "manual" and done[0]["reason"] == "errors on checkout"
+    assert as_split(done[0]["before"]) == BEFORE and as_split(done[0]["after"]) == AFTER
+
+    again = emergency(functions, {"service": "shop", "reason": "again"})
+    assert again.status_code == 200 and again.json()["status"] == "already_rolled_back"
+    assert len([c for c in shop.calls() if c["method"] == "PATCH"]) == 1
+    assert store.get(CANARY).phase is Phase.ROLLED_BACK
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"reason": "x"}, 400, "service"),
+        ({"service": "shop"}, 400, "reason"),
+        ({"service": "shop", "reason": "x", "dry_run": "perhaps"}, 400, "dry_run"),
+        ({"service": "shop", "reason": "x", "force": True}, 400, "force"),
+        (["shop"], 400, "JSON object"),
+        ({"service": "not-watched", "reason": "x"}, 403, "not in CANARY_SERVICES"),
+        ({"service": FOREIGN, "reason": "x"}, 403, "not in CANARY_SERVICES"),
+        ({"service": "api", "reason": "x"}, 400, "ambiguous"),
+    ],
+)
+def test_emergency_bad_input_answers_4xx_with_a_message(functions, store, shop, body, status, says):
+    response = emergency(functions, body)
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+    assert live(shop) == BEFORE
+
+
+def test_emergency_non_json_body_is_400(functions, shop):
+    response = requests.post(functions["emergency_rollback"].url + "/", data="roll back!", timeout=30)
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]
+
+
+def test_emergency_without_a_canary_is_409(functions, store, cloudrun):
+    cloudrun.put_service(API, ["api-00001"], [{"revision": "api-00001", "percent": 100}])
+    response = emergency(functions, {"service": API, "reason": "x"})
+    assert response.status_code == 409
+    assert "no canary" in response.json()["error"]
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 409])
+def test_transient_faults_are_retried_then_succeed(functions, store, shop, status):
+    shop.inject_fault(status, count=2, methods=["PATCH"])
+    response = emergency(functions, {"service": "shop", "reason": f"fault {status}"})
+    assert response.status_code == 200, response.text
+    assert live(shop) == AFTER
+    patches = [c for c in shop.calls() if c["method"] == "PATCH"]
+    assert [c["status"] for c in patches] == [status, status, 200]
+
+
+def test_persistent_fault_answers_503_and_leaves_traffic_whole(functions, store, shop):
+    shop.inject_fault(503, count=100, methods=["PATCH"])
+    response = emergency(functions, {"service": "shop", "reason": "cloud run down"})
+    assert response.status_code == 503
+    assert "call again" in response.json()["error"]
+    assert live(shop) == BEFORE
+    assert store.get(CANARY).phase is Phase.ROLLING_BACK  # a retry will finish it
+    shop.reset()
+    deploy_canary(shop)
+    retry = emergency(functions, {"service": "shop", "reason": "cloud run back"})
+    assert retry.status_code == 200 and retry.json()["status"] == "rolled_back"
+    assert store.get(CANARY).phase is Phase.ROLLED_BACK
+
+
+def test_slow_control_plane_still_rolls_back(functions, store, shop):
+    shop.inject_fault(None, count=2, delay_s=1.5)
+    response = emergency(functions, {"service": "shop", "reason": "slow"})
+    assert response.status_code == 200
+    assert live(shop) == AFTER
+
+
+def publish_request(fn, body: dict) -> tuple[str, requests.Response]:
+    message_id = uuid.uuid4().hex
+    data = cloudevent_data(body, message_id=message_id, publish_time="2026-11-26T12:00:00Z")
+    return message_id, post_event(fn, data, event_id=message_id, topic=ROLLBACK_TOPIC)
+
+
+def test_rollback_function_from_a_breach_counter_request(functions, store, shop):
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    body = {
+        "service": SHOP,
+        "canary_revision": "shop-00002",
+        "reason": "error_rate breached its consecutive limit (alert)",
+        "requested_by": "canary-guard/breach_counter",
+        "rule": "error_rate",
+        "trigger_event_id": "m-3",
+        "observations": [{"event_id": "m-3"}],
+    }
+    message_id, response = publish_request(functions["rollback"], body)
+    assert response.status_code == 200
+    assert live(shop) == AFTER
+    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert line["outcome"] == "rolled_back" and line["mode"] == "auto" and line["rule"] == "error_rate"
+    # Redelivery of the same request is a no-op that says so.
+    _, again = publish_request(functions["rollback"], body)
+    assert again.status_code == 200
+    assert len([c for c in shop.calls() if c["method"] == "PATCH"]) == 1
+
+
+def test_rollback_request_for_a_superseded_canary_changes_nothing(functions, store, shop):
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    deploy_canary(shop, canary="shop-00003")
+    store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by="test")
+    message_id, response = publish_request(
+        functions["rollback"], {"service": SHOP, "canary_revision": "shop-00002", "reason": "late request"}
+    )
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "superseded"
+    assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
+
+
+def test_rollback_function_raises_on_persistent_fault_for_redelivery(functions, store, shop):
+    shop.inject_fault(500, count=100, methods=["PATCH"])
+    _, response = publish_request(functions["rollback"], {"service": "shop", "reason": "x"})
+    assert response.status_code == 500
+    assert live(shop) == BEFORE
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ({"message": {"data": "!!!not-base64", "messageId": "m"}}, "base64"),
+        ({"message": {"data": base64.b64encode(b"roll back").decode(), "messageId": "m"}}, "not JSON"),
+        ({"nothing": 1}, "no Pub/Sub 'message'"),
+    ],
+)
+def test_malformed_rollback_messages_are_acknowledged(functions, shop, data, says):
+    message_id = uuid.uuid4().hex
+    response = post_event(functions["rollback"], data, event_id=message_id, topic=ROLLBACK_TOPIC)
+    assert response.status_code == 200
+    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert line["severity"] == "WARNING" and says in line["message"]
+    assert live(shop) == BEFORE
+
+
+def test_hand_published_request_through_the_push_subscription(functions, store, shop, emulators):
+    """What `gcloud pubsub topics publish canary-rollback-requests --message '{...}'` does."""
+    port = int(functions["rollback"].url.rsplit(":", 1)[1])
+    wire_push(PROJECT, ROLLBACK_TOPIC, "test-rollback-push", push_endpoint(port, PROJECT, ROLLBACK_TOPIC))
+    publisher = pubsub_v1.PublisherClient()
+    try:
+        publisher.publish(
+            publisher.topic_path(PROJECT, ROLLBACK_TOPIC),
+            json.dumps({"service": "shop", "reason": "published by hand", "requested_by": "oncall"}).encode(),
+        ).result(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and live(shop) != AFTER:
+            time.sleep(0.1)
+        assert live(shop) == AFTER
+    finally:
+        pubsub_v1.SubscriberClient().delete_subscription(
+            subscription=f"projects/{PROJECT}/subscriptions/test-rollback-push"
+        )
+    assert API_EU.endswith("/api")
