@@ -1,0 +1,65 @@
+# Dead letters for the two Pub/Sub-triggered functions.
+#
+# A 2nd-gen function's Pub/Sub trigger is an Eventarc trigger; Eventarc creates and owns the
+# push subscription on our topic (projects/P/subscriptions/eventarc-REGION-...). The
+# google_cloudfunctions2_function resource exposes neither the subscription nor a
+# dead-letter setting, and Terraform cannot declare a subscription it did not create.
+# Eventarc's documented way is to update that subscription afterwards, which is what this
+# does with gcloud once per trigger (again whenever the trigger or the settings change):
+#   - dead-letter topic + max delivery attempts on the Eventarc subscription,
+#   - roles/pubsub.subscriber on that one subscription for Pub/Sub's service agent
+#     (it must ack the message it forwards; publisher on the dead-letter topic is in pubsub.tf).
+# Where gcloud is not available, set attach_trigger_dead_letter = false and run
+# scripts/attach_dead_letter.sh by hand (terraform/README.md).
+
+resource "terraform_data" "alerts_trigger_dead_letter" {
+  count = var.attach_trigger_dead_letter ? 1 : 0
+
+  triggers_replace = [
+    google_cloudfunctions2_function.breach_counter.event_trigger[0].trigger,
+    google_pubsub_topic.alerts_dead_letter.id,
+    var.dead_letter_max_delivery_attempts,
+  ]
+
+  provisioner "local-exec" {
+    command = "bash '${path.module}/scripts/attach_dead_letter.sh'"
+    environment = {
+      PROJECT               = var.project_id
+      TRIGGER               = google_cloudfunctions2_function.breach_counter.event_trigger[0].trigger
+      DEAD_LETTER_TOPIC     = google_pubsub_topic.alerts_dead_letter.id
+      MAX_DELIVERY_ATTEMPTS = var.dead_letter_max_delivery_attempts
+      PUBSUB_SERVICE_AGENT  = local.pubsub_service_agent
+    }
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.alerts_dead_letter_publisher,
+    google_pubsub_subscription.alerts_dead_letter,
+  ]
+}
+
+resource "terraform_data" "rollback_trigger_dead_letter" {
+  count = var.attach_trigger_dead_letter ? 1 : 0
+
+  triggers_replace = [
+    google_cloudfunctions2_function.rollback.event_trigger[0].trigger,
+    google_pubsub_topic.rollback_dead_letter.id,
+    var.dead_letter_max_delivery_attempts,
+  ]
+
+  provisioner "local-exec" {
+    command = "bash '${path.module}/scripts/attach_dead_letter.sh'"
+    environment = {
+      PROJECT               = var.project_id
+      TRIGGER               = google_cloudfunctions2_function.rollback.event_trigger[0].trigger
+      DEAD_LETTER_TOPIC     = google_pubsub_topic.rollback_dead_letter.id
+      MAX_DELIVERY_ATTEMPTS = var.dead_letter_max_delivery_attempts
+      PUBSUB_SERVICE_AGENT  = local.pubsub_service_agent
+    }
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.rollback_dead_letter_publisher,
+    google_pubsub_subscription.rollback_dead_letter,
+  ]
+}

@@ -1,0 +1,191 @@
+# Identities and the ONLY roles they get.
+#
+# One service account per function, holding just what that function uses. Grants are made on
+# the narrowest resource the API allows: the target Cloud Run service, its runtime service
+# account, one topic, one secret. Firestore and Cloud Monitoring have no finer grant than
+# the project, so roles/datastore.user, roles/monitoring.viewer and
+# roles/monitoring.metricWriter are project-level; owner/editor never appear.
+#
+# The callers of the functions (the two Eventarc triggers, the two Cloud Scheduler jobs and
+# the on-call members) get roles/run.invoker on exactly their function's underlying Cloud Run
+# service, nothing at project level.
+
+locals {
+  functions = toset(["breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test"])
+
+  function_project_roles = {
+    breach_counter     = ["roles/datastore.user"]
+    rollback           = ["roles/datastore.user"]
+    emergency_rollback = ["roles/datastore.user"]
+    checkpoint         = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter"]
+    load_test          = ["roles/datastore.user", "roles/monitoring.metricWriter"]
+  }
+
+  # Roles on the Cloud Run service under release. run.developer = read + update traffic;
+  # run.viewer = read the service (revisions, tags, traffic); run.invoker = send it requests.
+  function_target_service_roles = {
+    breach_counter     = ["roles/run.viewer"]
+    rollback           = ["roles/run.developer"]
+    emergency_rollback = ["roles/run.developer"]
+    checkpoint         = ["roles/run.developer"]
+    load_test          = ["roles/run.viewer", "roles/run.invoker"]
+  }
+
+  # Updating a service's traffic deploys it "as" its runtime service account.
+  traffic_updaters = toset(["rollback", "emergency_rollback", "checkpoint"])
+
+  # The functions that read CHAT_WEBHOOK_URL (shared/config.py ENV_BY_FUNCTION).
+  chat_notifiers = toset(["rollback", "emergency_rollback", "checkpoint"])
+
+  function_project_grants = {
+    for pair in flatten([
+      for fn, roles in local.function_project_roles : [for role in roles : { fn = fn, role = role }]
+    ]) : "${pair.fn} ${pair.role}" => pair
+  }
+  function_target_service_grants = {
+    for pair in flatten([
+      for fn, roles in local.function_target_service_roles : [for role in roles : { fn = fn, role = role }]
+    ]) : "${pair.fn} ${pair.role}" => pair
+  }
+}
+
+resource "google_service_account" "function" {
+  for_each = local.functions
+
+  project      = var.project_id
+  account_id   = "${var.prefix}-${replace(each.key, "_", "-")}"
+  display_name = "canary-guard ${each.key} function"
+  description  = "Runtime identity of the canary-guard ${each.key} function."
+
+  depends_on = [google_project_service.apis]
+}
+
+# Callers: one identity per trigger / job, each allowed to invoke one function.
+resource "google_service_account" "alerts_trigger" {
+  project      = var.project_id
+  account_id   = "${var.prefix}-trigger-alerts"
+  display_name = "canary-guard alerts trigger"
+  description  = "Eventarc trigger identity: delivers alert incidents to breach_counter."
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_service_account" "rollback_trigger" {
+  project      = var.project_id
+  account_id   = "${var.prefix}-trigger-rollback"
+  display_name = "canary-guard rollback trigger"
+  description  = "Eventarc trigger identity: delivers rollback requests to rollback."
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_service_account" "checkpoint_scheduler" {
+  project      = var.project_id
+  account_id   = "${var.prefix}-sched-checkpoint"
+  display_name = "canary-guard checkpoint scheduler"
+  description  = "Cloud Scheduler OIDC identity: calls the checkpoint function."
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_service_account" "load_test_scheduler" {
+  project      = var.project_id
+  account_id   = "${var.prefix}-sched-load-test"
+  display_name = "canary-guard load test scheduler"
+  description  = "Cloud Scheduler OIDC identity: calls the load_test function."
+
+  depends_on = [google_project_service.apis]
+}
+
+# --- Function identities ---------------------------------------------------------------
+
+resource "google_project_iam_member" "function" {
+  for_each = local.function_project_grants
+
+  project = var.project_id
+  role    = each.value.role
+  member  = google_service_account.function[each.value.fn].member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "function_on_target" {
+  for_each = local.function_target_service_grants
+
+  project  = var.project_id
+  location = local.service_location
+  name     = var.service_name
+  role     = each.value.role
+  member   = google_service_account.function[each.value.fn].member
+}
+
+resource "google_service_account_iam_member" "traffic_updater_act_as_target_runtime" {
+  for_each = local.traffic_updaters
+
+  service_account_id = "projects/${var.project_id}/serviceAccounts/${local.target_runtime_service_account}"
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.function[each.key].member
+}
+
+resource "google_secret_manager_secret_iam_member" "chat_webhook" {
+  for_each = local.chat_webhook_enabled ? local.chat_notifiers : toset([])
+
+  project   = var.project_id
+  secret_id = var.chat_webhook_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function[each.key].member
+}
+
+# --- Callers: invoker on exactly their function ----------------------------------------
+
+resource "google_cloud_run_v2_service_iam_member" "alerts_trigger_invokes_breach_counter" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.breach_counter.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = google_service_account.alerts_trigger.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "rollback_trigger_invokes_rollback" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.rollback.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = google_service_account.rollback_trigger.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "checkpoint_scheduler_invokes_checkpoint" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.checkpoint.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = google_service_account.checkpoint_scheduler.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "load_test_scheduler_invokes_load_test" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.load_test.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = google_service_account.load_test_scheduler.member
+}
+
+# Emergency rollback: callable by the listed members and nobody else.
+resource "google_cloud_run_v2_service_iam_member" "oncall_invokes_emergency_rollback" {
+  for_each = toset(var.emergency_rollback_members)
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.emergency_rollback.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# The canary uptime check authenticates as the Monitoring service agent (OIDC token).
+resource "google_cloud_run_v2_service_iam_member" "uptime_check_invokes_target" {
+  count = var.canary_tag_url != "" && var.uptime_check_authenticated ? 1 : 0
+
+  project  = var.project_id
+  location = local.service_location
+  name     = var.service_name
+  role     = "roles/run.invoker"
+  member   = local.monitoring_notification_agent
+}

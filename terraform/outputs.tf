@@ -1,0 +1,91 @@
+output "emergency_rollback_url" {
+  description = "HTTPS endpoint of the emergency_rollback function (IAM-authenticated; callable only by var.emergency_rollback_members)."
+  value       = google_cloudfunctions2_function.emergency_rollback.service_config[0].uri
+}
+
+output "emergency_rollback_commands" {
+  description = "Copy-paste commands for the on-call engineer: dry run first, then the real rollback."
+  value       = <<-EOT
+    # Dry run: what would change (nothing is changed).
+    curl -sS -X POST '${google_cloudfunctions2_function.emergency_rollback.service_config[0].uri}' \
+      -H "Authorization: Bearer $(gcloud auth print-identity-token)" \
+      -H 'Content-Type: application/json' \
+      -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": true}'
+
+    # Roll back now (stable revision back to 100 %).
+    curl -sS -X POST '${google_cloudfunctions2_function.emergency_rollback.service_config[0].uri}' \
+      -H "Authorization: Bearer $(gcloud auth print-identity-token)" \
+      -H 'Content-Type: application/json' \
+      -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": false}'
+
+    # The same through gcloud:
+    gcloud functions call ${google_cloudfunctions2_function.emergency_rollback.name} \
+      --project=${var.project_id} --region=${var.region} \
+      --data='{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": true}'
+
+    # Or queue a rollback request for the rollback function (Pub/Sub, retried until done):
+    gcloud pubsub topics publish ${google_pubsub_topic.rollback.name} --project=${var.project_id} \
+      --message='{"service": "${var.service_name}", "reason": "manual: <why>"}'
+  EOT
+}
+
+output "function_urls" {
+  description = "HTTPS endpoints of the five functions (only emergency_rollback accepts traffic from outside Google's network)."
+  value = {
+    breach_counter     = google_cloudfunctions2_function.breach_counter.service_config[0].uri
+    rollback           = google_cloudfunctions2_function.rollback.service_config[0].uri
+    emergency_rollback = google_cloudfunctions2_function.emergency_rollback.service_config[0].uri
+    checkpoint         = google_cloudfunctions2_function.checkpoint.service_config[0].uri
+    load_test          = google_cloudfunctions2_function.load_test.service_config[0].uri
+  }
+}
+
+output "alerts_topic" {
+  description = "Pub/Sub topic Cloud Monitoring publishes incidents to (breach_counter's trigger)."
+  value       = google_pubsub_topic.alerts.id
+}
+
+output "rollback_topic" {
+  description = "Pub/Sub topic of rollback requests (rollback's trigger)."
+  value       = google_pubsub_topic.rollback.id
+}
+
+output "dead_letter_subscriptions" {
+  description = "Pull subscriptions holding dead-lettered messages: gcloud pubsub subscriptions pull SUB --limit=10."
+  value = {
+    alerts   = google_pubsub_subscription.alerts_dead_letter.id
+    rollback = google_pubsub_subscription.rollback_dead_letter.id
+  }
+}
+
+output "breach_counter_trigger" {
+  description = "Eventarc trigger of breach_counter (its Pub/Sub subscription carries the dead-letter policy)."
+  value       = google_cloudfunctions2_function.breach_counter.event_trigger[0].trigger
+}
+
+output "rollback_trigger" {
+  description = "Eventarc trigger of rollback (its Pub/Sub subscription carries the dead-letter policy)."
+  value       = google_cloudfunctions2_function.rollback.event_trigger[0].trigger
+}
+
+output "function_service_accounts" {
+  description = "Runtime service account of each function."
+  value       = { for fn, sa in google_service_account.function : fn => sa.email }
+}
+
+output "alert_policies" {
+  description = "Alert policy resource names by canary_rule."
+  value = merge(
+    {
+      error_rate  = google_monitoring_alert_policy.error_rate.name
+      latency_p95 = google_monitoring_alert_policy.latency_p95.name
+      memory      = google_monitoring_alert_policy.memory.name
+    },
+    local.canary_uptime_enabled ? { canary_down = google_monitoring_alert_policy.canary_down[0].name } : {},
+  )
+}
+
+output "dashboard_url" {
+  description = "Cloud Monitoring dashboard: canary vs stable."
+  value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.canary.id), length(split("/", google_monitoring_dashboard.canary.id)) - 1)}?project=${var.project_id}"
+}

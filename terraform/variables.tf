@@ -1,0 +1,218 @@
+# Inputs. Thresholds, durations and schedules are NOT here: they live in shared/policy.yaml
+# (read in main.tf with yamldecode) so that a number is changed in exactly one place.
+
+variable "project_id" {
+  description = "ID of the GCP project that already runs the Cloud Run service under release; everything is created there."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project ID (6-30 characters: lower-case letters, digits and hyphens, starting with a letter), not a project name or number."
+  }
+}
+
+variable "region" {
+  description = "Region for the functions, the Eventarc triggers, the Cloud Scheduler jobs and the source bucket, e.g. europe-west1."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a GCP region such as us-central1 or europe-west1 (not a zone)."
+  }
+}
+
+variable "service_name" {
+  description = "Name (not the full resource name) of the Cloud Run service whose canary releases are guarded."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$", var.service_name))
+    error_message = "service_name must be a Cloud Run service name: 1-49 lower-case letters, digits and hyphens, starting with a letter and not ending with a hyphen."
+  }
+}
+
+variable "service_location" {
+  description = "Region of the Cloud Run service under release. null: same as var.region."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.service_location == null || can(regex("^[a-z]+-[a-z]+[0-9]+$", coalesce(var.service_location, "x")))
+    error_message = "service_location must be null or a GCP region such as us-central1."
+  }
+}
+
+variable "target_service_account" {
+  description = "Runtime service account email of the Cloud Run service under release. Traffic updates need iam.serviceAccountUser on exactly this account. null: read it from the service (data source); if the service sets none, the Compute Engine default service account is assumed."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.target_service_account == null || can(regex("^[a-z0-9-]+@[a-z0-9.-]+\\.gserviceaccount\\.com$", coalesce(var.target_service_account, "x")))
+    error_message = "target_service_account must be null or a service account email (…@….gserviceaccount.com)."
+  }
+}
+
+variable "canary_tag_url" {
+  description = "URL of the canary's traffic tag, e.g. https://canary---my-service-abc123-ew.a.run.app. Empty: no uptime check is created, so the canary_down rule is only observed by the checkpoint function (see README)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.canary_tag_url == "" || can(regex("^https://[a-z0-9][a-z0-9.-]*[a-z0-9]/?$", var.canary_tag_url))
+    error_message = "canary_tag_url must be empty or an https:// URL with a host only (no path, no query), e.g. https://canary---svc-hash-ew.a.run.app."
+  }
+}
+
+variable "uptime_check_authenticated" {
+  description = "Send an OIDC token from the Cloud Monitoring service agent with the canary uptime check and grant that agent roles/run.invoker on the target service. Keep true unless the target service allows unauthenticated calls."
+  type        = bool
+  default     = true
+}
+
+variable "emergency_rollback_members" {
+  description = "The ONLY principals allowed to call the emergency_rollback function and to publish to the rollback-requests topic by hand, e.g. [\"group:oncall@example.com\"]. Each entry is user:, group: or serviceAccount: followed by an email."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.emergency_rollback_members) > 0
+    error_message = "emergency_rollback_members must list at least one principal: the on-call engineer needs a way to roll back by hand."
+  }
+
+  validation {
+    condition = alltrue([
+      for m in var.emergency_rollback_members : can(regex("^(user|group|serviceAccount):[^@\\s:]+@[^@\\s:]+\\.[a-z]{2,}$", m))
+    ])
+    error_message = "Each emergency_rollback_members entry must be user:EMAIL, group:EMAIL or serviceAccount:EMAIL; allUsers, allAuthenticatedUsers and domain: are refused."
+  }
+}
+
+variable "chat_webhook_secret_id" {
+  description = "Optional Secret Manager secret ID (in this project) whose latest version is the chat webhook URL; it becomes CHAT_WEBHOOK_URL for rollback, emergency_rollback and checkpoint. Empty: no chat notifications."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.chat_webhook_secret_id == "" || can(regex("^[A-Za-z0-9_-]{1,255}$", var.chat_webhook_secret_id))
+    error_message = "chat_webhook_secret_id must be empty or a Secret Manager secret ID (letters, digits, _ and -), not a full resource name."
+  }
+}
+
+variable "prefix" {
+  description = "Short prefix for the functions, service accounts, bucket, jobs and dead-letter topics (service account IDs are at most 30 characters)."
+  type        = string
+  default     = "cg"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]{0,7}$", var.prefix))
+    error_message = "prefix must be 1-8 lower-case letters or digits, starting with a letter."
+  }
+}
+
+variable "alerts_topic_name" {
+  description = "Pub/Sub topic the Cloud Monitoring notification channel publishes incidents to (breach_counter's trigger)."
+  type        = string
+  default     = "canary-alerts"
+
+  validation {
+    condition     = can(regex("^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", var.alerts_topic_name)) && !startswith(lower(var.alerts_topic_name), "goog")
+    error_message = "alerts_topic_name must be a Pub/Sub topic ID: 3-255 characters, starting with a letter, not with \"goog\"."
+  }
+}
+
+variable "rollback_topic_name" {
+  description = "Pub/Sub topic for rollback requests (rollback's trigger); passed to the functions as ROLLBACK_TOPIC."
+  type        = string
+  default     = "canary-rollback-requests"
+
+  validation {
+    condition     = can(regex("^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", var.rollback_topic_name)) && !startswith(lower(var.rollback_topic_name), "goog")
+    error_message = "rollback_topic_name must be a Pub/Sub topic ID: 3-255 characters, starting with a letter, not with \"goog\"."
+  }
+}
+
+variable "dead_letter_max_delivery_attempts" {
+  description = "Deliveries of one message to breach_counter or rollback before it goes to the dead-letter topic (Pub/Sub allows 5-100)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.dead_letter_max_delivery_attempts >= 5 && var.dead_letter_max_delivery_attempts <= 100 && floor(var.dead_letter_max_delivery_attempts) == var.dead_letter_max_delivery_attempts
+    error_message = "dead_letter_max_delivery_attempts must be a whole number from 5 to 100."
+  }
+}
+
+variable "attach_trigger_dead_letter" {
+  description = "Attach the dead-letter topics to the Pub/Sub subscriptions that Eventarc creates for the two triggers. Terraform cannot manage those subscriptions, so this runs gcloud (must be installed and authenticated where terraform apply runs). false: do it by hand (README)."
+  type        = bool
+  default     = true
+}
+
+variable "python_runtime" {
+  description = "Cloud Functions Python runtime."
+  type        = string
+  default     = "python312"
+
+  validation {
+    condition     = contains(["python311", "python312", "python313"], var.python_runtime)
+    error_message = "python_runtime must be python311, python312 or python313."
+  }
+}
+
+variable "load_test_timeout_s" {
+  description = "Timeout of the load_test function in seconds; also passed to it as FUNCTION_TIMEOUT_S so it bounds its own run."
+  type        = number
+  default     = 540
+
+  validation {
+    condition     = var.load_test_timeout_s >= 60 && var.load_test_timeout_s <= 3600 && floor(var.load_test_timeout_s) == var.load_test_timeout_s
+    error_message = "load_test_timeout_s must be a whole number of seconds from 60 to 3600 (the limit for HTTP functions)."
+  }
+}
+
+variable "load_test_memory_mb" {
+  description = "Memory of the load_test function in MiB; also passed to it as FUNCTION_MEMORY_MB."
+  type        = number
+  default     = 512
+
+  validation {
+    condition     = contains([256, 512, 1024, 2048, 4096, 8192], var.load_test_memory_mb)
+    error_message = "load_test_memory_mb must be one of 256, 512, 1024, 2048, 4096, 8192."
+  }
+}
+
+variable "checkpoint_paused" {
+  description = "Create the checkpoint Cloud Scheduler job paused (it runs every minute per the policy file; with no running rollout a checkpoint does nothing)."
+  type        = bool
+  default     = false
+}
+
+variable "load_test_paused" {
+  description = "Create the nightly load-test Cloud Scheduler job paused."
+  type        = bool
+  default     = false
+}
+
+variable "create_firestore_database" {
+  description = "Create the (default) Firestore database in native mode. false: the project already has one (it must be FIRESTORE_NATIVE)."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Firestore location (a region such as europe-west1 or a multi-region such as eur3). null: var.region."
+  type        = string
+  default     = null
+}
+
+variable "firestore_delete_protection" {
+  description = "Turn on Firestore delete protection (terraform destroy then leaves the database; deletion_policy is ABANDON either way)."
+  type        = bool
+  default     = true
+}
+
+variable "enable_apis" {
+  description = "Enable the APIs the pipeline needs. They are never disabled on destroy."
+  type        = bool
+  default     = true
+}

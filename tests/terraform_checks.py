@@ -1,0 +1,1078 @@
+"""Offline wiring checks for terraform/: pure functions over the parsed HCL.
+
+The google provider cannot be downloaded where the tests run, so `terraform validate/plan`
+are out of reach. These checks read the .tf files with python-hcl2 and prove, link by link,
+that the pipeline is wired: alert policy -> notification channel -> alerts topic ->
+breach_counter; rollback topic -> rollback; scheduler job -> function with an OIDC identity
+that may invoke exactly that function; thresholds taken from the policy file; entry points
+and environment variables matching the functions' contract; least-privilege IAM.
+
+Every `check_*` function takes a `Terraform` (see `load`) and returns a list of problems, an
+empty list meaning the link holds, so a test can both assert a clean tree and prove that a
+cut link is reported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import yaml
+from hcl2.utils import SerializationOptions
+
+# python-hcl2 8.x keeps the quotes of string literals unless told otherwise; explicit blocks
+# (the default) tell a nested block (a list of dicts marked __is_block__) from a map attribute.
+_OPTIONS = SerializationOptions(strip_string_quotes=True, with_comments=False)
+
+PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
+MONITORING_AGENT_RE = re.compile(
+    r"^serviceAccount:service-\$\{local\.project_number\}@gcp-sa-monitoring-notification\.iam\.gserviceaccount\.com$"
+)
+PUBSUB_AGENT_RE = re.compile(
+    r"^serviceAccount:service-\$\{local\.project_number\}@gcp-sa-pubsub\.iam\.gserviceaccount\.com$"
+)
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+BASIC_ROLES = ("roles/owner", "roles/editor", "roles/viewer")
+IAM_TYPES_AUTHORITATIVE = (
+    "google_project_iam_binding",
+    "google_project_iam_policy",
+    "google_project_iam_audit_config",
+)
+# Attributes of alert policies / uptime checks / scheduler jobs that the policy file owns.
+POLICY_OWNED_ATTRIBUTES = (
+    "threshold_value",
+    "duration",
+    "renotify_interval",
+    "auto_close",
+    "alignment_period",
+    "period",
+    "timeout",
+    "schedule",
+    "time_zone",
+)
+
+
+# --- Loading -----------------------------------------------------------------------------
+
+
+@dataclass
+class Terraform:
+    """terraform/ parsed: resources[type][name] -> body, and the other top-level blocks."""
+
+    root: Path
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    data: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    locals: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def resource(self, rtype: str, name: str) -> dict[str, Any] | None:
+        return self.resources.get(rtype, {}).get(name)
+
+    def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
+        return self.resources.get(rtype, {})
+
+    def all_resources(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for rtype, by_name in self.resources.items():
+            for name, body in by_name.items():
+                yield rtype, name, body
+
+
+def load(tf_dir: Path) -> Terraform:
+    tf = Terraform(root=tf_dir)
+    for path in sorted(tf_dir.glob("*.tf")):
+        text = path.read_text()
+        tf.texts[path.name] = text
+        parsed = hcl2.loads(text, serialization_options=_OPTIONS)
+        for item in parsed.get("resource", []):
+            for rtype, by_name in _plain(item).items():
+                for name, body in by_name.items():
+                    tf.resources.setdefault(rtype, {})[name] = body
+        for item in parsed.get("data", []):
+            for dtype, by_name in _plain(item).items():
+                for name, body in by_name.items():
+                    tf.data.setdefault(dtype, {})[name] = body
+        for item in parsed.get("locals", []):
+            tf.locals.update(_plain(item))
+        for item in parsed.get("variable", []):
+            tf.variables.update(_plain(item))
+        for item in parsed.get("output", []):
+            tf.outputs.update(_plain(item))
+    return tf
+
+
+def _plain(node: Any) -> Any:
+    """The parsed tree without python-hcl2's __is_block__ / __comments__ markers."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items() if not k.startswith("__")}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def load_policy(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+# --- Expression helpers ------------------------------------------------------------------
+
+
+def block(body: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """The first nested block `name` of a body (blocks parse as lists of dicts)."""
+    if not body:
+        return None
+    value = body.get(name)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return value[0]
+    return None
+
+
+def blocks(body: Mapping[str, Any] | None, name: str) -> list[dict[str, Any]]:
+    if not body:
+        return []
+    value = body.get(name)
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    return []
+
+
+def dynamic_blocks(body: Mapping[str, Any] | None, name: str) -> list[dict[str, Any]]:
+    """`dynamic "name" { for_each = ...; content { ... } }` blocks of a body."""
+    found = []
+    for dyn in blocks(body, "dynamic"):
+        if name in dyn:
+            found.append(dyn[name])
+    return found
+
+
+def is_expr(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${") and value.endswith("}")
+
+
+def expr(value: Any) -> str:
+    """`${x}` -> `x`; anything else as a string."""
+    if is_expr(value):
+        return value[2:-1].strip()
+    return str(value)
+
+
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield str(k)
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+
+
+def references(value: Any, prefix: str) -> set[str]:
+    """Names referenced as `prefix.NAME` anywhere in value, e.g. prefix='google_pubsub_topic'."""
+    pattern = re.compile(rf"\b{re.escape(prefix)}\.([A-Za-z0-9_-]+)")
+    found: set[str] = set()
+    for s in strings(value):
+        found.update(pattern.findall(s))
+    return found
+
+
+def function_ref(value: Any, attribute: str) -> str | None:
+    """The function NAME in `google_cloudfunctions2_function.NAME.<attribute>`, if that is the value."""
+    m = re.fullmatch(
+        rf"google_cloudfunctions2_function\.([A-Za-z0-9_-]+)\.{re.escape(attribute)}", expr(value)
+    )
+    return m.group(1) if m and is_expr(value) else None
+
+
+def sa_ref(value: Any, attribute: str) -> str | None:
+    """The service account key in google_service_account.NAME.attr or .function["KEY"].attr."""
+    if not is_expr(value):
+        return None
+    m = re.fullmatch(
+        rf'google_service_account\.([A-Za-z0-9_-]+)(?:\["([A-Za-z0-9_-]+)"\])?\.{re.escape(attribute)}',
+        expr(value),
+    )
+    if not m:
+        return None
+    return f"{m.group(1)}[{m.group(2)}]" if m.group(2) else m.group(1)
+
+
+def functions(tf: Terraform) -> dict[str, dict[str, Any]]:
+    return tf.of_type("google_cloudfunctions2_function")
+
+
+def entry_point(fn_body: Mapping[str, Any]) -> str | None:
+    build = block(fn_body, "build_config")
+    return build.get("entry_point") if build else None
+
+
+def function_by_entry(tf: Terraform) -> dict[str, str]:
+    """entry point -> Terraform resource name of the function."""
+    return {ep: name for name, body in functions(tf).items() if (ep := entry_point(body))}
+
+
+def env_of(fn_body: Mapping[str, Any]) -> dict[str, Any]:
+    service = block(fn_body, "service_config") or {}
+    env = service.get("environment_variables")
+    return dict(env) if isinstance(env, dict) else {}
+
+
+def secret_env_keys(fn_body: Mapping[str, Any]) -> set[str]:
+    service = block(fn_body, "service_config") or {}
+    keys = {b.get("key") for b in blocks(service, "secret_environment_variables")}
+    for dyn in dynamic_blocks(service, "secret_environment_variables"):
+        content = block(dyn, "content") or {}
+        keys.add(content.get("key"))
+    return {k for k in keys if k}
+
+
+def invoker_grants(tf: Terraform) -> list[tuple[str, str | None, str]]:
+    """(resource name, invoked function or None, member expression) of every run.invoker grant
+    on a Cloud Run service (a function's underlying service or the target service)."""
+    grants = []
+    for name, body in tf.of_type("google_cloud_run_v2_service_iam_member").items():
+        if body.get("role") != "roles/run.invoker":
+            continue
+        grants.append(
+            (name, function_ref(body.get("name"), "service_config[0].service"), body.get("member", ""))
+        )
+    return grants
+
+
+# --- A tiny evaluator for locals that read the policy file --------------------------------
+
+_MISSING = object()
+_PATH_TOKEN = re.compile(r'\.([A-Za-z_][A-Za-z0-9_-]*)|\["([^"]+)"\]|\[(\d+)\]')
+
+
+class Unevaluable(ValueError):
+    pass
+
+
+class Evaluator:
+    """Evaluates the subset of HCL the thresholds use: `local.a.b["c"]`, `var.x` (from given
+    values or defaults), numbers, `yamldecode(file("${path.module}/REL"))`, `"${...}s"`
+    templates and `x * N`. Anything else raises Unevaluable: a check that needs a value then
+    reports it instead of guessing."""
+
+    def __init__(self, tf: Terraform, variables: Mapping[str, Any] | None = None) -> None:
+        self.tf = tf
+        self.variables = dict(variables or {})
+        self._cache: dict[str, Any] = {}
+
+    def value(self, raw: Any) -> Any:
+        if isinstance(raw, bool | int | float):
+            return raw
+        if isinstance(raw, dict):
+            return {k: self.value(v) for k, v in raw.items()}
+        if isinstance(raw, list):
+            return [self.value(v) for v in raw]
+        if not isinstance(raw, str):
+            raise Unevaluable(repr(raw))
+        if is_expr(raw) and _balanced(raw[2:-1]):
+            return self.expression(raw[2:-1].strip())
+        return self.template(raw)
+
+    def template(self, raw: str) -> str:
+        out, i = [], 0
+        while i < len(raw):
+            start = raw.find("${", i)
+            if start < 0:
+                out.append(raw[i:])
+                break
+            out.append(raw[i:start])
+            end = _closing(raw, start + 2)
+            out.append(_to_str(self.expression(raw[start + 2 : end].strip())))
+            i = end + 1
+        return "".join(out)
+
+    def expression(self, text: str) -> Any:
+        text = text.strip()
+        if re.fullmatch(r"-?\d+(\.\d+)?", text):
+            return float(text) if "." in text else int(text)
+        m = re.fullmatch(r"(.+?)\s*\*\s*(\d+)", text)
+        if m:
+            return self.expression(m.group(1)) * int(m.group(2))
+        m = re.fullmatch(r'yamldecode\(file\("\$\{path\.module\}/([^"]+)"\)\)', text)
+        if m:
+            return yaml.safe_load((self.tf.root / m.group(1)).read_text())
+        m = re.fullmatch(r"(local|var)\.([A-Za-z_][A-Za-z0-9_-]*)(.*)", text)
+        if m:
+            kind, name, rest = m.groups()
+            base = self.local(name) if kind == "local" else self.var(name)
+            return _walk(base, rest, text)
+        raise Unevaluable(text)
+
+    def local(self, name: str) -> Any:
+        if name not in self._cache:
+            if name not in self.tf.locals:
+                raise Unevaluable(f"local.{name} is not defined")
+            self._cache[name] = self.value(self.tf.locals[name])
+        return self._cache[name]
+
+    def var(self, name: str) -> Any:
+        if name in self.variables:
+            return self.variables[name]
+        default = self.tf.variables.get(name, {}).get("default", _MISSING)
+        if default is _MISSING:
+            raise Unevaluable(f"var.{name} has no default and no value was given")
+        return self.value(default) if isinstance(default, str) and "${" in default else default
+
+
+def _balanced(inner: str) -> bool:
+    """True when `${inner}` is one interpolation, not `${a}x${b}`."""
+    depth = 1
+    i = 0
+    while i < len(inner):
+        if inner.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if inner[i] == "{":
+            depth += 1
+        elif inner[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return False
+        i += 1
+    return True
+
+
+def _closing(raw: str, i: int) -> int:
+    depth = 1
+    while i < len(raw):
+        if raw[i] == "{":
+            depth += 1
+        elif raw[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise Unevaluable(raw)
+
+
+def _walk(base: Any, rest: str, text: str) -> Any:
+    pos = 0
+    node = base
+    while pos < len(rest):
+        m = _PATH_TOKEN.match(rest, pos)
+        if not m:
+            raise Unevaluable(text)
+        key = m.group(1) or m.group(2)
+        if key is not None:
+            if not isinstance(node, Mapping) or key not in node:
+                raise Unevaluable(f"{text}: no {key!r}")
+            node = node[key]
+        else:
+            index = int(m.group(3))
+            if not isinstance(node, list) or index >= len(node):
+                raise Unevaluable(text)
+            node = node[index]
+        pos = m.end()
+    return node
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# --- Checks --------------------------------------------------------------------------------
+
+
+def check_alert_chain(tf: Terraform, *, consumer_entry_point: str = "breach_counter") -> list[str]:
+    """Every alert policy -> a pubsub notification channel -> a topic -> the consumer's trigger."""
+    problems: list[str] = []
+    channels = tf.of_type("google_monitoring_notification_channel")
+    policies = tf.of_type("google_monitoring_alert_policy")
+    if not policies:
+        return ["no google_monitoring_alert_policy at all"]
+    consumer = function_by_entry(tf).get(consumer_entry_point)
+    trigger_topic = None
+    if consumer is None:
+        problems.append(f"no function with entry point {consumer_entry_point}")
+    else:
+        trigger = block(functions(tf)[consumer], "event_trigger")
+        if not trigger:
+            problems.append(f"{consumer_entry_point} has no event_trigger")
+        else:
+            refs = references(trigger.get("pubsub_topic"), "google_pubsub_topic")
+            trigger_topic = next(iter(refs)) if len(refs) == 1 else None
+            if not trigger_topic or not expr(trigger.get("pubsub_topic")).endswith(".id"):
+                problems.append(f"{consumer_entry_point}'s trigger pubsub_topic is not a topic's .id")
+    for pname, policy in policies.items():
+        names = references(policy.get("notification_channels"), "google_monitoring_notification_channel")
+        if not names:
+            problems.append(f"alert policy {pname} notifies no notification channel")
+            continue
+        for cname in sorted(names):
+            channel = channels.get(cname)
+            if channel is None:
+                problems.append(f"alert policy {pname} refers to unknown channel {cname}")
+                continue
+            if channel.get("type") != "pubsub":
+                problems.append(f"channel {cname} (used by {pname}) is not of type pubsub")
+            topics = references((channel.get("labels") or {}).get("topic"), "google_pubsub_topic")
+            if len(topics) != 1 or not expr((channel.get("labels") or {}).get("topic")).endswith(".id"):
+                problems.append(f"channel {cname} labels.topic is not one google_pubsub_topic's .id")
+                continue
+            topic = next(iter(topics))
+            if trigger_topic is not None and topic != trigger_topic:
+                problems.append(
+                    f"alert policy {pname} -> channel {cname} -> topic {topic}, but "
+                    f"{consumer_entry_point} is triggered by topic {trigger_topic}"
+                )
+    return problems
+
+
+def check_alert_policies(tf: Terraform, rule_names: Iterable[str]) -> list[str]:
+    """canary_rule labels, renotify + close notifications (streak semantics), one per rule."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for pname, policy in tf.of_type("google_monitoring_alert_policy").items():
+        rule = (policy.get("user_labels") or {}).get("canary_rule")
+        if rule not in set(rule_names):
+            problems.append(f"alert policy {pname} has canary_rule={rule!r}, not one of {sorted(rule_names)}")
+        elif rule in seen:
+            problems.append(f"alert policies {seen[rule]} and {pname} both have canary_rule={rule}")
+        else:
+            seen[rule] = pname
+        strategy = block(policy, "alert_strategy")
+        if not strategy:
+            problems.append(f"alert policy {pname} has no alert_strategy")
+            continue
+        prompts = strategy.get("notification_prompts") or []
+        if "OPENED" not in prompts or "CLOSED" not in prompts:
+            problems.append(f"alert policy {pname} must notify OPENED and CLOSED (a close is a recovery)")
+        ncs = block(strategy, "notification_channel_strategy")
+        if not ncs or not ncs.get("renotify_interval"):
+            problems.append(f"alert policy {pname} has no renotify_interval (renotifications are breaches)")
+        elif references(
+            ncs.get("notification_channel_names"), "google_monitoring_notification_channel"
+        ) != references(policy.get("notification_channels"), "google_monitoring_notification_channel"):
+            problems.append(f"alert policy {pname} renotifies other channels than it notifies")
+        if not strategy.get("auto_close"):
+            problems.append(f"alert policy {pname} has no auto_close")
+        for cond in blocks(policy, "conditions"):
+            threshold = block(cond, "condition_threshold")
+            if not threshold:
+                problems.append(f"alert policy {pname} has a condition that is not a condition_threshold")
+                continue
+            filt = str(threshold.get("filter", ""))
+            if "run.googleapis.com/" in filt:
+                for agg_name in ("aggregations", "denominator_aggregations"):
+                    for agg in blocks(threshold, agg_name):
+                        if "resource.label.revision_name" not in (agg.get("group_by_fields") or []):
+                            problems.append(
+                                f"alert policy {pname} {agg_name} is not grouped by revision_name"
+                            )
+    missing = set(rule_names) - set(seen)
+    if missing:
+        problems.append(f"no alert policy for rule(s) {sorted(missing)}")
+    return problems
+
+
+def check_thresholds_from_policy(
+    tf: Terraform, policy: Mapping[str, Any], variables: Mapping[str, Any] | None = None
+) -> list[str]:
+    """threshold_value = local.rules.<rule>.threshold, local.rules = the policy file's
+    rollback_rules, and every policy-owned attribute (durations, intervals, schedules) is an
+    expression over the policy file whose value equals the file's."""
+    problems: list[str] = []
+    ev = Evaluator(tf, variables)
+    policy_local = expr(tf.locals.get("policy", ""))
+    if not re.fullmatch(r'yamldecode\(file\("\$\{path\.module\}/\.\./shared/policy\.yaml"\)\)', policy_local):
+        problems.append('local.policy is not yamldecode(file("${path.module}/../shared/policy.yaml"))')
+
+    alerting = policy["alerting"]
+    expected = {
+        "duration": f"{alerting['duration_s']}s",
+        "renotify_interval": f"{alerting['renotify_interval_s']}s",
+        "auto_close": f"{alerting['auto_close_s']}s",
+    }
+    for pname, body in tf.of_type("google_monitoring_alert_policy").items():
+        rule = (body.get("user_labels") or {}).get("canary_rule")
+        for cond in blocks(body, "conditions"):
+            threshold = block(cond, "condition_threshold") or {}
+            raw = threshold.get("threshold_value")
+            if not is_expr(raw) or not re.search(r"\blocal\.", expr(raw)):
+                problems.append(
+                    f"alert policy {pname}: threshold_value {raw!r} is typed here, "
+                    "not read from the policy file"
+                )
+                continue
+            try:
+                got = ev.value(raw)
+            except Unevaluable as exc:
+                problems.append(f"alert policy {pname}: threshold_value cannot be evaluated: {exc}")
+                continue
+            want = policy["rollback_rules"].get(rule, {}).get("threshold")
+            if got != want:
+                problems.append(
+                    f"alert policy {pname}: threshold_value evaluates to {got!r}, policy file says {want!r}"
+                )
+            try:
+                if ev.value(threshold.get("duration")) != expected["duration"]:
+                    problems.append(f"alert policy {pname}: duration is not the policy's alerting.duration_s")
+            except Unevaluable as exc:
+                problems.append(f"alert policy {pname}: duration cannot be evaluated: {exc}")
+        strategy = block(body, "alert_strategy") or {}
+        ncs = block(strategy, "notification_channel_strategy") or {}
+        for attr, node in (("auto_close", strategy), ("renotify_interval", ncs)):
+            try:
+                if ev.value(node.get(attr)) != expected[attr]:
+                    problems.append(f"alert policy {pname}: {attr} is not the policy's {attr}_s")
+            except Unevaluable as exc:
+                problems.append(f"alert policy {pname}: {attr} cannot be evaluated: {exc}")
+    problems.extend(_hard_coded_numbers(tf))
+    return problems
+
+
+def _hard_coded_numbers(tf: Terraform) -> list[str]:
+    """No number literal in a policy-owned attribute of alert policies, uptime checks or jobs."""
+    problems: list[str] = []
+    owned_types = (
+        "google_monitoring_alert_policy",
+        "google_monitoring_uptime_check_config",
+        "google_cloud_scheduler_job",
+    )
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in POLICY_OWNED_ATTRIBUTES and _has_literal_number(v):
+                    problems.append(f"{where}.{k} = {v!r} hard-codes a number the policy file owns")
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    for rtype in owned_types:
+        for name, body in tf.of_type(rtype).items():
+            walk(body, f"{rtype}.{name}")
+    return problems
+
+
+def _has_literal_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if not isinstance(value, str):
+        return False
+    # Text outside ${...} (e.g. "60s", "* * * * *") is literal.
+    outside = re.sub(r"\$\{[^}]*\}", "", value)
+    return bool(re.search(r"\d", outside))
+
+
+def check_pubsub_triggers(tf: Terraform) -> list[str]:
+    """Each Pub/Sub-triggered function: retries on, its own trigger identity with run.invoker
+    on exactly that function."""
+    problems: list[str] = []
+    grants = invoker_grants(tf)
+    for name, body in functions(tf).items():
+        trigger = block(body, "event_trigger")
+        if not trigger:
+            continue
+        if trigger.get("event_type") != PUBSUB_EVENT:
+            problems.append(f"function {name}: event_type is {trigger.get('event_type')!r}")
+        if trigger.get("retry_policy") != "RETRY_POLICY_RETRY":
+            problems.append(f"function {name}: Pub/Sub trigger without retry_policy = RETRY_POLICY_RETRY")
+        sa = sa_ref(trigger.get("service_account_email"), "email")
+        if sa is None:
+            problems.append(f"function {name}: trigger has no dedicated service_account_email")
+            continue
+        problems.extend(_invokes_exactly(tf, grants, sa, name, f"trigger of {name}"))
+    return problems
+
+
+def _invokes_exactly(
+    tf: Terraform, grants: list[tuple[str, str | None, str]], sa: str, function: str, who: str
+) -> list[str]:
+    member_expr = _sa_member_expr(sa)
+    invoked = {fn for _, fn, member in grants if member == member_expr}
+    if invoked != {function}:
+        return [
+            f"{who} ({sa}) may invoke {sorted(f or 'a non-function service' for f in invoked)}, "
+            f"not exactly [{function!r}]"
+        ]
+    return []
+
+
+def _sa_member_expr(sa: str) -> str:
+    m = re.fullmatch(r"([A-Za-z0-9_-]+)\[([A-Za-z0-9_-]+)\]", sa)
+    if m:
+        return f'${{google_service_account.{m.group(1)}["{m.group(2)}"].member}}'
+    return f"${{google_service_account.{sa}.member}}"
+
+
+def check_rollback_chain(tf: Terraform) -> list[str]:
+    """The topic named by ROLLBACK_TOPIC (breach_counter, checkpoint) triggers rollback, and
+    the functions that publish to it hold roles/pubsub.publisher on exactly that topic."""
+    problems: list[str] = []
+    by_entry = function_by_entry(tf)
+    fns = functions(tf)
+    rollback_topics = set()
+    for publisher in ("breach_counter", "checkpoint"):
+        name = by_entry.get(publisher)
+        if name is None:
+            problems.append(f"no function with entry point {publisher}")
+            continue
+        env = env_of(fns[name])
+        refs = references(env.get("ROLLBACK_TOPIC"), "google_pubsub_topic")
+        if len(refs) != 1 or not expr(env.get("ROLLBACK_TOPIC")).endswith(".name"):
+            problems.append(f"{publisher}: ROLLBACK_TOPIC is not a google_pubsub_topic's .name")
+            continue
+        topic = next(iter(refs))
+        rollback_topics.add(topic)
+        sa = sa_ref((block(fns[name], "service_config") or {}).get("service_account_email"), "email")
+        publishers = [
+            b
+            for b in tf.of_type("google_pubsub_topic_iam_member").values()
+            if references(b.get("topic"), "google_pubsub_topic") == {topic}
+            and b.get("role") == "roles/pubsub.publisher"
+            and sa is not None
+            and b.get("member") == _sa_member_expr(sa)
+        ]
+        if not publishers:
+            problems.append(f"{publisher}'s service account cannot publish to topic {topic}")
+    if len(rollback_topics) > 1:
+        problems.append(
+            f"breach_counter and checkpoint publish to different topics {sorted(rollback_topics)}"
+        )
+    rollback = by_entry.get("rollback")
+    if rollback is None:
+        problems.append("no function with entry point rollback")
+    elif rollback_topics:
+        trigger = block(fns[rollback], "event_trigger") or {}
+        trigger_topics = references(trigger.get("pubsub_topic"), "google_pubsub_topic")
+        if trigger_topics != rollback_topics:
+            problems.append(
+                f"rollback is triggered by {sorted(trigger_topics)}, "
+                f"but rollback requests go to {sorted(rollback_topics)}"
+            )
+    return problems
+
+
+def check_monitoring_can_publish(tf: Terraform) -> list[str]:
+    """Cloud Monitoring's notification service agent may publish to the channel's topic."""
+    problems: list[str] = []
+    agent = tf.locals.get("monitoring_notification_agent", "")
+    if not MONITORING_AGENT_RE.match(str(agent)):
+        problems.append(
+            f"local.monitoring_notification_agent is {agent!r}, not the gcp-sa-monitoring-notification agent"
+        )
+    channel_topics = set()
+    for channel in tf.of_type("google_monitoring_notification_channel").values():
+        channel_topics |= references((channel.get("labels") or {}).get("topic"), "google_pubsub_topic")
+    for topic in sorted(channel_topics):
+        ok = any(
+            references(b.get("topic"), "google_pubsub_topic") == {topic}
+            and b.get("role") == "roles/pubsub.publisher"
+            and b.get("member") == "${local.monitoring_notification_agent}"
+            for b in tf.of_type("google_pubsub_topic_iam_member").values()
+        )
+        if not ok:
+            problems.append(
+                f"the monitoring notification agent has no roles/pubsub.publisher on topic {topic}"
+            )
+    if not channel_topics:
+        problems.append("no notification channel publishes to a topic")
+    return problems
+
+
+def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
+    """Each Pub/Sub trigger's (Eventarc-owned) subscription gets a dead-letter topic: a
+    terraform_data runs the attach script for exactly that trigger and a dead-letter topic
+    that has a subscription and lets Pub/Sub's service agent publish."""
+    problems: list[str] = []
+    attachers = tf.of_type("terraform_data")
+    if not PUBSUB_AGENT_RE.match(str(tf.locals.get("pubsub_service_agent", ""))):
+        problems.append("local.pubsub_service_agent is not the gcp-sa-pubsub service agent")
+    text = script.read_text() if script.is_file() else ""
+    for needle in (
+        "gcloud eventarc triggers describe",
+        "transport.pubsub.subscription",
+        "gcloud pubsub subscriptions update",
+        "--dead-letter-topic",
+        "--max-delivery-attempts",
+        "add-iam-policy-binding",
+        "roles/pubsub.subscriber",
+    ):
+        if needle not in text:
+            problems.append(f"{script.name} does not contain {needle!r}")
+    for name, body in functions(tf).items():
+        if not block(body, "event_trigger"):
+            continue
+        trigger_expr = f"${{google_cloudfunctions2_function.{name}.event_trigger[0].trigger}}"
+        mine = []
+        for aname, attacher in attachers.items():
+            for prov in blocks(attacher, "provisioner"):  # provisioner "local-exec" { ... }
+                local_exec = prov.get("local-exec")
+                if not isinstance(local_exec, dict):
+                    continue
+                env = local_exec.get("environment") or {}
+                if env.get("TRIGGER") == trigger_expr:
+                    mine.append((aname, attacher, local_exec, env))
+        if len(mine) != 1:
+            problems.append(f"function {name}: {len(mine)} dead-letter attachers for its trigger, expected 1")
+            continue
+        aname, attacher, local_exec, env = mine[0]
+        if "scripts/attach_dead_letter.sh" not in str(local_exec.get("command", "")):
+            problems.append(f"terraform_data.{aname} does not run scripts/attach_dead_letter.sh")
+        if trigger_expr not in (attacher.get("triggers_replace") or []):
+            problems.append(f"terraform_data.{aname} is not re-run when {name}'s trigger changes")
+        dlq = references(env.get("DEAD_LETTER_TOPIC"), "google_pubsub_topic")
+        if len(dlq) != 1:
+            problems.append(f"terraform_data.{aname}: DEAD_LETTER_TOPIC is not one google_pubsub_topic")
+            continue
+        dlq_topic = next(iter(dlq))
+        trigger_topic = references(
+            (block(body, "event_trigger") or {}).get("pubsub_topic"), "google_pubsub_topic"
+        )
+        if {dlq_topic} == trigger_topic:
+            problems.append(f"function {name}: dead-letter topic is its own trigger topic")
+        if env.get("PUBSUB_SERVICE_AGENT") != "${local.pubsub_service_agent}":
+            problems.append(f"terraform_data.{aname}: PUBSUB_SERVICE_AGENT is not local.pubsub_service_agent")
+        if not any(
+            references(s.get("topic"), "google_pubsub_topic") == {dlq_topic}
+            for s in tf.of_type("google_pubsub_subscription").values()
+        ):
+            problems.append(
+                f"dead-letter topic {dlq_topic} has no subscription: dead letters would be dropped"
+            )
+        if not any(
+            references(b.get("topic"), "google_pubsub_topic") == {dlq_topic}
+            and b.get("role") == "roles/pubsub.publisher"
+            and b.get("member") == "${local.pubsub_service_agent}"
+            for b in tf.of_type("google_pubsub_topic_iam_member").values()
+        ):
+            problems.append(f"Pub/Sub's service agent cannot publish to dead-letter topic {dlq_topic}")
+    return problems
+
+
+def check_scheduler_jobs(tf: Terraform, expected: Mapping[str, str]) -> list[str]:
+    """expected: job resource name -> entry point it must call. Each job: POST to that
+    function's URI with an OIDC token (audience = that URI) of a service account that holds
+    run.invoker on exactly that function; schedule and time zone from the policy file."""
+    problems: list[str] = []
+    jobs = tf.of_type("google_cloud_scheduler_job")
+    by_entry = function_by_entry(tf)
+    grants = invoker_grants(tf)
+    if set(jobs) != set(expected):
+        problems.append(f"scheduler jobs are {sorted(jobs)}, expected {sorted(expected)}")
+    for job_name, entry in expected.items():
+        job = jobs.get(job_name)
+        fn = by_entry.get(entry)
+        if job is None or fn is None:
+            continue
+        target = block(job, "http_target")
+        if not target:
+            problems.append(f"job {job_name} has no http_target")
+            continue
+        if function_ref(target.get("uri"), "service_config[0].uri") != fn:
+            problems.append(f"job {job_name} does not call function {fn} (uri = {target.get('uri')!r})")
+        oidc = block(target, "oidc_token")
+        if not oidc:
+            problems.append(f"job {job_name} sends no OIDC token")
+            continue
+        if function_ref(oidc.get("audience"), "service_config[0].uri") != fn:
+            problems.append(f"job {job_name}: OIDC audience is not function {fn}'s URI")
+        sa = sa_ref(oidc.get("service_account_email"), "email")
+        if sa is None:
+            problems.append(
+                f"job {job_name}: OIDC service account is not a google_service_account of this config"
+            )
+            continue
+        problems.extend(_invokes_exactly(tf, grants, sa, fn, f"job {job_name}"))
+        policy_key = {"checkpoint": "checkpoint_cfg", "load_test": "load_test_cfg"}.get(entry)
+        if policy_key:
+            for attr in ("schedule", "time_zone"):
+                if expr(job.get(attr)) != f"local.{policy_key}.{attr}":
+                    problems.append(f"job {job_name}: {attr} is not local.{policy_key}.{attr} (policy file)")
+    return problems
+
+
+def check_entry_points(tf: Terraform, defined: set[str], expected: Iterable[str]) -> list[str]:
+    problems: list[str] = []
+    by_entry = function_by_entry(tf)
+    for name, body in functions(tf).items():
+        ep = entry_point(body)
+        if ep not in defined:
+            problems.append(
+                f"function {name}: entry_point {ep!r} is not a top-level function of functions/main.py"
+            )
+    missing = set(expected) - set(by_entry)
+    if missing:
+        problems.append(f"no function deployed for entry point(s) {sorted(missing)}")
+    return problems
+
+
+def check_environment(
+    tf: Terraform,
+    env_defaults: Mapping[str, str | None],
+    env_by_function: Mapping[str, Iterable[str]],
+    *,
+    local_only: Iterable[str] = ("CLOUD_RUN_API_ENDPOINT", "MONITORING_API_ENDPOINT"),
+    always_set: Iterable[str] = ("ROLLBACK_TOPIC",),
+    secret_only: Iterable[str] = ("CHAT_WEBHOOK_URL",),
+) -> list[str]:
+    problems: list[str] = []
+    fns = functions(tf)
+    for entry, name in function_by_entry(tf).items():
+        reads = set(env_by_function.get(entry, ()))
+        if not reads:
+            problems.append(f"function {name}: entry point {entry} is not in ENV_BY_FUNCTION")
+            continue
+        env = env_of(fns[name])
+        secrets = secret_env_keys(fns[name])
+        required = {v for v in reads if env_defaults.get(v, "") is None} | (reads & set(always_set))
+        for var in sorted(required - set(env)):
+            problems.append(f"function {name}: {var} is read but not set")
+        for var in sorted(set(env) | secrets):
+            if var not in env_defaults:
+                problems.append(f"function {name}: {var} is not a variable of shared/config.py")
+            elif var not in reads:
+                problems.append(f"function {name}: sets {var}, which {entry} does not read")
+        for var in sorted(set(local_only) & (set(env) | secrets)):
+            problems.append(f"function {name}: {var} is for the local stand-ins only and must not be set")
+        for var in sorted(set(secret_only) & set(env)):
+            problems.append(f"function {name}: {var} must come from Secret Manager, not a plain variable")
+        for var in sorted(set(secret_only) & reads - secrets):
+            problems.append(f"function {name}: {var} is read but no secret_environment_variables provides it")
+    return problems
+
+
+def check_load_test_limits(tf: Terraform) -> list[str]:
+    """load_test's FUNCTION_TIMEOUT_S / FUNCTION_MEMORY_MB are its own service_config values."""
+    name = function_by_entry(tf).get("load_test")
+    if name is None:
+        return ["no function with entry point load_test"]
+    body = functions(tf)[name]
+    service = block(body, "service_config") or {}
+    env = env_of(body)
+    problems = []
+    if not is_expr(env.get("FUNCTION_TIMEOUT_S")) or env.get("FUNCTION_TIMEOUT_S") != service.get(
+        "timeout_seconds"
+    ):
+        problems.append(
+            f"load_test FUNCTION_TIMEOUT_S {env.get('FUNCTION_TIMEOUT_S')!r} is not its timeout_seconds "
+            f"{service.get('timeout_seconds')!r}"
+        )
+    mem = env.get("FUNCTION_MEMORY_MB")
+    if not is_expr(mem) or service.get("available_memory") != f"{mem}Mi":
+        problems.append(
+            f"load_test FUNCTION_MEMORY_MB {mem!r} is not its available_memory "
+            f"{service.get('available_memory')!r} in Mi"
+        )
+    return problems
+
+
+def check_source_archive(tf: Terraform) -> list[str]:
+    """main.py and requirements.txt at the archive root, shared/ beside them (no __pycache__),
+    and every function built from that archive."""
+    problems: list[str] = []
+    archive = tf.data.get("archive_file", {}).get("source")
+    if not archive:
+        return ['no data "archive_file" "source"']
+    files = {b.get("filename"): b.get("content") for b in blocks(archive, "source")}
+    if files.get("main.py") != '${file("${path.module}/../functions/main.py")}':
+        problems.append("the archive's main.py is not functions/main.py")
+    if files.get("requirements.txt") != '${file("${path.module}/../requirements.txt")}':
+        problems.append("the archive's requirements.txt is not the repository's requirements.txt")
+    shared = [
+        block(d, "content")
+        for d in dynamic_blocks(archive, "source")
+        if "shared_source_files" in str(d.get("for_each"))
+    ]
+    if len(shared) != 1 or shared[0] is None or shared[0].get("filename") != "shared/${source.value}":
+        problems.append(
+            "the archive has no dynamic source block putting local.shared_source_files under shared/"
+        )
+    listing = str(tf.locals.get("shared_source_files", ""))
+    if '/../shared"' not in listing or "__pycache__" not in listing:
+        problems.append("local.shared_source_files is not shared/ without __pycache__")
+    obj = tf.resource("google_storage_bucket_object", "source") or {}
+    if "data.archive_file.source.output_path" not in str(obj.get("source")):
+        problems.append("the uploaded object is not the archive")
+    if "data.archive_file.source.output_" not in str(obj.get("name")):
+        problems.append("the object name does not change with the archive's content")
+    for name, body in functions(tf).items():
+        storage = block(block(block(body, "build_config"), "source"), "storage_source") or {}
+        if storage.get("object") != "${google_storage_bucket_object.source.name}":
+            problems.append(f"function {name} is not built from the uploaded archive")
+    return problems
+
+
+def check_no_public_access(tf: Terraform) -> list[str]:
+    problems = []
+    for rtype, name, body in tf.all_resources():
+        for s in strings(body):
+            for public in PUBLIC_MEMBERS:
+                if public in s:
+                    problems.append(f"{rtype}.{name} mentions {public}")
+    for fname, text in tf.texts.items():
+        if fname == "variables.tf":
+            continue  # the validation messages name them to refuse them
+        for public in PUBLIC_MEMBERS:
+            if public in text and not any(public in p for p in problems):
+                problems.append(f"{fname} mentions {public}")
+    return problems
+
+
+def granted_roles(tf: Terraform) -> list[tuple[str, str, str]]:
+    """(resource type, resource name, role) of every IAM grant, for_each roles resolved from
+    the literal locals the for_each is built from."""
+    out = []
+    for rtype, name, body in tf.all_resources():
+        if "_iam_" not in rtype:
+            continue
+        role = body.get("role")
+        if isinstance(role, str) and not is_expr(role):
+            out.append((rtype, name, role))
+            continue
+        for r in _roles_from_locals(tf, body.get("for_each")):
+            out.append((rtype, name, r))
+        if isinstance(role, str) and is_expr(role) and not _roles_from_locals(tf, body.get("for_each")):
+            out.append((rtype, name, role))  # unresolved: reported by check_roles
+    return out
+
+
+def _roles_from_locals(tf: Terraform, for_each: Any, seen: set[str] | None = None) -> list[str]:
+    seen = seen if seen is not None else set()
+    roles: list[str] = []
+    for local in sorted(references(for_each, "local")):
+        if local in seen or local not in tf.locals:
+            continue
+        seen.add(local)
+        value = tf.locals[local]
+        roles.extend(s for s in strings(value) if s.startswith("roles/"))
+        roles.extend(_roles_from_locals(tf, value, seen))
+    return roles
+
+
+def check_roles(
+    tf: Terraform,
+    allowed: Iterable[str],
+    allowed_project_level: Iterable[str],
+) -> list[str]:
+    problems: list[str] = []
+    allowed = set(allowed)
+    allowed_project_level = set(allowed_project_level)
+    for rtype in IAM_TYPES_AUTHORITATIVE:
+        for name in tf.of_type(rtype):
+            problems.append(f"{rtype}.{name}: authoritative project IAM is never used")
+    for rtype, name, role in granted_roles(tf):
+        if is_expr(role):
+            problems.append(f"{rtype}.{name}: role {role} cannot be resolved to a literal")
+        elif role in BASIC_ROLES:
+            problems.append(f"{rtype}.{name}: basic role {role}")
+        elif role not in allowed:
+            problems.append(f"{rtype}.{name}: role {role} is not in the allowed list")
+        elif rtype.startswith("google_project_iam") and role not in allowed_project_level:
+            problems.append(f"{rtype}.{name}: {role} granted on the whole project")
+    for name, body in tf.of_type("google_service_account_iam_member").items():
+        if body.get(
+            "role"
+        ) == "roles/iam.serviceAccountUser" and "local.target_runtime_service_account" not in str(
+            body.get("service_account_id")
+        ):
+            problems.append(
+                f"google_service_account_iam_member.{name}: serviceAccountUser on another account"
+            )
+    for name, body in tf.of_type("google_cloud_run_v2_service_iam_member").items():
+        if body.get("role") == "roles/run.developer" and body.get("name") != "${var.service_name}":
+            problems.append(
+                f"google_cloud_run_v2_service_iam_member.{name}: run.developer not on the target service"
+            )
+    return problems
+
+
+def check_function_identities(tf: Terraform) -> list[str]:
+    """One service account per function, not shared with another function or a caller."""
+    problems: list[str] = []
+    used: dict[str, str] = {}
+    callers = set()
+    for body in functions(tf).values():
+        trigger = block(body, "event_trigger")
+        if trigger and (sa := sa_ref(trigger.get("service_account_email"), "email")):
+            callers.add(sa)
+    for job in tf.of_type("google_cloud_scheduler_job").values():
+        oidc = block(block(job, "http_target"), "oidc_token")
+        if oidc and (sa := sa_ref(oidc.get("service_account_email"), "email")):
+            callers.add(sa)
+    for name, body in functions(tf).items():
+        sa = sa_ref((block(body, "service_config") or {}).get("service_account_email"), "email")
+        if sa is None:
+            problems.append(f"function {name} runs as a default service account")
+            continue
+        if sa in used:
+            problems.append(f"functions {used[sa]} and {name} share service account {sa}")
+        if sa in callers:
+            problems.append(f"function {name}'s runtime account {sa} is also a caller identity")
+        used[sa] = name
+        m = re.fullmatch(r"function\[(.+)\]", sa)
+        if m and m.group(1) != entry_point(body):
+            problems.append(f"function {name} runs as {sa}, the identity of {m.group(1)}")
+    return problems
+
+
+def check_emergency_access(tf: Terraform) -> list[str]:
+    """emergency_rollback: invokers come only from var.emergency_rollback_members; it is the
+    only function reachable from outside Google's network."""
+    problems: list[str] = []
+    fn = function_by_entry(tf).get("emergency_rollback")
+    if fn is None:
+        return ["no function with entry point emergency_rollback"]
+    grants = [
+        (rname, tf.of_type("google_cloud_run_v2_service_iam_member")[rname])
+        for rname, invoked, _ in invoker_grants(tf)
+        if invoked == fn
+    ]
+    if not grants:
+        problems.append("nobody may invoke emergency_rollback")
+    for rname, body in grants:
+        if (
+            body.get("for_each") != "${toset(var.emergency_rollback_members)}"
+            or body.get("member") != "${each.value}"
+        ):
+            problems.append(
+                f"google_cloud_run_v2_service_iam_member.{rname}: emergency_rollback invoker "
+                "not taken from var.emergency_rollback_members"
+            )
+    variable = tf.variables.get("emergency_rollback_members", {})
+    if "default" in variable:
+        problems.append("var.emergency_rollback_members has a default: the members must be chosen explicitly")
+    if not variable.get("validation"):
+        problems.append("var.emergency_rollback_members has no validation")
+    for name, body in functions(tf).items():
+        ingress = (block(body, "service_config") or {}).get("ingress_settings")
+        want = "ALLOW_ALL" if name == fn else "ALLOW_INTERNAL_ONLY"
+        if ingress != want:
+            problems.append(f"function {name}: ingress_settings {ingress!r}, expected {want}")
+    return problems
+
+
+def check_variables_documented(tf: Terraform, must_validate: Iterable[str]) -> list[str]:
+    problems = []
+    for name, body in tf.variables.items():
+        if not body.get("description"):
+            problems.append(f"variable {name} has no description")
+        if not body.get("type"):
+            problems.append(f"variable {name} has no type")
+    for name in must_validate:
+        if not tf.variables.get(name, {}).get("validation"):
+            problems.append(f"variable {name} has no validation block")
+    for name, body in tf.outputs.items():
+        if not body.get("description"):
+            problems.append(f"output {name} has no description")
+    return problems
