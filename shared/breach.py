@@ -106,22 +106,24 @@ def handle_alert(
         "incident_id": alert.incident_id,
         "observation": obs.kind.value,
     }
-    rid = rollout_id(service.name, alert.revision)
-    rollout = store.get(rid)
+    revision = alert.revision
+    rollout = store.get(rollout_id(service.name, revision)) if revision else None
     if rollout is None:
-        # First event for this revision: learn the rollout from the live service (the Cloud Run
-        # client is built only here, so a warm path never pays for it).
+        # First event for this revision (or one naming no revision): learn the rollout from the
+        # live service. The Cloud Run client is built only here, so a warm path never pays for it.
         split = discover_canary(traffic_client().get(service.name))
-        if split is None or split.canary_revision != alert.revision:
+        revision = revision or (split.canary_revision if split else "")
+        fields["revision"] = revision or None
+        if split is None or split.canary_revision != revision:
             current = split.canary_revision if split else "none"
             return Report(
                 "INFO",
-                f"alert ignored: {alert.revision} is not the live canary of {service.service} "
+                f"alert ignored: {revision or 'no revision'} is not the live canary of {service.service} "
                 f"(canary: {current})",
                 outcome="not_canary",
                 **fields,
             )
-        rollout = store.register(
+        rollout = store.get(rollout_id(service.name, revision)) or store.register(
             service.name,
             split.canary_revision,
             split.stable_revision,
@@ -131,7 +133,7 @@ def handle_alert(
 
     observed = observe(rollout, obs, policy=policy, store=store)
     if observed is None:
-        raise RuntimeError(f"rollout {rid} disappeared while applying {obs.event_id}")
+        raise RuntimeError(f"rollout {rollout.id} disappeared while applying {obs.event_id}")
     outcome, rollout, reason = observed
     message_id = publish_pending_rollback(rollout, outcome, obs, store, publisher, settings.rollback_topic)
     streak = rollout.streaks.get(obs.rule)

@@ -122,8 +122,8 @@ class Incident(_Lenient):
 class AlertObservation:
     """An incident notification resolved to a watched service, revision and rule."""
 
-    service_name: str  # projects/P/locations/L/services/S
-    revision: str
+    service_name: str  # projects/P/locations/L/services/S, or a short name from the policy label
+    revision: str  # "" when the incident names no revision: the service's live canary
     observation: Observation
     incident_id: str
 
@@ -153,10 +153,17 @@ def decode_alert(message: PubSubMessage, default_project: str) -> AlertObservati
         )
     labels = incident.resource.labels
     missing = [key for key in ("service_name", "revision_name", "location") if not labels.get(key)]
-    if missing:
+    labelled_service = incident.policy_user_labels.get("canary_service", "")
+    if not missing:
+        project = labels.get("project_id") or incident.scoping_project_id or default_project
+        service_name = f"projects/{project}/locations/{labels['location']}/services/{labels['service_name']}"
+        revision = labels["revision_name"]
+    elif "revision_name" not in labels and labelled_service:
+        # An uptime-check incident (canary_down) is about the checked URL, not a revision: the
+        # policy names the service, and the observation is about its live canary.
+        service_name, revision = labelled_service, ""
+    else:
         raise MalformedEvent(f"incident resource lacks label(s) {', '.join(missing)}")
-    project = labels.get("project_id") or incident.scoping_project_id or default_project
-    service_name = f"projects/{project}/locations/{labels['location']}/services/{labels['service_name']}"
     observation = Observation(
         rule=rule,
         kind=Kind.BREACH if incident.state == "open" else Kind.RECOVERY,
@@ -171,7 +178,7 @@ def decode_alert(message: PubSubMessage, default_project: str) -> AlertObservati
             "policy": incident.policy_name,
         },
     )
-    return AlertObservation(service_name, labels["revision_name"], observation, incident.incident_id)
+    return AlertObservation(service_name, revision, observation, incident.incident_id)
 
 
 class RollbackRequest(BaseModel):

@@ -19,7 +19,7 @@ from infra.localstack import ALERTS_TOPIC, PROJECT, ROLLBACK_TOPIC, push_endpoin
 from shared.core import Phase
 from shared.store import RolloutStore, rollout_id
 from tests.conftest import FOREIGN, LOCATION, SHOP, deploy_canary
-from tests.payloads import cloudevent_data, incident_message
+from tests.payloads import DROP, cloudevent_data, incident_message
 
 pytestmark = pytest.mark.emulators
 
@@ -288,3 +288,29 @@ def test_push_subscription_delivers_to_breach_counter(functions, store, canary, 
         pubsub_v1.SubscriberClient().delete_subscription(
             subscription=f"projects/{PROJECT}/subscriptions/test-breach-push"
         )
+
+
+def test_uptime_check_incident_counts_against_the_live_canary(functions, store, canary):
+    """canary_down comes from an uptime check on the canary tag URL: its resource is the URL,
+    so the policy's `canary_service` label names the service and the live canary is meant."""
+    payload = incident_message(
+        rule="canary_down",
+        project=PROJECT,
+        scoping_project=PROJECT,
+        resource_labels={
+            "service_name": DROP,
+            "revision_name": DROP,
+            "location": DROP,
+            "host": "canary---shop.run.app",
+        },
+        user_labels={"canary_service": "shop"},
+    )
+    message_id = uuid.uuid4().hex
+    response = post_event(
+        functions["breach_counter"],
+        cloudevent_data(payload, message_id=message_id, publish_time=at(1)),
+        event_id=message_id,
+    )
+    assert response.status_code == 200
+    rollout = store.get(canary)
+    assert rollout.streaks["canary_down"].count == 1 and rollout.rollback_requested
