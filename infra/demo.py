@@ -1,0 +1,174 @@
+"""The main job, locally: a canary goes bad, alerts flow, it is rolled back, and you see how.
+
+Runs on the real Pub/Sub and Firestore emulators, the Cloud Run stand-in and the functions
+served by functions-framework, wired with push subscriptions as Eventarc would wire them:
+
+    ./dev demo            (or: .venv/bin/python -m infra.demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
+
+LOCATION = "us-central1"
+SERVICE = f"projects/{PROJECT}/locations/{LOCATION}/services/shop"
+OBSERVED = {"error_rate": ("0.052", "0.01"), "memory": ("0.93", "0.85")}
+
+
+def incident(rule: str, revision: str, state: str = "open") -> dict[str, Any]:
+    """A Cloud Monitoring incident (schema 1.2) as the alert policy for `rule` publishes it."""
+    observed, threshold = OBSERVED[rule]
+    return {
+        "version": "1.2",
+        "incident": {
+            "incident_id": f"demo-{rule}-{revision}",
+            "scoping_project_id": PROJECT,
+            "started_at": int(time.time()),
+            "ended_at": None,
+            "state": state,
+            "summary": f"canary {rule} above threshold for {revision}",
+            "resource": {
+                "type": "cloud_run_revision",
+                "labels": {
+                    "project_id": PROJECT,
+                    "service_name": "shop",
+                    "revision_name": revision,
+                    "location": LOCATION,
+                },
+            },
+            "policy_name": f"canary-guard shop: {rule}",
+            "policy_user_labels": {"canary_rule": rule, "canary_service": "shop"},
+            "observed_value": observed,
+            "threshold_value": threshold,
+        },
+    }
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def split(stack: Any) -> dict[str, int]:
+    return {t["revision"]: t.get("percent", 0) for t in stack.cloudrun.service(SERVICE)["traffic"]}
+
+
+def show_split(traffic: dict[str, int]) -> str:
+    return ", ".join(f"{rev} {pct}%" for rev, pct in traffic.items())
+
+
+def when(value: Any) -> str:
+    return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] if isinstance(value, datetime) else "-"
+
+
+def print_timeline(store: Any, rollout_id: str) -> None:
+    print(f"\n  timeline of {rollout_id} (from Firestore decisions)")
+    for entry in store.history(rollout_id):
+        extra = ""
+        if entry["kind"] == "observation":
+            extra = f"  [{entry['source']} {entry['observation']}, streak {entry['count']}/{entry['limit']}]"
+        elif entry["kind"] == "rolled_back":
+            extra = f"  [{entry['mode']} by {entry['requested_by']}: {show_split(_pcts(entry['after']))}]"
+        print(f"    {when(entry['at'])}  {entry['kind']:<18} {entry.get('message', '')}{extra}")
+
+
+def _pcts(targets: list[dict[str, Any]]) -> dict[str, int]:
+    return {t["revision"]: t["percent"] for t in targets}
+
+
+def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limit: int) -> float:
+    """Publish open incidents for `rule` until the rollback lands; returns seconds to rollback."""
+    from google.cloud import pubsub_v1
+
+    from shared.store import rollout_id
+
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, ALERTS_TOPIC)
+    rid = rollout_id(SERVICE, revision)
+    for n in range(1, limit + 1):
+        sent = time.monotonic()
+        publisher.publish(topic, json.dumps(incident(rule, revision)).encode()).result(timeout=30)
+
+        def counted(n: int = n) -> bool:
+            rollout = store.get(rid)
+            return bool(rollout and rollout.streaks.get(rule) and rollout.streaks[rule].count >= n)
+
+        wait_for(f"{rule} breach {n}", counted)
+        print(
+            f"  alert {n}: {rule} incident open for {revision} → streak {n}/{limit} "
+            f"({(time.monotonic() - sent) * 1000:.0f} ms from publish to Firestore)"
+        )
+    started = time.monotonic()
+    wait_for("the rollback", lambda: split(stack).get(revision, 0) == 0)
+    return time.monotonic() - started
+
+
+def deploy(stack: Any, canary: str, revisions: list[str], percent: int = 5) -> None:
+    stack.cloudrun.put_service(
+        SERVICE,
+        revisions,
+        [
+            {"revision": "shop-00001", "percent": 100 - percent},
+            {"revision": canary, "percent": percent, "tag": "canary"},
+        ],
+    )
+    print(f"\n▶ canary {canary} deployed at {percent}%: {show_split(split(stack))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--logs", type=Path, help="keep the stack's logs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    log_dir = args.logs or Path(tempfile.mkdtemp(prefix="canary-guard-demo-"))
+    print(f"starting the local stack (emulators, Cloud Run stand-in, functions); logs in {log_dir}")
+    started = time.monotonic()
+    with local_stack(log_dir, [SERVICE]) as stack:
+        from shared.policy import load_policy
+        from shared.store import RolloutStore, rollout_id
+
+        print(f"stack up in {time.monotonic() - started:.1f} s: {', '.join(stack.function_urls)}")
+        store = RolloutStore(PROJECT)
+        limits = {rule: spec.consecutive for rule, spec in load_policy().rollback_rules.items()}
+
+        deploy(stack, "shop-00002", ["shop-00001", "shop-00002"])
+        took = breach_until_rollback(stack, store, "error_rate", "shop-00002", limits["error_rate"])
+        print(f"  ⟲ rolled back {took * 1000:.0f} ms after the last alert: {show_split(split(stack))}")
+        print_timeline(store, rollout_id(SERVICE, "shop-00002"))
+
+        deploy(stack, "shop-00003", ["shop-00001", "shop-00002", "shop-00003"])
+        took = breach_until_rollback(stack, store, "memory", "shop-00003", limits["memory"])
+        print(f"  ⟲ rolled back {took * 1000:.0f} ms after the last alert: {show_split(split(stack))}")
+        print_timeline(store, rollout_id(SERVICE, "shop-00003"))
+
+        deploy(stack, "shop-00004", ["shop-00001", "shop-00002", "shop-00003", "shop-00004"], percent=10)
+        url = stack.function_urls["emergency_rollback"]
+        for dry_run in (True, False):
+            body = {"service": "shop", "reason": "on-call: checkout errors", "dry_run": dry_run}
+            answer = requests.post(url, json=body, timeout=60)
+            result = answer.json()
+            print(
+                f"  emergency_rollback dry_run={dry_run} → HTTP {answer.status_code} {result['status']}: "
+                f"{show_split(_pcts(result['before']))} → {show_split(_pcts(result['after']))}"
+            )
+        print(f"\nfinal traffic of shop: {show_split(split(stack))}")
+        print(f"function logs (one JSON line per event): {log_dir}")
+    print("stack stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
