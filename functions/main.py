@@ -67,6 +67,7 @@ def rollback(event: CloudEvent) -> None:
         settings=runtime.settings(),
         store=runtime.store(),
         traffic_client=runtime.traffic(),
+        notifier=runtime.notifier(),
     )
     report.emit()
 
@@ -90,9 +91,23 @@ def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
         settings=runtime.settings(),
         store=runtime.store(),
         traffic_client=runtime.traffic(),
+        notifier=runtime.notifier(),
     )
     report.emit()
     payload = report.as_dict()
     if status >= 400:
         payload["error"] = report.message
     return _json_response(payload, status)
+
+
+@functions_framework.http
+def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
+    """Cloud Scheduler (OIDC) → GO / NO-GO for each running rollout, the ramp, streak observations.
+    Body (optional): {"service": "full or short name"} to check one service."""
+    from shared.checkpoint import handle_checkpoint
+
+    report, status = handle_checkpoint(
+        request.get_json(silent=True), settings=runtime.settings(), policy=runtime.policy()
+    )
+    report.emit()
+    return _json_response(report.as_dict(), status)

@@ -104,6 +104,13 @@ class Policy(_Strict):
             raise ValueError(f"ramp percents must strictly increase, got {percents}")
         if percents[-1] != 100:
             raise ValueError(f"the last ramp step must be 100 percent, got {percents[-1]}")
+        deadline_minutes = self.checkpoint.progress_deadline_hours * 60
+        for step in self.ramp:
+            if step.soak_minutes >= deadline_minutes:
+                raise ValueError(
+                    f"ramp step {step.percent}% soaks {step.soak_minutes} min, not less than "
+                    f"checkpoint.progress_deadline_hours ({deadline_minutes} min): it would always freeze"
+                )
         # A GO bar looser than its rollback bar would let a breaching canary advance.
         for rule in ("error_rate", "latency_p95", "memory"):
             if getattr(self.go_bars, rule) > self.rollback_rules[rule].threshold:

@@ -26,6 +26,7 @@ from shared.traffic import ServiceTraffic, TrafficSplit, discover_canary, plan_r
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
+    from shared.notify import Notifier
     from shared.store import RolloutStore
 
 # Statuses, and the HTTP code the emergency endpoint answers with.
@@ -99,6 +100,7 @@ def execute_rollback(
     mode: str,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
+    notifier: Notifier | None = None,
 ) -> RollbackResult:
     """Roll the service back to its stable revision. Cloud Run and Firestore faults raise."""
     current = traffic_client.get(service.name)
@@ -168,8 +170,11 @@ def execute_rollback(
             "after": after.as_dicts(),
             **who,
         },
-        only_from=ROLLBACK_FROM,
+        only_from=ROLLBACK_FROM | {Phase.ROLLED_BACK},
     )
+    if notifier is not None:
+        cause = f"{request.rule} streak" if request.rule else request.reason
+        notifier.send(f"canary-guard: {message} ({mode}: {cause})", requested_by=who["requested_by"])
     return RollbackResult(
         "rolled_back", message, **(base | {"before": before.as_dicts()}), after=after.as_dicts()
     )
@@ -180,6 +185,7 @@ def _requested(
     settings: Settings,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
+    notifier: Notifier | None = None,
     *,
     mode: str,
     event_id: str | None = None,
@@ -191,7 +197,9 @@ def _requested(
         return Report("WARNING", f"rollback refused: {exc}", outcome="forbidden", event_id=event_id), 403
     except ValueError as exc:
         return Report("WARNING", f"rollback refused: {exc}", outcome="ambiguous", event_id=event_id), 400
-    result = execute_rollback(request, service, mode=mode, store=store, traffic_client=traffic_client)
+    result = execute_rollback(
+        request, service, mode=mode, store=store, traffic_client=traffic_client, notifier=notifier
+    )
     severity = "NOTICE" if result.status == "rolled_back" else "INFO"
     fields = result.as_dict() | {
         "outcome": result.status,
@@ -213,6 +221,7 @@ def handle_rollback_message(
     settings: Settings,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
+    notifier: Notifier | None = None,
 ) -> Report:
     """A request from the rollback topic (breach counter, checkpoint, or published by hand)."""
     try:
@@ -221,7 +230,9 @@ def handle_rollback_message(
     except MalformedEvent as exc:
         return Report("WARNING", f"rollback request ignored: {exc}", event_id=event_id, outcome="malformed")
     mode = "auto" if request.requested_by.startswith("canary-guard/") else "manual"
-    report, _ = _requested(request, settings, store, traffic_client, mode=mode, event_id=message.message_id)
+    report, _ = _requested(
+        request, settings, store, traffic_client, notifier, mode=mode, event_id=message.message_id
+    )
     return report
 
 
@@ -232,6 +243,7 @@ def handle_emergency(
     settings: Settings,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
+    notifier: Notifier | None = None,
 ) -> tuple[Report, int]:
     """The on-call engineer's HTTP call: 400 bad input, 403 not watched, 409 nothing to roll back,
     503 Cloud Run kept failing (safe to call again), 200 with traffic before and after."""
@@ -242,7 +254,7 @@ def handle_emergency(
     caller = caller_identity(authorization)
     request = request.model_copy(update={"requested_by": caller})
     try:
-        return _requested(request, settings, store, traffic_client, mode="manual")
+        return _requested(request, settings, store, traffic_client, notifier, mode="manual")
     except ControlPlaneError as exc:
         message = f"Cloud Run did not accept the rollback ({exc}); traffic is unchanged, call again"
         return Report("ERROR", message, outcome="control_plane_error", service=request.service), 503

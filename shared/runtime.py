@@ -14,6 +14,8 @@ from shared.policy import Policy, cached_policy
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
+    from shared.monitoring import MetricWriter, MonitoringReader
+    from shared.notify import Notifier
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -46,3 +48,24 @@ def publisher() -> Publisher:
     from shared.pubsub import Publisher
 
     return Publisher(settings().project)
+
+
+@cache
+def reader() -> MonitoringReader:
+    from shared.monitoring import MonitoringReader
+
+    return MonitoringReader(settings().project, settings().monitoring_endpoint)
+
+
+@cache
+def writer() -> MetricWriter:
+    from shared.monitoring import MetricWriter
+
+    return MetricWriter(settings().project, settings().monitoring_endpoint)
+
+
+@cache
+def notifier() -> Notifier:
+    from shared.notify import Notifier
+
+    return Notifier(settings().chat_webhook_url)

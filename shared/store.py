@@ -83,7 +83,6 @@ class Rollout:
     canary_revision: str
     stable_revision: str
     phase: Phase
-    step_index: int
     canary_percent: int
     step_started_at: datetime
     started_by: str
@@ -106,7 +105,7 @@ class Rollout:
     @classmethod
     def from_doc(cls, doc_id: str, data: Mapping[str, Any]) -> Rollout:
         streaks = {
-            rule: Streak(int(s.get("count", 0)), s.get("last_event_time"))
+            rule: Streak(int(s.get("count", 0)), _plain(s.get("last_event_time")))
             for rule, s in (data.get("streaks") or {}).items()
         }
         return cls(
@@ -115,9 +114,8 @@ class Rollout:
             canary_revision=data["canary_revision"],
             stable_revision=data["stable_revision"],
             phase=Phase(data["phase"]),
-            step_index=int(data.get("step_index", 0)),
             canary_percent=int(data.get("canary_percent", 0)),
-            step_started_at=data["step_started_at"],
+            step_started_at=_plain(data["step_started_at"]),
             started_by=data.get("started_by", ""),
             paused=bool(data.get("paused", False)),
             streaks=streaks,
@@ -126,6 +124,14 @@ class Rollout:
             rollback_published=bool(data.get("rollback_published", False)),
             last_verdict=data.get("last_verdict"),
         )
+
+
+def _plain(moment: datetime | None) -> datetime | None:
+    """Firestore's DatetimeWithNanoseconds as a plain aware datetime (safe to compute with and
+    to write back)."""
+    if moment is None:
+        return None
+    return datetime.fromisoformat(moment.isoformat()).astimezone(UTC)
 
 
 def _streaks_doc(streaks: Mapping[str, Streak]) -> dict[str, Any]:
@@ -203,7 +209,6 @@ class RolloutStore:
         *,
         canary_percent: int,
         started_by: str,
-        step_index: int = 0,
         refuse_if_active: bool = False,
     ) -> Rollout:
         """Create the rollout for this canary (idempotent) and make it the service's active one.
@@ -247,7 +252,6 @@ class RolloutStore:
                     "canary_revision": canary_revision,
                     "stable_revision": stable_revision,
                     "phase": Phase.RUNNING.value,
-                    "step_index": step_index,
                     "canary_percent": canary_percent,
                     "step_started_at": now,
                     "started_by": started_by,
@@ -377,3 +381,85 @@ class RolloutStore:
     def record(self, rid: str, kind: str, data: Mapping[str, Any]) -> None:
         """Append a history entry outside any state change (dry runs, no-ops, load tests)."""
         self._rollout_ref(rid).collection(DECISIONS).document().set({"at": _now(), "kind": kind, **data})
+
+    def record_checkpoint(self, rid: str, verdict: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
+        """The last verdict on the rollout (what `status` shows) plus its history entry."""
+        now = _now()
+        rollout_ref = self._rollout_ref(rid)
+        batch = self._db.batch()
+        batch.update(rollout_ref, {"last_verdict": {"at": now, **verdict, **decision}, "updated_at": now})
+        batch.set(
+            rollout_ref.collection(DECISIONS).document(),
+            {"at": now, "kind": "checkpoint", **verdict, **decision},
+        )
+        batch.commit()
+
+    def step_change_allowed(self, rid: str, from_percent: int) -> bool:
+        """Still RUNNING at `from_percent` with no rollback requested: read before each traffic
+        write of a step change, so a rollback that started meanwhile wins."""
+        rollout = self.get(rid)
+        return bool(
+            rollout
+            and rollout.phase is Phase.RUNNING
+            and not rollout.rollback_requested
+            and rollout.canary_percent == from_percent
+        )
+
+    def commit_step(
+        self,
+        rid: str,
+        from_percent: int,
+        to_percent: int,
+        *,
+        by: str,
+        reason: str,
+        now: datetime | None = None,
+    ) -> bool:
+        """Record a step change that Cloud Run already applied. False: the rollout left RUNNING or
+        a rollback was requested meanwhile (the rollback then owns the traffic)."""
+        rollout_ref = self._rollout_ref(rid)
+        at = now or _now()
+
+        def txn_body(txn: firestore.Transaction) -> bool:
+            snap = rollout_ref.get(transaction=txn)
+            if not snap.exists:
+                return False
+            rollout = Rollout.from_doc(rid, snap.to_dict())
+            if (
+                rollout.phase is not Phase.RUNNING
+                or rollout.rollback_requested
+                or rollout.canary_percent != from_percent
+            ):
+                return False
+            promoted = to_percent == 100
+            update: dict[str, Any] = {
+                "canary_percent": to_percent,
+                "step_started_at": at,
+                "updated_at": _now(),
+            }
+            if promoted:
+                update["phase"] = Phase.PROMOTED.value
+            txn.update(rollout_ref, update)
+            self._decision(
+                txn,
+                rid,
+                "promoted" if promoted else "step",
+                {"message": reason, "from_percent": from_percent, "to_percent": to_percent, "by": by},
+            )
+            return True
+
+        return self._transact(rid, txn_body)
+
+    def set_paused(self, rid: str, paused: bool, *, by: str, reason: str) -> bool:
+        """Pause or resume a RUNNING rollout (the scheduler never advances a paused one)."""
+        rollout_ref = self._rollout_ref(rid)
+
+        def txn_body(txn: firestore.Transaction) -> bool:
+            snap = rollout_ref.get(transaction=txn)
+            if not snap.exists or Phase(snap.get("phase")) is not Phase.RUNNING:
+                return False
+            txn.update(rollout_ref, {"paused": paused, "updated_at": _now()})
+            self._decision(txn, rid, "paused" if paused else "resumed", {"message": reason, "by": by})
+            return True
+
+        return self._transact(rid, txn_body)

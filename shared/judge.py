@@ -1,0 +1,183 @@
+"""The pure checkpoint rules: GO / HOLD / NO-GO / INCONCLUSIVE from measured canary metrics,
+the per-rule breach/recovery observations for the streak core, and the ramp step decision.
+
+No I/O: shared/checkpoint.py reads the metrics and state and acts on what these return.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from shared.core import Kind, Phase
+from shared.policy import Policy
+
+if TYPE_CHECKING:
+    from shared.monitoring import CanaryMetrics
+
+
+class Verdict(StrEnum):
+    GO = "GO"  # every GO bar holds on enough data
+    HOLD = "HOLD"  # between the GO bar and the rollback bar: never a pass
+    NO_GO = "NO_GO"  # a rollback bar is crossed
+    INCONCLUSIVE = "INCONCLUSIVE"  # too little data to judge
+
+
+# Measured value name → (CanaryMetrics attribute, rollback rule it feeds or None, unit for messages)
+MEASURES: dict[str, tuple[str, str | None, str]] = {
+    "error_rate": ("error_rate", "error_rate", "ratio"),
+    "latency_p95": ("latency_p95_ms", "latency_p95", "ms"),
+    "memory": ("memory_utilization", "memory", "ratio"),
+    "cpu": ("cpu_utilization", None, "ratio"),
+}
+
+
+REQUEST_RULES = frozenset({"error_rate", "latency_p95"})
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:.0f} ms" if unit == "ms" else f"{value * 100:.2f}%"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    measured: dict[str, dict[str, Any]]  # name → value, go_bar, rollback_bar (the record shows both)
+    request_count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "reasons": list(self.reasons),
+            "measured": self.measured,
+            "request_count": self.request_count,
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    """A non-finite reading (NaN, inf) is no reading: it must never pass a bar."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
+    """GO only when every bar holds on at least `min_requests` requests; a missing series is
+    INCONCLUSIVE, never a pass."""
+    bars = policy.go_bars
+    measured: dict[str, dict[str, Any]] = {}
+    no_go, hold, missing = [], [], []
+    for name, (attribute, rule, unit) in MEASURES.items():
+        value = _finite(getattr(metrics, attribute))
+        go_bar = getattr(bars, name)
+        rollback_bar = policy.rollback_rules[rule].threshold if rule else None
+        measured[name] = {"value": value, "go_bar": go_bar, "rollback_bar": rollback_bar}
+        if value is None:
+            missing.append(name)
+        elif rollback_bar is not None and value > rollback_bar:
+            no_go.append(f"{name} {_fmt(value, unit)} > rollback bar {_fmt(rollback_bar, unit)}")
+        elif value > go_bar:
+            hold.append(f"{name} {_fmt(value, unit)} > GO bar {_fmt(go_bar, unit)}")
+    if no_go:
+        return Judgement(Verdict.NO_GO, tuple(no_go + hold), measured, metrics.request_count)
+    if metrics.request_count < bars.min_requests or missing:
+        reasons = []
+        if metrics.request_count < bars.min_requests:
+            reasons.append(f"{metrics.request_count} requests < {bars.min_requests} needed to judge")
+        if missing:
+            reasons.append(f"no data for {', '.join(missing)}")
+        return Judgement(Verdict.INCONCLUSIVE, tuple(reasons), measured, metrics.request_count)
+    if hold:
+        return Judgement(Verdict.HOLD, tuple(hold), measured, metrics.request_count)
+    return Judgement(Verdict.GO, ("every GO bar holds",), measured, metrics.request_count)
+
+
+def rule_observations(metrics: CanaryMetrics, policy: Policy) -> dict[str, tuple[Kind, dict[str, Any]]]:
+    """Per rollback rule with data in the recent window: a breach (value > threshold) or a
+    recovery. Rules without data give no observation; canary_down is left to the uptime check.
+    Request-based rules need `min_requests` in the window: one 5xx out of two requests on a
+    quiet canary is noise, not a breach."""
+    found: dict[str, tuple[Kind, dict[str, Any]]] = {}
+    enough_requests = metrics.request_count >= policy.go_bars.min_requests
+    for _name, (attribute, rule, _unit) in MEASURES.items():
+        value = _finite(getattr(metrics, attribute))
+        if rule is None or value is None or (rule in REQUEST_RULES and not enough_requests):
+            continue
+        threshold = policy.rollback_rules[rule].threshold
+        kind = Kind.BREACH if value > threshold else Kind.RECOVERY
+        found[rule] = (kind, {"observed_value": value, "threshold_value": threshold})
+    return found
+
+
+class StepAction(StrEnum):
+    NONE = "none"  # not a running rollout
+    HOLD = "hold"
+    ADVANCE = "advance"
+    PROMOTE = "promote"  # the next step is 100 %
+    FREEZE = "freeze"
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    action: StepAction
+    reason: str
+    next_index: int | None = None
+    next_percent: int | None = None
+
+
+@dataclass(frozen=True)
+class RampState:
+    phase: Phase
+    canary_percent: int  # the live share decides the step (no separate step counter to drift)
+    step_started_at: datetime
+    paused: bool = False
+    rollback_requested: bool = False
+
+
+def step_for_percent(policy: Policy, percent: int) -> int:
+    """The ramp step a live canary share corresponds to (the last step at or below it)."""
+    index = 0
+    for i, step in enumerate(policy.ramp):
+        if step.percent <= percent:
+            index = i
+    return index
+
+
+def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy) -> StepDecision:
+    """Advance one step only on GO after the step's soak time; freeze past the progress deadline."""
+    if state.phase is not Phase.RUNNING:
+        return StepDecision(StepAction.NONE, f"rollout is {state.phase}")
+    if state.rollback_requested:
+        return StepDecision(StepAction.HOLD, "a rollback was requested")
+    if state.paused:
+        return StepDecision(StepAction.HOLD, "paused by hand")
+    # A rollout registered a moment after `now` was read is on its step for 0 s, not less.
+    on_step = max(now - state.step_started_at, timedelta(0))
+    index = step_for_percent(policy, state.canary_percent)
+    deadline = timedelta(hours=policy.checkpoint.progress_deadline_hours)
+    if on_step > deadline:
+        return StepDecision(
+            StepAction.FREEZE,
+            f"no progress for {on_step.total_seconds() / 3600:.1f} h "
+            f"(deadline {policy.checkpoint.progress_deadline_hours} h)",
+        )
+    upcoming = [step for step in policy.ramp if step.percent > state.canary_percent]
+    if not upcoming:
+        return StepDecision(StepAction.NONE, "already at the last step")
+    if verdict is not Verdict.GO:
+        return StepDecision(StepAction.HOLD, f"verdict {verdict.value}")
+    soak = timedelta(minutes=policy.ramp[index].soak_minutes)
+    if on_step < soak:
+        left = (soak - on_step).total_seconds() / 60
+        return StepDecision(StepAction.HOLD, f"GO, soaking: {left:.0f} min left at {state.canary_percent}%")
+    # The next step is the first one above the live share (a canary started at 3 % goes to 5 %).
+    target = upcoming[0]
+    action = StepAction.PROMOTE if target.percent == 100 else StepAction.ADVANCE
+    return StepDecision(
+        action,
+        f"GO after {on_step.total_seconds() / 60:.0f} min: {target.percent}%",
+        policy.ramp.index(target),
+        target.percent,
+    )

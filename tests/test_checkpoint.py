@@ -1,0 +1,384 @@
+"""Scheduled checkpoints on the real emulators and the Cloud Run / Monitoring stand-ins: the
+ramp walk, rollback by checkpoint observations alone, alerts and checkpoints in one streak,
+the advance/rollback race, holds, freezes, and the chat notifications."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+import yaml
+from google.cloud import pubsub_v1
+
+from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, serve_function, wire_push
+from infra.metrics_feed import HEALTHY, Minute, feed
+from infra.monitoring_standin import start_monitoring_standin
+from shared.checkpoint import Clients, change_step, run_checkpoints
+from shared.cloudrun import CloudRunTraffic
+from shared.config import load_settings
+from shared.core import Phase
+from shared.events import RollbackRequest
+from shared.monitoring import MonitoringReader
+from shared.notify import Notifier
+from shared.policy import DEFAULT_POLICY_FILE, load_policy
+from shared.pubsub import Publisher
+from shared.rollback import execute_rollback
+from shared.store import RolloutStore, rollout_id
+from tests.conftest import LOCATION, SHOP, WATCHED, deploy_canary
+from tests.payloads import cloudevent_data, incident_message
+from tests.test_pipeline import post_event
+
+pytestmark = pytest.mark.emulators
+CANARY = rollout_id(SHOP, "shop-00002")
+POLICY = load_policy()
+LAG = timedelta(minutes=POLICY.checkpoint.data_lag_minutes)
+
+
+class ChatReceiver:
+    """A local Slack-compatible webhook that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.messages.append(body["text"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def said(self, text: str) -> list[str]:
+        return [m for m in self.messages if text in m]
+
+
+@pytest.fixture(scope="module")
+def monitoring():
+    standin = start_monitoring_standin()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def chat():
+    receiver = ChatReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+@pytest.fixture
+def settings(function_env):
+    return load_settings(function_env)
+
+
+@pytest.fixture
+def clients(firestore_clean, cloudrun, monitoring, chat):
+    monitoring.reset()
+    return Clients(
+        store=RolloutStore(PROJECT),
+        traffic=CloudRunTraffic(cloudrun.url, sleep=lambda _s: None),
+        reader=MonitoringReader(PROJECT, monitoring.target),
+        writer=None,  # simulated clocks run days ahead; Monitoring refuses such points (checked below)
+        publisher=Publisher(PROJECT),
+        notifier=Notifier(chat.url),
+    )
+
+
+def minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def serve_traffic(
+    monitoring, now: datetime, traffic: Minute, *, minutes: int = 6, revision: str = "shop-00002"
+):
+    """The canary's traffic for the `minutes` minutes that the checkpoint at `now` reads."""
+    end = minute(now - LAG)
+    feed(
+        monitoring,
+        project=PROJECT,
+        location=LOCATION,
+        service="shop",
+        revision=revision,
+        minutes=[end - timedelta(minutes=m) for m in range(minutes)],
+        traffic=traffic,
+    )
+
+
+def live(cloudrun) -> dict[str, int]:
+    return {t["revision"]: t.get("percent", 0) for t in cloudrun.service(SHOP)["traffic"] if t.get("percent")}
+
+
+def check(clients, settings, now):
+    reports = run_checkpoints(now=now, settings=settings, policy=POLICY, clients=clients)
+    return {r.fields.get("rollout"): r for r in reports}
+
+
+def test_healthy_canary_walks_the_ramp_to_promoted(clients, settings, cloudrun, monitoring, chat):
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    report = check(clients, settings, t)[CANARY]  # discovers the rollout at 5 %
+    assert report.fields["verdict"] == "INCONCLUSIVE" and live(cloudrun) == {
+        "shop-00001": 95,
+        "shop-00002": 5,
+    }
+    walk = [(61, 10), (1441, 25), (1441, 50), (1441, 100)]  # minutes after the previous step
+    for offset, expected in walk:
+        # GO but not soaked yet: one minute before the soak ends nothing moves.
+        early = t + timedelta(minutes=offset - 2)
+        serve_traffic(monitoring, early, HEALTHY)
+        assert check(clients, settings, early)[CANARY].fields["action"] == "hold"
+        now = t + timedelta(minutes=offset)
+        serve_traffic(monitoring, now, HEALTHY, minutes=1)
+        report = check(clients, settings, now)[CANARY]
+        assert report.fields["verdict"] == "GO", report.fields["reasons"]
+        assert report.fields["step"] == "changed"
+        assert live(cloudrun)["shop-00002"] == expected
+        t = now
+    rollout = clients.store.get(CANARY)
+    assert rollout.phase is Phase.PROMOTED and rollout.canary_percent == 100
+    steps = [h for h in clients.store.history(CANARY) if h["kind"] in ("step", "promoted")]
+    assert [h["to_percent"] for h in steps] == [10, 25, 50, 100]
+    assert len(chat.said("promoted to 100%")) == 1
+    # Nothing advances a promoted rollout; a later checkpoint leaves it alone.
+    assert check(clients, settings, t + timedelta(days=1))[CANARY].fields["action"] == "none"
+
+
+def test_bad_canary_is_rolled_back_by_checkpoints_alone(
+    clients, settings, cloudrun, monitoring, functions, chat
+):
+    """Three NO-GO checkpoints (errors > 1 %) → rollback request → rollback function → stable."""
+    port = int(functions["rollback"].url.rsplit(":", 1)[1])
+    wire_push(
+        PROJECT, ROLLBACK_TOPIC, "test-checkpoint-rollback", push_endpoint(port, PROJECT, ROLLBACK_TOPIC)
+    )
+    try:
+        deploy_canary(cloudrun)
+        t = datetime.now(UTC)
+        bad = Minute(requests=200, errors=10, latency_ms=90)
+        for n in range(3):
+            now = t + timedelta(minutes=n)
+            serve_traffic(monitoring, now, bad, minutes=6 if n == 0 else 1)
+            report = check(clients, settings, now)[CANARY]
+            assert report.fields["verdict"] == "NO_GO"
+            assert report.fields["observations"]["error_rate"] == ("tripped" if n == 2 else "counted")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and live(cloudrun) != {"shop-00001": 100}:
+            time.sleep(0.1)
+        assert live(cloudrun) == {"shop-00001": 100}
+        rollout = clients.store.get(CANARY)
+        assert rollout.phase is Phase.ROLLED_BACK
+        done = [h for h in clients.store.history(CANARY) if h["kind"] == "rolled_back"][-1]
+        assert done["rule"] == "error_rate" and done["requested_by"] == "canary-guard/checkpoint"
+        assert chat.said("error_rate 0.05 > 0.01 (checkpoint)")
+        # Rolled back is sticky: a healthy checkpoint later never advances it.
+        later = t + timedelta(hours=2)
+        serve_traffic(monitoring, later, HEALTHY)
+        assert check(clients, settings, later)[CANARY].fields["action"] == "none"
+        assert live(cloudrun) == {"shop-00001": 100}
+    finally:
+        pubsub_v1.SubscriberClient().delete_subscription(
+            subscription=f"projects/{PROJECT}/subscriptions/test-checkpoint-rollback"
+        )
+
+
+def test_alert_and_checkpoint_observations_share_one_streak(
+    clients, settings, cloudrun, monitoring, functions
+):
+    deploy_canary(cloudrun)
+    t = minute(datetime.now(UTC)) + timedelta(minutes=10)
+    end = t - LAG  # the checkpoint's observation time
+
+    def alert_at(moment: datetime) -> None:
+        message_id = uuid.uuid4().hex
+        payload = incident_message(
+            rule="error_rate", revision="shop-00002", project=PROJECT, location=LOCATION
+        )
+        publish_time = moment.isoformat().replace("+00:00", "Z")
+        data = cloudevent_data(payload, message_id=message_id, publish_time=publish_time)
+        assert post_event(functions["breach_counter"], data, event_id=message_id).status_code == 200
+
+    alert_at(end - timedelta(seconds=30))  # alert breach 1
+    serve_traffic(monitoring, t, Minute(requests=200, errors=6))
+    report = check(clients, settings, t)[CANARY]  # checkpoint breach 2
+    assert report.fields["observations"]["error_rate"] == "counted"
+    assert clients.store.get(CANARY).streaks["error_rate"].count == 2
+    alert_at(end - timedelta(seconds=10))  # older than the checkpoint's: ignored
+    assert clients.store.get(CANARY).streaks["error_rate"].count == 2
+    alert_at(end + timedelta(seconds=20))  # alert breach 3: trips
+    rollout = clients.store.get(CANARY)
+    assert rollout.streaks["error_rate"].count == 3 and rollout.rollback_requested
+    history = clients.store.history(CANARY)
+    sources = [h["source"] for h in history if h["kind"] == "observation" and h["rule"] == "error_rate"]
+    assert sources == ["alert", "checkpoint", "alert", "alert"]
+    # The same checkpoint minute run twice (Scheduler retry) counts once.
+    check(clients, settings, t)
+    assert clients.store.get(CANARY).streaks["error_rate"].count == 3
+
+
+def test_checkpoint_recovery_resets_an_alert_streak(clients, settings, cloudrun, monitoring, functions):
+    deploy_canary(cloudrun)
+    t = minute(datetime.now(UTC)) + timedelta(minutes=10)
+    message_id = uuid.uuid4().hex
+    payload = incident_message(rule="memory", revision="shop-00002", project=PROJECT, location=LOCATION)
+    publish_time = (t - LAG - timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    post_event(
+        functions["breach_counter"],
+        cloudevent_data(payload, message_id=message_id, publish_time=publish_time),
+        event_id=message_id,
+    )
+    assert clients.store.get(CANARY).streaks["memory"].count == 1
+    serve_traffic(monitoring, t, HEALTHY)
+    check(clients, settings, t)
+    assert clients.store.get(CANARY).streaks["memory"].count == 0
+
+
+def test_rollback_wins_over_a_step_change_in_flight(clients, cloudrun):
+    """The advance's traffic write is slowed down; a rollback starts meanwhile: stable wins."""
+    deploy_canary(cloudrun)
+    rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    cloudrun.inject_fault(None, count=1, methods=["PATCH"], delay_s=1.5)
+    results = {}
+
+    def advance() -> None:
+        results["step"] = change_step(
+            rollout,
+            10,
+            by="test",
+            reason="race",
+            store=clients.store,
+            traffic=clients.traffic,
+            notifier=clients.notifier,
+        )
+
+    stepper = threading.Thread(target=advance)
+    stepper.start()
+    time.sleep(0.3)  # the advance's PATCH is in flight
+    request = RollbackRequest(service=SHOP, reason="race", requested_by="oncall")
+    result = execute_rollback(
+        request, SERVICE_REF, mode="manual", store=clients.store, traffic_client=clients.traffic
+    )
+    stepper.join()
+    assert result.status == "rolled_back"
+    assert results["step"].status == "aborted"
+    assert live(cloudrun) == {"shop-00001": 100}
+    final = clients.store.get(rollout.id)
+    assert final.phase is Phase.ROLLED_BACK and final.canary_percent == 5
+
+
+def test_paused_and_frozen_rollouts_do_not_advance(clients, settings, cloudrun, monitoring, chat):
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)
+    clients.store.set_paused(CANARY, True, by="owner", reason="waiting for marketing")
+    now = t + timedelta(minutes=61)
+    serve_traffic(monitoring, now, HEALTHY)
+    report = check(clients, settings, now)[CANARY]
+    assert report.fields["verdict"] == "GO" and report.fields["action"] == "hold"
+    assert "paused" in report.message
+    assert live(cloudrun)["shop-00002"] == 5
+    clients.store.set_paused(CANARY, False, by="owner", reason="go")
+    # Past the progress deadline without advancing: FROZEN and reported.
+    late = t + timedelta(hours=POLICY.checkpoint.progress_deadline_hours, minutes=1)
+    serve_traffic(monitoring, late, HEALTHY)
+    report = check(clients, settings, late)[CANARY]
+    assert report.fields["action"] == "freeze"
+    assert clients.store.get(CANARY).phase is Phase.FROZEN
+    assert chat.said("FROZEN")
+    assert check(clients, settings, late + timedelta(minutes=1))[CANARY].fields["action"] == "none"
+    assert live(cloudrun)["shop-00002"] == 5
+
+
+def test_hold_between_bars_and_inconclusive_never_advance(clients, settings, cloudrun, monitoring, chat):
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)
+    now = t + timedelta(minutes=61)
+    serve_traffic(monitoring, now, Minute(requests=10), minutes=1)  # too little data to judge
+    report = check(clients, settings, now)[CANARY]
+    assert report.fields["verdict"] == "INCONCLUSIVE"
+    assert "10 requests < 100" in report.fields["reasons"][0]
+    later = now + timedelta(minutes=1)
+    serve_traffic(
+        monitoring, later, Minute(requests=1000, errors=7, latency_ms=80), minutes=1
+    )  # ≈0.7 % errors
+    report = check(clients, settings, later)[CANARY]
+    assert report.fields["verdict"] == "HOLD" and report.fields["action"] == "hold"
+    assert report.fields["measured"]["error_rate"]["go_bar"] == 0.005
+    assert report.fields["measured"]["error_rate"]["rollback_bar"] == 0.01
+    assert chat.said("holds at 5%: HOLD")
+    assert live(cloudrun)["shop-00002"] == 5
+
+
+def test_chat_failure_never_blocks_a_rollback(clients, cloudrun):
+    deploy_canary(cloudrun)
+    clients.notifier = Notifier(f"http://127.0.0.1:{free_port()}/nobody-listens")
+    request = RollbackRequest(service=SHOP, reason="webhook down", requested_by="oncall")
+    result = execute_rollback(
+        request,
+        SERVICE_REF,
+        mode="manual",
+        store=clients.store,
+        traffic_client=clients.traffic,
+        notifier=clients.notifier,
+    )
+    assert result.status == "rolled_back" and live(cloudrun) == {"shop-00001": 100}
+
+
+@pytest.fixture(scope="module")
+def fast_ramp_checkpoint(function_env, log_dir, tmp_path_factory, monitoring):
+    """The checkpoint entry point under functions-framework, with a policy whose soak is 0."""
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    for step in policy["ramp"]:
+        step["soak_minutes"] = 0
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    port = free_port()
+    env = {**function_env, "CANARY_POLICY_FILE": str(path), "MONITORING_API_ENDPOINT": monitoring.target}
+    process = serve_function("checkpoint", port, env, log_dir)
+    yield f"http://127.0.0.1:{port}/"
+    process.stop()
+
+
+def test_checkpoint_entry_point_walks_a_fast_ramp(
+    fast_ramp_checkpoint, firestore_clean, cloudrun, monitoring
+):
+    monitoring.reset()
+    deploy_canary(cloudrun)
+    serve_traffic(monitoring, datetime.now(UTC), HEALTHY)
+    percents = []
+    for _ in range(5):
+        answer = requests.post(fast_ramp_checkpoint, json={"service": "shop"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        percents.append(live(cloudrun)["shop-00002"])
+    assert percents == [10, 25, 50, 100, 100]
+    assert RolloutStore(PROJECT).get(CANARY).phase is Phase.PROMOTED
+    written = {series.metric.type for series in monitoring.series(PROJECT)}
+    assert "custom.googleapis.com/canary_guard/canary_percent" in written
+    assert "custom.googleapis.com/canary_guard/breaches" in written
+
+
+@pytest.mark.parametrize(
+    ("body", "status"), [({"service": "not-watched"}, 403), ({"service": 5}, 400), ({"force": True}, 400)]
+)
+def test_checkpoint_entry_point_refuses_bad_bodies(fast_ramp_checkpoint, body, status):
+    answer = requests.post(fast_ramp_checkpoint, json=body, timeout=30)
+    assert answer.status_code == status
+    assert answer.json()["message"]
+
+
+SERVICE_REF = load_settings(
+    {"GOOGLE_CLOUD_PROJECT": PROJECT, "CANARY_SERVICES": ",".join(WATCHED)}
+).resolve_service(SHOP)

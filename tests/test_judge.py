@@ -1,0 +1,727 @@
+"""Decision table for the pure checkpoint rules in shared/judge.py (issue 3).
+
+Real policy (shared/policy.yaml): GO bars 0.5 % errors, 200 ms P95, 85 % memory, 80 % CPU, at
+least 100 requests; rollback bars > 1 % errors, > 500 ms, > 85 % memory, no CPU rollback bar.
+A value exactly ON a bar passes it: `<=` holds the GO bar, only `>` crosses the rollback bar.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.core import Kind, Phase
+from shared.judge import (
+    Judgement,
+    RampState,
+    StepAction,
+    StepDecision,
+    Verdict,
+    judge,
+    next_step,
+    rule_observations,
+    step_for_percent,
+)
+from shared.monitoring import CanaryMetrics
+from shared.policy import DEFAULT_POLICY_FILE, Policy, load_policy
+
+POLICY = load_policy()
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+# Healthy, comfortably inside every GO bar.
+OK: dict[str, Any] = {
+    "request_count": 1000,
+    "error_count": 1,
+    "error_rate": 0.001,
+    "latency_p95_ms": 120.0,
+    "memory_utilization": 0.40,
+    "cpu_utilization": 0.30,
+}
+
+
+def metrics(**overrides: Any) -> CanaryMetrics:
+    return CanaryMetrics(window_start=T0 - timedelta(minutes=5), window_end=T0, **(OK | overrides))
+
+
+def verdict_of(policy: Policy = POLICY, **overrides: Any) -> Verdict:
+    return judge(metrics(**overrides), policy).verdict
+
+
+def above(x: float) -> float:
+    """The next float after x: the smallest value that is strictly greater."""
+    return math.nextafter(x, math.inf)
+
+
+def below(x: float) -> float:
+    return math.nextafter(x, -math.inf)
+
+
+def test_the_table_assumes_the_bundled_policy_numbers():
+    """If policy.yaml changes, this fails first and says why the table below no longer fits."""
+    bars = POLICY.go_bars
+    assert (bars.error_rate, bars.latency_p95, bars.memory, bars.cpu, bars.min_requests) == (
+        0.005,
+        200,
+        0.85,
+        0.80,
+        100,
+    )
+    rules = POLICY.rollback_rules
+    assert (rules["error_rate"].threshold, rules["latency_p95"].threshold, rules["memory"].threshold) == (
+        0.01,
+        500,
+        0.85,
+    )
+    assert [(s.percent, s.soak_minutes) for s in POLICY.ramp] == [
+        (5, 60),
+        (10, 1440),
+        (25, 1440),
+        (50, 1440),
+        (100, 0),
+    ]
+    assert POLICY.checkpoint.progress_deadline_hours == 168
+
+
+# =========================================================================== judge: every verdict
+
+
+def test_go_when_every_bar_holds():
+    j = judge(metrics(), POLICY)
+    assert j.verdict is Verdict.GO
+    assert j.reasons == ("every GO bar holds",)
+    assert j.request_count == 1000
+
+
+def test_hold_for_the_checklist_example_of_0_7_percent_errors():
+    j = judge(metrics(error_rate=0.007, error_count=7), POLICY)
+    assert j.verdict is Verdict.HOLD
+    assert j.reasons == ("error_rate 0.70% > GO bar 0.50%",)
+
+
+def test_no_go_when_a_rollback_bar_is_crossed():
+    j = judge(metrics(error_rate=0.02, error_count=20), POLICY)
+    assert j.verdict is Verdict.NO_GO
+    assert j.reasons == ("error_rate 2.00% > rollback bar 1.00%",)
+
+
+def test_inconclusive_with_too_few_requests():
+    j = judge(metrics(request_count=99), POLICY)
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == ("99 requests < 100 needed to judge",)
+    assert j.request_count == 99
+
+
+def test_inconclusive_with_no_traffic_at_all_names_both_causes():
+    j = judge(
+        metrics(
+            request_count=0,
+            error_count=0,
+            error_rate=None,
+            latency_p95_ms=None,
+            memory_utilization=0.1,
+            cpu_utilization=0.01,
+        ),
+        POLICY,
+    )
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == ("0 requests < 100 needed to judge", "no data for error_rate, latency_p95")
+
+
+# =========================================================== judge: every bar below / on / above
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected", "reason"),
+    [
+        # error rate: GO bar 0.5 % (<=), rollback bar 1 % (>)
+        ({"error_rate": 0.0049}, Verdict.GO, None),
+        ({"error_rate": 0.005}, Verdict.GO, None),  # exactly on the GO bar passes
+        ({"error_rate": above(0.005)}, Verdict.HOLD, "error_rate 0.50% > GO bar 0.50%"),
+        ({"error_rate": 0.0051}, Verdict.HOLD, "error_rate 0.51% > GO bar 0.50%"),
+        ({"error_rate": 0.0099}, Verdict.HOLD, "error_rate 0.99% > GO bar 0.50%"),
+        ({"error_rate": 0.01}, Verdict.HOLD, "error_rate 1.00% > GO bar 0.50%"),  # on the rollback bar
+        ({"error_rate": above(0.01)}, Verdict.NO_GO, "error_rate 1.00% > rollback bar 1.00%"),
+        ({"error_rate": 0.0101}, Verdict.NO_GO, "error_rate 1.01% > rollback bar 1.00%"),
+        ({"error_rate": 1.0}, Verdict.NO_GO, "error_rate 100.00% > rollback bar 1.00%"),
+        # latency P95: GO bar 200 ms, rollback bar 500 ms
+        ({"latency_p95_ms": 199.9}, Verdict.GO, None),
+        ({"latency_p95_ms": 200.0}, Verdict.GO, None),
+        ({"latency_p95_ms": above(200.0)}, Verdict.HOLD, "latency_p95 200 ms > GO bar 200 ms"),
+        ({"latency_p95_ms": 201.0}, Verdict.HOLD, "latency_p95 201 ms > GO bar 200 ms"),
+        ({"latency_p95_ms": 499.0}, Verdict.HOLD, "latency_p95 499 ms > GO bar 200 ms"),
+        ({"latency_p95_ms": 500.0}, Verdict.HOLD, "latency_p95 500 ms > GO bar 200 ms"),
+        ({"latency_p95_ms": above(500.0)}, Verdict.NO_GO, "latency_p95 500 ms > rollback bar 500 ms"),
+        ({"latency_p95_ms": 501.0}, Verdict.NO_GO, "latency_p95 501 ms > rollback bar 500 ms"),
+        # memory: GO bar == rollback bar == 85 %, so there is no HOLD band
+        ({"memory_utilization": 0.84}, Verdict.GO, None),
+        ({"memory_utilization": below(0.85)}, Verdict.GO, None),
+        ({"memory_utilization": 0.85}, Verdict.GO, None),  # exactly 85 % is GO
+        ({"memory_utilization": above(0.85)}, Verdict.NO_GO, "memory 85.00% > rollback bar 85.00%"),
+        ({"memory_utilization": 0.86}, Verdict.NO_GO, "memory 86.00% > rollback bar 85.00%"),
+        # CPU: GO bar 80 %, no rollback bar, so even 100 % is only a HOLD
+        ({"cpu_utilization": 0.79}, Verdict.GO, None),
+        ({"cpu_utilization": 0.80}, Verdict.GO, None),
+        ({"cpu_utilization": above(0.80)}, Verdict.HOLD, "cpu 80.00% > GO bar 80.00%"),
+        ({"cpu_utilization": 0.81}, Verdict.HOLD, "cpu 81.00% > GO bar 80.00%"),
+        ({"cpu_utilization": 1.0}, Verdict.HOLD, "cpu 100.00% > GO bar 80.00%"),
+        # request count: min_requests 100 (>= passes)
+        ({"request_count": 99}, Verdict.INCONCLUSIVE, "99 requests < 100 needed to judge"),
+        ({"request_count": 100}, Verdict.GO, None),
+        ({"request_count": 101}, Verdict.GO, None),
+    ],
+    ids=lambda v: ",".join(f"{k}={x!r}" for k, x in v.items()) if isinstance(v, dict) else repr(v),
+)
+def test_bar_edges(overrides, expected, reason):
+    j = judge(metrics(**overrides), POLICY)
+    assert j.verdict is expected
+    if reason is None:
+        assert j.reasons == ("every GO bar holds",)
+    else:
+        assert j.reasons == (reason,)
+
+
+@pytest.mark.parametrize(
+    ("errors", "requests", "expected"),
+    [
+        (5, 1000, Verdict.GO),  # 0.5 % computed, not typed: still exactly on the GO bar
+        (6, 1000, Verdict.HOLD),
+        (1, 100, Verdict.HOLD),  # 1 % exactly: HOLD, not NO_GO
+        (10, 1000, Verdict.HOLD),
+        (11, 1000, Verdict.NO_GO),
+    ],
+)
+def test_error_rates_as_the_reader_computes_them(errors, requests, expected):
+    """The reader divides error_count / request_count; the on-bar cases must survive that."""
+    rate = errors / requests
+    assert verdict_of(request_count=requests, error_count=errors, error_rate=rate) is expected
+
+
+def test_exactly_on_every_bar_at_once_is_go():
+    j = judge(
+        metrics(
+            request_count=100,
+            error_count=0,
+            error_rate=0.005,
+            latency_p95_ms=200.0,
+            memory_utilization=0.85,
+            cpu_utilization=0.80,
+        ),
+        POLICY,
+    )
+    assert j.verdict is Verdict.GO
+
+
+def test_on_every_rollback_bar_at_once_is_hold_not_no_go():
+    j = judge(metrics(error_rate=0.01, latency_p95_ms=500.0, memory_utilization=0.85), POLICY)
+    assert j.verdict is Verdict.HOLD
+    assert j.reasons == ("error_rate 1.00% > GO bar 0.50%", "latency_p95 500 ms > GO bar 200 ms")
+
+
+def test_several_holds_are_all_reported_in_measure_order():
+    j = judge(metrics(error_rate=0.008, latency_p95_ms=350.0, cpu_utilization=0.95), POLICY)
+    assert j.verdict is Verdict.HOLD
+    assert j.reasons == (
+        "error_rate 0.80% > GO bar 0.50%",
+        "latency_p95 350 ms > GO bar 200 ms",
+        "cpu 95.00% > GO bar 80.00%",
+    )
+
+
+def test_no_go_lists_every_crossed_bar_then_the_holds():
+    j = judge(
+        metrics(error_rate=0.03, latency_p95_ms=900.0, memory_utilization=0.97, cpu_utilization=0.99),
+        POLICY,
+    )
+    assert j.verdict is Verdict.NO_GO
+    assert j.reasons == (
+        "error_rate 3.00% > rollback bar 1.00%",
+        "latency_p95 900 ms > rollback bar 500 ms",
+        "memory 97.00% > rollback bar 85.00%",
+        "cpu 99.00% > GO bar 80.00%",
+    )
+
+
+# ================================================================= judge: missing series
+
+
+@pytest.mark.parametrize(
+    "attribute, name",
+    [
+        ("error_rate", "error_rate"),
+        ("latency_p95_ms", "latency_p95"),
+        ("memory_utilization", "memory"),
+        ("cpu_utilization", "cpu"),
+    ],
+)
+def test_a_missing_series_is_inconclusive_even_when_the_rest_is_fine(attribute, name):
+    j = judge(metrics(**{attribute: None}), POLICY)
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == (f"no data for {name}",)
+    assert j.measured[name]["value"] is None
+
+
+def test_every_series_missing_lists_them_all():
+    j = judge(
+        metrics(error_rate=None, latency_p95_ms=None, memory_utilization=None, cpu_utilization=None),
+        POLICY,
+    )
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == ("no data for error_rate, latency_p95, memory, cpu",)
+
+
+def test_missing_series_beats_a_hold():
+    """A HOLD value next to a missing series is INCONCLUSIVE; the hold value stays in `measured`."""
+    j = judge(metrics(latency_p95_ms=300.0, cpu_utilization=None), POLICY)
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == ("no data for cpu",)
+    assert j.measured["latency_p95"]["value"] == 300.0
+
+
+def test_too_few_requests_beats_a_hold():
+    j = judge(metrics(request_count=10, error_rate=0.007), POLICY)
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == ("10 requests < 100 needed to judge",)
+
+
+@pytest.mark.parametrize(
+    "crossed, missing, reason",
+    [
+        ({"error_rate": 0.02}, "cpu_utilization", "error_rate 2.00% > rollback bar 1.00%"),
+        ({"error_rate": 0.02}, "latency_p95_ms", "error_rate 2.00% > rollback bar 1.00%"),
+        ({"latency_p95_ms": 750.0}, "memory_utilization", "latency_p95 750 ms > rollback bar 500 ms"),
+        ({"memory_utilization": 0.9}, "error_rate", "memory 90.00% > rollback bar 85.00%"),
+    ],
+)
+def test_no_go_wins_over_a_missing_series(crossed, missing, reason):
+    """Implementation: NO_GO is returned before the missing/low-count check, and its reasons do not
+    mention the missing series (only `measured` shows the None)."""
+    j = judge(metrics(**crossed, **{missing: None}), POLICY)
+    assert j.verdict is Verdict.NO_GO
+    assert j.reasons == (reason,)
+
+
+def test_no_go_wins_over_too_few_requests():
+    j = judge(metrics(request_count=20, error_count=4, error_rate=0.2), POLICY)
+    assert j.verdict is Verdict.NO_GO
+    assert j.reasons == ("error_rate 20.00% > rollback bar 1.00%",)
+    assert j.request_count == 20
+
+
+@pytest.mark.parametrize(
+    "attribute", ["error_rate", "latency_p95_ms", "memory_utilization", "cpu_utilization"]
+)
+def test_a_nan_measurement_is_never_go(attribute):
+    assert verdict_of(**{attribute: math.nan}) is Verdict.INCONCLUSIVE
+
+
+# ======================================================================== judge: the record
+
+
+def test_measured_carries_value_and_both_bars_for_every_metric():
+    j = judge(metrics(), POLICY)
+    assert j.measured == {
+        "error_rate": {"value": 0.001, "go_bar": 0.005, "rollback_bar": 0.01},
+        "latency_p95": {"value": 120.0, "go_bar": 200, "rollback_bar": 500},
+        "memory": {"value": 0.40, "go_bar": 0.85, "rollback_bar": 0.85},
+        "cpu": {"value": 0.30, "go_bar": 0.80, "rollback_bar": None},
+    }
+
+
+@pytest.mark.parametrize("verdict_overrides", [{}, {"error_rate": 0.02}, {"cpu_utilization": None}])
+def test_measured_is_complete_for_every_verdict(verdict_overrides):
+    j = judge(metrics(**verdict_overrides), POLICY)
+    assert list(j.measured) == ["error_rate", "latency_p95", "memory", "cpu"]
+    assert all(set(entry) == {"value", "go_bar", "rollback_bar"} for entry in j.measured.values())
+
+
+def test_as_dict_is_the_json_record():
+    j = judge(metrics(error_rate=0.007), POLICY)
+    assert j.as_dict() == {
+        "verdict": "HOLD",
+        "reasons": ["error_rate 0.70% > GO bar 0.50%"],
+        "measured": j.measured,
+        "request_count": 1000,
+    }
+    assert isinstance(j, Judgement)
+
+
+# ===================================================================== rule_observations
+
+
+@pytest.mark.parametrize(
+    "attribute, rule, threshold, at, over",
+    [
+        ("error_rate", "error_rate", 0.01, 0.01, 0.0101),
+        ("latency_p95_ms", "latency_p95", 500, 500.0, 500.5),
+        ("memory_utilization", "memory", 0.85, 0.85, 0.851),
+    ],
+)
+def test_breach_only_above_the_threshold(attribute, rule, threshold, at, over):
+    for value, kind in [(0.0, Kind.RECOVERY), (below(at), Kind.RECOVERY), (at, Kind.RECOVERY)]:
+        found = rule_observations(metrics(**{attribute: value}), POLICY)
+        assert found[rule] == (kind, {"observed_value": value, "threshold_value": threshold}), value
+    for value in (above(at), over):
+        found = rule_observations(metrics(**{attribute: value}), POLICY)
+        assert found[rule] == (Kind.BREACH, {"observed_value": value, "threshold_value": threshold}), value
+
+
+def test_observations_for_a_healthy_canary_are_three_recoveries():
+    found = rule_observations(metrics(), POLICY)
+    assert found == {
+        "error_rate": (Kind.RECOVERY, {"observed_value": 0.001, "threshold_value": 0.01}),
+        "latency_p95": (Kind.RECOVERY, {"observed_value": 120.0, "threshold_value": 500}),
+        "memory": (Kind.RECOVERY, {"observed_value": 0.40, "threshold_value": 0.85}),
+    }
+
+
+def test_observations_between_go_and_rollback_bar_are_recoveries():
+    """HOLD territory (0.7 % errors, 300 ms) resets the streaks: only the rollback bar counts."""
+    found = rule_observations(metrics(error_rate=0.007, latency_p95_ms=300.0), POLICY)
+    assert found["error_rate"][0] is Kind.RECOVERY
+    assert found["latency_p95"][0] is Kind.RECOVERY
+
+
+@pytest.mark.parametrize(
+    "attribute, rule",
+    [("error_rate", "error_rate"), ("latency_p95_ms", "latency_p95"), ("memory_utilization", "memory")],
+)
+def test_no_data_gives_no_observation(attribute, rule):
+    found = rule_observations(metrics(**{attribute: None}), POLICY)
+    assert rule not in found
+    assert len(found) == 2
+
+
+def test_cpu_and_canary_down_are_never_observed():
+    for cpu in (None, 0.1, 0.81, 1.0):
+        found = rule_observations(metrics(cpu_utilization=cpu), POLICY)
+        assert set(found) == {"error_rate", "latency_p95", "memory"}
+        assert "cpu" not in found
+        assert "canary_down" not in found
+    nothing = rule_observations(
+        metrics(error_rate=None, latency_p95_ms=None, memory_utilization=None, cpu_utilization=0.99), POLICY
+    )
+    assert nothing == {}
+
+
+def test_request_rules_need_min_requests_before_they_observe():
+    """1 error in 2 requests is noise on a quiet canary: no error_rate or latency observation
+    below the policy's min_requests; memory does not depend on requests and is still observed."""
+    found = rule_observations(metrics(request_count=2, error_count=1, error_rate=0.5), POLICY)
+    assert set(found) == {"memory"}
+    found = rule_observations(metrics(request_count=100, error_count=50, error_rate=0.5), POLICY)
+    assert found["error_rate"] == (Kind.BREACH, {"observed_value": 0.5, "threshold_value": 0.01})
+
+
+# =========================================================================== step_for_percent
+
+
+@pytest.mark.parametrize(
+    "percent, index",
+    [
+        (0, 0),
+        (1, 0),
+        (3, 0),  # below the first step: step 0
+        (5, 0),
+        (7, 0),  # between steps: the step at or below
+        (9, 0),
+        (10, 1),
+        (24, 1),
+        (25, 2),
+        (49, 2),
+        (50, 3),
+        (99, 3),
+        (100, 4),
+    ],
+)
+def test_step_for_percent(percent, index):
+    assert step_for_percent(POLICY, percent) == index
+
+
+# ================================================================================= next_step
+
+
+def state(
+    percent: int = 5,
+    *,
+    on_step: timedelta = timedelta(hours=1),
+    phase: Phase = Phase.RUNNING,
+    paused: bool = False,
+    rollback_requested: bool = False,
+) -> tuple[RampState, datetime]:
+    """A ramp state that has been on its step for `on_step`, and the `now` that makes it so."""
+    return RampState(phase, percent, T0, paused, rollback_requested), T0 + on_step
+
+
+def decide(verdict: Verdict = Verdict.GO, policy: Policy = POLICY, **kwargs: Any) -> StepDecision:
+    ramp_state, now = state(**kwargs)
+    return next_step(ramp_state, verdict, now, policy)
+
+
+@pytest.mark.parametrize("phase", [p for p in Phase if p is not Phase.RUNNING])
+def test_not_running_is_none_for_every_other_phase(phase):
+    for on_step in (timedelta(hours=1), timedelta(hours=500)):  # even far past the deadline
+        decision = decide(phase=phase, on_step=on_step, rollback_requested=True)
+        assert decision == StepDecision(StepAction.NONE, f"rollout is {phase.value}")
+
+
+@pytest.mark.parametrize("on_step", [timedelta(hours=1), timedelta(hours=169)])
+def test_rollback_requested_holds(on_step):
+    decision = decide(rollback_requested=True, paused=True, on_step=on_step)
+    assert decision == StepDecision(StepAction.HOLD, "a rollback was requested")
+
+
+@pytest.mark.parametrize("on_step", [timedelta(hours=1), timedelta(hours=168, seconds=1), timedelta(days=30)])
+def test_paused_holds_even_past_the_deadline(on_step):
+    assert decide(paused=True, on_step=on_step) == StepDecision(StepAction.HOLD, "paused by hand")
+
+
+@pytest.mark.parametrize("verdict", list(Verdict))
+def test_past_the_progress_deadline_freezes_whatever_the_verdict(verdict):
+    decision = decide(verdict, on_step=timedelta(hours=169))
+    assert decision == StepDecision(StepAction.FREEZE, "no progress for 169.0 h (deadline 168 h)")
+
+
+def test_exactly_on_the_deadline_is_not_yet_frozen():
+    """`on_step > deadline`: 168 h exactly still decides normally (GO, soak long over: advance)."""
+    decision = decide(percent=10, on_step=timedelta(hours=168))
+    assert decision.action is StepAction.ADVANCE
+    assert decision.next_percent == 25
+    one_tick_later = decide(percent=10, on_step=timedelta(hours=168, microseconds=1))
+    assert one_tick_later.action is StepAction.FREEZE
+    assert one_tick_later.reason == "no progress for 168.0 h (deadline 168 h)"
+
+
+def test_at_100_percent_there_is_nothing_to_do():
+    for verdict in Verdict:
+        decision = decide(verdict, percent=100, on_step=timedelta(days=2))
+        assert decision == StepDecision(StepAction.NONE, "already at the last step")
+
+
+@pytest.mark.parametrize("verdict", [Verdict.HOLD, Verdict.NO_GO, Verdict.INCONCLUSIVE])
+@pytest.mark.parametrize("percent", [5, 10, 25, 50])
+def test_non_go_verdicts_hold(verdict, percent):
+    decision = decide(verdict, percent=percent, on_step=timedelta(hours=30))  # every soak is over
+    assert decision == StepDecision(StepAction.HOLD, f"verdict {verdict.value}")
+
+
+@pytest.mark.parametrize(
+    "percent, on_step, left",
+    [
+        (5, timedelta(0), 60),
+        (5, timedelta(minutes=30), 30),
+        (5, timedelta(minutes=59), 1),
+        (10, timedelta(minutes=60), 1380),
+        (25, timedelta(hours=23), 60),
+        (50, timedelta(minutes=1000), 440),
+    ],
+)
+def test_go_before_the_soak_is_over_holds_with_minutes_left(percent, on_step, left):
+    decision = decide(percent=percent, on_step=on_step)
+    assert decision == StepDecision(StepAction.HOLD, f"GO, soaking: {left} min left at {percent}%")
+
+
+@pytest.mark.parametrize(
+    "percent, soak_minutes, action, next_index, next_percent",
+    [
+        (5, 60, StepAction.ADVANCE, 1, 10),
+        (10, 1440, StepAction.ADVANCE, 2, 25),
+        (25, 1440, StepAction.ADVANCE, 3, 50),
+        (50, 1440, StepAction.PROMOTE, 4, 100),
+    ],
+)
+def test_go_after_the_soak_walks_the_ramp(percent, soak_minutes, action, next_index, next_percent):
+    soak = timedelta(minutes=soak_minutes)
+    just_before = decide(percent=percent, on_step=soak - timedelta(seconds=1))
+    assert just_before.action is StepAction.HOLD
+    for on_step in (soak, soak + timedelta(minutes=5)):  # exactly on the soak time advances
+        decision = decide(percent=percent, on_step=on_step)
+        minutes = int(on_step.total_seconds() // 60)
+        assert decision == StepDecision(
+            action, f"GO after {minutes} min: {next_percent}%", next_index, next_percent
+        )
+
+
+def test_a_share_between_steps_uses_the_step_below():
+    """7 % is on the 5 % step: the 5 % soak (60 min) applies and the next share is 10 %."""
+    assert decide(percent=7, on_step=timedelta(minutes=30)) == StepDecision(
+        StepAction.HOLD, "GO, soaking: 30 min left at 7%"
+    )
+    assert decide(percent=7, on_step=timedelta(minutes=60)) == StepDecision(
+        StepAction.ADVANCE, "GO after 60 min: 10%", 1, 10
+    )
+    # 30 % is on the 25 % step (1440 min soak) and goes to 50 %; 60 % is on the 50 % step: promote.
+    assert decide(percent=30, on_step=timedelta(minutes=1439)).action is StepAction.HOLD
+    assert decide(percent=30, on_step=timedelta(minutes=1440)).next_percent == 50
+    assert decide(percent=60, on_step=timedelta(minutes=1440)).action is StepAction.PROMOTE
+
+
+def test_a_share_below_the_first_step_goes_to_the_first_step():
+    """3 % (start allows 1..99) soaks like step 0, then goes to 5 %: no ramp step is skipped."""
+    assert step_for_percent(POLICY, 3) == 0
+    assert decide(percent=3, on_step=timedelta(minutes=59)) == StepDecision(
+        StepAction.HOLD, "GO, soaking: 1 min left at 3%"
+    )
+    assert decide(percent=3, on_step=timedelta(minutes=60)) == StepDecision(
+        StepAction.ADVANCE, "GO after 60 min: 5%", 0, 5
+    )
+
+
+# ===================================================== a custom policy: numbers come from the policy
+
+CUSTOM_CHANGES: dict[str, Any] = {
+    "ramp": [
+        {"percent": 2, "soak_minutes": 15},
+        {"percent": 30, "soak_minutes": 45},
+        {"percent": 100, "soak_minutes": 0},
+    ],
+    "go_bars": {"error_rate": 0.02, "latency_p95": 300, "memory": 0.7, "cpu": 0.5, "min_requests": 10},
+    "thresholds": {"error_rate": 0.05, "latency_p95": 800, "memory": 0.9},
+    "progress_deadline_hours": 2,
+}
+
+
+@pytest.fixture
+def custom(tmp_path: Path) -> Policy:
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    raw["ramp"] = CUSTOM_CHANGES["ramp"]
+    raw["go_bars"] = CUSTOM_CHANGES["go_bars"]
+    for rule, threshold in CUSTOM_CHANGES["thresholds"].items():
+        raw["rollback_rules"][rule]["threshold"] = threshold
+    raw["checkpoint"]["progress_deadline_hours"] = CUSTOM_CHANGES["progress_deadline_hours"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_policy(path)
+
+
+def test_custom_policy_bars_drive_the_verdict(custom):
+    values = {"error_rate": 0.015, "latency_p95_ms": 250.0, "memory_utilization": 0.7, "cpu_utilization": 0.5}
+    assert verdict_of(custom, request_count=10, **values) is Verdict.GO  # every value on/below its bar
+    assert verdict_of(POLICY, request_count=1000, **values) is Verdict.NO_GO  # same values, real bars
+    assert verdict_of(custom, request_count=9, **values) is Verdict.INCONCLUSIVE
+
+    j = judge(metrics(memory_utilization=0.75), custom)  # a memory HOLD band exists here
+    assert (j.verdict, j.reasons) == (Verdict.HOLD, ("memory 75.00% > GO bar 70.00%",))
+    j = judge(metrics(error_rate=0.05), custom)  # on the custom rollback bar
+    assert (j.verdict, j.reasons) == (Verdict.HOLD, ("error_rate 5.00% > GO bar 2.00%",))
+    j = judge(metrics(error_rate=0.051, latency_p95_ms=801.0), custom)
+    assert (j.verdict, j.reasons) == (
+        Verdict.NO_GO,
+        ("error_rate 5.10% > rollback bar 5.00%", "latency_p95 801 ms > rollback bar 800 ms"),
+    )
+    j = judge(metrics(request_count=5), custom)
+    assert j.reasons == ("5 requests < 10 needed to judge",)
+    assert j.measured["cpu"] == {"value": 0.30, "go_bar": 0.5, "rollback_bar": None}
+    assert j.measured["memory"] == {"value": 0.40, "go_bar": 0.7, "rollback_bar": 0.9}
+
+
+def test_custom_policy_thresholds_drive_the_observations(custom):
+    found = rule_observations(metrics(error_rate=0.03, latency_p95_ms=800.0, memory_utilization=0.95), custom)
+    assert found == {
+        "error_rate": (Kind.RECOVERY, {"observed_value": 0.03, "threshold_value": 0.05}),
+        "latency_p95": (Kind.RECOVERY, {"observed_value": 800.0, "threshold_value": 800}),
+        "memory": (Kind.BREACH, {"observed_value": 0.95, "threshold_value": 0.9}),
+    }
+
+
+def test_custom_policy_soak_ramp_and_deadline(custom):
+    assert [step_for_percent(custom, p) for p in (1, 2, 5, 29, 30, 99, 100)] == [0, 0, 0, 0, 1, 1, 2]
+    assert decide(policy=custom, percent=2, on_step=timedelta(minutes=14)) == StepDecision(
+        StepAction.HOLD, "GO, soaking: 1 min left at 2%"
+    )
+    assert decide(policy=custom, percent=2, on_step=timedelta(minutes=15)) == StepDecision(
+        StepAction.ADVANCE, "GO after 15 min: 30%", 1, 30
+    )
+    assert decide(policy=custom, percent=30, on_step=timedelta(minutes=44)) == StepDecision(
+        StepAction.HOLD, "GO, soaking: 1 min left at 30%"
+    )
+    assert decide(policy=custom, percent=30, on_step=timedelta(minutes=45)) == StepDecision(
+        StepAction.PROMOTE, "GO after 45 min: 100%", 2, 100
+    )
+    # Deadline 2 h: on it still decides, past it freezes (the real policy would wait 168 h).
+    assert decide(policy=custom, percent=30, on_step=timedelta(hours=2)).action is StepAction.PROMOTE
+    assert decide(policy=custom, percent=30, on_step=timedelta(hours=2, seconds=1)) == StepDecision(
+        StepAction.FREEZE, "no progress for 2.0 h (deadline 2 h)"
+    )
+    assert decide(policy=POLICY, percent=10, on_step=timedelta(hours=3)).action is StepAction.HOLD
+
+
+def test_model_copy_policy_changes_soak_and_deadline():
+    ramp = [step.model_copy(update={"soak_minutes": 5}) for step in POLICY.ramp]
+    quick = POLICY.model_copy(
+        update={
+            "ramp": ramp,
+            "checkpoint": POLICY.checkpoint.model_copy(update={"progress_deadline_hours": 1}),
+        }
+    )
+    assert decide(policy=quick, percent=25, on_step=timedelta(minutes=4)) == StepDecision(
+        StepAction.HOLD, "GO, soaking: 1 min left at 25%"
+    )
+    assert decide(policy=quick, percent=25, on_step=timedelta(minutes=5)) == StepDecision(
+        StepAction.ADVANCE, "GO after 5 min: 50%", 3, 50
+    )
+    assert decide(policy=quick, percent=25, on_step=timedelta(minutes=61)) == StepDecision(
+        StepAction.FREEZE, "no progress for 1.0 h (deadline 1 h)"
+    )
+    # The bundled policy object is untouched.
+    assert decide(percent=25, on_step=timedelta(minutes=61)).action is StepAction.HOLD
+
+
+# ============================================================================ property test
+
+
+def _around(*bars: float, low: float, high: float) -> st.SearchStrategy[float | None]:
+    """None, the bars themselves and their float neighbours, or any finite value in [low, high]."""
+    edges = [v for bar in bars for v in (below(bar), bar, above(bar))]
+    return st.none() | st.sampled_from(edges) | st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    requests=st.sampled_from([0, 1, 99, 100, 101]) | st.integers(0, 100_000),
+    error_rate=_around(0.005, 0.01, low=0.0, high=1.0),
+    latency=_around(200.0, 500.0, low=0.0, high=5_000.0),
+    memory=_around(0.85, low=0.0, high=1.0),
+    cpu=_around(0.80, low=0.0, high=1.0),
+)
+def test_verdict_properties(requests, error_rate, latency, memory, cpu):
+    m = metrics(
+        request_count=requests,
+        error_count=0,
+        error_rate=error_rate,
+        latency_p95_ms=latency,
+        memory_utilization=memory,
+        cpu_utilization=cpu,
+    )
+    j = judge(m, POLICY)
+    values = {"error_rate": error_rate, "latency_p95": latency, "memory": memory, "cpu": cpu}
+    go_bars = {"error_rate": 0.005, "latency_p95": 200.0, "memory": 0.85, "cpu": 0.80}
+    rollback_bars = {"error_rate": 0.01, "latency_p95": 500.0, "memory": 0.85}
+
+    all_within_go = all(v is not None and v <= go_bars[k] for k, v in values.items())
+    crossed = any(values[k] is not None and values[k] > bar for k, bar in rollback_bars.items())
+    missing = any(v is None for v in values.values())
+
+    assert (j.verdict is Verdict.GO) == (all_within_go and requests >= 100)
+    assert (j.verdict is Verdict.NO_GO) == crossed
+    assert (j.verdict is Verdict.INCONCLUSIVE) == (not crossed and (missing or requests < 100))
+    if j.verdict is Verdict.HOLD:
+        assert not missing and requests >= 100 and not all_within_go
+    # The record always shows every value next to its bars.
+    assert {k: e["value"] for k, e in j.measured.items()} == values
+    # rule_observations agree with NO_GO: a breach iff a rollback bar is crossed.
+    observed = rule_observations(m, POLICY)
+    # Request-based rules are observed only on min_requests; memory always when present.
+    observable = {
+        rule for rule in rollback_bars if values[rule] is not None and (rule == "memory" or requests >= 100)
+    }
+    assert set(observed) == observable
+    assert any(kind is Kind.BREACH for kind, _ in observed.values()) == any(
+        values[rule] > rollback_bars[rule] for rule in observable
+    )
