@@ -111,3 +111,20 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
     )
     report.emit()
     return _json_response(report.as_dict(), status)
+
+
+@functions_framework.http
+def load_test(request: Request) -> tuple[dict, int, dict[str, str]]:
+    """Cloud Scheduler (OIDC, daily) → bounded load test and rate-limit probe of canary and stable.
+    Body (optional): {"mode": "both" | "load" | "probe", "service": "full or short name"}."""
+    from shared.loadtest import handle_load_test
+
+    settings = runtime.settings()
+    report, status = handle_load_test(
+        request.get_json(silent=True),
+        settings=settings,
+        policy=runtime.policy(),
+        auth=settings.load_test_auth,
+    )
+    report.emit()
+    return _json_response(report.as_dict(), status)

@@ -29,6 +29,7 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "CHAT_WEBHOOK_URL": "",
     "FUNCTION_TIMEOUT_S": "540",
     "FUNCTION_MEMORY_MB": "512",
+    "LOAD_TEST_AUTH": "none",  # "id_token": call the target with the function's identity token
 }
 
 _COMMON = ("GOOGLE_CLOUD_PROJECT", "CANARY_SERVICES", "CANARY_POLICY_FILE", "CLOUD_RUN_API_ENDPOINT")
@@ -37,7 +38,13 @@ ENV_BY_FUNCTION: dict[str, tuple[str, ...]] = {
     "rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
     "emergency_rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
     "checkpoint": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "CHAT_WEBHOOK_URL"),
-    "load_test": (*_COMMON, "MONITORING_API_ENDPOINT", "FUNCTION_TIMEOUT_S", "FUNCTION_MEMORY_MB"),
+    "load_test": (
+        *_COMMON,
+        "MONITORING_API_ENDPOINT",
+        "FUNCTION_TIMEOUT_S",
+        "FUNCTION_MEMORY_MB",
+        "LOAD_TEST_AUTH",
+    ),
 }
 
 
@@ -76,6 +83,7 @@ class Settings:
     chat_webhook_url: str | None
     function_timeout_s: float
     function_memory_mb: int
+    load_test_auth: str = "none"
 
     def resolve_service(self, name: str) -> ServiceRef:
         """A full service name or a short name that is unambiguous among the watched services.
@@ -142,7 +150,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     policy_file = Path(_read(env, "CANARY_POLICY_FILE"))
     if not policy_file.is_file():
         raise ConfigError(f"environment variable CANARY_POLICY_FILE={policy_file}: no such file")
+    load_test_auth = _read(env, "LOAD_TEST_AUTH")
+    if load_test_auth not in ("none", "id_token"):
+        raise ConfigError(f"environment variable LOAD_TEST_AUTH={load_test_auth!r} must be none or id_token")
     return Settings(
+        load_test_auth=load_test_auth,
         project=_read(env, "GOOGLE_CLOUD_PROJECT"),
         services=tuple(dict.fromkeys(services)),
         rollback_topic=_read(env, "ROLLBACK_TOPIC"),

@@ -14,7 +14,7 @@ from shared.events import RollbackRequest
 from shared.judge import judge, step_for_percent
 from shared.policy import Policy
 from shared.rollback import execute_rollback
-from shared.store import Rollout, RolloutConflict
+from shared.store import Rollout, RolloutConflict, rollout_id
 from shared.traffic import plan_canary_share
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class Operations:
     def service(self, name: str) -> ServiceRef:
         try:
             return self.settings.resolve_service(name)
-        except LookupError as exc:
+        except (LookupError, ValueError) as exc:  # not watched / ambiguous / malformed
             raise OperationError(str(exc)) from None
 
     def rollout(self, service: ServiceRef) -> Rollout:
@@ -58,6 +58,28 @@ class Operations:
         if not shares or max(shares.values()) == 0:
             raise OperationError(f"{service.service} has no other revision serving traffic to use as stable")
         stable = max(shares, key=lambda rev: shares[rev])
+        # Refuse before touching traffic: one active rollout per service, and a revision that
+        # was rolled out once is not started again (a repeat at the same share only re-applies).
+        active = self.clients.store.active(service.name)
+        if (
+            active
+            and active.canary_revision != revision
+            and active.phase in (Phase.RUNNING, Phase.ROLLING_BACK)
+        ):
+            raise OperationError(
+                f"{service.service} already has an active rollout of {active.canary_revision} "
+                f"({active.phase}); roll it back or promote it first"
+            )
+        existing = self.clients.store.get(rollout_id(service.name, revision))
+        if existing and (existing.phase is not Phase.RUNNING or existing.canary_percent != percent):
+            raise OperationError(
+                f"{revision} is already rolled out ({existing.phase} at {existing.canary_percent}%); "
+                "use advance / rollback, or deploy a new revision"
+            )
+        # Traffic first: if Cloud Run refuses, no rollout is left behind without its traffic.
+        before, after = self.clients.traffic.update_traffic(
+            service.name, lambda current: plan_canary_share(current, revision, stable, percent)
+        )
         try:
             rollout = self.clients.store.register(
                 service.name,
@@ -67,15 +89,8 @@ class Operations:
                 started_by=self.operator,
                 refuse_if_active=True,
             )
-        except RolloutConflict as exc:
+        except RolloutConflict as exc:  # another start won the race after our check
             raise OperationError(str(exc)) from None
-        if rollout.phase is not Phase.RUNNING:
-            raise OperationError(
-                f"{revision} was already rolled out once ({rollout.phase}); deploy a new revision"
-            )
-        before, after = self.clients.traffic.update_traffic(
-            service.name, lambda current: plan_canary_share(current, revision, stable, percent)
-        )
         self.clients.notifier.send(
             f"canary-guard: {service.service} canary {revision} started at {percent}% (stable {stable})",
             by=self.operator,

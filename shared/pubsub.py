@@ -14,10 +14,16 @@ PUBLISH_TIMEOUT_S = 30.0
 class Publisher:
     def __init__(self, project: str) -> None:
         self._project = project
-        self._client = pubsub_v1.PublisherClient()
+        self._client: pubsub_v1.PublisherClient | None = None  # built on first publish
+
+    @property
+    def client(self) -> pubsub_v1.PublisherClient:
+        if self._client is None:
+            self._client = pubsub_v1.PublisherClient()
+        return self._client
 
     def publish_json(self, topic_id: str, payload: Mapping[str, Any], **attributes: str) -> str:
         """Publish and wait for the server's message id; raises if Pub/Sub did not take it."""
-        topic = self._client.topic_path(self._project, topic_id)
+        topic = self.client.topic_path(self._project, topic_id)
         data = json.dumps(payload, default=str, separators=(",", ":")).encode()
-        return self._client.publish(topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT_S)
+        return self.client.publish(topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT_S)

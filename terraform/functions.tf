@@ -263,6 +263,7 @@ resource "google_cloudfunctions2_function" "load_test" {
       CANARY_SERVICES      = local.service_fullname
       FUNCTION_TIMEOUT_S   = local.load_test_timeout_s
       FUNCTION_MEMORY_MB   = local.load_test_memory_mb
+      LOAD_TEST_AUTH       = "id_token"
     }
   }
 

@@ -1,0 +1,180 @@
+"""The load_test entry point under functions-framework: a Scheduler-style call runs a bounded
+load test and the rate-limit probe against both sides of local targets (found through the Cloud
+Run stand-in's tag URLs), and records them in Firestore and in the Monitoring stand-in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import requests
+import yaml
+
+from infra.localstack import PROJECT, free_port, serve_function
+from infra.monitoring_standin import start_monitoring_standin
+from infra.target_server import start_target_server
+from shared.config import load_settings
+from shared.loadtest import run_service_tests
+from shared.policy import DEFAULT_POLICY_FILE, load_policy
+from shared.store import RolloutStore, rollout_id
+from tests.conftest import SHOP
+
+pytestmark = pytest.mark.emulators
+CANARY = rollout_id(SHOP, "shop-00002")
+
+
+def small_policy(tmp_dir, **load_test):
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    policy["load_test"] |= {
+        "mode": "closed",
+        "requests": 200,
+        "concurrency": 4,
+        "request_timeout_s": 2,
+        **load_test,
+    }
+    policy["rate_limit_probe"] |= {"requests_per_side": 20, "delay_ms": 20}
+    path = tmp_dir / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+@pytest.fixture(scope="module")
+def monitoring():
+    standin = start_monitoring_standin()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def targets():
+    canary, stable = start_target_server(), start_target_server()
+    yield {"canary": canary, "stable": stable}
+    canary.stop()
+    stable.stop()
+
+
+@pytest.fixture(scope="module")
+def load_test_url(function_env, log_dir, tmp_path_factory, monitoring):
+    port = free_port()
+    env = {
+        **function_env,
+        "CANARY_POLICY_FILE": str(small_policy(tmp_path_factory.mktemp("policy"))),
+        "MONITORING_API_ENDPOINT": monitoring.target,
+        "FUNCTION_TIMEOUT_S": "60",
+        "FUNCTION_MEMORY_MB": "512",
+    }
+    process = serve_function("load_test", port, env, log_dir)
+    yield f"http://127.0.0.1:{port}/"
+    process.stop()
+
+
+@pytest.fixture
+def shop(cloudrun, targets, firestore_clean, monitoring):
+    """shop's canary tag URL and service URL point at the two local targets."""
+    monitoring.reset()
+    for target in targets.values():
+        target.configure(error_share=0, rate_limit_rps=0, latency_ms=0)
+    cloudrun.put_service(
+        SHOP,
+        ["shop-00001", "shop-00002"],
+        [
+            {"revision": "shop-00001", "percent": 95},
+            {"revision": "shop-00002", "percent": 5, "tag": "canary"},
+        ],
+        uri=targets["stable"].url,
+        tag_uris={"canary": targets["canary"].url},
+    )
+    return cloudrun
+
+
+def written(monitoring, name: str) -> dict[str, float]:
+    """The last value of custom metric `name` per side."""
+    values = {}
+    for series in monitoring.series(PROJECT):
+        if series.metric.type == f"custom.googleapis.com/canary_guard/{name}":
+            point = series.points[0].value
+            values[series.metric.labels["side"]] = point.double_value or float(point.int64_value)
+    return values
+
+
+def test_scheduler_call_load_tests_and_probes_both_sides(load_test_url, shop, targets, monitoring):
+    targets["canary"].configure(error_share=0.2)  # every 5th canary response is a 500
+    answer = requests.post(load_test_url, json={"service": "shop"}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["results"][0]
+    assert result["verdicts"] == {"load_canary": "FAIL", "load_stable": "PASS", "probe": "FAIL"}
+    load = result["results"]["load_test"]
+    assert load["canary"]["requests"] == 200 and load["canary"]["failures"]["5xx"] == 40
+    assert load["stable"]["requests"] == 200 and load["stable"]["successes"] == 200
+    for side in ("canary", "stable"):
+        counted = load[side]
+        assert counted["requests"] == counted["successes"] + sum(counted["failures"].values())
+    probe = result["results"]["probe"]
+    assert probe["canary"]["requests"] == 20 and probe["legacy"]["requests"] == 20
+    assert probe["verdict"]["sides"] == {"canary": "FAIL", "legacy": "PASS"}
+
+    history = RolloutStore(PROJECT).history(CANARY)
+    recorded = [h for h in history if h["kind"] == "load_test"]
+    assert len(recorded) == 1 and recorded[0]["verdict"] == "FAIL"
+    assert recorded[0]["load_test"]["canary"]["failures"]["5xx"] == 40
+    assert written(monitoring, "load_test/error_rate") == {"canary": 0.2, "stable": 0.0}
+    assert written(monitoring, "load_test/probe_success_rate")["legacy"] == 1.0
+
+
+def test_probe_reports_the_canary_rate_limit(load_test_url, shop, targets, monitoring):
+    targets["canary"].configure(rate_limit_rps=5, rate_limit_burst=5)
+    answer = requests.post(load_test_url, json={"mode": "probe", "service": "shop"}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["results"][0]
+    probe = result["results"]["probe"]
+    assert probe["canary"]["rate_limited_429"] > 0
+    assert probe["legacy"]["rate_limited_429"] == 0 and probe["legacy"]["successes"] == 20
+    assert result["verdicts"] == {"probe": "FAIL"}
+    assert "load_test" not in result["results"]
+
+
+def test_healthy_sides_pass(load_test_url, shop):
+    answer = requests.post(load_test_url, json={"service": "shop"}, timeout=120)
+    assert answer.status_code == 200
+    assert answer.json()["results"][0]["verdicts"] == {
+        "load_canary": "PASS",
+        "load_stable": "PASS",
+        "probe": "PASS",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"mode": "soak"}, 400, "mode must be one of"),
+        ({"service": "not-watched"}, 403, "not in CANARY_SERVICES"),
+        ({"duration": 5}, 400, "body must be"),
+    ],
+)
+def test_bad_bodies_get_4xx(load_test_url, body, status, says):
+    answer = requests.post(load_test_url, json=body, timeout=30)
+    assert answer.status_code == status and says in answer.json()["message"]
+
+
+def test_a_config_that_cannot_fit_the_function_is_refused_before_any_request(
+    function_env, shop, targets, tmp_path, monitoring
+):
+    settings = load_settings(
+        function_env
+        | {"FUNCTION_MEMORY_MB": "128", "CANARY_POLICY_FILE": str(small_policy(tmp_path, concurrency=200))}
+    )
+    before = targets["canary"].stats()
+    from shared.cloudrun import CloudRunTraffic
+
+    with pytest.raises(ValueError, match="memory"):
+        run_service_tests(
+            settings.resolve_service("shop"),
+            mode="load",
+            settings=settings,
+            policy=load_policy(settings.policy_file),
+            store=RolloutStore(PROJECT),
+            traffic=CloudRunTraffic(shop.url),
+            writer=None,
+            now=datetime.now(UTC),
+        )
+    assert targets["canary"].stats() == before
