@@ -191,6 +191,12 @@ def _status_detail(data: Mapping[str, Any]) -> str:
             if data["last_verdict"]
             else "none yet",
         ),
+        (
+            "load test",
+            f"{data['last_load_test_summary']} at {_when(data['last_load_test_at'])}"
+            if data.get("last_load_test")
+            else "none yet",
+        ),
         ("started by", data["started_by"] or "-"),
     ]
     width = max(len(key) for key, _ in rows)
@@ -418,6 +424,69 @@ def history(service: str, limit: int | None) -> None:
     """The rollout's recorded decisions, oldest first."""
     extra = {"limit": limit} if limit else {}
     _emit(_run(lambda ops: ops.history(service, **extra)), _history)
+
+
+def _load_test(data: Mapping[str, Any]) -> str:
+    results = data["results"]
+    load = results.get("load_test", {})
+    probe = results.get("probe", {})
+    runs = [("load", side, r, r["verdict"]["status"]) for side, r in load.items()]
+    runs += [
+        ("probe", side, r, probe["verdict"]["sides"][side]) for side, r in probe.items() if side != "verdict"
+    ]
+    rows = []
+    for kind, side, r, verdict in runs:
+        failures, latency = r["failures"], r["latency_ms"]
+        errors = failures["timeout"] + failures["connection"] + failures["cancelled"]
+        percentiles = "/".join(
+            "-" if latency[k] is None else f"{latency[k]:.0f}" for k in ("p50", "p95", "p99")
+        )
+        rows.append(
+            [
+                kind,
+                side,
+                r["requests"],
+                r["successes"],
+                failures["4xx"],
+                failures["5xx"],
+                r["rate_limited_429"],
+                errors,
+                f"{r['achieved_rate_per_s']:.1f}",
+                percentiles,
+                verdict,
+            ]
+        )
+    headers = ["RUN", "SIDE", "REQ", "OK", "4XX", "5XX", "429", "ERR", "REQ/S", "P50/P95/P99 MS", "VERDICT"]
+    return f"{data['message']}\n{_table(headers, rows)}"
+
+
+@main.command("load-test")
+@click.argument("service")
+@click.option(
+    "--mode",
+    type=click.Choice(["both", "load", "probe"]),
+    default="both",
+    show_default=True,
+    help="The load test, the rate-limit probe, or both (as the daily job).",
+)
+@_json_flag
+def load_test(service: str, mode: str) -> None:
+    """Load-test the canary and stable sides now and record the result (exit 4: FAIL)."""
+    data = _run(lambda ops: ops.load_test(service, mode))
+    _emit(data, _load_test)
+    if data["outcome"] == "FAIL":
+        sys.exit(EXIT_UNHEALTHY)
+
+
+@main.command()
+@click.argument("service")
+@_json_flag
+def probe(service: str) -> None:
+    """Rate-limit probe: N requests per side (canary, legacy) with a delay; exit 4 on FAIL."""
+    data = _run(lambda ops: ops.load_test(service, "probe"))
+    _emit(data, _load_test)
+    if data["outcome"] == "FAIL":
+        sys.exit(EXIT_UNHEALTHY)
 
 
 if __name__ == "__main__":

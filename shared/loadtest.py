@@ -127,8 +127,8 @@ def run_service_tests(
         overall = "INCONCLUSIVE"
     summary = ", ".join(f"{name} {status}" for name, status in verdicts.items())
     message = f"{service.service}: load test {overall} ({summary})"
-    store.record(
-        rollout.id, "load_test", record | {"verdict": overall, "verdicts": verdicts, "message": message}
+    store.record_load_test(
+        rollout.id, record | {"verdict": overall, "verdicts": verdicts, "message": message}
     )
     _write_metrics(writer, service, load, probe, now or datetime.now(UTC))
     return Report(

@@ -208,6 +208,28 @@ class Operations:
             raise OperationError(result.message)
         return result.as_dict()
 
+    def load_test(self, name: str, mode: str = "both") -> dict[str, Any]:
+        """Run the daily load test and/or the rate-limit probe now (same engine and bars)."""
+        from shared.loadtest import run_service_tests
+
+        service = self.service(name)
+        try:
+            report = run_service_tests(
+                service,
+                mode=mode,
+                settings=self.settings,
+                policy=self.policy,
+                store=self.clients.store,
+                traffic=self.clients.traffic,
+                writer=self.clients.writer,
+                auth=self.settings.load_test_auth,
+            )
+        except ValueError as exc:  # the configuration cannot fit one run
+            raise OperationError(str(exc)) from None
+        if report.fields.get("outcome") == "no_canary":
+            raise OperationError(report.message)
+        return report.as_dict()
+
     def history(self, name: str, limit: int = 200) -> dict[str, Any]:
         rollout = self.rollout(self.service(name))
         return {"rollout": rollout.id, "entries": self.clients.store.history(rollout.id, limit=limit)}
@@ -248,5 +270,8 @@ def describe(rollout: Rollout, policy: Policy) -> dict[str, Any]:
         "last_verdict": verdict.get("verdict"),
         "last_verdict_at": verdict.get("at"),
         "last_verdict_reasons": verdict.get("reasons", []),
+        "last_load_test": (rollout.last_load_test or {}).get("verdict"),
+        "last_load_test_at": (rollout.last_load_test or {}).get("at"),
+        "last_load_test_summary": (rollout.last_load_test or {}).get("message"),
         "started_by": rollout.started_by,
     }

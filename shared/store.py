@@ -92,6 +92,7 @@ class Rollout:
     rollback_request: Mapping[str, Any] | None = None
     rollback_published: bool = False
     last_verdict: Mapping[str, Any] | None = None
+    last_load_test: Mapping[str, Any] | None = None
 
     @property
     def streak_state(self) -> StreakState:
@@ -123,6 +124,7 @@ class Rollout:
             rollback_request=data.get("rollback_request"),
             rollback_published=bool(data.get("rollback_published", False)),
             last_verdict=data.get("last_verdict"),
+            last_load_test=data.get("last_load_test"),
         )
 
 
@@ -384,14 +386,18 @@ class RolloutStore:
 
     def record_checkpoint(self, rid: str, verdict: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
         """The last verdict on the rollout (what `status` shows) plus its history entry."""
+        self._record_latest(rid, "last_verdict", "checkpoint", {**verdict, **decision})
+
+    def record_load_test(self, rid: str, record: Mapping[str, Any]) -> None:
+        """The last load test / probe result on the rollout plus its history entry."""
+        self._record_latest(rid, "last_load_test", "load_test", record)
+
+    def _record_latest(self, rid: str, field_name: str, kind: str, data: Mapping[str, Any]) -> None:
         now = _now()
         rollout_ref = self._rollout_ref(rid)
         batch = self._db.batch()
-        batch.update(rollout_ref, {"last_verdict": {"at": now, **verdict, **decision}, "updated_at": now})
-        batch.set(
-            rollout_ref.collection(DECISIONS).document(),
-            {"at": now, "kind": "checkpoint", **verdict, **decision},
-        )
+        batch.update(rollout_ref, {field_name: {"at": now, **data}, "updated_at": now})
+        batch.set(rollout_ref.collection(DECISIONS).document(), {"at": now, "kind": kind, **data})
         batch.commit()
 
     def step_change_allowed(self, rid: str, from_percent: int) -> bool:

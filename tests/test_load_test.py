@@ -4,6 +4,7 @@ Run stand-in's tag URLs), and records them in Firestore and in the Monitoring st
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -178,3 +179,42 @@ def test_a_config_that_cannot_fit_the_function_is_refused_before_any_request(
             now=datetime.now(UTC),
         )
     assert targets["canary"].stats() == before
+
+
+def test_cli_probe_and_load_test_show_and_record_results(function_env, shop, targets, tmp_path, monitoring):
+    """`canary-guard probe` / `load-test` run the same engine, print per-side results, exit 4 on
+    FAIL, and `status` shows the last result."""
+    from click.testing import CliRunner
+
+    from infra.cli import main
+    from tests.test_cli import _fresh_runtime
+
+    env = function_env | {
+        "CANARY_POLICY_FILE": str(small_policy(tmp_path)),
+        "MONITORING_API_ENDPOINT": monitoring.target,
+        "FUNCTION_TIMEOUT_S": "60",
+    }
+
+    def cli(*args: str):
+        _fresh_runtime()
+        result = CliRunner().invoke(main, list(args), env=env)
+        _fresh_runtime()
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result
+
+    targets["canary"].configure(rate_limit_rps=5, rate_limit_burst=5)
+    result = cli("probe", "shop")
+    assert result.exit_code == 4, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("shop: load test FAIL (probe FAIL)")
+    canary_row = next(line.split() for line in lines if line.startswith("probe") and " canary " in line)
+    assert canary_row[2] == "20" and int(canary_row[6]) > 0  # REQ, 429
+
+    targets["canary"].configure(rate_limit_rps=0)
+    result = cli("--json", "load-test", "shop", "--mode", "load")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["verdicts"] == {"load_canary": "PASS", "load_stable": "PASS"}
+    status = cli("status", "shop")
+    shown = [" ".join(line.split()) for line in status.output.splitlines()]
+    expected = "load test shop: load test PASS (load_canary PASS, load_stable PASS)"
+    assert any(line.startswith(expected) for line in shown), status.output
