@@ -4,16 +4,21 @@ Runs on the real Pub/Sub and Firestore emulators, the Cloud Run stand-in and the
 served by functions-framework, wired with push subscriptions as Eventarc would wire them:
 
     ./dev demo            (or: .venv/bin/python -m infra.demo)
+    ./dev demo --ramp     checkpoints walk a healthy canary 5 % → 100 %, and the operator CLI
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +134,71 @@ def deploy(stack: Any, canary: str, revisions: list[str], percent: int = 5) -> N
     print(f"\n▶ canary {canary} deployed at {percent}%: {show_split(split(stack))}")
 
 
+def cli(stack: Any, *args: str) -> None:
+    """Run the operator CLI as a user would, against the local stack, and show its output."""
+    print(f"\n$ canary-guard {' '.join(args)}")
+    env = {**os.environ, **stack.env, "USER": "release-owner"}
+    done = subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True)
+    print(textwrap.indent(done.stdout.rstrip() or done.stderr.rstrip(), "  "))
+
+
+def ramp_demo(log_dir: Path) -> int:
+    """A healthy canary walked from 5 % to 100 % by checkpoint runs alone (soak 0 for the demo)."""
+    import yaml
+
+    from infra.metrics_feed import HEALTHY, feed
+    from infra.monitoring_standin import start_monitoring_standin
+    from shared.policy import DEFAULT_POLICY_FILE
+
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    for step in policy["ramp"]:
+        step["soak_minutes"] = 0  # the demo does not wait an hour per step
+    policy_file = log_dir / "policy-fast-ramp.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    monitoring = start_monitoring_standin()
+    extra = {"MONITORING_API_ENDPOINT": monitoring.target, "CANARY_POLICY_FILE": str(policy_file)}
+    try:
+        with local_stack(log_dir, [SERVICE], functions=("checkpoint",), extra_env=extra) as stack:
+            stack.cloudrun.put_service(
+                SERVICE, ["shop-00001", "shop-00005"], [{"revision": "shop-00001", "percent": 100}]
+            )
+            cli(stack, "start", "shop", "--revision", "shop-00005", "--percent", "5")
+            lag = timedelta(minutes=policy["checkpoint"]["data_lag_minutes"])
+            end = (datetime.now(UTC) - lag).replace(second=0, microsecond=0)
+            minutes = [end - timedelta(minutes=m) for m in range(10)]
+            feed(
+                monitoring,
+                project=PROJECT,
+                location=LOCATION,
+                service="shop",
+                revision="shop-00005",
+                minutes=minutes,
+                traffic=HEALTHY,
+            )
+            print("\n▶ Cloud Scheduler calls checkpoint (healthy canary: 200 req/min, 0 % 5xx, P95 80 ms)")
+            for _ in range(4):
+                answer = requests.post(
+                    stack.function_urls["checkpoint"], json={"service": "shop"}, timeout=60
+                ).json()
+                rollout = answer["rollouts"][0]
+                print(f"  checkpoint → {rollout['verdict']:<5} {rollout['message']}")
+            cli(stack, "status", "shop")
+            cli(stack, "metrics", "shop")
+            cli(stack, "history", "shop", "--limit", "6")
+    finally:
+        monitoring.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=Path, help="keep the stack's logs here (default: a temp dir)")
+    parser.add_argument("--ramp", action="store_true", help="show the checkpoint ramp and the CLI instead")
     args = parser.parse_args(argv)
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="canary-guard-demo-"))
+    if args.ramp:
+        print(f"starting the local stack with the checkpoint function; logs in {log_dir}")
+        return ramp_demo(log_dir)
     print(f"starting the local stack (emulators, Cloud Run stand-in, functions); logs in {log_dir}")
     started = time.monotonic()
     with local_stack(log_dir, [SERVICE]) as stack:
