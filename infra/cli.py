@@ -460,6 +460,13 @@ def _load_test(data: Mapping[str, Any]) -> str:
     return f"{data['message']}\n{_table(headers, rows)}"
 
 
+def _run_load_test(service: str, mode: str) -> None:
+    data = _run(lambda ops: ops.load_test(service, mode))
+    _emit(data, _load_test)
+    if data["outcome"] == "FAIL":
+        sys.exit(EXIT_UNHEALTHY)
+
+
 @main.command("load-test")
 @click.argument("service")
 @click.option(
@@ -472,10 +479,7 @@ def _load_test(data: Mapping[str, Any]) -> str:
 @_json_flag
 def load_test(service: str, mode: str) -> None:
     """Load-test the canary and stable sides now and record the result (exit 4: FAIL)."""
-    data = _run(lambda ops: ops.load_test(service, mode))
-    _emit(data, _load_test)
-    if data["outcome"] == "FAIL":
-        sys.exit(EXIT_UNHEALTHY)
+    _run_load_test(service, mode)
 
 
 @main.command()
@@ -483,10 +487,7 @@ def load_test(service: str, mode: str) -> None:
 @_json_flag
 def probe(service: str) -> None:
     """Rate-limit probe: N requests per side (canary, legacy) with a delay; exit 4 on FAIL."""
-    data = _run(lambda ops: ops.load_test(service, "probe"))
-    _emit(data, _load_test)
-    if data["outcome"] == "FAIL":
-        sys.exit(EXIT_UNHEALTHY)
+    _run_load_test(service, "probe")
 
 
 if __name__ == "__main__":

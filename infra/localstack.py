@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "canary-guard-local"
 ALERTS_TOPIC = "canary-alerts"
 ROLLBACK_TOPIC = "canary-rollback-requests"
+PUSH_TOPICS = {"breach_counter": ALERTS_TOPIC, "rollback": ROLLBACK_TOPIC}  # function -> its trigger topic
 
 
 def free_port() -> int:
@@ -240,20 +241,9 @@ def local_stack(
             port = free_port()
             stack.callback(serve_function(target, port, env, log_dir).stop)
             urls[target] = f"http://127.0.0.1:{port}"
-        if "breach_counter" in urls:
-            port = int(urls["breach_counter"].rsplit(":", 1)[1])
-            wire_push(
-                emulators.project,
-                ALERTS_TOPIC,
-                "breach-counter-push",
-                push_endpoint(port, emulators.project, ALERTS_TOPIC),
-            )
-        if "rollback" in urls:
-            port = int(urls["rollback"].rsplit(":", 1)[1])
-            wire_push(
-                emulators.project,
-                ROLLBACK_TOPIC,
-                "rollback-push",
-                push_endpoint(port, emulators.project, ROLLBACK_TOPIC),
-            )
+            if target in PUSH_TOPICS:  # Pub/Sub-triggered: a push subscription, as Eventarc wires it
+                topic = PUSH_TOPICS[target]
+                wire_push(
+                    emulators.project, topic, f"{target}-push", push_endpoint(port, emulators.project, topic)
+                )
         yield Stack(emulators, cloudrun, urls, env, log_dir)
