@@ -20,6 +20,7 @@ from shared.core import Phase
 from shared.store import RolloutStore, rollout_id
 from tests.conftest import FOREIGN, LOCATION, SHOP, deploy_canary
 from tests.payloads import DROP, cloudevent_data, incident_message
+from tests.test_events import CATALOGUE
 
 pytestmark = pytest.mark.emulators
 
@@ -314,3 +315,17 @@ def test_uptime_check_incident_counts_against_the_live_canary(functions, store, 
     assert response.status_code == 200
     rollout = store.get(canary)
     assert rollout.streaks["canary_down"].count == 1 and rollout.rollback_requested
+
+
+@pytest.mark.parametrize(("payload", "reason"), CATALOGUE)
+def test_malformed_alerts_are_acknowledged_with_their_reason(functions, store, canary, payload, reason):
+    """Every entry of the decoding catalogue, delivered to the running function: acknowledged
+    (200, so Pub/Sub does not retry it forever) with one WARNING line naming the reason."""
+    message_id = uuid.uuid4().hex
+    data = cloudevent_data(payload, message_id=message_id, publish_time=at(1))
+    response = post_event(functions["breach_counter"], data, event_id=message_id)
+    assert response.status_code == 200
+    line = functions["breach_counter"].logs_for(event_id=message_id)[-1]
+    assert line["severity"] == "WARNING" and line["outcome"] == "malformed"
+    assert reason in line["message"]
+    assert store.get(canary) is None  # nothing counted, nothing discovered
