@@ -41,24 +41,14 @@ def rollback_request_for(rollout: Rollout, obs: Observation) -> dict[str, Any]:
 
 
 def publish_pending_rollback(
-    rollout: Rollout,
-    outcome: Outcome,
-    obs: Observation,
-    store: RolloutStore,
-    publisher: Publisher,
-    topic: str,
+    rollout: Rollout, store: RolloutStore, publisher: Publisher, topic: str
 ) -> str | None:
-    """Publish the rollback request when this observation tripped the rule, or when it is the
-    redelivery of the tripping event and the first publish was not confirmed (outbox). Raises if
-    Pub/Sub refuses, so the event is redelivered and this runs again."""
+    """Publish the rollout's requested-but-unconfirmed rollback (the outbox). Every event that
+    finds it pending publishes it again, so a failed publish is never lost; the rollback is
+    idempotent, so a second copy is harmless. Raises if Pub/Sub refuses (the event is retried)."""
     if not rollout.rollback_pending:
         return None
     assert rollout.rollback_request is not None
-    redelivered_trigger = (
-        outcome is Outcome.DUPLICATE and rollout.rollback_request.get("trigger_event_id") == obs.event_id
-    )
-    if outcome is not Outcome.TRIPPED and not redelivered_trigger:
-        return None
     message_id = publisher.publish_json(topic, rollout.rollback_request, rollout=rollout.id)
     store.mark_rollback_published(rollout.id, message_id)
     return message_id
@@ -135,7 +125,7 @@ def handle_alert(
     if observed is None:
         raise RuntimeError(f"rollout {rollout.id} disappeared while applying {obs.event_id}")
     outcome, rollout, reason = observed
-    message_id = publish_pending_rollback(rollout, outcome, obs, store, publisher, settings.rollback_topic)
+    message_id = publish_pending_rollback(rollout, store, publisher, settings.rollback_topic)
     streak = rollout.streaks.get(obs.rule)
     return Report(
         "NOTICE" if outcome is Outcome.TRIPPED else "INFO",

@@ -17,7 +17,7 @@ from shared.core import Observation, Outcome, Phase
 from shared.judge import Judgement, RampState, StepAction, judge, next_step, rule_observations
 from shared.logs import Report, log
 from shared.policy import Policy
-from shared.store import Rollout
+from shared.store import Rollout, rollout_id
 from shared.traffic import discover_canary, plan_canary_share
 
 if TYPE_CHECKING:
@@ -64,8 +64,12 @@ def change_step(
     traffic: CloudRunTraffic,
     notifier: Notifier,
     now: datetime | None = None,
+    respect_pause: bool = True,
 ) -> StepResult:
     """Move the canary's share to `to_percent` (100 promotes), then record it.
+
+    The scheduler's steps stop at a pause taken meanwhile (`respect_pause`); the release owner's
+    manual advance does not. The step is only taken while `rollout`'s canary is the live one.
 
     Safe against a concurrent rollback: the rollback marks the rollout ROLLING_BACK before its
     own traffic write; this re-reads that state inside every attempt of its read-modify-write,
@@ -76,7 +80,12 @@ def change_step(
 
     def plan(live: Any) -> Any:
         nonlocal allowed
-        allowed = store.step_change_allowed(rollout.id, rollout.canary_percent)
+        split = discover_canary(live)
+        allowed = (
+            split is not None
+            and split.canary_revision == rollout.canary_revision
+            and store.step_change_allowed(rollout.id, rollout.canary_percent, respect_pause=respect_pause)
+        )
         if not allowed:
             return None
         return plan_canary_share(live, rollout.canary_revision, rollout.stable_revision, to_percent)
@@ -84,8 +93,8 @@ def change_step(
     before, after = traffic.update_traffic(rollout.service, plan)
     if not allowed:
         message = (
-            f"step to {to_percent}% not taken: {rollout.canary_revision} is no longer running "
-            f"at {rollout.canary_percent}%"
+            f"step to {to_percent}% not taken: {rollout.canary_revision} is no longer the running, "
+            f"unpaused canary at {rollout.canary_percent}%"
         )
         return StepResult("aborted", message, before.as_dicts(), after.as_dicts())
     if not store.commit_step(rollout.id, rollout.canary_percent, to_percent, by=by, reason=reason, now=now):
@@ -101,32 +110,42 @@ def change_step(
     return StepResult("changed", message, before.as_dicts(), after.as_dicts())
 
 
-def _metrics_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datetime, datetime, datetime]:
-    """(recent start, step start, end): minute-aligned, ending `data_lag_minutes` before now."""
+def _metrics_window(
+    rollout: Rollout, now: datetime, policy: Policy
+) -> tuple[datetime, datetime, datetime, datetime]:
+    """(recent start, recent end, step start, end), ending `data_lag_minutes` before now.
+
+    The recent windows are back to back (aligned to multiples of their length), not sliding:
+    one bad minute must be one breach observation, not one per overlapping window. Every run
+    inside the same block sees the same window and the same event id, so it counts once.
+    """
     end = _minute(now - timedelta(minutes=policy.checkpoint.data_lag_minutes))
-    recent_start = end - timedelta(minutes=policy.checkpoint.recent_window_minutes)
+    window = timedelta(minutes=policy.checkpoint.recent_window_minutes)
+    recent_end = datetime.fromtimestamp(
+        (end.timestamp() // window.total_seconds()) * window.total_seconds(), UTC
+    )
     step_start = min(_minute(rollout.step_started_at), end - MIN_WINDOW)
-    return recent_start, step_start, end
+    return recent_end - window, recent_end, step_start, end
 
 
 def checkpoint_rollout(
     rollout: Rollout, *, now: datetime, settings: Settings, policy: Policy, clients: Clients
 ) -> Report:
     service = ServiceRef.parse(rollout.service)
-    recent_start, step_start, end = _metrics_window(rollout, now, policy)
+    recent_start, recent_end, step_start, end = _metrics_window(rollout, now, policy)
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
-    recent = clients.reader.canary_metrics(start=recent_start, end=end, **query)
+    recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, **query)
     since_step = clients.reader.canary_metrics(start=step_start, end=end, **query)
     judgement = judge(since_step, policy)
 
-    # Rollback rules: one observation per rule per checkpoint minute, through the alert streaks.
+    # Rollback rules: one observation per rule per recent window, through the alert streaks.
     observed: dict[str, str] = {}
     for rule, (kind, detail) in rule_observations(recent, policy).items():
         obs = Observation(
             rule=rule,
             kind=kind,
-            event_time=end,
-            event_id=f"checkpoint-{end:%Y%m%dT%H%MZ}-{rule}",
+            event_time=recent_end,
+            event_id=f"checkpoint-{recent_end:%Y%m%dT%H%MZ}-{rule}",
             source="checkpoint",
             detail=detail,
         )
@@ -135,9 +154,7 @@ def checkpoint_rollout(
             raise RuntimeError(f"rollout {rollout.id} disappeared during its checkpoint")
         outcome, rollout, _reason = applied
         observed[rule] = outcome.value
-        publish_pending_rollback(
-            rollout, outcome, obs, clients.store, clients.publisher, settings.rollback_topic
-        )
+        publish_pending_rollback(rollout, clients.store, clients.publisher, settings.rollback_topic)
         if outcome is Outcome.TRIPPED:
             clients.notifier.send(
                 f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: {rule} "
@@ -173,6 +190,7 @@ def checkpoint_rollout(
             traffic=clients.traffic,
             notifier=clients.notifier,
             now=now,
+            respect_pause=True,
         )
     elif decision.action is StepAction.FREEZE:
         clients.store.set_phase(
@@ -229,19 +247,15 @@ def run_checkpoints(
     clients: Clients,
     only: ServiceRef | None = None,
 ) -> list[Report]:
-    """One checkpoint for each watched service's running rollout (or just `only`'s). A service
-    whose checkpoint fails (Cloud Run, Monitoring) is reported as ERROR; the others still run."""
-    from google.api_core import exceptions as gexc
-
-    from shared.cloudrun import ControlPlaneError
-
+    """One checkpoint for each watched service's live canary (or just `only`'s). A service whose
+    checkpoint fails is reported as ERROR (and logged); the others still run."""
     reports = []
     for service in [only] if only else settings.services:
         try:
             reports.append(
                 _checkpoint_service(service, now=now, settings=settings, policy=policy, clients=clients)
             )
-        except (ControlPlaneError, gexc.GoogleAPICallError) as exc:
+        except Exception as exc:  # one service's fault must not stop the others' checkpoints
             reports.append(
                 Report(
                     "ERROR",
@@ -256,23 +270,54 @@ def run_checkpoints(
 def _checkpoint_service(
     service: ServiceRef, *, now: datetime, settings: Settings, policy: Policy, clients: Clients
 ) -> Report:
+    # The live service decides which canary to judge: a canary deployed outside the CLI, or
+    # after the last rollout ended, is picked up here (a RUNNING predecessor is superseded).
+    split = discover_canary(clients.traffic.get(service.name))
     rollout = clients.store.active(service.name)
-    if rollout is None or rollout.phase is Phase.SUPERSEDED:
-        split = discover_canary(clients.traffic.get(service.name))
-        if split is None:
-            return Report("INFO", f"{service.service}: no canary", service=service.name, action="none")
-        rollout = clients.store.register(
+    if split is not None and (rollout is None or rollout.canary_revision != split.canary_revision):
+        rollout = clients.store.get(
+            rollout_id(service.name, split.canary_revision)
+        ) or clients.store.register(
             service.name,
             split.canary_revision,
             split.stable_revision,
             canary_percent=split.canary_percent,
             started_by="discovered by checkpoint",
         )
+    if rollout is None:
+        return Report("INFO", f"{service.service}: no canary", service=service.name, action="none")
+    if rollout.rollback_pending or rollout.phase is Phase.ROLLING_BACK:
+        # A rollback that was requested but not published, or that failed half-way: drive it
+        # again every checkpoint until the rollback function finishes it.
+        message_id = _redrive_rollback(rollout, settings=settings, clients=clients)
+        return Report(
+            "WARNING",
+            f"{service.service}: rollback of {rollout.canary_revision} still pending; request re-sent",
+            rollout=rollout.id,
+            action="rollback_redriven",
+            rollback_message_id=message_id,
+        )
     if rollout.phase is not Phase.RUNNING:
         return Report(
             "INFO", f"{service.service}: rollout is {rollout.phase}", rollout=rollout.id, action="none"
         )
     return checkpoint_rollout(rollout, now=now, settings=settings, policy=policy, clients=clients)
+
+
+def _redrive_rollback(rollout: Rollout, *, settings: Settings, clients: Clients) -> str:
+    if rollout.rollback_pending:
+        message_id = publish_pending_rollback(
+            rollout, clients.store, clients.publisher, settings.rollback_topic
+        )
+        assert message_id is not None
+        return message_id
+    request = dict(rollout.rollback_request or {}) or {
+        "service": rollout.service,
+        "canary_revision": rollout.canary_revision,
+        "reason": "rollback did not finish; re-driven by checkpoint",
+        "requested_by": "canary-guard/checkpoint",
+    }
+    return clients.publisher.publish_json(settings.rollback_topic, request, rollout=rollout.id)
 
 
 def runtime_clients() -> Clients:

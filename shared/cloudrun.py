@@ -17,6 +17,7 @@ import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
+from google.protobuf import field_mask_pb2
 
 from shared.logs import log
 from shared.traffic import ServiceTraffic, TrafficSplit
@@ -145,8 +146,14 @@ class CloudRunTraffic:
                 run_v2.TrafficTarget(type_=revision_type, revision=t.revision, percent=t.percent, tag=t.tag)
                 for t in targets
             ]
-            # The whole Service goes back (the API replaces it), carrying the etag we read.
-            operation = self._services.update_service(service=live, retry=None, timeout=self._call_timeout_s)
+            # Only `traffic` is updated (a whole-Service update can be refused for the template),
+            # carrying the etag we read so a concurrent writer makes this attempt fail and re-plan.
+            request = run_v2.UpdateServiceRequest(
+                service=live, update_mask=field_mask_pb2.FieldMask(paths=["traffic"])
+            )
+            operation = self._services.update_service(
+                request=request, retry=None, timeout=self._call_timeout_s
+            )
             return before, _traffic_of(operation.result(timeout=OPERATION_TIMEOUT_S))
 
         return self._retrying(f"update traffic of {service}", attempt)

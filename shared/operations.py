@@ -58,6 +58,12 @@ class Operations:
         if not shares or max(shares.values()) == 0:
             raise OperationError(f"{service.service} has no other revision serving traffic to use as stable")
         stable = max(shares, key=lambda rev: shares[rev])
+        tied = sorted(rev for rev, share in shares.items() if share == shares[stable])
+        if len(tied) > 1:
+            raise OperationError(
+                f"cannot tell the stable revision: {', '.join(tied)} each serve {shares[stable]}%; "
+                "give one of them all the traffic first"
+            )
         # Refuse before touching traffic: one active rollout per service, and a revision that
         # was rolled out once is not started again (a repeat at the same share only re-applies).
         active = self.clients.store.active(service.name)
@@ -167,6 +173,7 @@ class Operations:
             store=self.clients.store,
             traffic=self.clients.traffic,
             notifier=self.clients.notifier,
+            respect_pause=False,  # the release owner decides, paused or not
         )
         if result.status != "changed":
             raise OperationError(result.message)

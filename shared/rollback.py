@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from google.api_core import exceptions as gexc
+
 from shared.cloudrun import ControlPlaneError
 from shared.config import ServiceRef, Settings
 from shared.core import Phase
@@ -21,7 +23,7 @@ from shared.events import (
     pubsub_message,
 )
 from shared.logs import Report
-from shared.store import Rollout, rollout_id
+from shared.store import Rollout, StoreContention, rollout_id
 from shared.traffic import ServiceTraffic, TrafficSplit, discover_canary, plan_rollback
 
 if TYPE_CHECKING:
@@ -76,9 +78,12 @@ def _find_rollout(
     request: RollbackRequest, service: ServiceRef, current: ServiceTraffic, store: RolloutStore
 ) -> Rollout | None:
     """The rollout a request is about: the named canary, else the live one, else the last one."""
-    if request.canary_revision:
-        return store.get(rollout_id(service.name, request.canary_revision))
     split = discover_canary(current)
+    if request.canary_revision:
+        named = store.get(rollout_id(service.name, request.canary_revision))
+        if named is not None or split is None or split.canary_revision != request.canary_revision:
+            return named
+        # Named and live, but no event has registered it yet: register it from the live split.
     if split is not None:
         # The live canary wins over stored state: it may be newer than any event seen so far.
         return store.get(rollout_id(service.name, split.canary_revision)) or store.register(
@@ -126,6 +131,22 @@ def execute_rollback(
             **base,
         )
 
+    if request.canary_revision and current.percent_of(rollout.canary_revision) == 0:
+        # The named canary serves nothing (a redelivered or stale request): never touch the
+        # traffic, which may belong to a newer canary by now. A half-finished rollback is done.
+        store.set_phase(
+            rollout.id,
+            Phase.ROLLED_BACK,
+            "rolled_back",
+            {"message": f"canary {rollout.canary_revision} has no traffic left", "reason": request.reason},
+            only_from={Phase.ROLLING_BACK},
+        )
+        return RollbackResult(
+            "already_rolled_back",
+            f"canary {rollout.canary_revision} of {service.service} already serves no traffic",
+            after=current.as_dicts(),
+            **base,
+        )
     plan = plan_rollback(current, rollout.stable_revision)
     if request.dry_run:
         after = _targets(plan) if plan is not None else current.as_dicts()
@@ -256,5 +277,14 @@ def handle_emergency(
     try:
         return _requested(request, settings, store, traffic_client, notifier, mode="manual")
     except ControlPlaneError as exc:
+        if exc.status in (400, 403, 404):  # retrying will not help: say what to fix
+            message = (
+                f"Cloud Run refused the rollback (HTTP {exc.status}): {exc}. Traffic is unchanged; check "
+                "canary-guard's permissions on the service (run.developer, iam.serviceAccountUser)"
+            )
+            return Report("ERROR", message, outcome="control_plane_refused", service=request.service), 502
         message = f"Cloud Run did not accept the rollback ({exc}); traffic is unchanged, call again"
         return Report("ERROR", message, outcome="control_plane_error", service=request.service), 503
+    except (gexc.GoogleAPICallError, StoreContention) as exc:
+        message = f"the rollout state could not be read or written ({exc}); call again"
+        return Report("ERROR", message, outcome="store_error", service=request.service), 503

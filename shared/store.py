@@ -54,6 +54,10 @@ class _KeyedLocks:
 _rollout_locks = _KeyedLocks()
 
 
+class StoreContention(RuntimeError):
+    """A transaction kept losing to concurrent writers until its deadline (Pub/Sub redelivers)."""
+
+
 class RolloutConflict(RuntimeError):
     """Another rollout of the service is active (one rollout per service at a time)."""
 
@@ -189,8 +193,12 @@ class RolloutStore:
                 return wrapped(self._db.transaction(max_attempts=TXN_ATTEMPTS))
             except (gexc.Aborted, ValueError) as exc:
                 contended = isinstance(exc, gexc.Aborted) or isinstance(exc.__cause__, gexc.Aborted)
-                if not contended or time.monotonic() + pause > deadline:
+                if not contended:
                     raise
+                if time.monotonic() + pause > deadline:
+                    raise StoreContention(
+                        f"transaction still contended after {TXN_DEADLINE_S:.0f} s"
+                    ) from exc
             time.sleep(random.uniform(pause / 2, pause))
             pause = min(max_pause, pause * 2)
 
@@ -400,15 +408,17 @@ class RolloutStore:
         batch.set(rollout_ref.collection(DECISIONS).document(), {"at": now, "kind": kind, **data})
         batch.commit()
 
-    def step_change_allowed(self, rid: str, from_percent: int) -> bool:
-        """Still RUNNING at `from_percent` with no rollback requested: read before each traffic
-        write of a step change, so a rollback that started meanwhile wins."""
+    def step_change_allowed(self, rid: str, from_percent: int, *, respect_pause: bool = True) -> bool:
+        """Still RUNNING at `from_percent` with no rollback requested (and not paused, for the
+        scheduler): read before each traffic write of a step change, so a rollback or a pause
+        that started meanwhile wins."""
         rollout = self.get(rid)
         return bool(
             rollout
             and rollout.phase is Phase.RUNNING
             and not rollout.rollback_requested
             and rollout.canary_percent == from_percent
+            and not (respect_pause and rollout.paused)
         )
 
     def commit_step(

@@ -4,6 +4,7 @@ the advance/rollback race, holds, freezes, and the chat notifications."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -14,13 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 import yaml
+from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, serve_function, wire_push
 from infra.metrics_feed import HEALTHY, Minute, feed
 from infra.monitoring_standin import start_monitoring_standin
 from shared.checkpoint import Clients, change_step, run_checkpoints
-from shared.cloudrun import CloudRunTraffic
+from shared.cloudrun import CloudRunTraffic, ControlPlaneError
 from shared.config import load_settings
 from shared.core import Phase
 from shared.events import RollbackRequest
@@ -101,6 +103,17 @@ def minute(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
+WINDOW = timedelta(minutes=POLICY.checkpoint.recent_window_minutes)
+
+
+def block_start() -> datetime:
+    """A checkpoint time (in the near future) whose data window ends on a recent-window boundary:
+    the checkpoint's observations then carry exactly `block_start() - LAG` as their time."""
+    end = minute(datetime.now(UTC)) + timedelta(minutes=10)
+    aligned = datetime.fromtimestamp(end.timestamp() // WINDOW.total_seconds() * WINDOW.total_seconds(), UTC)
+    return aligned + LAG
+
+
 def serve_traffic(
     monitoring, now: datetime, traffic: Minute, *, minutes: int = 6, revision: str = "shop-00002"
 ):
@@ -166,14 +179,19 @@ def test_bad_canary_is_rolled_back_by_checkpoints_alone(
     )
     try:
         deploy_canary(cloudrun)
-        t = datetime.now(UTC)
+        t = block_start()
         bad = Minute(requests=200, errors=10, latency_ms=90)
         for n in range(3):
-            now = t + timedelta(minutes=n)
-            serve_traffic(monitoring, now, bad, minutes=6 if n == 0 else 1)
+            # One checkpoint per back-to-back 5-minute window; the runs in between re-read the
+            # same window and do not count it again.
+            now = t + n * WINDOW
+            serve_traffic(monitoring, now, bad, minutes=5)
             report = check(clients, settings, now)[CANARY]
             assert report.fields["verdict"] == "NO_GO"
             assert report.fields["observations"]["error_rate"] == ("tripped" if n == 2 else "counted")
+            if n < 2:
+                again = check(clients, settings, now + timedelta(minutes=1))[CANARY]
+                assert again.fields["observations"]["error_rate"] == "duplicate"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and live(cloudrun) != {"shop-00001": 100}:
             time.sleep(0.1)
@@ -198,7 +216,7 @@ def test_alert_and_checkpoint_observations_share_one_streak(
     clients, settings, cloudrun, monitoring, functions
 ):
     deploy_canary(cloudrun)
-    t = minute(datetime.now(UTC)) + timedelta(minutes=10)
+    t = block_start()
     end = t - LAG  # the checkpoint's observation time
 
     def alert_at(moment: datetime) -> None:
@@ -230,7 +248,7 @@ def test_alert_and_checkpoint_observations_share_one_streak(
 
 def test_checkpoint_recovery_resets_an_alert_streak(clients, settings, cloudrun, monitoring, functions):
     deploy_canary(cloudrun)
-    t = minute(datetime.now(UTC)) + timedelta(minutes=10)
+    t = block_start()
     message_id = uuid.uuid4().hex
     payload = incident_message(rule="memory", revision="shop-00002", project=PROJECT, location=LOCATION)
     publish_time = (t - LAG - timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
@@ -382,3 +400,67 @@ def test_checkpoint_entry_point_refuses_bad_bodies(fast_ramp_checkpoint, body, s
 SERVICE_REF = load_settings(
     {"GOOGLE_CLOUD_PROJECT": PROJECT, "CANARY_SERVICES": ",".join(WATCHED)}
 ).resolve_service(SHOP)
+
+
+def test_the_live_canary_wins_over_stored_state(clients, settings, cloudrun, monitoring):
+    """Canary A is RUNNING in Firestore, but CI moved the `canary` tag to B: the checkpoint judges
+    B (A is superseded) and never moves the tag back to A."""
+    deploy_canary(cloudrun)
+    clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    deploy_canary(cloudrun, canary="shop-00003")
+    t = datetime.now(UTC)
+    report = check(clients, settings, t)[rollout_id(SHOP, "shop-00003")]
+    assert report.fields["rollout"] == rollout_id(SHOP, "shop-00003")
+    assert clients.store.get(CANARY).phase is Phase.SUPERSEDED
+    assert live(cloudrun) == {"shop-00001": 95, "shop-00003": 5}
+
+
+def test_a_step_in_flight_stops_at_a_pause(clients, cloudrun):
+    deploy_canary(cloudrun)
+    rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    clients.store.set_paused(CANARY, True, by="owner", reason="hold on")
+    result = change_step(
+        rollout,
+        10,
+        by="canary-guard/checkpoint",
+        reason="GO",
+        store=clients.store,
+        traffic=clients.traffic,
+        notifier=clients.notifier,
+    )
+    assert result.status == "aborted" and live(cloudrun)["shop-00002"] == 5
+    manual = change_step(
+        rollout,
+        10,
+        by="owner",
+        reason="by hand",
+        store=clients.store,
+        traffic=clients.traffic,
+        notifier=clients.notifier,
+        respect_pause=False,
+    )
+    assert manual.status == "changed" and live(cloudrun)["shop-00002"] == 10
+
+
+def test_an_unfinished_rollback_is_redriven_by_the_checkpoint(clients, settings, cloudrun, emulators):
+    """A rollback that failed half-way (Cloud Run kept refusing) stays ROLLING_BACK; every
+    checkpoint re-sends the request until the rollback function finishes it."""
+    deploy_canary(cloudrun)
+    cloudrun.inject_fault(503, count=100, methods=["PATCH"])
+    request = RollbackRequest(service=SHOP, reason="cloud run down", requested_by="oncall")
+    with pytest.raises(ControlPlaneError):
+        execute_rollback(
+            request, SERVICE_REF, mode="manual", store=clients.store, traffic_client=clients.traffic
+        )
+    assert clients.store.get(CANARY).phase is Phase.ROLLING_BACK
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = f"projects/{PROJECT}/topics/{ROLLBACK_TOPIC}"
+    with contextlib.suppress(gexc.AlreadyExists):
+        pubsub_v1.PublisherClient().create_topic(name=topic)
+    sub = subscriber.subscription_path(PROJECT, f"redrive-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=topic)
+    report = check(clients, settings, datetime.now(UTC))[CANARY]
+    assert report.fields["action"] == "rollback_redriven"
+    pulled = subscriber.pull(subscription=sub, max_messages=5, timeout=10).received_messages
+    assert [json.loads(m.message.data)["canary_revision"] for m in pulled] == ["shop-00002"]
+    subscriber.delete_subscription(subscription=sub)

@@ -329,3 +329,48 @@ def test_malformed_alerts_are_acknowledged_with_their_reason(functions, store, c
     assert line["severity"] == "WARNING" and line["outcome"] == "malformed"
     assert reason in line["message"]
     assert store.get(canary) is None  # nothing counted, nothing discovered
+
+
+def test_a_failed_rollback_publish_is_retried_by_the_next_event(
+    emulators, store, canary, cloudrun, function_env
+):
+    """The tripping event's publish fails (topic missing); a later, different event publishes the
+    stored request (outbox), so the rollback is never lost."""
+    from shared.breach import handle_alert
+    from shared.cloudrun import CloudRunTraffic
+    from shared.config import load_settings
+    from shared.policy import load_policy
+    from shared.pubsub import Publisher
+
+    topic = f"rollback-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(function_env | {"ROLLBACK_TOPIC": topic})
+    publisher = Publisher(PROJECT)
+
+    def deliver(seconds: float, rule: str = "canary_down"):
+        payload = incident_message(rule=rule, revision="shop-00002", project=PROJECT, location=LOCATION)
+        data = cloudevent_data(payload, message_id=uuid.uuid4().hex, publish_time=at(seconds))
+        return handle_alert(
+            data,
+            event_id="",
+            event_time="",
+            settings=settings,
+            policy=load_policy(),
+            store=store,
+            publisher=publisher,
+            traffic_client=lambda: CloudRunTraffic(cloudrun.url),
+        )
+
+    with pytest.raises(gexc.NotFound):
+        deliver(1)  # trips canary_down; Pub/Sub refuses: the function fails, Pub/Sub would retry
+    rollout = store.get(canary)
+    assert rollout.rollback_requested and not rollout.rollback_published
+    admin = pubsub_v1.PublisherClient()
+    admin.create_topic(name=admin.topic_path(PROJECT, topic))
+    subscriber = pubsub_v1.SubscriberClient()
+    sub = subscriber.subscription_path(PROJECT, f"{topic}-pull")
+    subscriber.create_subscription(name=sub, topic=admin.topic_path(PROJECT, topic))
+    report = deliver(2, rule="memory")  # a different event, not a redelivery
+    assert report.fields["rollback_message_id"]
+    assert store.get(canary).rollback_published
+    pulled = subscriber.pull(subscription=sub, max_messages=5, timeout=10).received_messages
+    assert [json.loads(m.message.data)["rule"] for m in pulled] == ["canary_down"]

@@ -242,3 +242,32 @@ def test_hand_published_request_through_the_push_subscription(functions, store, 
             subscription=f"projects/{PROJECT}/subscriptions/test-rollback-push"
         )
     assert API_EU.endswith("/api")
+
+
+def test_a_redelivered_request_never_touches_a_newer_canary(functions, store, shop):
+    """A rollback request for canary A, delivered again after A was rolled back and canary B
+    started, reports 'already rolled back' and leaves B's traffic alone."""
+    body = {"service": SHOP, "canary_revision": "shop-00002", "reason": "error_rate", "requested_by": "x"}
+    _, first = publish_request(functions["rollback"], body)
+    assert first.status_code == 200 and live(shop) == AFTER
+    deploy_canary(shop, canary="shop-00003")
+    message_id, again = publish_request(functions["rollback"], body)
+    assert again.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "already_rolled_back"
+    assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
+
+
+def test_a_request_naming_the_live_but_unregistered_canary_rolls_it_back(functions, store, shop):
+    body = {"service": SHOP, "canary_revision": "shop-00002", "reason": "rolled back before any event"}
+    message_id, response = publish_request(functions["rollback"], body)
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
+    assert live(shop) == AFTER and store.get(CANARY).phase is Phase.ROLLED_BACK
+
+
+def test_permission_refusal_answers_502_saying_what_to_fix(functions, store, shop):
+    shop.inject_fault(403, count=100, methods=["PATCH"])
+    response = emergency(functions, {"service": "shop", "reason": "missing role"})
+    assert response.status_code == 502
+    assert "permissions" in response.json()["error"]
+    assert live(shop) == BEFORE
