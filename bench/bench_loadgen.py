@@ -1,12 +1,17 @@
 """Benchmark: the closed-model load generator against wrk, same target, concurrency and duration.
 
     .venv/bin/python -m bench.bench_loadgen [--concurrency 16] [--duration 10] [--rounds 3]
+    .venv/bin/python -m bench.bench_loadgen --memory
 
 The target (infra/target_server.py) runs in its own process on loopback; wrk (-t1) and our
 generator each run as a child process, alternating, so both see the same machine state. For
 each run it prints requests/s, the child's peak RSS (VmHWM) and CPU time per request (rusage
 of the reaped child), and the target's CPU use (near 100 % means the target was the limit).
 Installs wrk with apt-get when it is missing.
+
+`--memory` measures the constants of shared.loadgen.plan_fits: the RSS of a process with the
+load_test function's imports, and the peak RSS per concurrent connection over plain HTTP and
+TLS, with 2-byte and 1 MiB bodies, against a fixed-answer server in its own process.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from infra.target_server import TargetHandle, start_target_server
 from shared.loadgen import MAX_REQUESTS, run_closed
@@ -143,15 +152,183 @@ def generator(url: str, concurrency: int, duration: int) -> None:
     print(json.dumps(asyncio.run(run).as_dict()))
 
 
+# --- memory, for plan_fits ---------------------------------------------------------------------
+
+# What the load_test function has imported when it runs (functions/main.py, shared/loadtest.py).
+FUNCTION_IMPORTS = (
+    "functions_framework",
+    "google.cloud.firestore",
+    "google.cloud.monitoring_v3",
+    "google.cloud.run_v2",
+    "google.cloud.pubsub_v1",
+    "google.auth.transport.requests",
+    "google.oauth2.id_token",
+    "shared.loadtest",
+)
+# (body bytes, TLS, concurrent connections): the cases plan_fits must cover.
+MEMORY_CASES = ((2, False, 1000), (2, True, 1000), (1 << 20, False, 200), (1 << 20, True, 200))
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(field)
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+
+
+class _FixedAnswer(asyncio.Protocol):
+    """Server side: every request (a head; no bodies) gets the same pre-built answer."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            self.buffer = self.buffer[end + 4 :]
+            assert self.transport is not None
+            self.transport.write(self.answer)
+
+
+def serve_body(size: int, cert: str | None, key: str | None) -> None:
+    """Child process: answer `size` bytes to every request on 127.0.0.1 (TLS with cert/key)."""
+    raise_fd_limit()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+    context = None
+    if cert and key:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _FixedAnswer(answer), "127.0.0.1", 0, ssl=context, backlog=4096
+        )
+        print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def memory_child(url: str, concurrency: int) -> None:
+    """Child process: RSS before, and peak RSS of, a closed run with `concurrency` connections."""
+    raise_fd_limit()
+    before = status_kib("VmRSS")
+    run = run_closed(url, requests=4 * concurrency, concurrency=concurrency, timeout_s=60, deadline_s=300)
+    result = asyncio.run(run)
+    print(json.dumps({"before_kib": before, "peak_kib": status_kib("VmHWM"), "successes": result.successes}))
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (certificate, key) PEM files in `folder`."""
+    import ipaddress
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench target")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def measure_memory() -> None:
+    imports = "; ".join(f"import {name}" for name in FUNCTION_IMPORTS)
+    probe = f"{imports}; from bench.bench_loadgen import status_kib; print(status_kib('VmRSS'))"
+    base = int(
+        subprocess.run(
+            [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, check=True, text=True
+        ).stdout
+    )
+    print(f"RSS with the load_test function's imports: {base / 1024:.1f} MiB")
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = self_signed(Path(folder))
+        for size, tls, connections in MEMORY_CASES:
+            command = [sys.executable, "-m", "bench.bench_loadgen", "--serve-body", str(size)]
+            if tls:
+                command += ["--tls-cert", str(cert), "--tls-key", str(key)]
+            server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+            try:
+                assert server.stdout is not None
+                port = server.stdout.readline().split()[1]
+                url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+                child = [sys.executable, "-m", "bench.bench_loadgen", "--memory-child", url]
+                child += ["--concurrency", str(connections)]
+                env = os.environ | {"SSL_CERT_FILE": str(cert)}  # trust the self-signed certificate
+                out = subprocess.run(
+                    child, cwd=REPO_ROOT, capture_output=True, check=True, text=True, env=env
+                )
+                measured = json.loads(out.stdout)
+            finally:
+                server.terminate()
+                server.wait()
+            grown = measured["peak_kib"] - measured["before_kib"]
+            print(
+                f"{'https' if tls else 'http':<5} {size:>8,} B bodies  {connections:>5} connections  "
+                f"{measured['successes']:>5} answers  RSS {measured['before_kib'] / 1024:5.1f} -> "
+                f"peak {measured['peak_kib'] / 1024:6.1f} MiB  = {grown / connections:6.1f} KiB/connection",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="wrk and ours alternate this many times")
-    parser.add_argument("--generator", metavar="URL", help=argparse.SUPPRESS)  # the child's entry
+    parser.add_argument("--memory", action="store_true", help="measure plan_fits' memory constants")
+    # The child processes' entries.
+    parser.add_argument("--generator", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-body", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-cert", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generator:
         generator(args.generator, args.concurrency, args.duration)
+        return
+    if args.memory_child:
+        memory_child(args.memory_child, args.concurrency)
+        return
+    if args.serve_body is not None:
+        serve_body(args.serve_body, args.tls_cert, args.tls_key)
+        return
+    if args.memory:
+        measure_memory()
         return
 
     wrk = ensure_wrk()

@@ -106,6 +106,8 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
     Body (optional): {"service": "full or short name"} to check one service."""
     from shared.checkpoint import handle_checkpoint
 
+    if request.method != "POST":
+        return _json_response({"error": "use POST (Cloud Scheduler does)"}, 405)
     report, status = handle_checkpoint(
         request.get_json(silent=True), settings=runtime.settings(), policy=runtime.policy()
     )
@@ -119,6 +121,8 @@ def load_test(request: Request) -> tuple[dict, int, dict[str, str]]:
     Body (optional): {"mode": "both" | "load" | "probe", "service": "full or short name"}."""
     from shared.loadtest import handle_load_test
 
+    if request.method != "POST":  # a stray GET (a health probe, a crawler) must not start load
+        return _json_response({"error": "use POST (Cloud Scheduler does)"}, 405)
     settings = runtime.settings()
     report, status = handle_load_test(
         request.get_json(silent=True),

@@ -31,13 +31,17 @@ SERVICE = f"projects/{PROJECT}/locations/{LOCATION}/services/shop"
 OBSERVED = {"error_rate": ("0.052", "0.01"), "memory": ("0.93", "0.85")}
 
 
-def incident(rule: str, revision: str, state: str = "open") -> dict[str, Any]:
-    """A Cloud Monitoring incident (schema 1.2) as the alert policy for `rule` publishes it."""
+def incident(rule: str, revision: str, state: str = "open", number: int = 0) -> dict[str, Any]:
+    """A Cloud Monitoring incident (schema 1.2) as the alert policy for `rule` publishes it.
+
+    The demo compresses time: in GCP the next breach of an open incident is its renotification
+    half an hour later (alerting.renotify_interval_s); here each alert is its own incident, because
+    a repeat of the same incident moments later is one notification delivered twice."""
     observed, threshold = OBSERVED[rule]
     return {
         "version": "1.2",
         "incident": {
-            "incident_id": f"demo-{rule}-{revision}",
+            "incident_id": f"demo-{rule}-{revision}-{number}",
             "scoping_project_id": PROJECT,
             "started_at": int(time.time()),
             "ended_at": None,
@@ -106,7 +110,7 @@ def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limi
     rid = rollout_id(SERVICE, revision)
     for n in range(1, limit + 1):
         sent = time.monotonic()
-        publisher.publish(topic, json.dumps(incident(rule, revision)).encode()).result(timeout=30)
+        publisher.publish(topic, json.dumps(incident(rule, revision, number=n)).encode()).result(timeout=30)
 
         def counted(n: int = n) -> bool:
             rollout = store.get(rid)

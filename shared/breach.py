@@ -7,6 +7,7 @@ so both kinds of observation count in the same streaks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
@@ -59,7 +60,11 @@ def observe(
 ) -> tuple[Outcome, Rollout, str] | None:
     """Apply one observation to a known rollout. None: the rollout document vanished."""
     applied = store.apply_observation(
-        rollout.id, obs, rule_limits(policy), rollback_request_for(rollout, obs)
+        rollout.id,
+        obs,
+        rule_limits(policy),
+        rollback_request_for(rollout, obs),
+        same_incident_gap=timedelta(seconds=policy.alerting.renotify_interval_s / 2),
     )
     if applied is None:
         return None

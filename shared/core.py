@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -79,13 +79,35 @@ class StreakDecision:
         return self.outcome is Outcome.TRIPPED
 
 
+def repeated_notification(obs: Observation, last: Mapping[str, Any] | None, gap: timedelta) -> bool:
+    """Another message about the same open incident within `gap` of the one last counted: the
+    same notification delivered twice (Cloud Monitoring may send distinct messages for one
+    incident), not a renotification, which comes a whole renotify interval later."""
+    incident = obs.detail.get("incident_id")
+    return bool(
+        obs.source == "alert"
+        and obs.kind is Kind.BREACH
+        and incident
+        and last
+        and last.get("incident_id") == incident
+        and abs(obs.event_time - last["at"]) < gap
+    )
+
+
 def apply_observation(
-    state: StreakState, obs: Observation, limits: Mapping[str, int], *, duplicate: bool = False
+    state: StreakState,
+    obs: Observation,
+    limits: Mapping[str, int],
+    *,
+    duplicate: bool = False,
+    repeated: bool = False,
 ) -> StreakDecision:
     """Apply one observation to the rollout's streaks.
 
     `limits` maps each rule to its consecutive-breach limit (from the policy); `duplicate`
-    says the store already holds this event id. Rollback is requested at most once per rollout.
+    says the store already holds this event id; `repeated` that it is a repeated delivery of
+    the incident notification last counted (see `repeated_notification`). Rollback is
+    requested at most once per rollout.
     """
     limit = limits[obs.rule]
     streak = state.streaks.get(obs.rule, Streak())
@@ -95,6 +117,10 @@ def apply_observation(
 
     if duplicate:
         return ignored(Outcome.DUPLICATE, f"event {obs.event_id} was already applied")
+    if repeated:
+        return ignored(
+            Outcome.DUPLICATE, f"incident {obs.detail.get('incident_id')} was already counted moments ago"
+        )
     if state.phase is not Phase.RUNNING:
         return ignored(Outcome.NOT_RUNNING, f"rollout is {state.phase}")
     if streak.last_event_time is not None and obs.event_time < streak.last_event_time:

@@ -15,13 +15,23 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from shared.core import Observation, Outcome, Phase, Streak, StreakDecision, StreakState, apply_observation
+from shared.core import (
+    Kind,
+    Observation,
+    Outcome,
+    Phase,
+    Streak,
+    StreakDecision,
+    StreakState,
+    apply_observation,
+    repeated_notification,
+)
 
 T = TypeVar("T")
 
@@ -97,6 +107,7 @@ class Rollout:
     rollback_published: bool = False
     last_verdict: Mapping[str, Any] | None = None
     last_load_test: Mapping[str, Any] | None = None
+    last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
 
     @property
     def streak_state(self) -> StreakState:
@@ -129,6 +140,10 @@ class Rollout:
             rollback_published=bool(data.get("rollback_published", False)),
             last_verdict=data.get("last_verdict"),
             last_load_test=data.get("last_load_test"),
+            last_notified={
+                rule: {"incident_id": seen.get("incident_id"), "at": _plain(seen.get("at"))}
+                for rule, seen in (data.get("last_notified") or {}).items()
+            },
         )
 
 
@@ -296,6 +311,7 @@ class RolloutStore:
         obs: Observation,
         limits: Mapping[str, int],
         rollback_request: Mapping[str, Any],
+        same_incident_gap: timedelta = timedelta(0),
     ) -> tuple[StreakDecision, Rollout] | None:
         """Dedupe + streak update + history in one transaction. None: no such rollout.
 
@@ -313,7 +329,10 @@ class RolloutStore:
                 return
             marker_snap = marker_ref.get(transaction=txn)
             rollout = Rollout.from_doc(rid, rollout_snap.to_dict())
-            decision = apply_observation(rollout.streak_state, obs, limits, duplicate=marker_snap.exists)
+            repeated = repeated_notification(obs, rollout.last_notified.get(obs.rule), same_incident_gap)
+            decision = apply_observation(
+                rollout.streak_state, obs, limits, duplicate=marker_snap.exists, repeated=repeated
+            )
             result.update(decision=decision, rollout=rollout)
             if decision.outcome is Outcome.DUPLICATE:
                 return
@@ -343,6 +362,12 @@ class RolloutStore:
                 "streaks": _streaks_doc(decision.state.streaks),
                 "updated_at": now,
             }
+            if obs.kind is Kind.RECOVERY:
+                update[f"last_notified.{obs.rule}"] = firestore.DELETE_FIELD
+            elif obs.source == "alert" and obs.detail.get("incident_id"):
+                # What the next message about this incident is compared with (repeated_notification).
+                seen = {"incident_id": obs.detail["incident_id"], "at": obs.event_time}
+                update[f"last_notified.{obs.rule}"] = seen
             if decision.request_rollback:
                 update |= {"rollback_requested": True, "rollback_request": dict(rollback_request)}
                 self._decision(

@@ -567,3 +567,20 @@ def test_property_nothing_counts_unless_running(phase, requested, sequence):
     final, decisions = drive(start, sequence, set())
     assert final is start
     assert {d.outcome for d in decisions} <= {Outcome.NOT_RUNNING, Outcome.DUPLICATE}
+
+
+def test_repeated_notification_of_one_incident():
+    from shared.core import repeated_notification
+
+    gap = timedelta(minutes=15)
+    last = {"incident_id": "0.abc", "at": at(0)}
+    first = obs("error_rate", t=60)
+    assert repeated_notification(first, last, gap)  # same incident a minute later: the same notification
+    assert not repeated_notification(obs("error_rate", t=15 * 60), last, gap)  # a renotification
+    assert not repeated_notification(first, None, gap)
+    assert not repeated_notification(first, {"incident_id": "0.other", "at": at(0)}, gap)
+    recovery = obs("error_rate", t=60, kind=Kind.RECOVERY)
+    assert not repeated_notification(recovery, last, gap)
+    state = StreakState(streaks={"error_rate": Streak(1, at(0))})
+    decision = apply_observation(state, first, LIMITS, repeated=True)
+    assert decision.outcome is Outcome.DUPLICATE and decision.state == state

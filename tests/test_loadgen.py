@@ -1,26 +1,37 @@
 """The load generator against the local target server (infra/target_server.py), whose
-behaviour is deterministic (every k-th answer fails), so most counts are asserted exactly."""
+behaviour is deterministic (every k-th answer fails), so most counts are asserted exactly; and
+its HTTP client against a scripted server for the answers the target never gives (chunked,
+Connection: close, close-delimited, HEAD, 1xx, malformed, TLS)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import math
 import socket
+import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infra.target_server import TargetHandle, start_target_server
+from shared import loadgen
 from shared.loadgen import (
     MAX_REQUESTS,
+    USER_AGENT,
     LatencyHistogram,
     LatencySummary,
     TargetResult,
+    _client_ssl_context,
+    _target,
     judge_load,
     judge_probe,
     plan_fits,
@@ -233,7 +244,8 @@ def test_connection_drops_are_counted_once_and_not_retried(target):
     assert_adds_up(result)
     assert (result.requests, result.connection_errors, result.successes) == (200, 10, 190)
     stats = target.stats()
-    # aiohttp would silently resend a dropped GET; the generator turns that off.
+    # A client that silently resends a dropped GET (aiohttp does by default) would hide the
+    # drop from the target's count; ours never retries.
     assert (stats["requests"], stats["dropped"]) == (200, 10)
 
 
@@ -490,3 +502,348 @@ def test_target_config_rejects_bad_behaviour(target):
         urllib.request.urlopen(request, timeout=5)
     assert raised.value.code == 400
     assert json.load(raised.value) == {"error": "drop_share must be in [0, 1], got 2"}
+
+
+# --- the HTTP client: request bytes, framing, connections, TLS --------------------------------
+
+T = TypeVar("T")
+
+
+class Scripted:
+    """A minimal HTTP/1.1 server in the test's own event loop, for answers the target server
+    never gives. Request n (from 1) gets the pieces of `answer(n)`, written `pause_s` apart (so
+    the client reads them separately); with `close_after_s` set, the server then closes the
+    connection that many seconds later, whatever the answer said. It records each request head
+    and how many connections it accepted (and, with TLS, the protocol ALPN picked)."""
+
+    def __init__(
+        self,
+        answer: Callable[[int], Sequence[bytes]],
+        *,
+        pause_s: float = 0.0,
+        close_after_s: float | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.answer = answer
+        self.pause_s = pause_s
+        self.close_after_s = close_after_s
+        self.tls = tls
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.alpn: list[str | None] = []
+        self.url = ""
+        self.handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers[task] = writer
+        self.connections += 1
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.alpn.append(ssl_object.selected_alpn_protocol())
+        try:
+            while True:
+                self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+                for index, piece in enumerate(self.answer(len(self.heads))):
+                    if index and self.pause_s:
+                        await asyncio.sleep(self.pause_s)
+                    writer.write(piece)
+                    await writer.drain()
+                if self.close_after_s is not None:
+                    await asyncio.sleep(self.close_after_s)
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the client closed or dropped the connection
+        finally:
+            writer.close()
+
+    def run(self, body: Callable[[str], Awaitable[T]]) -> T:
+        """Serve while `body(base_url)` runs, in one event loop."""
+
+        async def main() -> T:
+            server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=self.tls)
+            port = server.sockets[0].getsockname()[1]
+            self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
+            async with server:
+                try:
+                    return await body(self.url)
+                finally:
+                    # Close what the client left open and let the handlers end by themselves,
+                    # rather than have asyncio.run cancel them (Python 3.11 logs that).
+                    for writer in self.handlers.values():
+                        writer.close()
+                    await asyncio.gather(*self.handlers, return_exceptions=True)
+
+        return asyncio.run(main())
+
+
+def scripted_closed(server: Scripted, requests: int, concurrency: int = 1, **kwargs: object) -> TargetResult:
+    async def body(url: str) -> TargetResult:
+        options = {"timeout_s": 5, "deadline_s": 20} | kwargs
+        return await run_closed(url + "/x", requests=requests, concurrency=concurrency, **options)  # type: ignore[arg-type]
+
+    return server.run(body)
+
+
+def scripted_probe(server: Scripted, requests: int, delay_ms: int) -> TargetResult:
+    async def body(url: str) -> TargetResult:
+        results = await run_probe(
+            {"side": url + "/x"}, requests_per_side=requests, delay_ms=delay_ms, timeout_s=5
+        )
+        return results["side"]
+
+    return server.run(body)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_request_bytes_carry_host_and_the_callers_headers():
+    target = _target(
+        "https://canary---shop-abc123-ew.a.run.app/health?q=a b&x=1",
+        "get",
+        {"Authorization": "Bearer t0k3n", "accept": "application/json"},
+    )
+    assert (target.host, target.port, target.tls, target.head) == (
+        "canary---shop-abc123-ew.a.run.app",
+        443,
+        True,
+        False,
+    )
+    assert (
+        target.request
+        == (
+            b"GET /health?q=a%20b&x=1 HTTP/1.1\r\n"
+            b"Host: canary---shop-abc123-ew.a.run.app\r\n"
+            b"User-Agent: " + USER_AGENT.encode() + b"\r\n"
+            b"accept: application/json\r\n"  # the caller's header replaces the default in place
+            b"Accept-Encoding: gzip, deflate\r\n"
+            b"Connection: keep-alive\r\n"
+            b"Authorization: Bearer t0k3n\r\n"
+            b"\r\n"
+        )
+    )
+
+
+def test_request_bytes_for_other_urls_and_methods():
+    ipv6 = _target("http://[::1]:8080")
+    assert (ipv6.host, ipv6.port, ipv6.tls) == ("::1", 8080, False)
+    assert ipv6.request.startswith(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n")
+    assert b"Host: example.com\r\n" in _target("https://example.com:443/").request  # default port
+    assert b"Host: xn--bcher-kva.example:8443\r\n" in _target("https://bücher.example:8443/").request
+    basic = _target("http://user:p%40ss@example.com/").request
+    assert b"Authorization: Basic dXNlcjpwQHNz\r\n" in basic  # user:p@ss
+    post = _target("http://example.com/x", "POST").request
+    assert post.startswith(b"POST /x HTTP/1.1\r\n") and b"Content-Length: 0\r\n" in post
+    assert _target("http://example.com/", "HEAD").head
+    assert b"Host: other\r\n" in _target("http://example.com/", headers={"Host": "other"}).request
+
+
+@pytest.mark.parametrize(
+    ("url", "method", "headers", "message"),
+    [
+        ("ftp://example.com/", "GET", {}, "absolute http"),
+        ("http://example.com:99999/", "GET", {}, "absolute http"),
+        ("http://example.com/", "GE T", {}, "not an HTTP method"),
+        ("http://example.com/", "GET", {"X-Evil": "a\r\nX-Injected: 1"}, "control character"),
+        ("http://example.com/", "GET", {"Bad Name": "1"}, "not an HTTP header name"),
+        ("http://example.com/", "GET", {"Content-Length": "5"}, "sends no body"),
+    ],
+)
+def test_requests_that_cannot_be_sent_are_refused(url, method, headers, message):
+    with pytest.raises(ValueError, match=message):
+        _target(url, method, headers)
+
+
+def test_https_urls_get_a_verifying_tls_context():
+    context = _client_ssl_context()
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert not _target("http://example.com/").tls
+
+
+def test_headers_reach_the_target_exactly(target):
+    # Against the real target, with an Authorization header as the load_test function sends.
+    result = asyncio.run(
+        run_closed(
+            target.url + "/health",
+            requests=3,
+            concurrency=1,
+            timeout_s=5,
+            deadline_s=10,
+            headers={"Authorization": "Bearer t0k3n"},
+        )
+    )
+    assert result.successes == 3
+    server = Scripted(lambda n: [OK])
+    scripted_closed(server, 2, headers={"Authorization": "Bearer t0k3n", "X-Canary": "1"})
+    port = server.url.rsplit(":", 1)[1]
+    assert server.heads == 2 * [
+        b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:" + port.encode() + b"\r\n"
+        b"User-Agent: " + USER_AGENT.encode() + b"\r\n"
+        b"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
+        b"Authorization: Bearer t0k3n\r\nX-Canary: 1\r\n\r\n"
+    ]
+    assert server.connections == 1  # keep-alive: both on one connection
+
+
+def test_chunked_answers_are_read_to_their_last_chunk():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = Scripted(lambda n: [head + b"5\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"], pause_s=0.005)
+    result = scripted_closed(server, 20, concurrency=2)
+    assert_adds_up(result)
+    assert (result.requests, result.successes) == (20, 20)
+    assert server.connections == 2  # the connections were reused after each chunked body
+    p50 = result.latency.p50_ms
+    assert p50 is not None and p50 >= 10 - bound_ms(10)  # it waited for the last of 3 pieces
+
+
+def test_a_large_body_is_read_and_dropped_on_a_reused_connection():
+    body = b"x" * (1 << 20)
+    server = Scripted(lambda n: [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body])
+    result = scripted_closed(server, 10)
+    assert (result.successes, server.connections) == (10, 1)
+
+
+def test_connection_close_from_the_server_opens_a_new_connection():
+    close = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    server = Scripted(lambda n: [close], close_after_s=0.05)  # the client closes first
+    result = scripted_closed(server, 12, concurrency=3)
+    assert (result.successes, result.connection_errors) == (12, 0)
+    assert server.connections == 12
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced():
+    # The answer promises keep-alive, then the server closes the idle connection after 10 ms;
+    # the next request (50 ms later) goes out on a new one instead of failing.
+    server = Scripted(lambda n: [OK], close_after_s=0.01)
+    result = scripted_probe(server, 5, delay_ms=50)
+    assert (result.successes, result.connection_errors, server.connections) == (5, 0, 5)
+
+
+def test_a_connection_idle_longer_than_the_keepalive_limit_is_not_reused(monkeypatch):
+    result = scripted_probe(server := Scripted(lambda n: [OK]), 4, delay_ms=30)
+    assert (result.successes, server.connections) == (4, 1)
+    monkeypatch.setattr(loadgen, "KEEPALIVE_IDLE_S", 0.01)
+    result = scripted_probe(server := Scripted(lambda n: [OK]), 4, delay_ms=30)
+    assert (result.successes, server.connections) == (4, 4)
+
+
+def test_close_delimited_bodies_complete_and_truncated_ones_fail():
+    eof_body = Scripted(lambda n: [b"HTTP/1.1 200 OK\r\n\r\nuntil the end"], close_after_s=0)
+    result = scripted_closed(eof_body, 4)
+    assert (result.successes, eof_body.connections) == (4, 4)
+    for answer in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    ):
+        server = Scripted(lambda n, answer=answer: [answer], close_after_s=0)
+        result = scripted_closed(server, 4)
+        assert_adds_up(result)
+        assert (result.connection_errors, result.successes) == (4, 0)
+
+
+def test_head_answers_have_no_body_and_keep_the_connection():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"  # the length a GET would get
+    server = Scripted(lambda n: [head])
+    result = scripted_closed(server, 6, method="HEAD")
+    assert (result.successes, server.connections) == (6, 1)
+    assert server.heads[0].startswith(b"HEAD /x HTTP/1.1\r\n")
+
+
+def test_interim_1xx_and_bodiless_statuses():
+    answers = {
+        1: [b"HTTP/1.1 100 Continue\r\n\r\n", OK],
+        2: [b"HTTP/1.1 204 No Content\r\n\r\n"],
+        3: [b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"],
+        4: [b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"],
+    }
+    server = Scripted(lambda n: answers[n])
+    result = scripted_closed(server, 4)
+    assert (result.successes, server.connections) == (4, 1)  # a redirect is not followed
+    assert len(server.heads) == 4
+
+
+def test_malformed_answers_are_connection_errors():
+    server = Scripted(lambda n: [b"HTTP/1.1 abc\r\n\r\n" if n % 2 else OK])
+    result = scripted_closed(server, 6)
+    assert_adds_up(result)
+    assert (result.successes, result.connection_errors, server.connections) == (3, 3, 4)
+
+
+def test_the_timeout_covers_the_whole_body():
+    server = Scripted(lambda n: [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok", b"ok"], pause_s=0.5)
+    result = scripted_closed(server, 3, timeout_s=0.1)
+    assert_adds_up(result)
+    assert (result.timeouts, result.successes) == (3, 0)
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost: (certificate, key) PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "canary-guard test target")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def tls_server(certificate: tuple[Path, Path], answer: Callable[[int], Sequence[bytes]]) -> Scripted:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    context.set_alpn_protocols(["h2", "http/1.1"])  # like a front end that speaks both
+    return Scripted(answer, tls=context)
+
+
+def test_https_targets_are_loaded_over_verified_tls(certificate, monkeypatch):
+    # The client trusts the system's CAs; SSL_CERT_FILE points OpenSSL at our test CA instead.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = tls_server(certificate, lambda n: [head + b"2\r\nok\r\n0\r\n\r\n"])
+    result = scripted_closed(server, 20, concurrency=2, headers={"Authorization": "Bearer t0k3n"})
+    assert server.url.startswith("https://")
+    assert_adds_up(result)
+    assert (result.successes, server.connections) == (20, 2)
+    assert server.alpn == ["http/1.1", "http/1.1"]  # never HTTP/2, which we do not speak
+    assert b"\r\nAuthorization: Bearer t0k3n\r\n" in server.heads[0]
+
+
+def test_an_untrusted_certificate_is_a_connection_error(certificate, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    server = tls_server(certificate, lambda n: [OK])
+    result = scripted_closed(server, 3)
+    assert (result.connection_errors, result.successes, len(server.heads)) == (3, 0, 0)

@@ -374,3 +374,35 @@ def test_a_failed_rollback_publish_is_retried_by_the_next_event(
     assert store.get(canary).rollback_published
     pulled = subscriber.pull(subscription=sub, max_messages=5, timeout=10).received_messages
     assert [json.loads(m.message.data)["rule"] for m in pulled] == ["canary_down"]
+
+
+def test_one_incident_notified_twice_counts_once_but_renotifications_count(functions, store, canary):
+    """Distinct messages for the same open incident moments apart are one notification; the
+    renotification of a still-open incident (a renotify interval later) is the next breach."""
+    fn = functions["breach_counter"]
+
+    def notify(seconds: float, incident_id: str = "0.incident-a", state: str = "open") -> str:
+        message_id = uuid.uuid4().hex
+        payload = incident_message(
+            rule="error_rate",
+            state=state,
+            incident_id=incident_id,
+            revision="shop-00002",
+            project=PROJECT,
+            location=LOCATION,
+        )
+        response = post_event(
+            fn, cloudevent_data(payload, message_id=message_id, publish_time=at(seconds)), event_id=message_id
+        )
+        assert response.status_code == 200
+        return message_id
+
+    notify(0)
+    repeat = notify(2)
+    assert store.get(canary).streaks["error_rate"].count == 1
+    assert fn.logs_for(event_id=repeat)[-1]["outcome"] == "duplicate"
+    notify(1800)  # renotified after the policy's 30 min interval
+    assert store.get(canary).streaks["error_rate"].count == 2
+    notify(1860, state="closed")
+    notify(1870)  # reopened after the close: a breach again, counted from 1
+    assert store.get(canary).streaks["error_rate"].count == 1
