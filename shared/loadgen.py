@@ -952,6 +952,7 @@ def run_load_test(
     when the plan does not fit the function's timeout or memory."""
     if not targets:
         raise ValueError("the load test needs at least one target")
+    headers = {**policy.headers, **(headers or {})}  # the policy's, plus the caller's (auth)
     if policy.mode == "open":
         deadline_s = open_deadline(policy)
     else:
@@ -971,6 +972,7 @@ def run_load_test(
                     timeout_s=policy.request_timeout_s,
                     deadline_s=deadline_s,
                     max_in_flight=policy.concurrency,
+                    method=policy.method,
                     headers=headers,
                 )
             else:
@@ -980,6 +982,7 @@ def run_load_test(
                     concurrency=policy.concurrency,
                     timeout_s=policy.request_timeout_s,
                     deadline_s=deadline_s,
+                    method=policy.method,
                     headers=headers,
                 )
         return results

@@ -110,7 +110,8 @@ def run_service_tests(
                 requests_per_side=policy.rate_limit_probe.requests_per_side,
                 delay_ms=policy.rate_limit_probe.delay_ms,
                 timeout_s=policy.load_test.request_timeout_s,
-                headers=headers,
+                method=policy.load_test.method,
+                headers={**policy.load_test.headers, **headers},
             )
         )
         verdict = judge_probe(probe, policy.rate_limit_probe)

@@ -73,7 +73,9 @@ class LoadTest(_Strict):
     rate_per_s: float = Field(gt=0, le=10_000)
     duration_s: float = Field(gt=0, le=3000)
     request_timeout_s: float = Field(gt=0, le=60)
+    method: Literal["GET", "HEAD", "POST"] = "GET"
     path: str = Field(pattern=r"^/")
+    headers: dict[str, str] = Field(default_factory=dict)  # sent with every request (plus auth)
     max_error_rate: float = Field(ge=0, le=1)
     max_latency_p95: float = Field(gt=0)
 

@@ -218,3 +218,43 @@ def test_cli_probe_and_load_test_show_and_record_results(function_env, shop, tar
     shown = [" ".join(line.split()) for line in status.output.splitlines()]
     expected = "load test shop: load test PASS (load_canary PASS, load_stable PASS)"
     assert any(line.startswith(expected) for line in shown), status.output
+
+
+def test_policy_method_and_headers_reach_the_target():
+    """The policy's method and headers (plus the auth header) are what the target receives."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from shared.loadgen import run_load_test
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_HEAD(self) -> None:
+            seen.append((self.command, self.headers.get("X-Canary-Guard")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        policy = load_policy().load_test.model_copy(
+            update={
+                "method": "HEAD",
+                "headers": {"X-Canary-Guard": "load-test"},
+                "requests": 5,
+                "concurrency": 1,
+            }
+        )
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        results = run_load_test({"canary": url}, policy, function_timeout_s=60, memory_mb=512)
+    finally:
+        server.shutdown()
+    assert results["canary"].successes == 5
+    assert seen == [("HEAD", "load-test")] * 5
