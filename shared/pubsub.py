@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.cloud import pubsub_v1
+if TYPE_CHECKING:
+    from google.cloud import pubsub_v1
 
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -19,6 +20,8 @@ class Publisher:
     @property
     def client(self) -> pubsub_v1.PublisherClient:
         if self._client is None:
+            from google.cloud import pubsub_v1  # only when something is published (cold start)
+
             self._client = pubsub_v1.PublisherClient()
         return self._client
 
