@@ -1,0 +1,35 @@
+"""The README's first command works: the demo runs the whole local stack end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_demo(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "infra.demo", *args], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_demo_rolls_back_after_the_third_error_rate_and_the_second_memory_breach():
+    out = run_demo()
+    assert "alert 3: error_rate incident open for shop-00002 → streak 3/3" in out
+    assert "rolled back shop: shop-00001 100%, canary shop-00002 0%" in out
+    assert "alert 2: memory incident open for shop-00003 → streak 2/2" in out
+    assert "rolled back shop: shop-00001 100%, canary shop-00003 0%" in out
+    assert "emergency_rollback dry_run=True → HTTP 200 dry_run" in out
+    assert "final traffic of shop: shop-00001 100%, shop-00004 0%" in out
+    assert out.rstrip().endswith("stack stopped")
+
+
+def test_demo_ramp_walks_a_healthy_canary_to_promoted():
+    out = run_demo("--ramp")
+    assert "shop: canary shop-00005 promoted to 100%" in out
+    assert "shop  PROMOTED" in out
+    assert "verdict  GO: every GO bar holds" in out
