@@ -12,12 +12,20 @@
 # Where gcloud is not available, set attach_trigger_dead_letter = false and run
 # scripts/attach_dead_letter.sh by hand (terraform/README.md).
 
-resource "terraform_data" "alerts_trigger_dead_letter" {
-  count = var.attach_trigger_dead_letter ? 1 : 0
+locals {
+  # Each Pub/Sub-triggered function -> the dead-letter topic of its trigger's subscription.
+  trigger_dead_letter_topics = {
+    breach_counter = google_pubsub_topic.alerts_dead_letter.id
+    rollback       = google_pubsub_topic.rollback_dead_letter.id
+  }
+}
+
+resource "terraform_data" "trigger_dead_letter" {
+  for_each = var.attach_trigger_dead_letter ? local.trigger_dead_letter_topics : {}
 
   triggers_replace = [
-    google_cloudfunctions2_function.breach_counter.event_trigger[0].trigger,
-    google_pubsub_topic.alerts_dead_letter.id,
+    google_cloudfunctions2_function.function[each.key].event_trigger[0].trigger,
+    each.value,
     var.dead_letter_max_delivery_attempts,
   ]
 
@@ -25,8 +33,8 @@ resource "terraform_data" "alerts_trigger_dead_letter" {
     command = "bash '${path.module}/scripts/attach_dead_letter.sh'"
     environment = {
       PROJECT               = var.project_id
-      TRIGGER               = google_cloudfunctions2_function.breach_counter.event_trigger[0].trigger
-      DEAD_LETTER_TOPIC     = google_pubsub_topic.alerts_dead_letter.id
+      TRIGGER               = google_cloudfunctions2_function.function[each.key].event_trigger[0].trigger
+      DEAD_LETTER_TOPIC     = each.value
       MAX_DELIVERY_ATTEMPTS = var.dead_letter_max_delivery_attempts
       PUBSUB_SERVICE_AGENT  = local.pubsub_service_agent
     }
@@ -34,32 +42,8 @@ resource "terraform_data" "alerts_trigger_dead_letter" {
 
   depends_on = [
     google_pubsub_topic_iam_member.alerts_dead_letter_publisher,
-    google_pubsub_subscription.alerts_dead_letter,
-  ]
-}
-
-resource "terraform_data" "rollback_trigger_dead_letter" {
-  count = var.attach_trigger_dead_letter ? 1 : 0
-
-  triggers_replace = [
-    google_cloudfunctions2_function.rollback.event_trigger[0].trigger,
-    google_pubsub_topic.rollback_dead_letter.id,
-    var.dead_letter_max_delivery_attempts,
-  ]
-
-  provisioner "local-exec" {
-    command = "bash '${path.module}/scripts/attach_dead_letter.sh'"
-    environment = {
-      PROJECT               = var.project_id
-      TRIGGER               = google_cloudfunctions2_function.rollback.event_trigger[0].trigger
-      DEAD_LETTER_TOPIC     = google_pubsub_topic.rollback_dead_letter.id
-      MAX_DELIVERY_ATTEMPTS = var.dead_letter_max_delivery_attempts
-      PUBSUB_SERVICE_AGENT  = local.pubsub_service_agent
-    }
-  }
-
-  depends_on = [
     google_pubsub_topic_iam_member.rollback_dead_letter_publisher,
+    google_pubsub_subscription.alerts_dead_letter,
     google_pubsub_subscription.rollback_dead_letter,
   ]
 }

@@ -1,24 +1,128 @@
-# The five 2nd-gen functions. Entry points are the top-level functions of functions/main.py;
-# environment variable names are the contract in shared/config.py (ENV_DEFAULTS,
-# ENV_BY_FUNCTION). CLOUD_RUN_API_ENDPOINT and MONITORING_API_ENDPOINT are for the local
-# stand-ins only and are deliberately never set here: the functions then use Google's APIs.
-# CHAT_WEBHOOK_URL comes from Secret Manager when var.chat_webhook_secret_id is set.
+# The five 2nd-gen functions: one entry each in local.functions, one resource for all of them.
+# Entry points are the top-level functions of functions/main.py; environment variable names
+# are the contract in shared/config.py (ENV_DEFAULTS, ENV_BY_FUNCTION). CLOUD_RUN_API_ENDPOINT
+# and MONITORING_API_ENDPOINT are for the local stand-ins only and are deliberately never set
+# here: the functions then use Google's APIs. CHAT_WEBHOOK_URL comes from Secret Manager when
+# var.chat_webhook_secret_id is set, for the functions with chat_webhook = true.
 
 locals {
   function_labels = { app = "canary-guard" }
+
+  # Key: the function's name in Terraform (google_cloudfunctions2_function.function["KEY"]),
+  # its deployed name (${var.prefix}-KEY with "-" for "_") and its runtime service account
+  # (google_service_account.function["KEY"], iam.tf).
+  #   pubsub_trigger  Pub/Sub topic + the Eventarc trigger's identity; null = HTTP function.
+  #   chat_webhook    gets CHAT_WEBHOOK_URL from Secret Manager (when the secret is set).
+  functions = {
+    # Alert incident (Pub/Sub) -> streak per rule -> rollback request when the limit is reached.
+    breach_counter = {
+      entry_point   = "breach_counter"
+      description   = "canary-guard: counts consecutive breach observations per rule from Cloud Monitoring incidents."
+      memory        = "512Mi"
+      timeout_s     = 60
+      max_instances = 5
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      environment = {
+        GOOGLE_CLOUD_PROJECT = var.project_id
+        CANARY_SERVICES      = local.service_fullname
+        ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
+      }
+      chat_webhook = false
+      pubsub_trigger = {
+        topic           = google_pubsub_topic.alerts.id
+        service_account = google_service_account.caller["alerts_trigger"].email
+      }
+    }
+
+    # Rollback request (Pub/Sub) -> stable revision back to 100 % of the traffic.
+    rollback = {
+      entry_point   = "rollback"
+      description   = "canary-guard: rolls the service back to its stable revision on a rollback request."
+      memory        = "512Mi"
+      timeout_s     = 300
+      max_instances = 2
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      environment = {
+        GOOGLE_CLOUD_PROJECT = var.project_id
+        CANARY_SERVICES      = local.service_fullname
+      }
+      chat_webhook = true
+      pubsub_trigger = {
+        topic           = google_pubsub_topic.rollback.id
+        service_account = google_service_account.caller["rollback_trigger"].email
+      }
+    }
+
+    # On-call, by hand (HTTP, IAM-authenticated) -> the same rollback routine, dry_run possible.
+    # The only function reachable from outside Google's network: the on-call engineer calls it
+    # from a laptop. IAM still admits only var.emergency_rollback_members (iam.tf).
+    emergency_rollback = {
+      entry_point   = "emergency_rollback"
+      description   = "canary-guard: manual emergency rollback (IAM-authenticated HTTP)."
+      memory        = "512Mi"
+      timeout_s     = 300
+      max_instances = 2
+      ingress       = "ALLOW_ALL"
+      environment = {
+        GOOGLE_CLOUD_PROJECT = var.project_id
+        CANARY_SERVICES      = local.service_fullname
+      }
+      chat_webhook   = true
+      pubsub_trigger = null
+    }
+
+    # Cloud Scheduler (policy checkpoint.schedule) -> GO / NO-GO / INCONCLUSIVE -> next step.
+    checkpoint = {
+      entry_point   = "checkpoint"
+      description   = "canary-guard: periodic checkpoint - judges the canary and advances the traffic ramp."
+      memory        = "512Mi"
+      timeout_s     = 120
+      max_instances = 1
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      environment = {
+        GOOGLE_CLOUD_PROJECT = var.project_id
+        CANARY_SERVICES      = local.service_fullname
+        ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
+      }
+      chat_webhook   = true
+      pubsub_trigger = null
+    }
+
+    # Cloud Scheduler (policy load_test.schedule) -> bounded load + rate-limit probe -> results.
+    # FUNCTION_TIMEOUT_S / FUNCTION_MEMORY_MB are its own timeout and memory: it bounds its run by them.
+    load_test = {
+      entry_point   = "load_test"
+      description   = "canary-guard: nightly load test and rate-limit probe of canary and stable."
+      memory        = "${local.load_test_memory_mb}Mi"
+      timeout_s     = local.load_test_timeout_s
+      max_instances = 1
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      environment = {
+        GOOGLE_CLOUD_PROJECT = var.project_id
+        CANARY_SERVICES      = local.service_fullname
+        FUNCTION_TIMEOUT_S   = local.load_test_timeout_s
+        FUNCTION_MEMORY_MB   = local.load_test_memory_mb
+        LOAD_TEST_AUTH       = "id_token"
+      }
+      chat_webhook   = false
+      pubsub_trigger = null
+    }
+  }
 }
 
-# Alert incident (Pub/Sub) -> streak per rule -> rollback request when the limit is reached.
-resource "google_cloudfunctions2_function" "breach_counter" {
+resource "google_cloudfunctions2_function" "function" {
+  #checkov:skip=CKV_GCP_124:Only emergency_rollback allows all ingress: the on-call engineer must reach it from anywhere in an emergency; access is IAM-only (run.invoker for var.emergency_rollback_members, never a public principal). tests/test_terraform.py fails if any other function is not ALLOW_INTERNAL_ONLY.
+  for_each = local.functions
+
   project     = var.project_id
   location    = var.region
-  name        = "${var.prefix}-breach-counter"
-  description = "canary-guard: counts consecutive breach observations per rule from Cloud Monitoring incidents."
+  name        = "${var.prefix}-${replace(each.key, "_", "-")}"
+  description = each.value.description
   labels      = local.function_labels
 
   build_config {
     runtime     = var.python_runtime
-    entry_point = "breach_counter"
+    entry_point = each.value.entry_point
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -28,72 +132,17 @@ resource "google_cloudfunctions2_function" "breach_counter" {
   }
 
   service_config {
-    available_memory               = "512Mi"
-    timeout_seconds                = 60
+    available_memory               = each.value.memory
+    timeout_seconds                = each.value.timeout_s
     min_instance_count             = 0
-    max_instance_count             = 5
-    ingress_settings               = "ALLOW_INTERNAL_ONLY"
+    max_instance_count             = each.value.max_instances
+    ingress_settings               = each.value.ingress
     all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.function["breach_counter"].email
-    environment_variables = {
-      GOOGLE_CLOUD_PROJECT = var.project_id
-      CANARY_SERVICES      = local.service_fullname
-      ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
-    }
-  }
-
-  event_trigger {
-    trigger_region        = var.region
-    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-    pubsub_topic          = google_pubsub_topic.alerts.id
-    retry_policy          = "RETRY_POLICY_RETRY"
-    service_account_email = google_service_account.alerts_trigger.email
-  }
-
-  # Its identity's grants and the database must exist before the first event arrives.
-  depends_on = [
-    google_project_iam_member.function,
-    google_cloud_run_v2_service_iam_member.function_on_target,
-    google_service_account_iam_member.traffic_updater_act_as_target_runtime,
-    google_secret_manager_secret_iam_member.chat_webhook,
-    google_firestore_database.default,
-  ]
-}
-
-# Rollback request (Pub/Sub) -> stable revision back to 100 % of the traffic.
-resource "google_cloudfunctions2_function" "rollback" {
-  project     = var.project_id
-  location    = var.region
-  name        = "${var.prefix}-rollback"
-  description = "canary-guard: rolls the service back to its stable revision on a rollback request."
-  labels      = local.function_labels
-
-  build_config {
-    runtime     = var.python_runtime
-    entry_point = "rollback"
-    source {
-      storage_source {
-        bucket = google_storage_bucket.source.name
-        object = google_storage_bucket_object.source.name
-      }
-    }
-  }
-
-  service_config {
-    available_memory               = "512Mi"
-    timeout_seconds                = 300
-    min_instance_count             = 0
-    max_instance_count             = 2
-    ingress_settings               = "ALLOW_INTERNAL_ONLY"
-    all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.function["rollback"].email
-    environment_variables = {
-      GOOGLE_CLOUD_PROJECT = var.project_id
-      CANARY_SERVICES      = local.service_fullname
-    }
+    service_account_email          = google_service_account.function[each.key].email
+    environment_variables          = each.value.environment
 
     dynamic "secret_environment_variables" {
-      for_each = local.chat_webhook_enabled ? [var.chat_webhook_secret_id] : []
+      for_each = local.chat_webhook_enabled && each.value.chat_webhook ? [var.chat_webhook_secret_id] : []
       content {
         key        = "CHAT_WEBHOOK_URL"
         project_id = var.project_id
@@ -103,167 +152,14 @@ resource "google_cloudfunctions2_function" "rollback" {
     }
   }
 
-  event_trigger {
-    trigger_region        = var.region
-    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-    pubsub_topic          = google_pubsub_topic.rollback.id
-    retry_policy          = "RETRY_POLICY_RETRY"
-    service_account_email = google_service_account.rollback_trigger.email
-  }
-
-  # Its identity's grants and the database must exist before the first event arrives.
-  depends_on = [
-    google_project_iam_member.function,
-    google_cloud_run_v2_service_iam_member.function_on_target,
-    google_service_account_iam_member.traffic_updater_act_as_target_runtime,
-    google_secret_manager_secret_iam_member.chat_webhook,
-    google_firestore_database.default,
-  ]
-}
-
-# On-call, by hand (HTTP, IAM-authenticated) -> the same rollback routine, dry_run possible.
-# The only function reachable from outside Google's network: the on-call engineer calls it
-# from a laptop. IAM still admits only var.emergency_rollback_members (iam.tf).
-resource "google_cloudfunctions2_function" "emergency_rollback" {
-  #checkov:skip=CKV_GCP_124:The on-call engineer must reach it from anywhere in an emergency; access is IAM-only (run.invoker for var.emergency_rollback_members, never a public principal).
-  project     = var.project_id
-  location    = var.region
-  name        = "${var.prefix}-emergency-rollback"
-  description = "canary-guard: manual emergency rollback (IAM-authenticated HTTP)."
-  labels      = local.function_labels
-
-  build_config {
-    runtime     = var.python_runtime
-    entry_point = "emergency_rollback"
-    source {
-      storage_source {
-        bucket = google_storage_bucket.source.name
-        object = google_storage_bucket_object.source.name
-      }
-    }
-  }
-
-  service_config {
-    available_memory               = "512Mi"
-    timeout_seconds                = 300
-    min_instance_count             = 0
-    max_instance_count             = 2
-    ingress_settings               = "ALLOW_ALL"
-    all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.function["emergency_rollback"].email
-    environment_variables = {
-      GOOGLE_CLOUD_PROJECT = var.project_id
-      CANARY_SERVICES      = local.service_fullname
-    }
-
-    dynamic "secret_environment_variables" {
-      for_each = local.chat_webhook_enabled ? [var.chat_webhook_secret_id] : []
-      content {
-        key        = "CHAT_WEBHOOK_URL"
-        project_id = var.project_id
-        secret     = secret_environment_variables.value
-        version    = "latest"
-      }
-    }
-  }
-
-  # Its identity's grants and the database must exist before the first event arrives.
-  depends_on = [
-    google_project_iam_member.function,
-    google_cloud_run_v2_service_iam_member.function_on_target,
-    google_service_account_iam_member.traffic_updater_act_as_target_runtime,
-    google_secret_manager_secret_iam_member.chat_webhook,
-    google_firestore_database.default,
-  ]
-}
-
-# Cloud Scheduler (policy checkpoint.schedule) -> GO / NO-GO / INCONCLUSIVE -> next step.
-resource "google_cloudfunctions2_function" "checkpoint" {
-  project     = var.project_id
-  location    = var.region
-  name        = "${var.prefix}-checkpoint"
-  description = "canary-guard: periodic checkpoint - judges the canary and advances the traffic ramp."
-  labels      = local.function_labels
-
-  build_config {
-    runtime     = var.python_runtime
-    entry_point = "checkpoint"
-    source {
-      storage_source {
-        bucket = google_storage_bucket.source.name
-        object = google_storage_bucket_object.source.name
-      }
-    }
-  }
-
-  service_config {
-    available_memory               = "512Mi"
-    timeout_seconds                = 120
-    min_instance_count             = 0
-    max_instance_count             = 1
-    ingress_settings               = "ALLOW_INTERNAL_ONLY"
-    all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.function["checkpoint"].email
-    environment_variables = {
-      GOOGLE_CLOUD_PROJECT = var.project_id
-      CANARY_SERVICES      = local.service_fullname
-      ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
-    }
-
-    dynamic "secret_environment_variables" {
-      for_each = local.chat_webhook_enabled ? [var.chat_webhook_secret_id] : []
-      content {
-        key        = "CHAT_WEBHOOK_URL"
-        project_id = var.project_id
-        secret     = secret_environment_variables.value
-        version    = "latest"
-      }
-    }
-  }
-
-  # Its identity's grants and the database must exist before the first event arrives.
-  depends_on = [
-    google_project_iam_member.function,
-    google_cloud_run_v2_service_iam_member.function_on_target,
-    google_service_account_iam_member.traffic_updater_act_as_target_runtime,
-    google_secret_manager_secret_iam_member.chat_webhook,
-    google_firestore_database.default,
-  ]
-}
-
-# Cloud Scheduler (policy load_test.schedule) -> bounded load + rate-limit probe -> results.
-resource "google_cloudfunctions2_function" "load_test" {
-  project     = var.project_id
-  location    = var.region
-  name        = "${var.prefix}-load-test"
-  description = "canary-guard: nightly load test and rate-limit probe of canary and stable."
-  labels      = local.function_labels
-
-  build_config {
-    runtime     = var.python_runtime
-    entry_point = "load_test"
-    source {
-      storage_source {
-        bucket = google_storage_bucket.source.name
-        object = google_storage_bucket_object.source.name
-      }
-    }
-  }
-
-  service_config {
-    available_memory               = "${local.load_test_memory_mb}Mi"
-    timeout_seconds                = local.load_test_timeout_s
-    min_instance_count             = 0
-    max_instance_count             = 1
-    ingress_settings               = "ALLOW_INTERNAL_ONLY"
-    all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.function["load_test"].email
-    environment_variables = {
-      GOOGLE_CLOUD_PROJECT = var.project_id
-      CANARY_SERVICES      = local.service_fullname
-      FUNCTION_TIMEOUT_S   = local.load_test_timeout_s
-      FUNCTION_MEMORY_MB   = local.load_test_memory_mb
-      LOAD_TEST_AUTH       = "id_token"
+  dynamic "event_trigger" {
+    for_each = each.value.pubsub_trigger == null ? [] : [each.value.pubsub_trigger]
+    content {
+      trigger_region        = var.region
+      event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+      pubsub_topic          = event_trigger.value.topic
+      retry_policy          = "RETRY_POLICY_RETRY"
+      service_account_email = event_trigger.value.service_account
     }
   }
 

@@ -11,7 +11,30 @@
 # service, nothing at project level.
 
 locals {
-  functions = toset(["breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test"])
+  # The callers of the functions: one identity per Eventarc trigger / Cloud Scheduler job,
+  # each with roles/run.invoker on exactly the one function it calls.
+  callers = {
+    alerts_trigger = {
+      account_id  = "trigger-alerts"
+      description = "Eventarc trigger identity: delivers alert incidents to breach_counter."
+      function    = "breach_counter"
+    }
+    rollback_trigger = {
+      account_id  = "trigger-rollback"
+      description = "Eventarc trigger identity: delivers rollback requests to rollback."
+      function    = "rollback"
+    }
+    checkpoint_scheduler = {
+      account_id  = "sched-checkpoint"
+      description = "Cloud Scheduler OIDC identity: calls the checkpoint function."
+      function    = "checkpoint"
+    }
+    load_test_scheduler = {
+      account_id  = "sched-load-test"
+      description = "Cloud Scheduler OIDC identity: calls the load_test function."
+      function    = "load_test"
+    }
+  }
 
   function_project_roles = {
     breach_counter     = ["roles/datastore.user"]
@@ -34,8 +57,9 @@ locals {
   # Updating a service's traffic deploys it "as" its runtime service account.
   traffic_updaters = toset(["rollback", "emergency_rollback", "checkpoint"])
 
-  # The functions that read CHAT_WEBHOOK_URL (shared/config.py ENV_BY_FUNCTION).
-  chat_notifiers = toset(["rollback", "emergency_rollback", "checkpoint"])
+  # The functions that read CHAT_WEBHOOK_URL (shared/config.py ENV_BY_FUNCTION): chat_webhook
+  # in local.functions (functions.tf).
+  chat_notifiers = toset([for fn, f in local.functions : fn if f.chat_webhook])
 
   function_project_grants = {
     for pair in flatten([
@@ -60,39 +84,14 @@ resource "google_service_account" "function" {
   depends_on = [google_project_service.apis]
 }
 
-# Callers: one identity per trigger / job, each allowed to invoke one function.
-resource "google_service_account" "alerts_trigger" {
+# Callers: one identity per trigger / job (local.callers), each allowed to invoke one function.
+resource "google_service_account" "caller" {
+  for_each = local.callers
+
   project      = var.project_id
-  account_id   = "${var.prefix}-trigger-alerts"
-  display_name = "canary-guard alerts trigger"
-  description  = "Eventarc trigger identity: delivers alert incidents to breach_counter."
-
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_service_account" "rollback_trigger" {
-  project      = var.project_id
-  account_id   = "${var.prefix}-trigger-rollback"
-  display_name = "canary-guard rollback trigger"
-  description  = "Eventarc trigger identity: delivers rollback requests to rollback."
-
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_service_account" "checkpoint_scheduler" {
-  project      = var.project_id
-  account_id   = "${var.prefix}-sched-checkpoint"
-  display_name = "canary-guard checkpoint scheduler"
-  description  = "Cloud Scheduler OIDC identity: calls the checkpoint function."
-
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_service_account" "load_test_scheduler" {
-  project      = var.project_id
-  account_id   = "${var.prefix}-sched-load-test"
-  display_name = "canary-guard load test scheduler"
-  description  = "Cloud Scheduler OIDC identity: calls the load_test function."
+  account_id   = "${var.prefix}-${each.value.account_id}"
+  display_name = "canary-guard ${replace(each.key, "_", " ")}"
+  description  = each.value.description
 
   depends_on = [google_project_service.apis]
 }
@@ -136,36 +135,14 @@ resource "google_secret_manager_secret_iam_member" "chat_webhook" {
 
 # --- Callers: invoker on exactly their function ----------------------------------------
 
-resource "google_cloud_run_v2_service_iam_member" "alerts_trigger_invokes_breach_counter" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.breach_counter.service_config[0].service
-  role     = "roles/run.invoker"
-  member   = google_service_account.alerts_trigger.member
-}
+resource "google_cloud_run_v2_service_iam_member" "caller_invokes_function" {
+  for_each = local.callers
 
-resource "google_cloud_run_v2_service_iam_member" "rollback_trigger_invokes_rollback" {
   project  = var.project_id
   location = var.region
-  name     = google_cloudfunctions2_function.rollback.service_config[0].service
+  name     = google_cloudfunctions2_function.function[each.value.function].service_config[0].service
   role     = "roles/run.invoker"
-  member   = google_service_account.rollback_trigger.member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "checkpoint_scheduler_invokes_checkpoint" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.checkpoint.service_config[0].service
-  role     = "roles/run.invoker"
-  member   = google_service_account.checkpoint_scheduler.member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "load_test_scheduler_invokes_load_test" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.load_test.service_config[0].service
-  role     = "roles/run.invoker"
-  member   = google_service_account.load_test_scheduler.member
+  member   = google_service_account.caller[each.key].member
 }
 
 # Emergency rollback: callable by the listed members and nobody else.
@@ -174,7 +151,7 @@ resource "google_cloud_run_v2_service_iam_member" "oncall_invokes_emergency_roll
 
   project  = var.project_id
   location = var.region
-  name     = google_cloudfunctions2_function.emergency_rollback.service_config[0].service
+  name     = google_cloudfunctions2_function.function["emergency_rollback"].service_config[0].service
   role     = "roles/run.invoker"
   member   = each.value
 }

@@ -1,25 +1,25 @@
 output "emergency_rollback_url" {
   description = "HTTPS endpoint of the emergency_rollback function (IAM-authenticated; callable only by var.emergency_rollback_members)."
-  value       = google_cloudfunctions2_function.emergency_rollback.service_config[0].uri
+  value       = google_cloudfunctions2_function.function["emergency_rollback"].service_config[0].uri
 }
 
 output "emergency_rollback_commands" {
   description = "Copy-paste commands for the on-call engineer: dry run first, then the real rollback."
   value       = <<-EOT
     # Dry run: what would change (nothing is changed).
-    curl -sS -X POST '${google_cloudfunctions2_function.emergency_rollback.service_config[0].uri}' \
+    curl -sS -X POST '${google_cloudfunctions2_function.function["emergency_rollback"].service_config[0].uri}' \
       -H "Authorization: Bearer $(gcloud auth print-identity-token)" \
       -H 'Content-Type: application/json' \
       -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": true}'
 
     # Roll back now (stable revision back to 100 %).
-    curl -sS -X POST '${google_cloudfunctions2_function.emergency_rollback.service_config[0].uri}' \
+    curl -sS -X POST '${google_cloudfunctions2_function.function["emergency_rollback"].service_config[0].uri}' \
       -H "Authorization: Bearer $(gcloud auth print-identity-token)" \
       -H 'Content-Type: application/json' \
       -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": false}'
 
     # The same through gcloud:
-    gcloud functions call ${google_cloudfunctions2_function.emergency_rollback.name} \
+    gcloud functions call ${google_cloudfunctions2_function.function["emergency_rollback"].name} \
       --project=${var.project_id} --region=${var.region} \
       --data='{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": true}'
 
@@ -31,13 +31,7 @@ output "emergency_rollback_commands" {
 
 output "function_urls" {
   description = "HTTPS endpoints of the five functions (only emergency_rollback accepts traffic from outside Google's network)."
-  value = {
-    breach_counter     = google_cloudfunctions2_function.breach_counter.service_config[0].uri
-    rollback           = google_cloudfunctions2_function.rollback.service_config[0].uri
-    emergency_rollback = google_cloudfunctions2_function.emergency_rollback.service_config[0].uri
-    checkpoint         = google_cloudfunctions2_function.checkpoint.service_config[0].uri
-    load_test          = google_cloudfunctions2_function.load_test.service_config[0].uri
-  }
+  value       = { for fn, f in google_cloudfunctions2_function.function : fn => f.service_config[0].uri }
 }
 
 output "alerts_topic" {
@@ -60,12 +54,12 @@ output "dead_letter_subscriptions" {
 
 output "breach_counter_trigger" {
   description = "Eventarc trigger of breach_counter (its Pub/Sub subscription carries the dead-letter policy)."
-  value       = google_cloudfunctions2_function.breach_counter.event_trigger[0].trigger
+  value       = google_cloudfunctions2_function.function["breach_counter"].event_trigger[0].trigger
 }
 
 output "rollback_trigger" {
   description = "Eventarc trigger of rollback (its Pub/Sub subscription carries the dead-letter policy)."
-  value       = google_cloudfunctions2_function.rollback.event_trigger[0].trigger
+  value       = google_cloudfunctions2_function.function["rollback"].event_trigger[0].trigger
 }
 
 output "function_service_accounts" {

@@ -1,66 +1,61 @@
 # Cloud Scheduler: the periodic checkpoint and the nightly load test. Schedules and time
 # zones come from shared/policy.yaml. Each job calls exactly one function with an OIDC token
-# of its own service account, which holds roles/run.invoker on that function only (iam.tf).
+# of its own service account (local.callers), which holds roles/run.invoker on that function
+# only (iam.tf).
 
-resource "google_cloud_scheduler_job" "checkpoint" {
-  project     = var.project_id
-  region      = var.region
-  name        = "${var.prefix}-checkpoint"
-  description = "canary-guard: judge the running canary (GO / NO-GO / INCONCLUSIVE) and advance the ramp."
-  schedule    = local.checkpoint_cfg.schedule
-  time_zone   = local.checkpoint_cfg.time_zone
-  paused      = var.checkpoint_paused
-
-  attempt_deadline = "${google_cloudfunctions2_function.checkpoint.service_config[0].timeout_seconds}s"
-
-  # The next scheduled run is the retry: never stack checkpoints.
-  retry_config {
-    retry_count = 0
-  }
-
-  http_target {
-    http_method = "POST"
-    uri         = google_cloudfunctions2_function.checkpoint.service_config[0].uri
-    headers     = { "Content-Type" = "application/json" }
-    body        = base64encode(jsonencode({ trigger = "cloud-scheduler" }))
-
-    oidc_token {
-      service_account_email = google_service_account.checkpoint_scheduler.email
-      audience              = google_cloudfunctions2_function.checkpoint.service_config[0].uri
+locals {
+  scheduler_jobs = {
+    checkpoint = {
+      function    = "checkpoint"
+      caller      = "checkpoint_scheduler"
+      description = "canary-guard: judge the running canary (GO / NO-GO / INCONCLUSIVE) and advance the ramp."
+      schedule    = local.checkpoint_cfg.schedule
+      time_zone   = local.checkpoint_cfg.time_zone
+      paused      = var.checkpoint_paused
+    }
+    load_test = {
+      function    = "load_test"
+      caller      = "load_test_scheduler"
+      description = "canary-guard: nightly load test and rate-limit probe of canary and stable."
+      schedule    = local.load_test_cfg.schedule
+      time_zone   = local.load_test_cfg.time_zone
+      paused      = var.load_test_paused
     }
   }
-
-  depends_on = [google_cloud_run_v2_service_iam_member.checkpoint_scheduler_invokes_checkpoint]
 }
 
-resource "google_cloud_scheduler_job" "load_test" {
+resource "google_cloud_scheduler_job" "job" {
+  for_each = local.scheduler_jobs
+
   project     = var.project_id
   region      = var.region
-  name        = "${var.prefix}-load-test"
-  description = "canary-guard: nightly load test and rate-limit probe of canary and stable."
-  schedule    = local.load_test_cfg.schedule
-  time_zone   = local.load_test_cfg.time_zone
-  paused      = var.load_test_paused
+  name        = "${var.prefix}-${replace(each.key, "_", "-")}"
+  description = each.value.description
+  schedule    = each.value.schedule
+  time_zone   = each.value.time_zone
+  paused      = each.value.paused
 
-  # Cloud Scheduler allows HTTP attempt deadlines of at most 30 minutes.
-  attempt_deadline = "${min(google_cloudfunctions2_function.load_test.service_config[0].timeout_seconds, 1800)}s"
+  # The function's timeout; Cloud Scheduler allows HTTP attempt deadlines of at most 30
+  # minutes (only load_test's can be longer).
+  attempt_deadline = "${min(google_cloudfunctions2_function.function[each.value.function].service_config[0].timeout_seconds, 1800)}s"
 
-  # A failed load test is a result, not something to re-run under load.
+  # Never retried. checkpoint: the next scheduled run is the retry, never stack checkpoints.
+  # load_test: a failed load test is a result, not something to re-run under load.
   retry_config {
     retry_count = 0
   }
 
   http_target {
     http_method = "POST"
-    uri         = google_cloudfunctions2_function.load_test.service_config[0].uri
+    uri         = google_cloudfunctions2_function.function[each.value.function].service_config[0].uri
     headers     = { "Content-Type" = "application/json" }
     body        = base64encode(jsonencode({ trigger = "cloud-scheduler" }))
 
     oidc_token {
-      service_account_email = google_service_account.load_test_scheduler.email
-      audience              = google_cloudfunctions2_function.load_test.service_config[0].uri
+      service_account_email = google_service_account.caller[each.value.caller].email
+      audience              = google_cloudfunctions2_function.function[each.value.function].service_config[0].uri
     }
   }
 
-  depends_on = [google_cloud_run_v2_service_iam_member.load_test_scheduler_invokes_load_test]
+  depends_on = [google_cloud_run_v2_service_iam_member.caller_invokes_function]
 }

@@ -7,6 +7,13 @@ breach_counter; rollback topic -> rollback; scheduler job -> function with an OI
 that may invoke exactly that function; thresholds taken from the policy file; entry points
 and environment variables matching the functions' contract; least-privilege IAM.
 
+Resources declared with `for_each` over a map in `locals` (the five functions, their callers,
+the scheduler jobs, the dead-letter attachers) are checked instance by instance: `instances`
+evaluates the for_each and the `dynamic` blocks and substitutes each.key / each.value with the
+map's entries as written, so every check sees one body per function with the same references
+a hand-written block would have. What cannot be evaluated offline is left as written, and the
+checks then report the link as missing rather than assume it.
+
 Every `check_*` function takes a `Terraform` (see `load`) and returns a list of problems, an
 empty list meaning the link holds, so a test can both assert a clean tree and prove that a
 cut link is reported.
@@ -14,6 +21,7 @@ cut link is reported.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +77,7 @@ class Terraform:
     locals: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    moved: list[dict[str, Any]] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
 
     def resource(self, rtype: str, name: str) -> dict[str, Any] | None:
@@ -103,6 +112,7 @@ def load(tf_dir: Path) -> Terraform:
             tf.variables.update(_plain(item))
         for item in parsed.get("output", []):
             tf.outputs.update(_plain(item))
+        tf.moved.extend(_plain(item) for item in parsed.get("moved", []))
     return tf
 
 
@@ -182,16 +192,9 @@ def references(value: Any, prefix: str) -> set[str]:
     return found
 
 
-def function_ref(value: Any, attribute: str) -> str | None:
-    """The function NAME in `google_cloudfunctions2_function.NAME.<attribute>`, if that is the value."""
-    m = re.fullmatch(
-        rf"google_cloudfunctions2_function\.([A-Za-z0-9_-]+)\.{re.escape(attribute)}", expr(value)
-    )
-    return m.group(1) if m and is_expr(value) else None
-
-
 def sa_ref(value: Any, attribute: str) -> str | None:
-    """The service account key in google_service_account.NAME.attr or .function["KEY"].attr."""
+    """The service account key in google_service_account.NAME.attr or .NAME["KEY"].attr
+    (returned as NAME or NAME[KEY])."""
     if not is_expr(value):
         return None
     m = re.fullmatch(
@@ -203,8 +206,197 @@ def sa_ref(value: Any, attribute: str) -> str | None:
     return f"{m.group(1)}[{m.group(2)}]" if m.group(2) else m.group(1)
 
 
-def functions(tf: Terraform) -> dict[str, dict[str, Any]]:
-    return tf.of_type("google_cloudfunctions2_function")
+# --- Resource instances: for_each and dynamic blocks expanded --------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One resource instance: a resource without for_each, or one key of its for_each, with
+    each.key / each.value substituted and dynamic blocks turned into the blocks they make."""
+
+    rtype: str
+    name: str
+    key: str | None
+    body: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        """What the checks call it: the for_each key (the names the config itself uses, e.g.
+        "breach_counter"), else the resource name."""
+        return self.name if self.key is None else self.key
+
+    @property
+    def address(self) -> str:
+        """How Terraform refers to it: TYPE.NAME or TYPE.NAME["KEY"]."""
+        return f"{self.rtype}.{self.name}" + ("" if self.key is None else f'["{self.key}"]')
+
+    @property
+    def label(self) -> str:
+        return f"{self.rtype}.{self.name}" + ("" if self.key is None else f"[{self.key}]")
+
+
+# The optional features are switched on when the checks expand for_each / dynamic blocks, so
+# that their wiring is checked too (a CHAT_WEBHOOK_URL secret, the dead-letter attachers).
+CHECK_VARIABLES: dict[str, Any] = {
+    "chat_webhook_secret_id": "canary-guard-chat-webhook",
+    "attach_trigger_dead_letter": True,
+}
+
+
+def instances(tf: Terraform, rtype: str, variables: Mapping[str, Any] | None = None) -> list[Instance]:
+    """Every instance of the resources of type rtype, the for_each and dynamic blocks evaluated
+    with `variables` (default CHECK_VARIABLES, then the variables' defaults).
+
+    A for_each over a map written in `locals` yields one instance per key whose each.value is
+    the entry AS WRITTEN (expressions stay expressions, e.g. "${google_pubsub_topic.alerts.id}"),
+    so the checks see the same references as in a hand-written block. A for_each that cannot be
+    evaluated offline (e.g. over a variable without default) leaves one instance, body as
+    written, key None; so does a dynamic block whose for_each cannot be evaluated."""
+    ev = Evaluator(tf, CHECK_VARIABLES if variables is None else variables)
+    out = []
+    for name, body in tf.of_type(rtype).items():
+        if "for_each" not in body:
+            out.append(Instance(rtype, name, None, _instantiate(body, ev)))
+            continue
+        try:
+            items = ev.for_each(body["for_each"])
+        except Unevaluable:
+            out.append(Instance(rtype, name, None, body))
+            continue
+        rest = {k: v for k, v in body.items() if k != "for_each"}
+        for key, value in items.items():
+            out.append(Instance(rtype, name, key, _instantiate(rest, ev.bind("each", key, value))))
+    return out
+
+
+def by_id(tf: Terraform, rtype: str, variables: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Instance id -> body of every instance of rtype (see Instance.id)."""
+    found: dict[str, dict[str, Any]] = {}
+    for inst in instances(tf, rtype, variables):
+        if inst.id in found:
+            raise ValueError(f"two {rtype} instances are called {inst.id}: the checks cannot tell them apart")
+        found[inst.id] = inst.body
+    return found
+
+
+def _instantiate(node: Any, ev: Evaluator) -> Any:
+    """node with the iterator references of ev's context substituted and dynamic blocks expanded."""
+    if isinstance(node, list):
+        return [_instantiate(v, ev) for v in node]
+    if isinstance(node, str):
+        return _substitute(node, ev)
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k != "dynamic":
+            out[k] = _instantiate(v, ev)
+    for dyn in node.get("dynamic") or []:
+        for label, spec in dyn.items():
+            try:
+                made = _expand_dynamic(spec, label, ev)
+            except Unevaluable:
+                out.setdefault("dynamic", []).append({label: spec})
+                continue
+            out.setdefault(label, []).extend(made)
+    return out
+
+
+def _expand_dynamic(spec: Mapping[str, Any], label: str, ev: Evaluator) -> list[dict[str, Any]]:
+    collection = ev.value(spec.get("for_each"))
+    iterator = expr(spec["iterator"]) if spec.get("iterator") else label
+    content = block(spec, "content") or {}
+    if isinstance(collection, Mapping):
+        items = list(collection.items())
+    elif isinstance(collection, list):
+        items = list(enumerate(collection))
+    elif isinstance(collection, set | frozenset):
+        items = [(v, v) for v in sorted(collection)]
+    else:
+        raise Unevaluable(f"dynamic {label}: for_each is {collection!r}")
+    return [_instantiate(content, ev.bind(iterator, k, v)) for k, v in items]
+
+
+def _substitute(s: str, ev: Evaluator) -> Any:
+    """Replace the iterator references (each.key, each.value.x, <iterator>.value...) of a string.
+
+    `${each.value.x}` alone becomes the entry's value as written (any type); inside a larger
+    expression it becomes that value as HCL text (a string literal quoted), e.g.
+    `function[each.key]` -> `function["rollback"]`."""
+    pattern = ev.context_ref_pattern()
+    if pattern is None or "${" not in s:
+        return s
+    if is_expr(s) and _balanced(s[2:-1]) and pattern.fullmatch(s[2:-1].strip()):
+        return ev.expression(s[2:-1].strip())
+    out, i = [], 0
+    while (start := s.find("${", i)) >= 0:
+        end = _closing(s, start + 2)
+        inner = s[start + 2 : end]
+        out.append(s[i:start])
+        if pattern.fullmatch(inner.strip()):
+            out.append(_as_template_part(ev.expression(inner.strip())))
+        else:
+            out.append("${" + pattern.sub(lambda m: _as_hcl(ev.expression(m.group(0))), inner) + "}")
+        i = end + 1
+    out.append(s[i:])
+    return "".join(out)
+
+
+def _as_hcl(value: Any) -> str:
+    """A value as written, as HCL expression text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float):
+        return _to_str(value)
+    if isinstance(value, str):
+        if is_expr(value) and _balanced(value[2:-1]):
+            inner = value[2:-1].strip()
+            return inner if re.fullmatch(r'[A-Za-z0-9_.\-\["\]]+', inner) else f"({inner})"
+        if "${" not in value:
+            return json.dumps(value)
+    raise Unevaluable(f"{value!r} cannot be written into an expression")
+
+
+def _as_template_part(value: Any) -> str:
+    if isinstance(value, bool | int | float):
+        return _to_str(value)
+    if isinstance(value, str):
+        return value  # a literal, or an expression / template as written: still a template part
+    raise Unevaluable(f"{value!r} cannot be written into a string")
+
+
+def function_instances(tf: Terraform, variables: Mapping[str, Any] | None = None) -> dict[str, Instance]:
+    """Function id (its for_each key, or the resource name) -> instance."""
+    found: dict[str, Instance] = {}
+    for inst in instances(tf, "google_cloudfunctions2_function", variables):
+        if inst.id in found:
+            raise ValueError(f"two functions are called {inst.id}: the checks cannot tell them apart")
+        found[inst.id] = inst
+    return found
+
+
+def functions(tf: Terraform, variables: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Function id -> its body, for_each and dynamic blocks expanded."""
+    return {fid: inst.body for fid, inst in function_instances(tf, variables).items()}
+
+
+def function_ref(tf: Terraform, value: Any, attribute: str) -> str | None:
+    """The id of the function in `google_cloudfunctions2_function.NAME["KEY"].<attribute>` (or
+    `.NAME.<attribute>`), if that is the value. A reference to an instance that does not exist
+    comes back as NAME[KEY], which is no function's id."""
+    if not is_expr(value):
+        return None
+    m = re.fullmatch(
+        rf'google_cloudfunctions2_function\.([A-Za-z0-9_-]+)(?:\["([A-Za-z0-9_-]+)"\])?\.{re.escape(attribute)}',
+        expr(value),
+    )
+    if not m:
+        return None
+    name, key = m.groups()
+    for fid, inst in function_instances(tf).items():
+        if (inst.name, inst.key) == (name, key):
+            return fid
+    return name if key is None else f"{name}[{key}]"
 
 
 def entry_point(fn_body: Mapping[str, Any]) -> str | None:
@@ -213,7 +405,7 @@ def entry_point(fn_body: Mapping[str, Any]) -> str | None:
 
 
 def function_by_entry(tf: Terraform) -> dict[str, str]:
-    """entry point -> Terraform resource name of the function."""
+    """entry point -> id of the function."""
     return {ep: name for name, body in functions(tf).items() if (ep := entry_point(body))}
 
 
@@ -224,31 +416,34 @@ def env_of(fn_body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def secret_env_keys(fn_body: Mapping[str, Any]) -> set[str]:
+    """Keys of the secret_environment_variables blocks (dynamic ones already expanded: one that
+    could not be evaluated provides nothing)."""
     service = block(fn_body, "service_config") or {}
-    keys = {b.get("key") for b in blocks(service, "secret_environment_variables")}
-    for dyn in dynamic_blocks(service, "secret_environment_variables"):
-        content = block(dyn, "content") or {}
-        keys.add(content.get("key"))
-    return {k for k in keys if k}
+    return {k for b in blocks(service, "secret_environment_variables") if (k := b.get("key"))}
 
 
-def invoker_grants(tf: Terraform) -> list[tuple[str, str | None, str]]:
-    """(resource name, invoked function or None, member expression) of every run.invoker grant
+def invoker_grants(tf: Terraform) -> list[tuple[Instance, str | None, str]]:
+    """(instance, invoked function id or None, member expression) of every run.invoker grant
     on a Cloud Run service (a function's underlying service or the target service)."""
     grants = []
-    for name, body in tf.of_type("google_cloud_run_v2_service_iam_member").items():
-        if body.get("role") != "roles/run.invoker":
+    for inst in instances(tf, "google_cloud_run_v2_service_iam_member"):
+        if inst.body.get("role") != "roles/run.invoker":
             continue
-        grants.append(
-            (name, function_ref(body.get("name"), "service_config[0].service"), body.get("member", ""))
-        )
+        invoked = function_ref(tf, inst.body.get("name"), "service_config[0].service")
+        grants.append((inst, invoked, inst.body.get("member", "")))
     return grants
 
 
-# --- A tiny evaluator for locals that read the policy file --------------------------------
+# --- A tiny evaluator: the policy file's numbers, for_each, dynamic blocks -----------------
 
 _MISSING = object()
-_PATH_TOKEN = re.compile(r'\.([A-Za-z_][A-Za-z0-9_-]*)|\["([^"]+)"\]|\[(\d+)\]')
+_TOKEN = re.compile(
+    r'\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<str>"(?:[^"\\]|\\.)*")'
+    r"|(?P<op>==|!=|&&|\|\||[?:!\[\](){},.*=])|(?P<name>[A-Za-z_][A-Za-z0-9_-]*))"
+)
+
+
+_ESCAPES = {"n": "\n", "t": "\t"}
 
 
 class Unevaluable(ValueError):
@@ -256,18 +451,57 @@ class Unevaluable(ValueError):
 
 
 class Evaluator:
-    """Evaluates the subset of HCL the thresholds use: `local.a.b["c"]`, `var.x` (from given
-    values or defaults), numbers, `yamldecode(file("${path.module}/REL"))`, `"${...}s"`
-    templates and `x * N`. Anything else raises Unevaluable: a check that needs a value then
-    reports it instead of guessing."""
+    """Evaluates the subset of HCL the checks need: numbers, strings, true/false/null, lists,
+    objects, `local.a.b["c"]`, `var.x` (from given values or defaults), `path.module`,
+    iterator references (each.key, each.value.x, a dynamic block's <label>.value), `!`, `*`,
+    `==`, `!=`, `&&`, `||`, `c ? a : b`, `"${...}s"` templates and the functions yamldecode,
+    file, toset, tolist, contains, keys, length, min, max. Anything else (a resource attribute,
+    a `for` expression...) raises Unevaluable: a check that needs a value then reports it
+    instead of guessing."""
 
-    def __init__(self, tf: Terraform, variables: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tf: Terraform,
+        variables: Mapping[str, Any] | None = None,
+        context: Mapping[str, Mapping[str, Any]] | None = None,
+        cache: dict[str, Any] | None = None,
+    ) -> None:
         self.tf = tf
         self.variables = dict(variables or {})
-        self._cache: dict[str, Any] = {}
+        self.context = dict(context or {})
+        self._cache: dict[str, Any] = {} if cache is None else cache
+        self._raw_maps = False
+
+    def bind(self, iterator: str, key: Any, value: Any) -> Evaluator:
+        """An evaluator where `<iterator>.key` / `<iterator>.value` are key / value."""
+        return Evaluator(
+            self.tf, self.variables, {**self.context, iterator: {"key": key, "value": value}}, self._cache
+        )
+
+    def context_ref_pattern(self) -> re.Pattern[str] | None:
+        if not self.context:
+            return None
+        names = "|".join(re.escape(n) for n in sorted(self.context, key=len, reverse=True))
+        return re.compile(
+            rf'(?<![A-Za-z0-9_.\-"\]])(?:{names})\.(?:key|value)'
+            r'(?:\.[A-Za-z_][A-Za-z0-9_-]*|\["[^"]*"\]|\[\d+\])*(?![A-Za-z0-9_-])'
+        )
+
+    def for_each(self, raw: Any) -> dict[str, Any]:
+        """key -> each.value of a for_each. A map written in `locals` comes back as written."""
+        self._raw_maps = True
+        try:
+            value = self.value(raw)
+        finally:
+            self._raw_maps = False
+        if isinstance(value, Mapping):
+            return {str(k): v for k, v in value.items()}
+        if isinstance(value, set | frozenset | list) and all(isinstance(v, str) for v in value):
+            return {v: v for v in sorted(value)}
+        raise Unevaluable(f"for_each = {raw!r} is neither a map nor a set of strings")
 
     def value(self, raw: Any) -> Any:
-        if isinstance(raw, bool | int | float):
+        if isinstance(raw, bool | int | float) or raw is None:
             return raw
         if isinstance(raw, dict):
             return {k: self.value(v) for k, v in raw.items()}
@@ -293,27 +527,18 @@ class Evaluator:
         return "".join(out)
 
     def expression(self, text: str) -> Any:
-        text = text.strip()
-        if re.fullmatch(r"-?\d+(\.\d+)?", text):
-            return float(text) if "." in text else int(text)
-        m = re.fullmatch(r"(.+?)\s*\*\s*(\d+)", text)
-        if m:
-            return self.expression(m.group(1)) * int(m.group(2))
-        m = re.fullmatch(r'yamldecode\(file\("\$\{path\.module\}/([^"]+)"\)\)', text)
-        if m:
-            return yaml.safe_load((self.tf.root / m.group(1)).read_text())
-        m = re.fullmatch(r"(local|var)\.([A-Za-z_][A-Za-z0-9_-]*)(.*)", text)
-        if m:
-            kind, name, rest = m.groups()
-            base = self.local(name) if kind == "local" else self.var(name)
-            return _walk(base, rest, text)
-        raise Unevaluable(text)
+        parser = _Parser(self, text)
+        thunk = parser.parse()
+        return thunk()
 
     def local(self, name: str) -> Any:
+        if name not in self.tf.locals:
+            raise Unevaluable(f"local.{name} is not defined")
+        raw = self.tf.locals[name]
+        if self._raw_maps and isinstance(raw, dict):
+            return raw
         if name not in self._cache:
-            if name not in self.tf.locals:
-                raise Unevaluable(f"local.{name} is not defined")
-            self._cache[name] = self.value(self.tf.locals[name])
+            self._cache[name] = self.value(raw)
         return self._cache[name]
 
     def var(self, name: str) -> Any:
@@ -323,6 +548,224 @@ class Evaluator:
         if default is _MISSING:
             raise Unevaluable(f"var.{name} has no default and no value was given")
         return self.value(default) if isinstance(default, str) and "${" in default else default
+
+
+_FUNCTIONS: dict[str, Any] = {
+    "yamldecode": lambda ev, s: yaml.safe_load(s),
+    "file": lambda ev, p: Path(p).read_text(),
+    "toset": lambda ev, xs: set(xs),
+    "tolist": lambda ev, xs: list(xs),
+    "contains": lambda ev, xs, x: x in xs,
+    "keys": lambda ev, m: sorted(m),
+    "length": lambda ev, xs: len(xs),
+    "min": lambda ev, *xs: min(xs),
+    "max": lambda ev, *xs: max(xs),
+}
+
+
+class _Parser:
+    """Recursive descent over one HCL expression; each rule returns a thunk, so that only the
+    taken branch of `c ? a : b` is evaluated."""
+
+    def __init__(self, ev: Evaluator, text: str) -> None:
+        self.ev = ev
+        self.text = text
+        self.tokens: list[tuple[str, str]] = []
+        pos, text = 0, text.strip()
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if not m or m.lastgroup is None:
+                raise Unevaluable(f"{self.text}: cannot read {text[pos:]!r}")
+            self.tokens.append((m.lastgroup, m.group(m.lastgroup)))
+            pos = m.end()
+        self.i = 0
+
+    def parse(self) -> Any:
+        thunk = self._ternary()
+        if self.i != len(self.tokens):
+            raise Unevaluable(f"{self.text}: unexpected {self.tokens[self.i][1]!r}")
+        return thunk
+
+    # -- tokens
+    def _peek(self, value: str | None = None, kind: str | None = None) -> bool:
+        if self.i >= len(self.tokens):
+            return False
+        k, v = self.tokens[self.i]
+        return (value is None or v == value) and (kind is None or k == kind)
+
+    def _take(self, value: str | None = None, kind: str | None = None) -> str:
+        if not self._peek(value, kind):
+            got = self.tokens[self.i][1] if self.i < len(self.tokens) else "the end"
+            raise Unevaluable(f"{self.text}: expected {value or kind}, got {got!r}")
+        self.i += 1
+        return self.tokens[self.i - 1][1]
+
+    # -- rules, loosest first
+    def _ternary(self) -> Any:
+        cond = self._binary(0)
+        if not self._peek("?"):
+            return cond
+        self._take("?")
+        yes = self._ternary()
+        self._take(":")
+        no = self._ternary()
+        return lambda: yes() if _bool(cond(), self.text) else no()
+
+    _LEVELS = (("||",), ("&&",), ("==", "!="), ("*",))
+
+    def _binary(self, level: int) -> Any:
+        if level == len(self._LEVELS):
+            return self._unary()
+        left = self._binary(level + 1)
+        while self.i < len(self.tokens) and self.tokens[self.i] in {("op", o) for o in self._LEVELS[level]}:
+            op = self._take()
+            right = self._binary(level + 1)
+            left = self._combine(op, left, right)
+        return left
+
+    def _combine(self, op: str, left: Any, right: Any) -> Any:
+        text = self.text
+        if op == "||":
+            return lambda: _bool(left(), text) or _bool(right(), text)
+        if op == "&&":
+            return lambda: _bool(left(), text) and _bool(right(), text)
+        if op == "==":
+            return lambda: left() == right()
+        if op == "!=":
+            return lambda: left() != right()
+        return lambda: _number(left(), text) * _number(right(), text)
+
+    def _unary(self) -> Any:
+        if self._peek("!", "op"):
+            self._take()
+            inner = self._unary()
+            return lambda: not _bool(inner(), self.text)
+        return self._postfix()
+
+    def _postfix(self) -> Any:
+        thunk = self._primary()
+        while self._peek(".", "op") or self._peek("[", "op"):
+            if self._take() == ".":
+                name = self._take(kind="name") if not self._peek(kind="num") else self._take(kind="num")
+                thunk = self._step(thunk, lambda name=name: name)
+            else:
+                index = self._ternary()
+                self._take("]")
+                thunk = self._step(thunk, index)
+        return thunk
+
+    def _step(self, base: Any, key: Any) -> Any:
+        text = self.text
+
+        def get() -> Any:
+            node, k = base(), key()
+            if isinstance(node, Mapping) and isinstance(k, str) and k in node:
+                return node[k]
+            index = int(k) if isinstance(k, int | str) and str(k).isdigit() else None
+            if isinstance(node, list) and index is not None and index < len(node):
+                return node[index]
+            raise Unevaluable(f"{text}: no {k!r} in {type(node).__name__}")
+
+        return get
+
+    def _primary(self) -> Any:
+        if self.i >= len(self.tokens):
+            raise Unevaluable(f"{self.text}: unexpected end")
+        kind, tok = self.tokens[self.i]
+        if kind == "num":
+            self.i += 1
+            number = float(tok) if "." in tok else int(tok)
+            return lambda: number
+        if kind == "str":
+            self.i += 1
+            literal = re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), tok[1:-1])
+            return lambda: self.ev.template(literal) if "${" in literal else literal
+        if tok == "(":
+            self._take("(")
+            inner = self._ternary()
+            self._take(")")
+            return inner
+        if tok == "[":
+            return self._list()
+        if tok == "{":
+            return self._object()
+        if kind != "name":
+            raise Unevaluable(f"{self.text}: unexpected {tok!r}")
+        self.i += 1
+        if tok in ("true", "false", "null"):
+            constant = {"true": True, "false": False, "null": None}[tok]
+            return lambda: constant
+        if self._peek("(", "op"):
+            return self._call(tok)
+        return self._root(tok)
+
+    def _list(self) -> Any:
+        self._take("[")
+        items = []
+        while not self._peek("]"):
+            items.append(self._ternary())
+            if not self._peek("]"):
+                self._take(",")
+        self._take("]")
+        return lambda: [item() for item in items]
+
+    def _object(self) -> Any:
+        self._take("{")
+        entries = []
+        while not self._peek("}"):
+            kind, tok = self.tokens[self.i]
+            if kind not in ("name", "str"):
+                raise Unevaluable(f"{self.text}: object key {tok!r}")
+            self.i += 1
+            key = tok[1:-1] if kind == "str" else tok
+            if not (self._peek("=") or self._peek(":")):
+                raise Unevaluable(f"{self.text}: expected = after {key}")
+            self.i += 1
+            entries.append((key, self._ternary()))
+            if self._peek(","):
+                self._take(",")
+        self._take("}")
+        return lambda: {k: v() for k, v in entries}
+
+    def _call(self, name: str) -> Any:
+        if name not in _FUNCTIONS:
+            raise Unevaluable(f"{self.text}: function {name}() is not evaluated offline")
+        self._take("(")
+        args = []
+        while not self._peek(")"):
+            args.append(self._ternary())
+            if not self._peek(")"):
+                self._take(",")
+        self._take(")")
+        fn = _FUNCTIONS[name]
+        return lambda: fn(self.ev, *(a() for a in args))
+
+    def _root(self, name: str) -> Any:
+        ev = self.ev
+        if name in ("local", "var"):
+            self._take(".")
+            attr = self._take(kind="name")
+            return (lambda: ev.local(attr)) if name == "local" else (lambda: ev.var(attr))
+        if name == "path":
+            self._take(".")
+            if self._take(kind="name") != "module":
+                raise Unevaluable(f"{self.text}: only path.module is known")
+            return lambda: str(ev.tf.root)
+        if name in ev.context:
+            return lambda: ev.context[name]
+        raise Unevaluable(f"{self.text}: {name} is not a local, a variable or an iterator")
+
+
+def _bool(value: Any, text: str) -> bool:
+    if not isinstance(value, bool):
+        raise Unevaluable(f"{text}: {value!r} is not a bool")
+    return value
+
+
+def _number(value: Any, text: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unevaluable(f"{text}: {value!r} is not a number")
+    return value
 
 
 def _balanced(inner: str) -> bool:
@@ -355,27 +798,6 @@ def _closing(raw: str, i: int) -> int:
                 return i
         i += 1
     raise Unevaluable(raw)
-
-
-def _walk(base: Any, rest: str, text: str) -> Any:
-    pos = 0
-    node = base
-    while pos < len(rest):
-        m = _PATH_TOKEN.match(rest, pos)
-        if not m:
-            raise Unevaluable(text)
-        key = m.group(1) or m.group(2)
-        if key is not None:
-            if not isinstance(node, Mapping) or key not in node:
-                raise Unevaluable(f"{text}: no {key!r}")
-            node = node[key]
-        else:
-            index = int(m.group(3))
-            if not isinstance(node, list) or index >= len(node):
-                raise Unevaluable(text)
-            node = node[index]
-        pos = m.end()
-    return node
 
 
 def _to_str(value: Any) -> str:
@@ -557,8 +979,8 @@ def _hard_coded_numbers(tf: Terraform) -> list[str]:
                 walk(v, f"{where}[{i}]")
 
     for rtype in owned_types:
-        for name, body in tf.of_type(rtype).items():
-            walk(body, f"{rtype}.{name}")
+        for inst in instances(tf, rtype):
+            walk(inst.body, inst.label)
     return problems
 
 
@@ -695,7 +1117,7 @@ def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
     terraform_data runs the attach script for exactly that trigger and a dead-letter topic
     that has a subscription and lets Pub/Sub's service agent publish."""
     problems: list[str] = []
-    attachers = tf.of_type("terraform_data")
+    attachers = instances(tf, "terraform_data")
     if not PUBSUB_AGENT_RE.match(str(tf.locals.get("pubsub_service_agent", ""))):
         problems.append("local.pubsub_service_agent is not the gcp-sa-pubsub service agent")
     text = script.read_text() if script.is_file() else ""
@@ -710,30 +1132,31 @@ def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
     ):
         if needle not in text:
             problems.append(f"{script.name} does not contain {needle!r}")
-    for name, body in functions(tf).items():
+    for name, inst in function_instances(tf).items():
+        body = inst.body
         if not block(body, "event_trigger"):
             continue
-        trigger_expr = f"${{google_cloudfunctions2_function.{name}.event_trigger[0].trigger}}"
+        trigger_expr = f"${{{inst.address}.event_trigger[0].trigger}}"
         mine = []
-        for aname, attacher in attachers.items():
-            for prov in blocks(attacher, "provisioner"):  # provisioner "local-exec" { ... }
+        for attacher in attachers:
+            for prov in blocks(attacher.body, "provisioner"):  # provisioner "local-exec" { ... }
                 local_exec = prov.get("local-exec")
                 if not isinstance(local_exec, dict):
                     continue
                 env = local_exec.get("environment") or {}
                 if env.get("TRIGGER") == trigger_expr:
-                    mine.append((aname, attacher, local_exec, env))
+                    mine.append((attacher.label, attacher.body, local_exec, env))
         if len(mine) != 1:
             problems.append(f"function {name}: {len(mine)} dead-letter attachers for its trigger, expected 1")
             continue
         aname, attacher, local_exec, env = mine[0]
         if "scripts/attach_dead_letter.sh" not in str(local_exec.get("command", "")):
-            problems.append(f"terraform_data.{aname} does not run scripts/attach_dead_letter.sh")
+            problems.append(f"{aname} does not run scripts/attach_dead_letter.sh")
         if trigger_expr not in (attacher.get("triggers_replace") or []):
-            problems.append(f"terraform_data.{aname} is not re-run when {name}'s trigger changes")
+            problems.append(f"{aname} is not re-run when {name}'s trigger changes")
         dlq = references(env.get("DEAD_LETTER_TOPIC"), "google_pubsub_topic")
         if len(dlq) != 1:
-            problems.append(f"terraform_data.{aname}: DEAD_LETTER_TOPIC is not one google_pubsub_topic")
+            problems.append(f"{aname}: DEAD_LETTER_TOPIC is not one google_pubsub_topic")
             continue
         dlq_topic = next(iter(dlq))
         trigger_topic = references(
@@ -742,7 +1165,7 @@ def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
         if {dlq_topic} == trigger_topic:
             problems.append(f"function {name}: dead-letter topic is its own trigger topic")
         if env.get("PUBSUB_SERVICE_AGENT") != "${local.pubsub_service_agent}":
-            problems.append(f"terraform_data.{aname}: PUBSUB_SERVICE_AGENT is not local.pubsub_service_agent")
+            problems.append(f"{aname}: PUBSUB_SERVICE_AGENT is not local.pubsub_service_agent")
         if not any(
             references(s.get("topic"), "google_pubsub_topic") == {dlq_topic}
             for s in tf.of_type("google_pubsub_subscription").values()
@@ -765,7 +1188,7 @@ def check_scheduler_jobs(tf: Terraform, expected: Mapping[str, str]) -> list[str
     function's URI with an OIDC token (audience = that URI) of a service account that holds
     run.invoker on exactly that function; schedule and time zone from the policy file."""
     problems: list[str] = []
-    jobs = tf.of_type("google_cloud_scheduler_job")
+    jobs = by_id(tf, "google_cloud_scheduler_job")
     by_entry = function_by_entry(tf)
     grants = invoker_grants(tf)
     if set(jobs) != set(expected):
@@ -779,13 +1202,13 @@ def check_scheduler_jobs(tf: Terraform, expected: Mapping[str, str]) -> list[str
         if not target:
             problems.append(f"job {job_name} has no http_target")
             continue
-        if function_ref(target.get("uri"), "service_config[0].uri") != fn:
+        if function_ref(tf, target.get("uri"), "service_config[0].uri") != fn:
             problems.append(f"job {job_name} does not call function {fn} (uri = {target.get('uri')!r})")
         oidc = block(target, "oidc_token")
         if not oidc:
             problems.append(f"job {job_name} sends no OIDC token")
             continue
-        if function_ref(oidc.get("audience"), "service_config[0].uri") != fn:
+        if function_ref(tf, oidc.get("audience"), "service_config[0].uri") != fn:
             problems.append(f"job {job_name}: OIDC audience is not function {fn}'s URI")
         sa = sa_ref(oidc.get("service_account_email"), "email")
         if sa is None:
@@ -1006,7 +1429,7 @@ def check_function_identities(tf: Terraform) -> list[str]:
         trigger = block(body, "event_trigger")
         if trigger and (sa := sa_ref(trigger.get("service_account_email"), "email")):
             callers.add(sa)
-    for job in tf.of_type("google_cloud_scheduler_job").values():
+    for job in by_id(tf, "google_cloud_scheduler_job").values():
         oidc = block(block(job, "http_target"), "oidc_token")
         if oidc and (sa := sa_ref(oidc.get("service_account_email"), "email")):
             callers.add(sa)
@@ -1033,21 +1456,17 @@ def check_emergency_access(tf: Terraform) -> list[str]:
     fn = function_by_entry(tf).get("emergency_rollback")
     if fn is None:
         return ["no function with entry point emergency_rollback"]
-    grants = [
-        (rname, tf.of_type("google_cloud_run_v2_service_iam_member")[rname])
-        for rname, invoked, _ in invoker_grants(tf)
-        if invoked == fn
-    ]
+    grants = [inst for inst, invoked, _ in invoker_grants(tf) if invoked == fn]
     if not grants:
         problems.append("nobody may invoke emergency_rollback")
-    for rname, body in grants:
+    for inst in grants:
         if (
-            body.get("for_each") != "${toset(var.emergency_rollback_members)}"
-            or body.get("member") != "${each.value}"
+            inst.key is not None
+            or inst.body.get("for_each") != "${toset(var.emergency_rollback_members)}"
+            or inst.body.get("member") != "${each.value}"
         ):
             problems.append(
-                f"google_cloud_run_v2_service_iam_member.{rname}: emergency_rollback invoker "
-                "not taken from var.emergency_rollback_members"
+                f"{inst.label}: emergency_rollback invoker not taken from var.emergency_rollback_members"
             )
     variable = tf.variables.get("emergency_rollback_members", {})
     if "default" in variable:
@@ -1075,4 +1494,32 @@ def check_variables_documented(tf: Terraform, must_validate: Iterable[str]) -> l
     for name, body in tf.outputs.items():
         if not body.get("description"):
             problems.append(f"output {name} has no description")
+    return problems
+
+
+_ADDRESS = re.compile(r'([a-z0-9_]+)\.([A-Za-z0-9_-]+)(?:\["([^"]+)"\]|\[(\d+)\])?')
+
+
+def check_moved(tf: Terraform) -> list[str]:
+    """`moved` blocks (state kept across renames): each goes from a resource that is no longer
+    declared to an instance that is, and no address is moved twice."""
+    problems: list[str] = []
+    seen_from: set[str] = set()
+    seen_to: set[str] = set()
+    for mv in tf.moved:
+        src, dst = expr(mv.get("from")), expr(mv.get("to"))
+        m_src, m_dst = _ADDRESS.fullmatch(src), _ADDRESS.fullmatch(dst)
+        if not m_src or not m_dst:
+            problems.append(f"moved {src} -> {dst}: not resource instance addresses")
+            continue
+        if src in seen_from or dst in seen_to:
+            problems.append(f"moved {src} -> {dst}: an address is moved twice")
+        seen_from.add(src)
+        seen_to.add(dst)
+        src_type, src_name = m_src.group(1), m_src.group(2)
+        if src_name != m_dst.group(2) and tf.resource(src_type, src_name) is not None:
+            problems.append(f"moved {src} -> {dst}: {src_type}.{src_name} is still declared")
+        dst_type, dst_name, dst_key = m_dst.group(1), m_dst.group(2), m_dst.group(3)
+        if not any((i.name, i.key) == (dst_name, dst_key) for i in instances(tf, dst_type)):
+            problems.append(f"moved {src} -> {dst}: {dst} is not a declared instance")
     return problems

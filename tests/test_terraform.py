@@ -117,6 +117,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "identities": tc.check_function_identities(t),
         "emergency": tc.check_emergency_access(t),
         "variables": tc.check_variables_documented(t, VALIDATED_VARIABLES),
+        "moved": tc.check_moved(t),
     }
 
 
@@ -294,14 +295,22 @@ def _copy_tree(tmp_path: Path) -> Path:
     return dest
 
 
-def _cut(tmp_path: Path, filename: str, block: str | None, old: str, new: str) -> tc.Terraform:
-    """Replace `old` (exactly once) inside the top-level block whose header starts with
-    `block` (e.g. 'resource "google_monitoring_alert_policy" "memory"'), or in the file."""
+def _cut(
+    tmp_path: Path, filename: str, block: str | tuple[str, str] | None, old: str, new: str
+) -> tc.Terraform:
+    """Replace `old` (exactly once) inside the top-level block whose header is `block` (e.g.
+    'resource "google_monitoring_alert_policy" "memory"'), or inside one entry of a map in a
+    `locals` block (`(local name, entry)`, e.g. ("functions", "rollback")), or in the file."""
     copy = _copy_tree(tmp_path)
     path = copy / "terraform" / filename
     text = path.read_text()
     start, end = 0, len(text)
-    if block is not None:
+    if isinstance(block, tuple):
+        local, entry = block
+        start = text.index(f"\n  {local} = {{\n")
+        start = text.index(f"\n    {entry} = {{\n", start) + 1
+        end = text.index("\n    }\n", start) + 7  # the entry's closing brace
+    elif block is not None:
         start = text.index(f"\n{block} {{\n") + 1
         end = text.index("\n}\n", start) + 3  # the block's closing brace, in column 0
     segment = text[start:end]
@@ -315,9 +324,26 @@ def _res(rtype: str, name: str) -> str:
 
 
 POLICY = "google_monitoring_alert_policy"
-FUNCTION = "google_cloudfunctions2_function"
 RUN_IAM = "google_cloud_run_v2_service_iam_member"
+FUNCTIONS = _res("google_cloudfunctions2_function", "function")
+SCHEDULER_JOBS_RESOURCE = _res("google_cloud_scheduler_job", "job")
 EMERGENCY_INVOKERS = _res(RUN_IAM, "oncall_invokes_emergency_rollback")
+
+
+def _fn(key: str) -> tuple[str, str]:
+    """The entry of one function in local.functions (functions.tf)."""
+    return ("functions", key)
+
+
+def _caller(key: str) -> tuple[str, str]:
+    """The entry of one caller identity in local.callers (iam.tf)."""
+    return ("callers", key)
+
+
+def _job(key: str) -> tuple[str, str]:
+    """The entry of one Cloud Scheduler job in local.scheduler_jobs (scheduler.tf)."""
+    return ("scheduler_jobs", key)
+
 
 # (file, block, old, new, check that must report it, words of the report)
 CUTS = [
@@ -341,7 +367,7 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "breach_counter"),
+        _fn("breach_counter"),
         "google_pubsub_topic.alerts.id",
         "google_pubsub_topic.alerts_dead_letter.id",
         "alert_chain",
@@ -350,17 +376,17 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "rollback"),
-        "pubsub_topic          = google_pubsub_topic.rollback.id",
-        "pubsub_topic          = google_pubsub_topic.alerts.id",
+        _fn("rollback"),
+        "topic           = google_pubsub_topic.rollback.id",
+        "topic           = google_pubsub_topic.alerts.id",
         "rollback_chain",
         "rollback is triggered by ['alerts']",
         id="rollback-trigger-on-wrong-topic",
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "breach_counter"),
-        "      ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name\n",
+        _fn("breach_counter"),
+        "        ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name\n",
         "",
         "environment",
         "ROLLBACK_TOPIC is read but not set",
@@ -377,7 +403,7 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "rollback"),
+        FUNCTIONS,
         '"RETRY_POLICY_RETRY"',
         '"RETRY_POLICY_DO_NOT_RETRY"',
         "pubsub_triggers",
@@ -386,9 +412,9 @@ CUTS = [
     ),
     pytest.param(
         "iam.tf",
-        _res(RUN_IAM, "alerts_trigger_invokes_breach_counter"),
-        "google_cloudfunctions2_function.breach_counter.",
-        "google_cloudfunctions2_function.rollback.",
+        _caller("alerts_trigger"),
+        'function    = "breach_counter"',
+        'function    = "rollback"',
         "pubsub_triggers",
         "not exactly ['breach_counter']",
         id="alerts-trigger-invokes-wrong-function",
@@ -405,8 +431,8 @@ CUTS = [
     pytest.param(
         "dead_letter.tf",
         None,
-        "TRIGGER               = google_cloudfunctions2_function.rollback.",
-        "TRIGGER               = google_cloudfunctions2_function.breach_counter.",
+        "TRIGGER               = google_cloudfunctions2_function.function[each.key].",
+        'TRIGGER               = google_cloudfunctions2_function.function["breach_counter"].',
         "dead_letters",
         "function rollback: 0 dead-letter attachers",
         id="dead-letter-attached-to-wrong-trigger",
@@ -422,10 +448,11 @@ CUTS = [
     ),
     pytest.param(
         "scheduler.tf",
-        _res("google_cloud_scheduler_job", "checkpoint"),
+        SCHEDULER_JOBS_RESOURCE,
         "    oidc_token {\n"
-        "      service_account_email = google_service_account.checkpoint_scheduler.email\n"
-        "      audience              = google_cloudfunctions2_function.checkpoint.service_config[0].uri\n"
+        "      service_account_email = google_service_account.caller[each.value.caller].email\n"
+        "      audience              = google_cloudfunctions2_function.function[each.value.function]"
+        ".service_config[0].uri\n"
         "    }\n",
         "",
         "scheduler",
@@ -434,25 +461,25 @@ CUTS = [
     ),
     pytest.param(
         "scheduler.tf",
-        _res("google_cloud_scheduler_job", "load_test"),
-        "uri         = google_cloudfunctions2_function.load_test.",
-        "uri         = google_cloudfunctions2_function.checkpoint.",
+        SCHEDULER_JOBS_RESOURCE,
+        "uri         = google_cloudfunctions2_function.function[each.value.function].",
+        'uri         = google_cloudfunctions2_function.function["checkpoint"].',
         "scheduler",
         "job load_test does not call function load_test",
         id="scheduler-calls-wrong-function",
     ),
     pytest.param(
         "iam.tf",
-        _res(RUN_IAM, "checkpoint_scheduler_invokes_checkpoint"),
-        "google_cloudfunctions2_function.checkpoint.",
-        "google_cloudfunctions2_function.load_test.",
+        _caller("checkpoint_scheduler"),
+        'function    = "checkpoint"',
+        'function    = "load_test"',
         "scheduler",
-        "job checkpoint (checkpoint_scheduler) may invoke ['load_test']",
+        "job checkpoint (caller[checkpoint_scheduler]) may invoke ['load_test']",
         id="scheduler-identity-invokes-wrong-function",
     ),
     pytest.param(
         "scheduler.tf",
-        _res("google_cloud_scheduler_job", "load_test"),
+        _job("load_test"),
         "local.load_test_cfg.schedule",
         '"0 3 * * *"',
         "thresholds",
@@ -488,16 +515,16 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "checkpoint"),
-        'entry_point = "checkpoint"',
-        'entry_point = "check_point"',
+        _fn("checkpoint"),
+        'entry_point   = "checkpoint"',
+        'entry_point   = "check_point"',
         "entry_points",
         "'check_point' is not a top-level function",
         id="entry-point-typo",
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "load_test"),
+        _fn("load_test"),
         "FUNCTION_TIMEOUT_S   = local.load_test_timeout_s",
         "FUNCTION_TIMEOUT_S   = 300",
         "load_test_limits",
@@ -506,9 +533,10 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "rollback"),
-        "      CANARY_SERVICES      = local.service_fullname\n",
-        '      CANARY_SERVICES      = local.service_fullname\n      CLOUD_RUN_API_ENDPOINT = "http://127.0.0.1:8090"\n',
+        _fn("rollback"),
+        "        CANARY_SERVICES      = local.service_fullname\n",
+        "        CANARY_SERVICES      = local.service_fullname\n"
+        '        CLOUD_RUN_API_ENDPOINT = "http://127.0.0.1:8090"\n',
         "environment",
         "CLOUD_RUN_API_ENDPOINT is for the local stand-ins only",
         id="local-stand-in-endpoint-set",
@@ -551,9 +579,9 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _res(FUNCTION, "load_test"),
-        'function["load_test"].email',
-        'function["checkpoint"].email',
+        FUNCTIONS,
+        "google_service_account.function[each.key].email",
+        'google_service_account.function["checkpoint"].email',
         "identities",
         "share service account",
         id="functions-share-an-identity",
@@ -567,6 +595,93 @@ CUTS = [
         "the archive's main.py is not functions/main.py",
         id="main-py-not-at-archive-root",
     ),
+    # The per-function map: one entry wrong is reported for that function.
+    pytest.param(
+        "functions.tf",
+        _fn("checkpoint"),
+        'ingress       = "ALLOW_INTERNAL_ONLY"',
+        'ingress       = "ALLOW_ALL"',
+        "emergency",
+        "function checkpoint: ingress_settings 'ALLOW_ALL', expected ALLOW_INTERNAL_ONLY",
+        id="second-function-open-to-the-internet",
+    ),
+    pytest.param(
+        "functions.tf",
+        _fn("rollback"),
+        "chat_webhook = true",
+        "chat_webhook = false",
+        "environment",
+        "function rollback: CHAT_WEBHOOK_URL is read but no secret_environment_variables provides it",
+        id="chat-webhook-secret-dropped",
+    ),
+    pytest.param(
+        "functions.tf",
+        _fn("breach_counter"),
+        "chat_webhook = false",
+        "chat_webhook = true",
+        "environment",
+        "function breach_counter: sets CHAT_WEBHOOK_URL, which breach_counter does not read",
+        id="chat-webhook-secret-for-a-function-that-does-not-read-it",
+    ),
+    pytest.param(
+        "functions.tf",
+        _fn("rollback"),
+        "      pubsub_trigger = {\n"
+        "        topic           = google_pubsub_topic.rollback.id\n"
+        '        service_account = google_service_account.caller["rollback_trigger"].email\n'
+        "      }\n",
+        "      pubsub_trigger = null\n",
+        "rollback_chain",
+        "rollback is triggered by []",
+        id="rollback-without-trigger",
+    ),
+    pytest.param(
+        "functions.tf",
+        _fn("breach_counter"),
+        'google_service_account.caller["alerts_trigger"].email',
+        'google_service_account.caller["rollback_trigger"].email',
+        "pubsub_triggers",
+        "trigger of breach_counter (caller[rollback_trigger]) may invoke ['rollback'], "
+        "not exactly ['breach_counter']",
+        id="trigger-runs-as-another-caller",
+    ),
+    pytest.param(
+        "functions.tf",
+        FUNCTIONS,
+        "entry_point = each.value.entry_point",
+        'entry_point = "rollback"',
+        "entry_points",
+        "no function deployed for entry point(s) "
+        "['breach_counter', 'checkpoint', 'emergency_rollback', 'load_test']",
+        id="every-function-built-with-one-entry-point",
+    ),
+    pytest.param(
+        "scheduler.tf",
+        _job("checkpoint"),
+        'caller      = "checkpoint_scheduler"',
+        'caller      = "alerts_trigger"',
+        "scheduler",
+        "job checkpoint (caller[alerts_trigger]) may invoke ['breach_counter']",
+        id="scheduler-job-with-another-callers-identity",
+    ),
+    pytest.param(
+        "dead_letter.tf",
+        None,
+        "for_each = var.attach_trigger_dead_letter ? local.trigger_dead_letter_topics : {}",
+        "for_each = var.attach_trigger_dead_letter ? {} : local.trigger_dead_letter_topics",
+        "dead_letters",
+        "function breach_counter: 0 dead-letter attachers",
+        id="dead-letters-never-attached",
+    ),
+    pytest.param(
+        "moved.tf",
+        None,
+        'to   = google_cloudfunctions2_function.function["load_test"]',
+        'to   = google_cloudfunctions2_function.function["load-test"]',
+        "moved",
+        'function["load-test"] is not a declared instance',
+        id="state-moved-to-a-missing-instance",
+    ),
 ]
 
 
@@ -577,6 +692,33 @@ def test_cutting_a_link_is_reported(tmp_path, policy, filename, block, old, new,
     assert any(expected in p for p in problems[check]), (
         f"{check} did not report {expected!r}: {problems[check]}"
     )
+
+
+def test_optional_features_switch_their_instances_off(tf):
+    """The checks expand for_each / dynamic blocks with the optional features on
+    (tc.CHECK_VARIABLES); switched off, the same expressions make nothing."""
+    on = tc.functions(tf)
+    assert {fn for fn, body in on.items() if tc.secret_env_keys(body)} == {
+        "rollback",
+        "emergency_rollback",
+        "checkpoint",
+    }
+    assert {i.key for i in tc.instances(tf, "terraform_data")} == {"breach_counter", "rollback"}
+    off = {"chat_webhook_secret_id": "", "attach_trigger_dead_letter": False}
+    assert all(not tc.secret_env_keys(body) for body in tc.functions(tf, off).values())
+    assert tc.instances(tf, "terraform_data", off) == []
+
+
+def test_one_function_resource_and_one_entry_per_function(tf):
+    assert list(tf.of_type("google_cloudfunctions2_function")) == ["function"]
+    assert set(tf.locals["functions"]) == set(EXPECTED_ENTRY_POINTS)
+    assert {fn: tc.entry_point(body) for fn, body in tc.functions(tf).items()} == {
+        entry: entry for entry in EXPECTED_ENTRY_POINTS
+    }
+
+
+def test_moved_blocks_keep_the_deployed_state(tf):
+    assert tc.check_moved(tf) == []
 
 
 def test_untouched_tree_passes_every_check(policy, tf):
