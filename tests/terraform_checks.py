@@ -77,7 +77,6 @@ class Terraform:
     locals: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    moved: list[dict[str, Any]] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
 
     def resource(self, rtype: str, name: str) -> dict[str, Any] | None:
@@ -112,7 +111,6 @@ def load(tf_dir: Path) -> Terraform:
             tf.variables.update(_plain(item))
         for item in parsed.get("output", []):
             tf.outputs.update(_plain(item))
-        tf.moved.extend(_plain(item) for item in parsed.get("moved", []))
     return tf
 
 
@@ -1498,28 +1496,3 @@ def check_variables_documented(tf: Terraform, must_validate: Iterable[str]) -> l
 
 
 _ADDRESS = re.compile(r'([a-z0-9_]+)\.([A-Za-z0-9_-]+)(?:\["([^"]+)"\]|\[(\d+)\])?')
-
-
-def check_moved(tf: Terraform) -> list[str]:
-    """`moved` blocks (state kept across renames): each goes from a resource that is no longer
-    declared to an instance that is, and no address is moved twice."""
-    problems: list[str] = []
-    seen_from: set[str] = set()
-    seen_to: set[str] = set()
-    for mv in tf.moved:
-        src, dst = expr(mv.get("from")), expr(mv.get("to"))
-        m_src, m_dst = _ADDRESS.fullmatch(src), _ADDRESS.fullmatch(dst)
-        if not m_src or not m_dst:
-            problems.append(f"moved {src} -> {dst}: not resource instance addresses")
-            continue
-        if src in seen_from or dst in seen_to:
-            problems.append(f"moved {src} -> {dst}: an address is moved twice")
-        seen_from.add(src)
-        seen_to.add(dst)
-        src_type, src_name = m_src.group(1), m_src.group(2)
-        if src_name != m_dst.group(2) and tf.resource(src_type, src_name) is not None:
-            problems.append(f"moved {src} -> {dst}: {src_type}.{src_name} is still declared")
-        dst_type, dst_name, dst_key = m_dst.group(1), m_dst.group(2), m_dst.group(3)
-        if not any((i.name, i.key) == (dst_name, dst_key) for i in instances(tf, dst_type)):
-            problems.append(f"moved {src} -> {dst}: {dst} is not a declared instance")
-    return problems

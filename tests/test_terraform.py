@@ -117,7 +117,6 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "identities": tc.check_function_identities(t),
         "emergency": tc.check_emergency_access(t),
         "variables": tc.check_variables_documented(t, VALIDATED_VARIABLES),
-        "moved": tc.check_moved(t),
     }
 
 
@@ -673,15 +672,6 @@ CUTS = [
         "function breach_counter: 0 dead-letter attachers",
         id="dead-letters-never-attached",
     ),
-    pytest.param(
-        "moved.tf",
-        None,
-        'to   = google_cloudfunctions2_function.function["load_test"]',
-        'to   = google_cloudfunctions2_function.function["load-test"]',
-        "moved",
-        'function["load-test"] is not a declared instance',
-        id="state-moved-to-a-missing-instance",
-    ),
 ]
 
 
@@ -715,10 +705,6 @@ def test_one_function_resource_and_one_entry_per_function(tf):
     assert {fn: tc.entry_point(body) for fn, body in tc.functions(tf).items()} == {
         entry: entry for entry in EXPECTED_ENTRY_POINTS
     }
-
-
-def test_moved_blocks_keep_the_deployed_state(tf):
-    assert tc.check_moved(tf) == []
 
 
 def test_untouched_tree_passes_every_check(policy, tf):
