@@ -1493,6 +1493,3 @@ def check_variables_documented(tf: Terraform, must_validate: Iterable[str]) -> l
         if not body.get("description"):
             problems.append(f"output {name} has no description")
     return problems
-
-
-_ADDRESS = re.compile(r'([a-z0-9_]+)\.([A-Za-z0-9_-]+)(?:\["([^"]+)"\]|\[(\d+)\])?')
