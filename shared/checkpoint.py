@@ -48,7 +48,7 @@ def _minute(moment: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class StepResult:
-    status: str  # "changed" | "aborted" | "unchanged"
+    status: str  # "changed" | "aborted"
     message: str
     before: list[dict[str, Any]]
     after: list[dict[str, Any]]

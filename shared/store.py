@@ -22,6 +22,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.core import (
+    IGNORED,
     Kind,
     Observation,
     Outcome,
@@ -388,7 +389,7 @@ class RolloutStore:
             return None
         decision: StreakDecision = result["decision"]
         rollout = result["rollout"]
-        if decision.outcome not in (Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING):
+        if decision.outcome not in IGNORED:  # the streaks changed: read them back
             rollout = self.get(rid) or rollout
         return decision, rollout
 
