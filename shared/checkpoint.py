@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 from shared.breach import observe, publish_pending_rollback
 from shared.config import ServiceRef, Settings
 from shared.core import Observation, Outcome, Phase
-from shared.judge import Judgement, RampState, StepAction, judge, next_step, rule_observations
+from shared.judge import (
+    Judgement,
+    RampState,
+    StepAction,
+    judge,
+    next_step,
+    rollback_redrive_due,
+    rule_observations,
+)
 from shared.logs import Report, log
 from shared.policy import Policy
 from shared.store import Rollout, rollout_id
@@ -286,16 +294,32 @@ def _checkpoint_service(
         )
     if rollout is None:
         return Report("INFO", f"{service.service}: no canary", service=service.name, action="none")
-    if rollout.rollback_pending or rollout.phase is Phase.ROLLING_BACK:
-        # A rollback that was requested but not published, or that failed half-way: drive it
-        # again every checkpoint until the rollback function finishes it.
+    if (rollout.rollback_requested and rollout.phase is Phase.RUNNING) or rollout.phase is Phase.ROLLING_BACK:
+        # A rollback that was requested but has not finished (never published, dead-lettered,
+        # or failed half-way): re-send it, with backoff, until the rollback function finishes it.
+        due = rollback_redrive_due(
+            unpublished=rollout.rollback_pending,
+            published_at=rollout.rollback_published_at,
+            redrive_count=rollout.redrive_count,
+            redrive_at=rollout.redrive_at,
+            now=now,
+        )
+        if not due:
+            return Report(
+                "INFO",
+                f"{service.service}: waiting for the rollback of {rollout.canary_revision}",
+                rollout=rollout.id,
+                action="rollback_awaited",
+            )
         message_id = _redrive_rollback(rollout, settings=settings, clients=clients)
+        clients.store.record_redrive(rollout.id, message_id, at=now)
+        message = (
+            f"{service.service}: rollback of {rollout.canary_revision} not finished; request re-sent "
+            f"(attempt {rollout.redrive_count + 1})"
+        )
+        clients.notifier.send(f"canary-guard: {message}")
         return Report(
-            "WARNING",
-            f"{service.service}: rollback of {rollout.canary_revision} still pending; request re-sent",
-            rollout=rollout.id,
-            action="rollback_redriven",
-            rollback_message_id=message_id,
+            "WARNING", message, rollout=rollout.id, action="rollback_redriven", rollback_message_id=message_id
         )
     if rollout.phase is not Phase.RUNNING:
         return Report(

@@ -181,3 +181,27 @@ def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy)
         policy.ramp.index(target),
         target.percent,
     )
+
+
+REDRIVE_FIRST_WAIT = timedelta(minutes=5)  # the rollback function's own retries come first
+REDRIVE_MAX_WAIT = timedelta(minutes=60)
+
+
+def rollback_redrive_due(
+    *,
+    unpublished: bool,
+    published_at: datetime | None,
+    redrive_count: int,
+    redrive_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Whether a checkpoint should re-send a requested rollback that has not finished: at once
+    when it was never published, else with exponential backoff (5, 10, 20, 40, 60, 60 ... min)
+    so a rollback Cloud Run keeps refusing is retried for ever but never floods Pub/Sub."""
+    if unpublished:
+        return True
+    last = redrive_at or published_at
+    if last is None:
+        return True
+    wait = min(REDRIVE_FIRST_WAIT * 2**redrive_count, REDRIVE_MAX_WAIT)
+    return now - last >= wait

@@ -123,7 +123,9 @@ def execute_rollback(
         "canary_revision": rollout.canary_revision,
         "stable_revision": rollout.stable_revision,
     }
-    if rollout.phase is Phase.SUPERSEDED:
+    # A request aimed at one canary moves only that canary's share (a newer canary keeps its own).
+    only = rollout.canary_revision if request.canary_revision else None
+    if rollout.phase is Phase.SUPERSEDED and not (only and current.percent_of(only)):
         return RollbackResult(
             "superseded",
             f"canary {rollout.canary_revision} was superseded by a newer canary; nothing rolled back",
@@ -139,7 +141,7 @@ def execute_rollback(
             Phase.ROLLED_BACK,
             "rolled_back",
             {"message": f"canary {rollout.canary_revision} has no traffic left", "reason": request.reason},
-            only_from={Phase.ROLLING_BACK},
+            only_from={Phase.RUNNING, Phase.ROLLING_BACK},
         )
         return RollbackResult(
             "already_rolled_back",
@@ -147,7 +149,7 @@ def execute_rollback(
             after=current.as_dicts(),
             **base,
         )
-    plan = plan_rollback(current, rollout.stable_revision)
+    plan = plan_rollback(current, rollout.stable_revision, only)
     if request.dry_run:
         after = _targets(plan) if plan is not None else current.as_dicts()
         verb = "would move" if plan is not None else "would not change:"
@@ -174,7 +176,7 @@ def execute_rollback(
     )
     # Re-plan on every attempt: a conflicting writer may have changed the split meanwhile.
     before, after = traffic_client.update_traffic(
-        service.name, lambda live: plan_rollback(live, rollout.stable_revision)
+        service.name, lambda live: plan_rollback(live, rollout.stable_revision, only)
     )
     message = (
         f"rolled back {service.service}: {rollout.stable_revision} 100%, canary {rollout.canary_revision} 0%"
@@ -191,7 +193,7 @@ def execute_rollback(
             "after": after.as_dicts(),
             **who,
         },
-        only_from=ROLLBACK_FROM | {Phase.ROLLED_BACK},
+        only_from=ROLLBACK_FROM | {Phase.ROLLED_BACK, Phase.SUPERSEDED},
     )
     if notifier is not None:
         cause = f"{request.rule} streak" if request.rule else request.reason

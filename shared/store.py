@@ -106,6 +106,9 @@ class Rollout:
     rollback_requested: bool = False
     rollback_request: Mapping[str, Any] | None = None
     rollback_published: bool = False
+    rollback_published_at: datetime | None = None
+    redrive_count: int = 0  # how often checkpoints re-sent an unfinished rollback
+    redrive_at: datetime | None = None
     last_verdict: Mapping[str, Any] | None = None
     last_load_test: Mapping[str, Any] | None = None
     last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
@@ -139,6 +142,9 @@ class Rollout:
             rollback_requested=bool(data.get("rollback_requested", False)),
             rollback_request=data.get("rollback_request"),
             rollback_published=bool(data.get("rollback_published", False)),
+            rollback_published_at=_plain(data.get("rollback_published_at")),
+            redrive_count=int(data.get("redrive_count", 0)),
+            redrive_at=_plain(data.get("redrive_at")),
             last_verdict=data.get("last_verdict"),
             last_load_test=data.get("last_load_test"),
             last_notified={
@@ -394,8 +400,25 @@ class RolloutStore:
         return decision, rollout
 
     def mark_rollback_published(self, rid: str, message_id: str) -> None:
+        now = _now()
         self._rollout_ref(rid).update(
-            {"rollback_published": True, "rollback_message_id": message_id, "updated_at": _now()}
+            {
+                "rollback_published": True,
+                "rollback_message_id": message_id,
+                "rollback_published_at": now,
+                "updated_at": now,
+            }
+        )
+
+    def record_redrive(self, rid: str, message_id: str, *, at: datetime) -> None:
+        """A checkpoint re-sent an unfinished rollback (its count drives the backoff)."""
+        self._rollout_ref(rid).update(
+            {"redrive_count": firestore.Increment(1), "redrive_at": at, "updated_at": _now()}
+        )
+        self.record(
+            rid,
+            "rollback_redriven",
+            {"message": "rollback not finished: request re-sent", "message_id": message_id},
         )
 
     def set_phase(

@@ -94,10 +94,14 @@ def _split(current: ServiceTraffic, shares: dict[str, int], move_tags: dict[str,
     return [t for t in targets if t.percent > 0 or t.tag]
 
 
-def plan_rollback(current: ServiceTraffic, stable_revision: str | None) -> list[TrafficSplit] | None:
+def plan_rollback(
+    current: ServiceTraffic, stable_revision: str | None, only_revision: str | None = None
+) -> list[TrafficSplit] | None:
     """Stable gets 100 %; every other revision 0 %, keeping its tag so the canary stays reachable.
 
-    Without a known stable revision it is inferred from the live split. None: already there.
+    With `only_revision` (a rollback aimed at one canary) only that revision's share moves to
+    stable: a newer canary that appeared meanwhile keeps its own. Without a known stable
+    revision it is inferred from the live split. None: already there.
     """
     stable = stable_revision
     if not stable:
@@ -105,7 +109,13 @@ def plan_rollback(current: ServiceTraffic, stable_revision: str | None) -> list[
         if split is None:
             raise TrafficPlanError(f"{current.service} has no live canary and no known stable revision")
         stable = split.stable_revision
-    wanted = _split(current, {stable: 100}, {})
+    if only_revision is None:
+        shares = {stable: 100}
+    else:
+        shares = _shares(current.targets)
+        moved = shares.pop(only_revision, 0)
+        shares[stable] = shares.get(stable, 0) + moved
+    wanted = _split(current, shares, {})
     return None if _same_split(current, wanted) else wanted
 
 

@@ -192,8 +192,8 @@ def test_bad_canary_is_rolled_back_by_checkpoints_alone(
             if n < 2:
                 again = check(clients, settings, now + timedelta(minutes=1))[CANARY]
                 assert again.fields["observations"]["error_rate"] == "duplicate"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and live(cloudrun) != {"shop-00001": 100}:
+        deadline = time.monotonic() + 20  # the rollback function records ROLLED_BACK after the write
+        while time.monotonic() < deadline and clients.store.get(CANARY).phase is not Phase.ROLLED_BACK:
             time.sleep(0.1)
         assert live(cloudrun) == {"shop-00001": 100}
         rollout = clients.store.get(CANARY)
@@ -464,3 +464,44 @@ def test_an_unfinished_rollback_is_redriven_by_the_checkpoint(clients, settings,
     pulled = subscriber.pull(subscription=sub, max_messages=5, timeout=10).received_messages
     assert [json.loads(m.message.data)["canary_revision"] for m in pulled] == ["shop-00002"]
     subscriber.delete_subscription(subscription=sub)
+
+
+def test_a_published_rollback_that_never_finished_is_resent_with_backoff(clients, settings, cloudrun):
+    """The request was published but never executed (e.g. dead-lettered): checkpoints re-send it
+    5 min after the publish, then back off (10 min), and never leave the canary serving."""
+    deploy_canary(cloudrun)
+    rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    from shared.core import Kind, Observation
+
+    obs = Observation("canary_down", Kind.BREACH, datetime.now(UTC), "down-1", "alert")
+    clients.store.apply_observation(
+        rollout.id,
+        obs,
+        {"canary_down": 1},
+        {"service": SHOP, "reason": "down", "canary_revision": "shop-00002"},
+    )
+    clients.store.mark_rollback_published(rollout.id, "m-1")
+    published = clients.store.get(rollout.id).rollback_published_at
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = f"projects/{PROJECT}/topics/{ROLLBACK_TOPIC}"
+    with contextlib.suppress(gexc.AlreadyExists):
+        pubsub_v1.PublisherClient().create_topic(name=topic)
+    sub = subscriber.subscription_path(PROJECT, f"backoff-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=topic)
+    try:
+        actions = [
+            check(clients, settings, published + timedelta(minutes=m))[CANARY].fields["action"]
+            for m in (1, 5, 6, 14, 15)
+        ]
+        assert actions == [
+            "rollback_awaited",
+            "rollback_redriven",
+            "rollback_awaited",
+            "rollback_awaited",
+            "rollback_redriven",
+        ]
+        pulled = subscriber.pull(subscription=sub, max_messages=10, timeout=10).received_messages
+        assert [json.loads(m.message.data)["canary_revision"] for m in pulled] == ["shop-00002"] * 2
+        assert clients.store.get(rollout.id).redrive_count == 2
+    finally:
+        subscriber.delete_subscription(subscription=sub)

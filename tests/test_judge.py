@@ -725,3 +725,24 @@ def test_verdict_properties(requests, error_rate, latency, memory, cpu):
     assert any(kind is Kind.BREACH for kind, _ in observed.values()) == any(
         values[rule] > rollback_bars[rule] for rule in observable
     )
+
+
+def test_rollback_redrive_backs_off_but_never_gives_up():
+    from shared.judge import rollback_redrive_due
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def due(
+        count: int, minutes_since: float, *, unpublished: bool = False, last: datetime | None = t0
+    ) -> bool:
+        now = t0 + timedelta(minutes=minutes_since)
+        return rollback_redrive_due(
+            unpublished=unpublished, published_at=last, redrive_count=count, redrive_at=None, now=now
+        )
+
+    assert due(0, 0, unpublished=True)  # never published: at once
+    assert due(0, 0, last=None)  # a rollback that failed half-way with no request on record
+    assert not due(0, 4.9) and due(0, 5)  # first re-send 5 min after the publish
+    assert not due(1, 9.9) and due(1, 10)
+    assert not due(3, 39.9) and due(3, 40)
+    assert not due(10, 59.9) and due(10, 60)  # capped at an hour, for ever

@@ -271,3 +271,25 @@ def test_permission_refusal_answers_502_saying_what_to_fix(functions, store, sho
     assert response.status_code == 502
     assert "permissions" in response.json()["error"]
     assert live(shop) == BEFORE
+
+
+def test_a_superseded_canary_still_serving_has_only_its_share_rolled_back(functions, store, shop):
+    """Canary A tripped, but B took the `canary` tag before the rollback ran and A kept an
+    untagged 5 %: the request for A moves A's share to stable and leaves B alone."""
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    shop.put_service(
+        SHOP,
+        ["shop-00001", "shop-00002", "shop-00003"],
+        [
+            {"revision": "shop-00001", "percent": 85},
+            {"revision": "shop-00002", "percent": 5},
+            {"revision": "shop-00003", "percent": 10, "tag": "canary"},
+        ],
+    )
+    store.register(SHOP, "shop-00003", "shop-00001", canary_percent=10, started_by="test")
+    assert store.get(CANARY).phase is Phase.SUPERSEDED
+    body = {"service": SHOP, "canary_revision": "shop-00002", "reason": "error_rate", "requested_by": "x"}
+    message_id, response = publish_request(functions["rollback"], body)
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
+    assert live(shop) == {"shop-00001": 90, "shop-00003": 10}  # A had no tag: its entry goes

@@ -294,3 +294,13 @@ def test_property_canary_share_plans_sum_to_100_with_unique_tags(current, canary
     assert [t.revision for t in wanted if t.tag == CANARY_TAG] == [canary]
     if plan is not None:
         assert plan_canary_share(ServiceTraffic(SERVICE, tuple(plan)), canary, stable, percent) is None
+
+
+def test_rollback_aimed_at_one_canary_moves_only_its_share():
+    live = ServiceTraffic(
+        SERVICE,
+        (TrafficSplit("a", 85), TrafficSplit("b", 5), TrafficSplit("c", 10, "canary")),
+    )
+    plan = plan_rollback(live, "a", only_revision="b")
+    assert {(t.revision, t.percent, t.tag) for t in plan} == {("a", 90, ""), ("c", 10, "canary")}
+    assert plan_rollback(live, "a", only_revision="d") is None  # serves nothing: nothing to move
