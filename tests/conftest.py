@@ -3,12 +3,17 @@ stand-in, and the functions served by functions-framework as separate processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
 
 from infra.localstack import (
     ALERTS_TOPIC,
@@ -93,6 +98,36 @@ def function_env(emulators: Emulators, cloudrun_session: object) -> dict[str, st
         "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
         "CLOUD_RUN_API_ENDPOINT": cloudrun_session.url,
     }
+
+
+@pytest.fixture
+def rollback_requests(emulators):
+    """A pull subscription on the rollback topic: what the breach counter / checkpoint published."""
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, ROLLBACK_TOPIC)
+    with contextlib.suppress(gexc.AlreadyExists):
+        publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(PROJECT, f"test-pull-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=topic)
+
+    def pull(expect_at_least: int = 0, timeout_s: float = 10) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            response = subscriber.pull(subscription=sub, max_messages=50, timeout=5)
+            for received in response.received_messages:
+                got.append(json.loads(received.message.data))
+            if response.received_messages:
+                subscriber.acknowledge(
+                    subscription=sub, ack_ids=[r.ack_id for r in response.received_messages]
+                )
+            if len(got) >= expect_at_least and not response.received_messages:
+                break
+        return got
+
+    yield pull
+    subscriber.delete_subscription(subscription=sub)
 
 
 class ServedFunction:

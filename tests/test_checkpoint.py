@@ -4,7 +4,6 @@ the advance/rollback race, holds, freezes, and the chat notifications."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -15,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 import yaml
-from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, serve_function, wire_push
@@ -442,7 +440,7 @@ def test_a_step_in_flight_stops_at_a_pause(clients, cloudrun):
     assert manual.status == "changed" and live(cloudrun)["shop-00002"] == 10
 
 
-def test_an_unfinished_rollback_is_redriven_by_the_checkpoint(clients, settings, cloudrun, emulators):
+def test_an_unfinished_rollback_is_redriven_by_the_checkpoint(clients, settings, cloudrun, rollback_requests):
     """A rollback that failed half-way (Cloud Run kept refusing) stays ROLLING_BACK; every
     checkpoint re-sends the request until the rollback function finishes it."""
     deploy_canary(cloudrun)
@@ -453,20 +451,14 @@ def test_an_unfinished_rollback_is_redriven_by_the_checkpoint(clients, settings,
             request, SERVICE_REF, mode="manual", store=clients.store, traffic_client=clients.traffic
         )
     assert clients.store.get(CANARY).phase is Phase.ROLLING_BACK
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = f"projects/{PROJECT}/topics/{ROLLBACK_TOPIC}"
-    with contextlib.suppress(gexc.AlreadyExists):
-        pubsub_v1.PublisherClient().create_topic(name=topic)
-    sub = subscriber.subscription_path(PROJECT, f"redrive-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=sub, topic=topic)
     report = check(clients, settings, datetime.now(UTC))[CANARY]
     assert report.fields["action"] == "rollback_redriven"
-    pulled = subscriber.pull(subscription=sub, max_messages=5, timeout=10).received_messages
-    assert [json.loads(m.message.data)["canary_revision"] for m in pulled] == ["shop-00002"]
-    subscriber.delete_subscription(subscription=sub)
+    assert [r["canary_revision"] for r in rollback_requests(expect_at_least=1)] == ["shop-00002"]
 
 
-def test_a_published_rollback_that_never_finished_is_resent_with_backoff(clients, settings, cloudrun):
+def test_a_published_rollback_that_never_finished_is_resent_with_backoff(
+    clients, settings, cloudrun, rollback_requests
+):
     """The request was published but never executed (e.g. dead-lettered): checkpoints re-send it
     5 min after the publish, then back off (10 min), and never leave the canary serving."""
     deploy_canary(cloudrun)
@@ -482,26 +474,16 @@ def test_a_published_rollback_that_never_finished_is_resent_with_backoff(clients
     )
     clients.store.mark_rollback_published(rollout.id, "m-1")
     published = clients.store.get(rollout.id).rollback_published_at
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = f"projects/{PROJECT}/topics/{ROLLBACK_TOPIC}"
-    with contextlib.suppress(gexc.AlreadyExists):
-        pubsub_v1.PublisherClient().create_topic(name=topic)
-    sub = subscriber.subscription_path(PROJECT, f"backoff-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=sub, topic=topic)
-    try:
-        actions = [
-            check(clients, settings, published + timedelta(minutes=m))[CANARY].fields["action"]
-            for m in (1, 5, 6, 14, 15)
-        ]
-        assert actions == [
-            "rollback_awaited",
-            "rollback_redriven",
-            "rollback_awaited",
-            "rollback_awaited",
-            "rollback_redriven",
-        ]
-        pulled = subscriber.pull(subscription=sub, max_messages=10, timeout=10).received_messages
-        assert [json.loads(m.message.data)["canary_revision"] for m in pulled] == ["shop-00002"] * 2
-        assert clients.store.get(rollout.id).redrive_count == 2
-    finally:
-        subscriber.delete_subscription(subscription=sub)
+    actions = [
+        check(clients, settings, published + timedelta(minutes=m))[CANARY].fields["action"]
+        for m in (1, 5, 6, 14, 15)
+    ]
+    assert actions == [
+        "rollback_awaited",
+        "rollback_redriven",
+        "rollback_awaited",
+        "rollback_awaited",
+        "rollback_redriven",
+    ]
+    assert [r["canary_revision"] for r in rollback_requests(expect_at_least=2)] == ["shop-00002"] * 2
+    assert clients.store.get(rollout.id).redrive_count == 2

@@ -3,7 +3,6 @@ by functions-framework, real Pub/Sub and Firestore emulators, the Cloud Run stan
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -15,7 +14,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from infra.localstack import ALERTS_TOPIC, PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
+from infra.localstack import ALERTS_TOPIC, PROJECT, push_endpoint, wire_push
 from shared.core import Phase
 from shared.store import RolloutStore, rollout_id
 from tests.conftest import FOREIGN, LOCATION, SHOP, deploy_canary
@@ -78,40 +77,6 @@ def canary(cloudrun) -> str:
     """shop: stable shop-00001 at 95 %, canary shop-00002 at 5 % tagged `canary`."""
     deploy_canary(cloudrun)
     return rollout_id(SHOP, "shop-00002")
-
-
-@pytest.fixture
-def rollback_requests(emulators):
-    """A pull subscription on the rollback topic, to see what the breach counter published."""
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(PROJECT, ROLLBACK_TOPIC)
-    with contextlib.suppress(gexc.AlreadyExists):
-        publisher.create_topic(name=topic)
-    sub = subscriber.subscription_path(PROJECT, f"test-pull-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=sub, topic=topic)
-
-    def pull(expect_at_least: int = 0, timeout_s: float = 10) -> list[dict]:
-        got: list[dict] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            response = subscriber.pull(subscription=sub, max_messages=50, timeout=5)
-            for received in response.received_messages:
-                got.append(json.loads(received.message.data))
-            if response.received_messages:
-                subscriber.acknowledge(
-                    subscription=sub, ack_ids=[r.ack_id for r in response.received_messages]
-                )
-            if len(got) >= expect_at_least and not response.received_messages:
-                break
-        return got
-
-    yield pull
-    subscriber.delete_subscription(subscription=sub)
-
-
-def traffic_of(cloudrun, service: str = SHOP) -> dict[str, int]:
-    return {t.get("revision", ""): t.get("percent", 0) for t in cloudrun.service(service).get("traffic", [])}
 
 
 def test_third_error_rate_breach_requests_one_rollback(functions, store, canary, rollback_requests):
