@@ -28,11 +28,11 @@ def rule_limits(policy: Policy) -> dict[str, int]:
     return {rule: spec.consecutive for rule, spec in policy.rollback_rules.items()}
 
 
-def rollback_request_for(rollout: Rollout, obs: Observation) -> dict[str, Any]:
+def rollback_request_for(service_name: str, canary_revision: str, obs: Observation) -> dict[str, Any]:
     """The message the rollback function receives (same JSON as the emergency HTTP body)."""
     return {
-        "service": rollout.service,
-        "canary_revision": rollout.canary_revision,
+        "service": service_name,
+        "canary_revision": canary_revision,
         "reason": f"{obs.rule} breached its consecutive limit ({obs.source})",
         "requested_by": "canary-guard/breach_counter" if obs.source == "alert" else "canary-guard/checkpoint",
         "rule": obs.rule,
@@ -56,14 +56,14 @@ def publish_pending_rollback(
 
 
 def observe(
-    rollout: Rollout, obs: Observation, *, policy: Policy, store: RolloutStore
+    service_name: str, canary_revision: str, obs: Observation, *, policy: Policy, store: RolloutStore
 ) -> tuple[Outcome, Rollout, str] | None:
-    """Apply one observation to a known rollout. None: the rollout document vanished."""
+    """Apply one observation to the rollout of this canary. None: there is no such rollout."""
     applied = store.apply_observation(
-        rollout.id,
+        rollout_id(service_name, canary_revision),
         obs,
         rule_limits(policy),
-        rollback_request_for(rollout, obs),
+        rollback_request_for(service_name, canary_revision, obs),
         same_incident_gap=timedelta(seconds=policy.alerting.renotify_interval_s / 2),
     )
     if applied is None:
@@ -102,8 +102,9 @@ def handle_alert(
         "observation": obs.kind.value,
     }
     revision = alert.revision
-    rollout = store.get(rollout_id(service.name, revision)) if revision else None
-    if rollout is None:
+    # The warm path is one Firestore transaction: the rollout is read inside it.
+    observed = observe(service.name, revision, obs, policy=policy, store=store) if revision else None
+    if observed is None:
         # First event for this revision (or one naming no revision): learn the rollout from the
         # live service. The Cloud Run client is built only here, so a warm path never pays for it.
         split = discover_canary(traffic_client().get(service.name))
@@ -118,17 +119,16 @@ def handle_alert(
                 outcome="not_canary",
                 **fields,
             )
-        rollout = store.get(rollout_id(service.name, revision)) or store.register(
+        store.register(
             service.name,
             split.canary_revision,
             split.stable_revision,
             canary_percent=split.canary_percent,
             started_by="discovered from the live service",
         )
-
-    observed = observe(rollout, obs, policy=policy, store=store)
-    if observed is None:
-        raise RuntimeError(f"rollout {rollout.id} disappeared while applying {obs.event_id}")
+        observed = observe(service.name, revision, obs, policy=policy, store=store)
+        if observed is None:
+            raise RuntimeError(f"rollout of {revision} disappeared while applying {obs.event_id}")
     outcome, rollout, reason = observed
     message_id = publish_pending_rollback(rollout, store, publisher, settings.rollback_topic)
     streak = rollout.streaks.get(obs.rule)

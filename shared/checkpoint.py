@@ -157,7 +157,7 @@ def checkpoint_rollout(
             source="checkpoint",
             detail=detail,
         )
-        applied = observe(rollout, obs, policy=policy, store=clients.store)
+        applied = observe(rollout.service, rollout.canary_revision, obs, policy=policy, store=clients.store)
         if applied is None:
             raise RuntimeError(f"rollout {rollout.id} disappeared during its checkpoint")
         outcome, rollout, _reason = applied

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -390,13 +390,20 @@ class RolloutStore:
             self._transact(rid, txn_body)
         except gexc.Conflict:
             # The marker was created by a concurrent delivery after our read: that one applied it.
-            return self.apply_observation(rid, obs, limits, rollback_request)
+            return self.apply_observation(rid, obs, limits, rollback_request, same_incident_gap)
         if not result:
             return None
         decision: StreakDecision = result["decision"]
-        rollout = result["rollout"]
-        if decision.outcome not in IGNORED:  # the streaks changed: read them back
-            rollout = self.get(rid) or rollout
+        rollout: Rollout = result["rollout"]
+        if decision.outcome not in IGNORED:  # what the transaction wrote, without reading it back
+            rollout = replace(
+                rollout,
+                streaks=decision.state.streaks,
+                rollback_requested=decision.state.rollback_requested,
+                rollback_request=dict(rollback_request)
+                if decision.request_rollback
+                else rollout.rollback_request,
+            )
         return decision, rollout
 
     def mark_rollback_published(self, rid: str, message_id: str) -> None:

@@ -135,7 +135,7 @@ def breach(store: RolloutStore, n: int, rule: str = "error_rate") -> None:
             event_id=f"cli-test-{rule}-{i}",
             source="alert",
         )
-        assert observe(rollout, obs, policy=policy, store=store) is not None
+        assert observe(rollout.service, rollout.canary_revision, obs, policy=policy, store=store) is not None
 
 
 def load_canary_series(monitoring: MonitoringStandin, canary: str = "shop-00002") -> None:
