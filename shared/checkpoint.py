@@ -366,7 +366,8 @@ def handle_checkpoint(
     now: datetime | None = None,
 ) -> tuple[Report, int]:
     """The HTTP adapter's core: 400/403 on a bad body, 503 when Cloud Run or Monitoring kept
-    failing for some service (Cloud Scheduler retries), 200 with one entry per rollout otherwise."""
+    failing for some service (the next scheduled run tries again), 200 with one entry per
+    rollout otherwise."""
     only = None
     if body not in (None, {}):
         if not isinstance(body, dict) or set(body) - {"service"} or not isinstance(body.get("service"), str):
@@ -387,7 +388,8 @@ def handle_checkpoint(
     summary = "; ".join(report.message for report in reports) or "no watched service"
     rollouts = [report.as_dict() for report in reports]
     if any(report.severity == "ERROR" for report in reports):
-        # 503: Cloud Scheduler retries; observations are deduplicated per checkpoint minute.
+        # 503: the failure shows in Cloud Scheduler; the next run (a minute later) tries again,
+        # and observations are deduplicated per window, so nothing counts twice.
         return Report("ERROR", summary, rollouts=rollouts, outcome="partial_failure"), 503
     severity = "NOTICE" if any(report.severity == "NOTICE" for report in reports) else "INFO"
     return Report(severity, summary, rollouts=rollouts, outcome="checked"), 200
