@@ -167,6 +167,7 @@ def serve_function(target: str, port: int, env: Mapping[str, str], log_dir: Path
     try:
         wait_http(f"http://127.0.0.1:{port}/", timeout_s=60, process=process.popen)
     except (RuntimeError, TimeoutError) as exc:
+        process.stop()  # never leave a half-started function behind
         raise RuntimeError(f"{target} did not start: {exc}\n{process.log_tail()}") from None
     return process
 
