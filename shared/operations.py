@@ -15,7 +15,7 @@ from shared.judge import judge, step_for_percent
 from shared.policy import Policy
 from shared.rollback import execute_rollback
 from shared.store import Rollout, RolloutConflict, rollout_id
-from shared.traffic import plan_canary_share
+from shared.traffic import plan_canary_share, shares_by_revision
 
 if TYPE_CHECKING:
     from shared.checkpoint import Clients
@@ -51,11 +51,9 @@ class Operations:
         if not 0 < percent < 100:
             raise OperationError(f"--percent must be between 1 and 99, got {percent}")
         live = self.clients.traffic.get(service.name)
-        shares: dict[str, int] = {}
-        for target in live.targets:
-            shares[target.revision] = shares.get(target.revision, 0) + target.percent
+        shares = shares_by_revision(live.targets)
         shares.pop(revision, None)
-        if not shares or max(shares.values()) == 0:
+        if not shares:
             raise OperationError(f"{service.service} has no other revision serving traffic to use as stable")
         stable = max(shares, key=lambda rev: shares[rev])
         tied = sorted(rev for rev, share in shares.items() if share == shares[stable])

@@ -24,7 +24,7 @@ from shared.events import (
 )
 from shared.logs import Report
 from shared.store import Rollout, StoreContention, rollout_id
-from shared.traffic import ServiceTraffic, TrafficSplit, discover_canary, plan_rollback
+from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
@@ -68,10 +68,6 @@ class RollbackResult:
             "before": self.before,
             "after": self.after,
         }
-
-
-def _targets(targets: list[TrafficSplit] | tuple[TrafficSplit, ...]) -> list[dict[str, Any]]:
-    return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in targets]
 
 
 def _find_rollout(
@@ -151,7 +147,7 @@ def execute_rollback(
         )
     plan = plan_rollback(current, rollout.stable_revision, only)
     if request.dry_run:
-        after = _targets(plan) if plan is not None else current.as_dicts()
+        after = targets_as_dicts(plan) if plan is not None else current.as_dicts()
         verb = "would move" if plan is not None else "would not change:"
         message = f"dry run: {verb} {service.service} to {rollout.stable_revision} at 100%"
         store.record(

@@ -33,7 +33,12 @@ class ServiceTraffic:
         return sum(t.percent for t in self.targets if t.revision == revision)
 
     def as_dicts(self) -> list[dict[str, Any]]:
-        return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in self.targets]
+        return targets_as_dicts(self.targets)
+
+
+def targets_as_dicts(targets: Sequence[TrafficSplit]) -> list[dict[str, Any]]:
+    """JSON-friendly targets, for logs, responses and the decision history."""
+    return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in targets]
 
 
 class TrafficPlanError(ValueError):
@@ -47,8 +52,8 @@ class CanarySplit:
     canary_percent: int
 
 
-def _shares(targets: Sequence[TrafficSplit]) -> dict[str, int]:
-    """Percent per revision (Cloud Run may list one revision in several entries)."""
+def shares_by_revision(targets: Sequence[TrafficSplit]) -> dict[str, int]:
+    """Percent per revision with traffic (Cloud Run may list one revision in several entries)."""
     shares: dict[str, int] = {}
     for t in targets:
         shares[t.revision] = shares.get(t.revision, 0) + t.percent
@@ -66,7 +71,7 @@ def discover_canary(traffic: ServiceTraffic) -> CanarySplit | None:
     None when there is no live canary (no tag, or the tagged revision gets no traffic).
     """
     canary = _tags(traffic.targets).get(CANARY_TAG)
-    shares = _shares(traffic.targets)
+    shares = shares_by_revision(traffic.targets)
     if canary is None or canary not in shares:
         return None
     others = {rev: share for rev, share in shares.items() if rev != canary}
@@ -77,7 +82,9 @@ def discover_canary(traffic: ServiceTraffic) -> CanarySplit | None:
 
 
 def _same_split(current: ServiceTraffic, wanted: Sequence[TrafficSplit]) -> bool:
-    return _shares(current.targets) == _shares(wanted) and _tags(current.targets) == _tags(wanted)
+    return shares_by_revision(current.targets) == shares_by_revision(wanted) and _tags(
+        current.targets
+    ) == _tags(wanted)
 
 
 def _split(current: ServiceTraffic, shares: dict[str, int], move_tags: dict[str, str]) -> list[TrafficSplit]:
@@ -112,7 +119,7 @@ def plan_rollback(
     if only_revision is None:
         shares = {stable: 100}
     else:
-        shares = _shares(current.targets)
+        shares = shares_by_revision(current.targets)
         moved = shares.pop(only_revision, 0)
         shares[stable] = shares.get(stable, 0) + moved
     wanted = _split(current, shares, {})
