@@ -99,15 +99,17 @@ def _pcts(targets: list[dict[str, Any]]) -> dict[str, int]:
     return {t["revision"]: t["percent"] for t in targets}
 
 
-def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limit: int) -> float:
-    """Publish open incidents for `rule` until the rollback lands; returns seconds to rollback."""
+def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limit: int) -> None:
+    """Publish open incidents for `rule` until the rollback lands, then show how it went."""
     from google.cloud import pubsub_v1
 
+    from shared.core import Phase
     from shared.store import rollout_id
 
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(PROJECT, ALERTS_TOPIC)
     rid = rollout_id(SERVICE, revision)
+    sent = time.monotonic()
     for n in range(1, limit + 1):
         sent = time.monotonic()
         publisher.publish(topic, json.dumps(incident(rule, revision, number=n)).encode()).result(timeout=30)
@@ -121,9 +123,17 @@ def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limi
             f"  alert {n}: {rule} incident open for {revision} → streak {n}/{limit} "
             f"({(time.monotonic() - sent) * 1000:.0f} ms from publish to Firestore)"
         )
-    started = time.monotonic()
-    wait_for("the rollback", lambda: split(stack).get(revision, 0) == 0)
-    return time.monotonic() - started
+
+    def rolled_back() -> bool:
+        # ROLLED_BACK is the rollback's last write (after the traffic change and its decision),
+        # so the timeline printed next is complete.
+        rollout = store.get(rid)
+        return bool(rollout and rollout.phase is Phase.ROLLED_BACK and split(stack).get(revision, 0) == 0)
+
+    wait_for("the rollback", rolled_back)
+    took_ms = (time.monotonic() - sent) * 1000
+    print(f"  ⟲ rolled back {took_ms:.0f} ms after the last alert was published: {show_split(split(stack))}")
+    print_timeline(store, rid)
 
 
 def deploy(stack: Any, canary: str, revisions: list[str], percent: int = 5) -> None:
@@ -207,21 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with local_stack(log_dir, [SERVICE]) as stack:
         from shared.policy import load_policy
-        from shared.store import RolloutStore, rollout_id
+        from shared.store import RolloutStore
 
         print(f"stack up in {time.monotonic() - started:.1f} s: {', '.join(stack.function_urls)}")
         store = RolloutStore(PROJECT)
         limits = {rule: spec.consecutive for rule, spec in load_policy().rollback_rules.items()}
 
         deploy(stack, "shop-00002", ["shop-00001", "shop-00002"])
-        took = breach_until_rollback(stack, store, "error_rate", "shop-00002", limits["error_rate"])
-        print(f"  ⟲ rolled back {took * 1000:.0f} ms after the last alert: {show_split(split(stack))}")
-        print_timeline(store, rollout_id(SERVICE, "shop-00002"))
+        breach_until_rollback(stack, store, "error_rate", "shop-00002", limits["error_rate"])
 
         deploy(stack, "shop-00003", ["shop-00001", "shop-00002", "shop-00003"])
-        took = breach_until_rollback(stack, store, "memory", "shop-00003", limits["memory"])
-        print(f"  ⟲ rolled back {took * 1000:.0f} ms after the last alert: {show_split(split(stack))}")
-        print_timeline(store, rollout_id(SERVICE, "shop-00003"))
+        breach_until_rollback(stack, store, "memory", "shop-00003", limits["memory"])
 
         deploy(stack, "shop-00004", ["shop-00001", "shop-00002", "shop-00003", "shop-00004"], percent=10)
         url = stack.function_urls["emergency_rollback"]
