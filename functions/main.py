@@ -8,7 +8,10 @@ it sits in functions/ and the repository root is put on the import path.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 if not (_HERE / "shared").is_dir():
@@ -37,21 +40,49 @@ def _json_response(body: dict, status: int) -> tuple[dict, int, dict[str, str]]:
     return body, status, {"Content-Type": "application/json"}
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _json_body(request: Request) -> Any:
+    """None for an empty body; the parsed JSON otherwise, whatever the Content-Type (curl -d sends
+    form encoding by default). A body that is not JSON raises: guessing would run the wrong job."""
+    if not request.get_data(cache=True):
+        return None
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise _NotJson("the request body is not valid JSON")
+    return body
+
+
+@contextmanager
+def _logged_failure(entry_point: str, **ids: Any) -> Iterator[None]:
+    """An unexpected fault (Firestore, Cloud Run, Pub/Sub after their retries) leaves one
+    structured ERROR line with the event id before it propagates, so a redelivery loop can be
+    found by its fields and not only by a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        log("ERROR", f"{entry_point} failed and will be retried: {exc!r}", outcome="retry", **ids)
+        raise
+
+
 @functions_framework.cloud_event
 def breach_counter(event: CloudEvent) -> None:
     """Alert incident (Pub/Sub) → streak update → at the limit, one rollback request."""
     from shared.breach import handle_alert
 
-    report = handle_alert(
-        event.data,
-        event_id=event["id"],
-        event_time=event.get("time") or "",
-        settings=runtime.settings(),
-        policy=runtime.policy(),
-        store=runtime.store(),
-        publisher=runtime.publisher(),
-        traffic_client=runtime.traffic,
-    )
+    with _logged_failure("breach_counter", event_id=event["id"]):
+        report = handle_alert(
+            event.data,
+            event_id=event["id"],
+            event_time=event.get("time") or "",
+            settings=runtime.settings(),
+            policy=runtime.policy(),
+            store=runtime.store(),
+            publisher=runtime.publisher(),
+            traffic_client=runtime.traffic,
+        )
     report.emit()
 
 
@@ -60,15 +91,16 @@ def rollback(event: CloudEvent) -> None:
     """Rollback request (Pub/Sub) → stable revision at 100 %."""
     from shared.rollback import handle_rollback_message
 
-    report = handle_rollback_message(
-        event.data,
-        event_id=event["id"],
-        event_time=event.get("time") or "",
-        settings=runtime.settings(),
-        store=runtime.store(),
-        traffic_client=runtime.traffic(),
-        notifier=runtime.notifier(),
-    )
+    with _logged_failure("rollback", event_id=event["id"]):
+        report = handle_rollback_message(
+            event.data,
+            event_id=event["id"],
+            event_time=event.get("time") or "",
+            settings=runtime.settings(),
+            store=runtime.store(),
+            traffic_client=runtime.traffic(),
+            notifier=runtime.notifier(),
+        )
     report.emit()
 
 
@@ -79,20 +111,24 @@ def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
 
     if request.method != "POST":
         return _json_response({"error": "use POST with a JSON body"}, 405)
-    body = request.get_json(silent=True)
+    try:
+        body = _json_body(request)
+    except _NotJson:
+        body = None
     if body is None:
         return _json_response(
             {"error": 'body must be JSON like {"service": "my-service", "reason": "...", "dry_run": true}'},
             400,
         )
-    report, status = handle_emergency(
-        body,
-        request.headers.get("Authorization"),
-        settings=runtime.settings(),
-        store=runtime.store(),
-        traffic_client=runtime.traffic(),
-        notifier=runtime.notifier(),
-    )
+    with _logged_failure("emergency_rollback"):
+        report, status = handle_emergency(
+            body,
+            request.headers.get("Authorization"),
+            settings=runtime.settings(),
+            store=runtime.store(),
+            traffic_client=runtime.traffic(),
+            notifier=runtime.notifier(),
+        )
     report.emit()
     payload = report.as_dict()
     if status >= 400:
@@ -108,9 +144,12 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
 
     if request.method != "POST":
         return _json_response({"error": "use POST (Cloud Scheduler does)"}, 405)
-    report, status = handle_checkpoint(
-        request.get_json(silent=True), settings=runtime.settings(), policy=runtime.policy()
-    )
+    try:
+        body = _json_body(request)
+    except _NotJson as exc:
+        return _json_response({"error": f'{exc}: send no body, {{}} or {{"service": "name"}}'}, 400)
+    with _logged_failure("checkpoint"):
+        report, status = handle_checkpoint(body, settings=runtime.settings(), policy=runtime.policy())
     report.emit()
     return _json_response(report.as_dict(), status)
 
@@ -123,12 +162,19 @@ def load_test(request: Request) -> tuple[dict, int, dict[str, str]]:
 
     if request.method != "POST":  # a stray GET (a health probe, a crawler) must not start load
         return _json_response({"error": "use POST (Cloud Scheduler does)"}, 405)
+    try:
+        body = _json_body(request)
+    except _NotJson as exc:
+        return _json_response(
+            {"error": f'{exc}: send no body, {{}} or {{"mode": "both|load|probe", "service": "name"}}'}, 400
+        )
     settings = runtime.settings()
-    report, status = handle_load_test(
-        request.get_json(silent=True),
-        settings=settings,
-        policy=runtime.policy(),
-        auth=settings.load_test_auth,
-    )
+    with _logged_failure("load_test"):
+        report, status = handle_load_test(
+            body,
+            settings=settings,
+            policy=runtime.policy(),
+            auth=settings.load_test_auth,
+        )
     report.emit()
     return _json_response(report.as_dict(), status)

@@ -395,6 +395,30 @@ def test_checkpoint_entry_point_refuses_bad_bodies(fast_ramp_checkpoint, body, s
     assert answer.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [("service=shop", "not valid JSON"), ("[]", "body must be empty"), ("false", "body must be empty")],
+)
+def test_checkpoint_entry_point_says_what_to_send(fast_ramp_checkpoint, firestore_clean, raw, says):
+    """A body that is not the selection is refused, never read as "check every service"."""
+    answer = requests.post(fast_ramp_checkpoint, data=raw, timeout=30)
+    assert answer.status_code == 400
+    assert says in (answer.json().get("error") or answer.json()["message"])
+
+
+@pytest.mark.parametrize("raw", ["", "{}", '{"service": "shop"}'])
+def test_checkpoint_entry_point_takes_the_scheduler_body_and_curl_without_content_type(
+    fast_ramp_checkpoint, firestore_clean, cloudrun, raw
+):
+    for service in WATCHED:
+        name = service.rsplit("/", 1)[1]
+        deploy_canary(cloudrun, service, stable=f"{name}-00001", canary=f"{name}-00002")
+    answer = requests.post(fast_ramp_checkpoint, data=raw, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outcome"] == "checked"
+    assert len(answer.json()["rollouts"]) == (1 if "shop" in raw else len(WATCHED))
+
+
 SERVICE_REF = load_settings(
     {"GOOGLE_CLOUD_PROJECT": PROJECT, "CANARY_SERVICES": ",".join(WATCHED)}
 ).resolve_service(SHOP)
