@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from shared.core import Kind, Phase
-from shared.policy import Policy
+from shared.policy import Policy, RampStep
 
 if TYPE_CHECKING:
     from shared.monitoring import CanaryMetrics
@@ -65,8 +65,10 @@ def _finite(value: float | None) -> float | None:
 
 def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
     """GO only when every bar holds on at least `min_requests` requests; a missing series is
-    INCONCLUSIVE, never a pass."""
+    INCONCLUSIVE, never a pass. Request-based measures (error rate, P95) judged on fewer requests
+    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO."""
     bars = policy.go_bars
+    enough_requests = metrics.request_count >= bars.min_requests
     measured: dict[str, dict[str, Any]] = {}
     no_go, hold, missing = [], [], []
     for name, (attribute, rule, unit) in MEASURES.items():
@@ -76,15 +78,17 @@ def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
         measured[name] = {"value": value, "go_bar": go_bar, "rollback_bar": rollback_bar}
         if value is None:
             missing.append(name)
+        elif rule in REQUEST_RULES and not enough_requests:
+            continue
         elif rollback_bar is not None and value > rollback_bar:
             no_go.append(f"{name} {_fmt(value, unit)} > rollback bar {_fmt(rollback_bar, unit)}")
         elif value > go_bar:
             hold.append(f"{name} {_fmt(value, unit)} > GO bar {_fmt(go_bar, unit)}")
     if no_go:
         return Judgement(Verdict.NO_GO, tuple(no_go + hold), measured, metrics.request_count)
-    if metrics.request_count < bars.min_requests or missing:
+    if not enough_requests or missing:
         reasons = []
-        if metrics.request_count < bars.min_requests:
+        if not enough_requests:
             reasons.append(f"{metrics.request_count} requests < {bars.min_requests} needed to judge")
         if missing:
             reasons.append(f"no data for {', '.join(missing)}")
@@ -145,6 +149,11 @@ def step_for_percent(policy: Policy, percent: int) -> int:
     return index
 
 
+def next_ramp_step(policy: Policy, percent: int) -> RampStep | None:
+    """The first ramp step above the live share (a canary started at 1 % goes to 5 %, not 10 %)."""
+    return next((step for step in policy.ramp if step.percent > percent), None)
+
+
 def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy) -> StepDecision:
     """Advance one step only on GO after the step's soak time; freeze past the progress deadline."""
     if state.phase is not Phase.RUNNING:
@@ -156,6 +165,20 @@ def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy)
     # A rollout registered a moment after `now` was read is on its step for 0 s, not less.
     on_step = max(now - state.step_started_at, timedelta(0))
     index = step_for_percent(policy, state.canary_percent)
+    target = next_ramp_step(policy, state.canary_percent)
+    if target is None:
+        return StepDecision(StepAction.NONE, "already at the last step")
+    soak = timedelta(minutes=policy.ramp[index].soak_minutes)
+    if verdict is Verdict.GO and on_step >= soak:
+        # A healthy, soaked canary advances even past the deadline (say, resumed after a long
+        # pause): the deadline is for rollouts that cannot pass, not for ones that just did.
+        action = StepAction.PROMOTE if target.percent == 100 else StepAction.ADVANCE
+        return StepDecision(
+            action,
+            f"GO after {on_step.total_seconds() / 60:.0f} min: {target.percent}%",
+            policy.ramp.index(target),
+            target.percent,
+        )
     deadline = timedelta(hours=policy.checkpoint.progress_deadline_hours)
     if on_step > deadline:
         return StepDecision(
@@ -163,24 +186,10 @@ def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy)
             f"no progress for {on_step.total_seconds() / 3600:.1f} h "
             f"(deadline {policy.checkpoint.progress_deadline_hours} h)",
         )
-    upcoming = [step for step in policy.ramp if step.percent > state.canary_percent]
-    if not upcoming:
-        return StepDecision(StepAction.NONE, "already at the last step")
     if verdict is not Verdict.GO:
         return StepDecision(StepAction.HOLD, f"verdict {verdict.value}")
-    soak = timedelta(minutes=policy.ramp[index].soak_minutes)
-    if on_step < soak:
-        left = (soak - on_step).total_seconds() / 60
-        return StepDecision(StepAction.HOLD, f"GO, soaking: {left:.0f} min left at {state.canary_percent}%")
-    # The next step is the first one above the live share (a canary started at 3 % goes to 5 %).
-    target = upcoming[0]
-    action = StepAction.PROMOTE if target.percent == 100 else StepAction.ADVANCE
-    return StepDecision(
-        action,
-        f"GO after {on_step.total_seconds() / 60:.0f} min: {target.percent}%",
-        policy.ramp.index(target),
-        target.percent,
-    )
+    left = (soak - on_step).total_seconds() / 60
+    return StepDecision(StepAction.HOLD, f"GO, soaking: {left:.0f} min left at {state.canary_percent}%")
 
 
 REDRIVE_FIRST_WAIT = timedelta(minutes=5)  # the rollback function's own retries come first

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from shared.config import ServiceRef, Settings
 from shared.core import Phase
 from shared.events import RollbackRequest
-from shared.judge import judge, step_for_percent
+from shared.judge import judge, next_ramp_step, step_for_percent
 from shared.policy import Policy
 from shared.rollback import execute_rollback
 from shared.store import Rollout, RolloutConflict, rollout_id
@@ -159,10 +159,10 @@ class Operations:
             raise OperationError(
                 f"rollout of {rollout.canary_revision} is {rollout.phase}: nothing to advance"
             )
-        index = step_for_percent(self.policy, rollout.canary_percent)
-        if index + 1 >= len(self.policy.ramp):
+        target = next_ramp_step(self.policy, rollout.canary_percent)
+        if target is None:
             raise OperationError("already at the last ramp step")
-        to_percent = self.policy.ramp[index + 1].percent
+        to_percent = target.percent
         result = change_step(
             rollout,
             to_percent,

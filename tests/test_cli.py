@@ -373,6 +373,15 @@ def test_advance_moves_to_the_next_step_and_history_shows_it(invoke, started, st
     ]
 
 
+def test_advance_from_a_share_below_the_first_step_goes_to_the_first_step(invoke, shop):
+    assert invoke("start", "shop", "--revision", "shop-00002", "--percent", "1").exit_code == 0
+
+    result = invoke("advance", "shop")
+
+    assert result.exit_code == 0, result.output
+    assert live(shop) == {"shop-00001": 95, "shop-00002": 5}  # 5 %, the ramp's first step; not 10 %
+
+
 def test_advance_output_stays_one_json_document_when_cloud_run_retries(invoke, started):
     started.inject_fault(503, count=1, methods=["PATCH"])
 

@@ -307,11 +307,19 @@ def test_no_go_wins_over_a_missing_series(crossed, missing, reason):
     assert j.reasons == (reason,)
 
 
-def test_no_go_wins_over_too_few_requests():
-    j = judge(metrics(request_count=20, error_count=4, error_rate=0.2), POLICY)
-    assert j.verdict is Verdict.NO_GO
-    assert j.reasons == ("error_rate 20.00% > rollback bar 1.00%",)
+@pytest.mark.parametrize("crossed", [{"error_rate": 0.2}, {"latency_p95_ms": 900.0}])
+def test_a_request_measure_on_too_few_requests_is_inconclusive_not_no_go(crossed):
+    """One 5xx (or one slow call) among 20 requests is noise, never a rollback bar crossed."""
+    j = judge(metrics(request_count=20, error_count=4, **crossed), POLICY)
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert j.reasons == ("20 requests < 100 needed to judge",)
     assert j.request_count == 20
+
+
+def test_memory_over_its_bar_is_no_go_whatever_the_request_count():
+    j = judge(metrics(request_count=3, memory_utilization=0.9), POLICY)
+    assert j.verdict is Verdict.NO_GO
+    assert j.reasons == ("memory 90.00% > rollback bar 85.00%",)
 
 
 @pytest.mark.parametrize(
@@ -482,18 +490,25 @@ def test_paused_holds_even_past_the_deadline(on_step):
     assert decide(paused=True, on_step=on_step) == StepDecision(StepAction.HOLD, "paused by hand")
 
 
-@pytest.mark.parametrize("verdict", list(Verdict))
-def test_past_the_progress_deadline_freezes_whatever_the_verdict(verdict):
+@pytest.mark.parametrize("verdict", [v for v in Verdict if v is not Verdict.GO])
+def test_past_the_progress_deadline_freezes_a_rollout_that_cannot_pass(verdict):
     decision = decide(verdict, on_step=timedelta(hours=169))
     assert decision == StepDecision(StepAction.FREEZE, "no progress for 169.0 h (deadline 168 h)")
 
 
+@pytest.mark.parametrize("on_step", [timedelta(hours=169), timedelta(days=30)])
+def test_a_go_past_the_deadline_advances_instead_of_freezing(on_step):
+    """Resumed after a long pause, or checkpoints failing for a week: a healthy, soaked canary
+    that passes now moves on; freezing it would also be the wrong answer to its health."""
+    decision = decide(Verdict.GO, percent=10, on_step=on_step)
+    assert decision.action is StepAction.ADVANCE and decision.next_percent == 25
+
+
 def test_exactly_on_the_deadline_is_not_yet_frozen():
-    """`on_step > deadline`: 168 h exactly still decides normally (GO, soak long over: advance)."""
-    decision = decide(percent=10, on_step=timedelta(hours=168))
-    assert decision.action is StepAction.ADVANCE
-    assert decision.next_percent == 25
-    one_tick_later = decide(percent=10, on_step=timedelta(hours=168, microseconds=1))
+    """`on_step > deadline`: 168 h exactly still holds; one tick later it freezes."""
+    decision = decide(Verdict.HOLD, percent=10, on_step=timedelta(hours=168))
+    assert decision == StepDecision(StepAction.HOLD, "verdict HOLD")
+    one_tick_later = decide(Verdict.HOLD, percent=10, on_step=timedelta(hours=168, microseconds=1))
     assert one_tick_later.action is StepAction.FREEZE
     assert one_tick_later.reason == "no progress for 168.0 h (deadline 168 h)"
 
@@ -644,9 +659,10 @@ def test_custom_policy_soak_ramp_and_deadline(custom):
     assert decide(policy=custom, percent=30, on_step=timedelta(minutes=45)) == StepDecision(
         StepAction.PROMOTE, "GO after 45 min: 100%", 2, 100
     )
-    # Deadline 2 h: on it still decides, past it freezes (the real policy would wait 168 h).
-    assert decide(policy=custom, percent=30, on_step=timedelta(hours=2)).action is StepAction.PROMOTE
-    assert decide(policy=custom, percent=30, on_step=timedelta(hours=2, seconds=1)) == StepDecision(
+    # Deadline 2 h: on it still holds, past it freezes (the real policy would wait 168 h).
+    hold = Verdict.HOLD
+    assert decide(hold, policy=custom, percent=30, on_step=timedelta(hours=2)).action is StepAction.HOLD
+    assert decide(hold, policy=custom, percent=30, on_step=timedelta(hours=2, seconds=1)) == StepDecision(
         StepAction.FREEZE, "no progress for 2.0 h (deadline 2 h)"
     )
     assert decide(policy=POLICY, percent=10, on_step=timedelta(hours=3)).action is StepAction.HOLD
@@ -666,11 +682,11 @@ def test_model_copy_policy_changes_soak_and_deadline():
     assert decide(policy=quick, percent=25, on_step=timedelta(minutes=5)) == StepDecision(
         StepAction.ADVANCE, "GO after 5 min: 50%", 3, 50
     )
-    assert decide(policy=quick, percent=25, on_step=timedelta(minutes=61)) == StepDecision(
+    assert decide(Verdict.HOLD, policy=quick, percent=25, on_step=timedelta(minutes=61)) == StepDecision(
         StepAction.FREEZE, "no progress for 1.0 h (deadline 1 h)"
     )
     # The bundled policy object is untouched.
-    assert decide(percent=25, on_step=timedelta(minutes=61)).action is StepAction.HOLD
+    assert decide(Verdict.HOLD, percent=25, on_step=timedelta(minutes=61)).action is StepAction.HOLD
 
 
 # ============================================================================ property test
@@ -705,7 +721,11 @@ def test_verdict_properties(requests, error_rate, latency, memory, cpu):
     rollback_bars = {"error_rate": 0.01, "latency_p95": 500.0, "memory": 0.85}
 
     all_within_go = all(v is not None and v <= go_bars[k] for k, v in values.items())
-    crossed = any(values[k] is not None and values[k] > bar for k, bar in rollback_bars.items())
+    # Error rate and P95 on fewer than min_requests are noise: they cross nothing.
+    crossed = any(
+        values[k] is not None and values[k] > bar and (k == "memory" or requests >= 100)
+        for k, bar in rollback_bars.items()
+    )
     missing = any(v is None for v in values.values())
 
     assert (j.verdict is Verdict.GO) == (all_within_go and requests >= 100)
