@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.core import Kind, Observation
 from shared.policy import RULE_NAMES
 
+# The cloud_run_revision resource labels that name a revision's service in full. The alert
+# policies group by all three (terraform/monitoring.tf): a cross-series reducer drops every
+# resource label it does not group by, and the incident carries only what is left.
+REVISION_LABELS: tuple[str, ...] = ("service_name", "revision_name", "location")
+
 
 class MalformedEvent(ValueError):
     """The event can never be processed; acknowledge it and log the reason."""
@@ -122,7 +127,9 @@ class Incident(_Lenient):
 class AlertObservation:
     """An incident notification resolved to a watched service, revision and rule."""
 
-    service_name: str  # projects/P/locations/L/services/S, or a short name from the policy label
+    # projects/P/locations/L/services/S, or a short name (the incident names no location, or
+    # no revision): the caller resolves it among the watched services, refusing an ambiguous one.
+    service_name: str
     revision: str  # "" when the incident names no revision: the service's live canary
     observation: Observation
     incident_id: str
@@ -151,19 +158,7 @@ def decode_alert(message: PubSubMessage, default_project: str) -> AlertObservati
             f"alert policy {incident.policy_name or '?'} has canary_rule={rule!r}; "
             f"expected one of {', '.join(RULE_NAMES)}"
         )
-    labels = incident.resource.labels
-    missing = [key for key in ("service_name", "revision_name", "location") if not labels.get(key)]
-    labelled_service = incident.policy_user_labels.get("canary_service", "")
-    if not missing:
-        project = labels.get("project_id") or incident.scoping_project_id or default_project
-        service_name = f"projects/{project}/locations/{labels['location']}/services/{labels['service_name']}"
-        revision = labels["revision_name"]
-    elif "revision_name" not in labels and labelled_service:
-        # An uptime-check incident (canary_down) is about the checked URL, not a revision: the
-        # policy names the service, and the observation is about its live canary.
-        service_name, revision = labelled_service, ""
-    else:
-        raise MalformedEvent(f"incident resource lacks label(s) {', '.join(missing)}")
+    service_name, revision = _incident_service(incident, default_project)
     observation = Observation(
         rule=rule,
         kind=Kind.BREACH if incident.state == "open" else Kind.RECOVERY,
@@ -179,6 +174,34 @@ def decode_alert(message: PubSubMessage, default_project: str) -> AlertObservati
         },
     )
     return AlertObservation(service_name, revision, observation, incident.incident_id)
+
+
+def _incident_service(incident: Incident, default_project: str) -> tuple[str, str]:
+    """(service name, revision) an incident is about; see AlertObservation."""
+    labels = incident.resource.labels
+    missing = [key for key in REVISION_LABELS if not labels.get(key)]
+    labelled_service = incident.policy_user_labels.get("canary_service", "")
+    revision = labels.get("revision_name", "")
+    if not revision:
+        if "revision_name" not in labels and labelled_service:
+            # An uptime-check incident (canary_down) is about the checked URL, not a revision: the
+            # policy names the service, and the observation is about its live canary.
+            return labelled_service, ""
+        raise MalformedEvent(f"incident resource lacks label(s) {', '.join(missing)}")
+    # A policy that aggregated service_name / location away still names its service in the
+    # canary_service label Terraform sets.
+    service = labels.get("service_name") or labelled_service
+    if not service:
+        raise MalformedEvent(
+            f"incident resource lacks label(s) {', '.join(missing)} and alert policy "
+            f"{incident.policy_name or '?'} has no canary_service user label: no service for "
+            f"revision {revision}"
+        )
+    location = labels.get("location")
+    if not location:
+        return service, revision
+    project = labels.get("project_id") or incident.scoping_project_id or default_project
+    return f"projects/{project}/locations/{location}/services/{service}", revision
 
 
 class RollbackRequest(BaseModel):

@@ -214,6 +214,22 @@ def incident_message(*, version: Any = "1.2", **incident_kwargs: Any) -> dict[st
     return _merge(body, {"version": DROP} if version is DROP else None)
 
 
+def grouped_incident_message(
+    *group_by: str, canary_service: str | None = SERVICE, **incident_kwargs: Any
+) -> dict[str, Any]:
+    """The notification of a metric policy whose cross-series reducer groups by the resource
+    labels `group_by` only: Monitoring aggregates the others away, so the incident's resource
+    labels are those (and project_id). `canary_service` is the policy user label Terraform
+    sets (None leaves it out); other keywords go to `incident()`."""
+    body = incident_message(**incident_kwargs)
+    incident = body["incident"]
+    labels = incident["resource"]["labels"]
+    incident["resource"]["labels"] = {k: v for k, v in labels.items() if k in group_by or k == "project_id"}
+    if canary_service is not None:
+        incident["policy_user_labels"]["canary_service"] = canary_service
+    return body
+
+
 def console_test_notification() -> dict[str, Any]:
     """What the console's "send test notification" publishes (version "test", upper-case state)."""
     return {

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.config import Settings, load_settings
 from shared.core import Kind, Observation
 from shared.events import (
+    REVISION_LABELS,
     AlertObservation,
     MalformedEvent,
     PubSubMessage,
@@ -38,6 +40,7 @@ from tests.payloads import (
     cloudevent_data,
     console_test_notification,
     encode,
+    grouped_incident_message,
     incident_message,
     iso,
     rollback_request,
@@ -332,11 +335,14 @@ CATALOGUE = [
     ),
     pytest.param(
         incident_message(resource_labels={"service_name": DROP}),
-        "lacks label(s) service_name",
+        "lacks label(s) service_name and alert policy canary-error_rate has no canary_service user label",
         id="no-service",
     ),
     pytest.param(
-        incident_message(resource_labels={"location": DROP}), "lacks label(s) location", id="no-location"
+        grouped_incident_message("revision_name", canary_service=None),
+        "lacks label(s) service_name, location and alert policy canary-error_rate has no "
+        f"canary_service user label: no service for revision {CANARY_REVISION}",
+        id="grouped-by-revision-without-canary_service",
     ),
     pytest.param(
         incident_message(resource_labels={"revision_name": ""}),
@@ -391,9 +397,61 @@ def test_a_missing_canary_rule_names_the_policy():
 
 
 def test_several_missing_labels_are_all_named():
-    payload = incident_message(resource_labels={"service_name": DROP, "location": DROP})
-    with pytest.raises(MalformedEvent, match=r"lacks label\(s\) service_name, location$"):
+    payload = incident_message(
+        resource_labels={"service_name": DROP, "revision_name": DROP, "location": DROP}
+    )
+    with pytest.raises(MalformedEvent, match=r"lacks label\(s\) service_name, revision_name, location$"):
         decode_alert(message(payload), DEFAULT_PROJECT)
+
+
+# Metric policies aggregate with a cross-series reducer, which drops every resource label not
+# in group_by_fields. Terraform groups by all three (tests/test_terraform.py checks it); an
+# incident from a policy grouped by less still decodes when its canary_service label names the
+# service.
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rule", ["error_rate", "latency_p95", "memory"])
+def test_an_incident_grouped_by_all_revision_labels_names_the_full_service(rule, shape):
+    alert = decode(grouped_incident_message(*REVISION_LABELS, rule=rule), shape=shape)
+    assert (alert.service_name, alert.revision) == (SERVICE_NAME, CANARY_REVISION)
+    assert alert.observation.rule == rule
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_incident_grouped_by_revision_only_names_the_labelled_service(shape):
+    payload = grouped_incident_message("revision_name", rule="latency_p95", state="closed")
+    assert set(payload["incident"]["resource"]["labels"]) == {"revision_name", "project_id"}
+    alert = decode(payload, shape=shape)
+    # No location: the short name, which breach_counter resolves among the watched services
+    # (Settings.resolve_service refuses it when two watched services share it).
+    assert (alert.service_name, alert.revision) == (SERVICE, CANARY_REVISION)
+    assert alert.observation.rule == "latency_p95"
+    assert alert.observation.kind is Kind.RECOVERY
+
+
+def test_an_incident_with_a_location_but_no_service_label_is_named_in_full():
+    alert = decode(grouped_incident_message("revision_name", "location", canary_service=SERVICE))
+    assert (alert.service_name, alert.revision) == (SERVICE_NAME, CANARY_REVISION)
+
+
+def test_an_incident_without_location_keeps_its_service_label_over_the_policy_label():
+    payload = grouped_incident_message("revision_name", "service_name", canary_service="other")
+    assert decode(payload).service_name == SERVICE
+
+
+def test_the_short_name_of_a_revision_only_incident_resolves_only_when_unambiguous():
+    alert = decode(grouped_incident_message("revision_name"))
+
+    def watching(*services: str) -> Settings:
+        return load_settings({"GOOGLE_CLOUD_PROJECT": PROJECT, "CANARY_SERVICES": ",".join(services)})
+
+    watched = watching(SERVICE_NAME, "projects/p/locations/us-east1/services/api")
+    assert watched.resolve_service(alert.service_name).name == SERVICE_NAME
+    with pytest.raises(ValueError, match=f"service '{SERVICE}' is ambiguous"):
+        watching(SERVICE_NAME, f"projects/p/locations/us-east1/services/{SERVICE}").resolve_service(
+            alert.service_name
+        )
 
 
 @settings(max_examples=200, deadline=None)
