@@ -9,14 +9,25 @@
 # The canary revision changes with every release, so the metric policies filter on the
 # service and GROUP BY revision_name: each revision is its own time series and its incident
 # carries resource.labels.revision_name; breach_counter ignores incidents of revisions that
-# are not the current canary. Each open incident is renotified every renotify_interval_s
-# (one more breach observation) and its close is notified too (a recovery).
+# are not the current canary. A cross-series reducer aggregates away every resource label
+# not in group_by_fields, and the incident keeps only what is left: service_name and
+# location are grouped by too, so the incident names the full service (shared/events.py).
+# Each open incident is renotified every renotify_interval_s (one more breach observation)
+# and its close is notified too (a recovery).
 
 locals {
   alignment_period = "${local.alerting.alignment_period_s}s"
   alert_duration   = "${local.alerting.duration_s}s"
 
   run_revision_filter = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${var.service_name}\""
+
+  # The resource labels decode_alert reads (shared/events.py REVISION_LABELS); the filter
+  # already pins one service, so grouping by its name and location splits nothing further.
+  revision_group_by = [
+    "resource.label.service_name",
+    "resource.label.location",
+    "resource.label.revision_name",
+  ]
 
   alert_documentation = <<-EOT
     canary-guard observes this rule for the canary revision of Cloud Run service `${var.service_name}` (${local.service_location}).
@@ -61,7 +72,7 @@ resource "google_monitoring_alert_policy" "error_rate" {
         alignment_period     = local.alignment_period
         per_series_aligner   = "ALIGN_RATE"
         cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["resource.label.revision_name"]
+        group_by_fields      = local.revision_group_by
       }
 
       denominator_filter = "metric.type = \"run.googleapis.com/request_count\" AND ${local.run_revision_filter}"
@@ -70,7 +81,7 @@ resource "google_monitoring_alert_policy" "error_rate" {
         alignment_period     = local.alignment_period
         per_series_aligner   = "ALIGN_RATE"
         cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["resource.label.revision_name"]
+        group_by_fields      = local.revision_group_by
       }
 
       # No requests, no ratio: the condition goes inactive (no breach is counted without
@@ -126,7 +137,7 @@ resource "google_monitoring_alert_policy" "latency_p95" {
         alignment_period     = local.alignment_period
         per_series_aligner   = "ALIGN_DELTA"
         cross_series_reducer = "REDUCE_PERCENTILE_95"
-        group_by_fields      = ["resource.label.revision_name"]
+        group_by_fields      = local.revision_group_by
       }
 
       evaluation_missing_data = "EVALUATION_MISSING_DATA_INACTIVE"
@@ -178,7 +189,7 @@ resource "google_monitoring_alert_policy" "memory" {
         alignment_period     = local.alignment_period
         per_series_aligner   = "ALIGN_PERCENTILE_99"
         cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = ["resource.label.revision_name"]
+        group_by_fields      = local.revision_group_by
       }
 
       evaluation_missing_data = "EVALUATION_MISSING_DATA_INACTIVE"

@@ -883,21 +883,50 @@ def check_alert_policies(tf: Terraform, rule_names: Iterable[str]) -> list[str]:
         if not strategy.get("auto_close"):
             problems.append(f"alert policy {pname} has no auto_close")
         for cond in blocks(policy, "conditions"):
-            threshold = block(cond, "condition_threshold")
-            if not threshold:
+            if not block(cond, "condition_threshold"):
                 problems.append(f"alert policy {pname} has a condition that is not a condition_threshold")
-                continue
-            filt = str(threshold.get("filter", ""))
-            if "run.googleapis.com/" in filt:
-                for agg_name in ("aggregations", "denominator_aggregations"):
-                    for agg in blocks(threshold, agg_name):
-                        if "resource.label.revision_name" not in (agg.get("group_by_fields") or []):
-                            problems.append(
-                                f"alert policy {pname} {agg_name} is not grouped by revision_name"
-                            )
     missing = set(rule_names) - set(seen)
     if missing:
         problems.append(f"no alert policy for rule(s) {sorted(missing)}")
+    return problems
+
+
+def check_alert_group_by(tf: Terraform, labels: Iterable[str]) -> list[str]:
+    """Every aggregation with a cross-series reducer in a Cloud Run metric policy (numerator and
+    denominator) groups by at least resource.label.<l> for each of `labels`, the resource labels
+    the incident decoder reads. Monitoring aggregates away every resource label not in
+    group_by_fields, and the incident carries only the labels that are left."""
+    problems: list[str] = []
+    needed = [f"resource.label.{label}" for label in labels]
+    ev = Evaluator(tf)
+    for pname, policy in tf.of_type("google_monitoring_alert_policy").items():
+        for cond in blocks(policy, "conditions"):
+            threshold = block(cond, "condition_threshold") or {}
+            # Cloud Run metrics are written against cloud_run_revision (the uptime check's are not).
+            if "run.googleapis.com/" not in str(threshold.get("filter", "")):
+                continue
+            grouped: dict[str, list[str]] = {}
+            for agg_name in ("aggregations", "denominator_aggregations"):
+                for agg in blocks(threshold, agg_name):
+                    if agg.get("cross_series_reducer", "REDUCE_NONE") == "REDUCE_NONE":
+                        continue  # no reduction: every label is kept
+                    try:
+                        fields = ev.value(agg.get("group_by_fields") or [])
+                    except Unevaluable as exc:
+                        problems.append(
+                            f"alert policy {pname} {agg_name}: group_by_fields not evaluated ({exc})"
+                        )
+                        continue
+                    fields = fields if isinstance(fields, list) else []
+                    lacking = [f for f in needed if f not in fields]
+                    if lacking:
+                        problems.append(
+                            f"alert policy {pname} {agg_name} aggregates away {', '.join(lacking)} "
+                            f"(group_by_fields = {fields})"
+                        )
+                    grouped.setdefault(agg_name, []).extend(fields)
+            if len(grouped) == 2 and set(grouped["aggregations"]) != set(grouped["denominator_aggregations"]):
+                problems.append(f"alert policy {pname}: numerator and denominator group by different fields")
     return problems
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from shared.config import ENV_BY_FUNCTION, ENV_DEFAULTS
+from shared.events import REVISION_LABELS
 from shared.policy import RULE_NAMES, load_policy
 
 try:
@@ -102,6 +103,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
     return {
         "alert_chain": tc.check_alert_chain(t),
         "alert_policies": tc.check_alert_policies(t, RULE_NAMES),
+        "alert_group_by": tc.check_alert_group_by(t, REVISION_LABELS),
         "thresholds": tc.check_thresholds_from_policy(t, policy),
         "pubsub_triggers": tc.check_pubsub_triggers(t),
         "rollback_chain": tc.check_rollback_chain(t),
@@ -129,6 +131,12 @@ def test_alert_policy_to_channel_to_topic_to_breach_counter(tf):
 
 def test_alert_policies_cover_every_rule_with_renotify_and_close(tf):
     assert tc.check_alert_policies(tf, RULE_NAMES) == []
+
+
+def test_metric_alert_incidents_keep_the_labels_the_decoder_reads(tf):
+    # A cross-series reducer aggregates away every resource label not grouped by: an incident
+    # without service_name / location could not be mapped to its service in full.
+    assert tc.check_alert_group_by(tf, REVISION_LABELS) == []
 
 
 def test_thresholds_and_durations_come_from_the_policy_file(tf, policy):
@@ -511,6 +519,40 @@ CUTS = [
         "alert_policies",
         "must notify OPENED and CLOSED",
         id="close-not-notified",
+    ),
+    pytest.param(
+        "monitoring.tf",
+        None,
+        '    "resource.label.location",\n',
+        "",
+        "alert_group_by",
+        "alert policy error_rate denominator_aggregations aggregates away resource.label.location",
+        id="location-aggregated-away",
+    ),
+    pytest.param(
+        "monitoring.tf",
+        _res(POLICY, "memory"),
+        "group_by_fields      = local.revision_group_by",
+        'group_by_fields      = ["resource.label.revision_name"]',
+        "alert_group_by",
+        "alert policy memory aggregations aggregates away resource.label.service_name, "
+        "resource.label.location",
+        id="grouped-by-revision-only",
+    ),
+    pytest.param(
+        "monitoring.tf",
+        _res(POLICY, "error_rate"),
+        '        cross_series_reducer = "REDUCE_SUM"\n'
+        "        group_by_fields      = local.revision_group_by\n"
+        "      }\n\n"
+        "      # No requests",
+        '        cross_series_reducer = "REDUCE_SUM"\n'
+        '        group_by_fields      = ["resource.label.revision_name", "resource.label.service_name"]\n'
+        "      }\n\n"
+        "      # No requests",
+        "alert_group_by",
+        "alert policy error_rate: numerator and denominator group by different fields",
+        id="ratio-denominator-grouped-differently",
     ),
     pytest.param(
         "functions.tf",
