@@ -4,8 +4,9 @@ The google provider cannot be downloaded where the tests run, so `terraform vali
 are out of reach. These checks read the .tf files with python-hcl2 and prove, link by link,
 that the pipeline is wired: alert policy -> notification channel -> alerts topic ->
 breach_counter; rollback topic -> rollback; scheduler job -> function with an OIDC identity
-that may invoke exactly that function; thresholds taken from the policy file; entry points
-and environment variables matching the functions' contract; least-privilege IAM.
+that may invoke exactly that function and a body it accepts; metric incidents that keep the
+resource labels the decoder reads; thresholds taken from the policy file; entry points and
+environment variables matching the functions' contract; least-privilege IAM.
 
 Resources declared with `for_each` over a map in `locals` (the five functions, their callers,
 the scheduler jobs, the dead-letter attachers) are checked instance by instance: `instances`
@@ -21,6 +22,7 @@ cut link is reported.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -453,9 +455,9 @@ class Evaluator:
     objects, `local.a.b["c"]`, `var.x` (from given values or defaults), `path.module`,
     iterator references (each.key, each.value.x, a dynamic block's <label>.value), `!`, `*`,
     `==`, `!=`, `&&`, `||`, `c ? a : b`, `"${...}s"` templates and the functions yamldecode,
-    file, toset, tolist, contains, keys, length, min, max. Anything else (a resource attribute,
-    a `for` expression...) raises Unevaluable: a check that needs a value then reports it
-    instead of guessing."""
+    file, toset, tolist, contains, keys, length, min, max, jsonencode, base64encode. Anything
+    else (a resource attribute, a `for` expression...) raises Unevaluable: a check that needs a
+    value then reports it instead of guessing."""
 
     def __init__(
         self,
@@ -558,6 +560,9 @@ _FUNCTIONS: dict[str, Any] = {
     "length": lambda ev, xs: len(xs),
     "min": lambda ev, *xs: min(xs),
     "max": lambda ev, *xs: max(xs),
+    # Terraform's jsonencode is compact; base64encode encodes the string's UTF-8 bytes.
+    "jsonencode": lambda ev, v: json.dumps(v, separators=(",", ":"), sort_keys=True),
+    "base64encode": lambda ev, s: base64.b64encode(s.encode()).decode("ascii"),
 }
 
 
@@ -1249,6 +1254,48 @@ def check_scheduler_jobs(tf: Terraform, expected: Mapping[str, str]) -> list[str
             for attr in ("schedule", "time_zone"):
                 if expr(job.get(attr)) != f"local.{policy_key}.{attr}":
                     problems.append(f"job {job_name}: {attr} is not local.{policy_key}.{attr} (policy file)")
+    return problems
+
+
+def check_scheduler_bodies(tf: Terraform, accepted: Mapping[str, Iterable[str]]) -> list[str]:
+    """accepted: entry point -> the body keys its HTTP handler takes. Each scheduler job sends
+    Content-Type application/json and a body that decodes to a JSON object with only those keys
+    (string values), so the handler does not answer 400 to every scheduled run."""
+    problems: list[str] = []
+    fns = functions(tf)
+    ev = Evaluator(tf)
+    for job_name, job in by_id(tf, "google_cloud_scheduler_job").items():
+        target = block(job, "http_target") or {}
+        fn = function_ref(tf, target.get("uri"), "service_config[0].uri")
+        entry = entry_point(fns[fn]) if fn in fns else None
+        if entry not in accepted:
+            problems.append(f"job {job_name} calls {fn!r}, whose accepted body is not known")
+            continue
+        headers = target.get("headers") if isinstance(target.get("headers"), dict) else {}
+        if headers.get("Content-Type") != "application/json":
+            problems.append(
+                f"job {job_name}: Content-Type is {headers.get('Content-Type')!r}, not application/json"
+            )
+        if "body" not in target:
+            problems.append(f"job {job_name} sends no body")
+            continue
+        try:
+            body = json.loads(base64.b64decode(ev.value(target["body"]), validate=True))
+        except (Unevaluable, ValueError, TypeError) as exc:
+            problems.append(f"job {job_name}: body is not base64 JSON ({exc})")
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"job {job_name}: body {body!r} is not a JSON object")
+            continue
+        unknown = sorted(set(body) - set(accepted[entry]))
+        if unknown:
+            problems.append(
+                f"job {job_name}: body key(s) {unknown} are refused by {entry} "
+                f"(accepts {{}} or keys {sorted(accepted[entry])})"
+            )
+        not_str = sorted(k for k, v in body.items() if k not in unknown and not isinstance(v, str))
+        if not_str:
+            problems.append(f"job {job_name}: body value(s) of {not_str} are not strings")
     return problems
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from shared.config import ENV_BY_FUNCTION, ENV_DEFAULTS
 from shared.events import REVISION_LABELS
+from shared.loadtest import BODY_KEYS as LOAD_TEST_BODY_KEYS
 from shared.policy import RULE_NAMES, load_policy
 
 try:
@@ -37,6 +38,9 @@ DASHBOARD = ROOT / "infra" / "dashboard.json"
 # The functions' contract (the issue and shared/config.py): what Terraform must deploy.
 EXPECTED_ENTRY_POINTS = ("breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test")
 SCHEDULER_JOBS = {"checkpoint": "checkpoint", "load_test": "load_test"}  # job -> entry point
+# The body keys each scheduled function's handler takes (shared/checkpoint.py handle_checkpoint,
+# shared/loadtest.py handle_load_test); any other key is answered 400.
+SCHEDULER_BODY_KEYS = {"checkpoint": ("service",), "load_test": LOAD_TEST_BODY_KEYS}
 
 # Least privilege, written out: every role canary-guard grants anywhere, and the few that
 # exist only at project level (Firestore and Cloud Monitoring have no finer grant).
@@ -110,6 +114,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "monitoring_publisher": tc.check_monitoring_can_publish(t),
         "dead_letters": tc.check_dead_letters(t, t.root / "scripts" / "attach_dead_letter.sh"),
         "scheduler": tc.check_scheduler_jobs(t, SCHEDULER_JOBS),
+        "scheduler_bodies": tc.check_scheduler_bodies(t, SCHEDULER_BODY_KEYS),
         "entry_points": tc.check_entry_points(t, defined, EXPECTED_ENTRY_POINTS),
         "environment": tc.check_environment(t, ENV_DEFAULTS, ENV_BY_FUNCTION),
         "load_test_limits": tc.check_load_test_limits(t),
@@ -161,6 +166,10 @@ def test_pubsub_triggers_get_dead_letter_topics(tf):
 
 def test_scheduler_jobs_call_their_function_with_an_oidc_invoker(tf):
     assert tc.check_scheduler_jobs(tf, SCHEDULER_JOBS) == []
+
+
+def test_scheduler_bodies_are_accepted_by_their_function(tf):
+    assert tc.check_scheduler_bodies(tf, SCHEDULER_BODY_KEYS) == []
 
 
 @pytest.mark.parametrize("entry", EXPECTED_ENTRY_POINTS)
@@ -555,6 +564,33 @@ CUTS = [
         id="ratio-denominator-grouped-differently",
     ),
     pytest.param(
+        "scheduler.tf",
+        SCHEDULER_JOBS_RESOURCE,
+        "jsonencode({})",
+        'jsonencode({ trigger = "cloud-scheduler" })',
+        "scheduler_bodies",
+        "job checkpoint: body key(s) ['trigger'] are refused by checkpoint",
+        id="scheduler-body-with-unknown-key",
+    ),
+    pytest.param(
+        "scheduler.tf",
+        SCHEDULER_JOBS_RESOURCE,
+        "jsonencode({})",
+        'jsonencode(["checkpoint"])',
+        "scheduler_bodies",
+        "job load_test: body ['checkpoint'] is not a JSON object",
+        id="scheduler-body-not-an-object",
+    ),
+    pytest.param(
+        "scheduler.tf",
+        SCHEDULER_JOBS_RESOURCE,
+        'headers     = { "Content-Type" = "application/json" }',
+        'headers     = { "Content-Type" = "text/plain" }',
+        "scheduler_bodies",
+        "job checkpoint: Content-Type is 'text/plain', not application/json",
+        id="scheduler-body-not-json",
+    ),
+    pytest.param(
         "functions.tf",
         _fn("checkpoint"),
         'entry_point   = "checkpoint"',
@@ -724,6 +760,16 @@ def test_cutting_a_link_is_reported(tmp_path, policy, filename, block, old, new,
     assert any(expected in p for p in problems[check]), (
         f"{check} did not report {expected!r}: {problems[check]}"
     )
+
+
+def test_scheduler_body_keys_are_those_of_the_called_function(tmp_path, policy):
+    # One body for both jobs: "mode" is load_test's alone, so only checkpoint refuses it.
+    cut = _cut(
+        tmp_path, "scheduler.tf", SCHEDULER_JOBS_RESOURCE, "jsonencode({})", 'jsonencode({ mode = "load" })'
+    )
+    assert tc.check_scheduler_bodies(cut, SCHEDULER_BODY_KEYS) == [
+        "job checkpoint: body key(s) ['mode'] are refused by checkpoint (accepts {} or keys ['service'])"
+    ]
 
 
 def test_optional_features_switch_their_instances_off(tf):
