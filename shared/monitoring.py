@@ -33,7 +33,7 @@ CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
 CUSTOM_METRIC_PREFIX = "custom.googleapis.com/canary_guard/"
 MAX_SERIES_PER_WRITE = 200  # CreateTimeSeries limit
 MIN_WINDOW_S = 60  # the smallest alignment period Cloud Monitoring accepts
-CALL_TIMEOUT_S = 20.0  # per API call; a checkpoint makes four reads and runs every minute
+CALL_TIMEOUT_S = 20.0  # per API call, retries included; a checkpoint makes eight reads (see functions.tf)
 
 # The client retries ListTimeSeries only on UNAVAILABLE by default. Reads are idempotent, so a
 # server-side DEADLINE_EXCEEDED is worth another attempt too, within the same overall deadline.

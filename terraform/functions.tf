@@ -73,10 +73,14 @@ locals {
 
     # Cloud Scheduler (policy checkpoint.schedule) -> GO / NO-GO / INCONCLUSIVE -> next step.
     checkpoint = {
-      entry_point   = "checkpoint"
-      description   = "canary-guard: periodic checkpoint - judges the canary and advances the traffic ramp."
-      memory        = "512Mi"
-      timeout_s     = 120
+      entry_point = "checkpoint"
+      description = "canary-guard: periodic checkpoint - judges the canary and advances the traffic ramp."
+      memory      = "512Mi"
+      # Worst case when Google APIs are slow: 8 Monitoring reads x 20 s, a Cloud Run read and a
+      # traffic write x 5 attempts x 15 s: ~310 s. A run killed between the traffic write and
+      # its Firestore record loses that step's history entry, so leave room; max_instances = 1
+      # means a slow run makes the next minutes' calls fail fast instead of stacking up.
+      timeout_s     = 360
       max_instances = 1
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {

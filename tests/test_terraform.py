@@ -593,8 +593,8 @@ CUTS = [
     pytest.param(
         "functions.tf",
         _fn("checkpoint"),
-        'entry_point   = "checkpoint"',
-        'entry_point   = "check_point"',
+        'entry_point = "checkpoint"',
+        'entry_point = "check_point"',
         "entry_points",
         "'check_point' is not a top-level function",
         id="entry-point-typo",
