@@ -34,10 +34,13 @@ class Outcome(StrEnum):
     RESET = "reset"  # recovery: streak back to 0
     DUPLICATE = "duplicate"  # this event id was applied before
     STALE = "stale"  # older than the last applied observation of the rule
-    NOT_RUNNING = "not_running"  # rollout is rolled back / promoted / superseded: nothing to count
+    NOT_RUNNING = "not_running"  # rollout is rolling/rolled back, promoted or superseded: nothing to count
 
 
 IGNORED = frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING})
+# The canary still serves traffic in these phases, so its breaches must still trip a rollback
+# (FROZEN only stops the ramp).
+COUNTING_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def apply_observation(
         return ignored(
             Outcome.DUPLICATE, f"incident {obs.detail.get('incident_id')} was already counted moments ago"
         )
-    if state.phase is not Phase.RUNNING:
+    if state.phase not in COUNTING_PHASES:
         return ignored(Outcome.NOT_RUNNING, f"rollout is {state.phase}")
     if streak.last_event_time is not None and obs.event_time < streak.last_event_time:
         return ignored(

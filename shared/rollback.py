@@ -137,7 +137,7 @@ def execute_rollback(
             Phase.ROLLED_BACK,
             "rolled_back",
             {"message": f"canary {rollout.canary_revision} has no traffic left", "reason": request.reason},
-            only_from={Phase.RUNNING, Phase.ROLLING_BACK},
+            only_from={Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK},
         )
         return RollbackResult(
             "already_rolled_back",

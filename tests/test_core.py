@@ -5,7 +5,7 @@ reference model."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,7 +28,9 @@ from shared.policy import RULE_NAMES, load_policy
 POLICY = load_policy()
 LIMITS: dict[str, int] = {rule: spec.consecutive for rule, spec in POLICY.rollback_rules.items()}
 T0 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
-NOT_RUNNING_PHASES = [phase for phase in Phase if phase is not Phase.RUNNING]
+# FROZEN only stops the ramp: the canary still serves traffic, so its streaks count.
+COUNTING_PHASES = [Phase.RUNNING, Phase.FROZEN]
+NOT_RUNNING_PHASES = [phase for phase in Phase if phase not in COUNTING_PHASES]
 
 _ids = iter(range(10**9))
 
@@ -335,6 +337,37 @@ def test_a_rollout_that_is_not_running_counts_nothing(phase, kind):
     assert decision.reason == f"rollout is {phase}"
 
 
+def test_every_phase_is_either_counting_or_not():
+    assert set(COUNTING_PHASES) | set(NOT_RUNNING_PHASES) == set(Phase)
+    assert set(NOT_RUNNING_PHASES) == {
+        Phase.ROLLING_BACK,
+        Phase.ROLLED_BACK,
+        Phase.PROMOTED,
+        Phase.SUPERSEDED,
+    }
+
+
+@pytest.mark.parametrize("phase", COUNTING_PHASES)
+@pytest.mark.parametrize(("rule", "limit"), sorted(LIMITS.items()))
+def test_a_running_or_frozen_rollout_counts_and_trips(phase, rule, limit):
+    state = StreakState(phase=phase)
+    state, decisions = feed(state, [breach(rule, t=n) for n in range(1, limit + 1)])
+    assert [d.outcome for d in decisions] == [Outcome.COUNTED] * (limit - 1) + [Outcome.TRIPPED]
+    assert decisions[-1].request_rollback is True
+    assert state.rollback_requested is True
+    assert state.phase is phase  # the core only requests; the rollback changes the phase
+    assert count(state, rule) == limit
+
+
+def test_a_frozen_rollout_resets_on_recovery_and_ignores_stale_and_duplicates():
+    state = StreakState(phase=Phase.FROZEN, streaks={"error_rate": Streak(2, at(10))})
+    assert apply(state, breach(t=5)).outcome is Outcome.STALE
+    assert apply(state, breach(t=11), duplicate=True).outcome is Outcome.DUPLICATE
+    decision = apply(state, recovery(t=12))
+    assert decision.outcome is Outcome.RESET
+    assert decision.state.streaks["error_rate"] == Streak(0, at(12))
+
+
 def test_rolled_back_is_sticky():
     state = StreakState(
         phase=Phase.ROLLED_BACK, streaks={"error_rate": Streak(3, at(0))}, rollback_requested=True
@@ -447,7 +480,7 @@ class Model:
         if eid in self.seen:
             return Outcome.DUPLICATE
         self.seen.add(eid)
-        if self.phase is not Phase.RUNNING:
+        if self.phase not in (Phase.RUNNING, Phase.FROZEN):
             return Outcome.NOT_RUNNING
         if rule in self.last and t < self.last[rule]:
             return Outcome.STALE
@@ -567,6 +600,17 @@ def test_property_nothing_counts_unless_running(phase, requested, sequence):
     final, decisions = drive(start, sequence, set())
     assert final is start
     assert {d.outcome for d in decisions} <= {Outcome.NOT_RUNNING, Outcome.DUPLICATE}
+
+
+@PROPERTY
+@given(st.booleans(), steps)
+def test_property_a_frozen_rollout_counts_exactly_like_a_running_one(requested, sequence):
+    running, expected = drive(StreakState(rollback_requested=requested), sequence, set())
+    frozen, decisions = drive(StreakState(phase=Phase.FROZEN, rollback_requested=requested), sequence, set())
+    assert [(d.outcome, d.count, d.reason) for d in decisions] == [
+        (d.outcome, d.count, d.reason) for d in expected
+    ]
+    assert frozen == replace(running, phase=Phase.FROZEN)
 
 
 def test_repeated_notification_of_one_incident():

@@ -14,7 +14,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from infra.localstack import ALERTS_TOPIC, PROJECT, push_endpoint, wire_push
+from infra.localstack import ALERTS_TOPIC, PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
 from shared.core import Phase
 from shared.store import RolloutStore, rollout_id
 from tests.conftest import FOREIGN, LOCATION, SHOP, deploy_canary
@@ -160,6 +160,36 @@ def test_new_canary_starts_fresh_and_old_one_is_superseded(functions, store, can
     old_id, _ = alert(fn, revision="shop-00002", seconds=4)
     assert store.get(canary).streaks["error_rate"].count == 2
     assert fn.logs_for(event_id=old_id)[-1]["outcome"] == "not_running"
+
+
+def live(cloudrun) -> dict[str, int]:
+    return {t["revision"]: t.get("percent", 0) for t in cloudrun.service(SHOP)["traffic"]}
+
+
+def test_a_frozen_rollout_still_trips_and_is_rolled_back(
+    functions, store, canary, cloudrun, rollback_requests
+):
+    """FROZEN only stops the ramp: the canary keeps its 5 %, so its breaches still count and the
+    rollback they request moves that 5 % to stable."""
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    assert store.set_phase(canary, Phase.FROZEN, "frozen", {"message": "test"}, only_from={Phase.RUNNING})
+    fn = functions["breach_counter"]
+    for n in (1, 2):
+        message_id, _ = alert(fn, seconds=n)
+        assert fn.logs_for(event_id=message_id)[-1]["outcome"] == "counted"
+    trip_id, _ = alert(fn, seconds=3)
+    assert fn.logs_for(event_id=trip_id)[-1]["outcome"] == "tripped"
+    rollout = store.get(canary)
+    assert rollout.streaks["error_rate"].count == 3 and rollout.rollback_published
+    [request] = rollback_requests(expect_at_least=1)
+    assert request["canary_revision"] == "shop-00002" and request["trigger_event_id"] == trip_id
+    message_id = uuid.uuid4().hex
+    data = cloudevent_data(request, message_id=message_id, publish_time=at(4), topic=ROLLBACK_TOPIC)
+    response = post_event(functions["rollback"], data, event_id=message_id, topic=ROLLBACK_TOPIC)
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
+    assert live(cloudrun) == {"shop-00001": 100, "shop-00002": 0}
+    assert store.get(canary).phase is Phase.ROLLED_BACK
 
 
 def test_alerts_for_the_stable_revision_are_ignored(functions, store, canary):

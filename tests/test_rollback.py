@@ -293,3 +293,32 @@ def test_a_superseded_canary_still_serving_has_only_its_share_rolled_back(functi
     assert response.status_code == 200
     assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
     assert live(shop) == {"shop-00001": 90, "shop-00003": 10}  # A had no tag: its entry goes
+
+
+def freeze(store: RolloutStore) -> None:
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    assert store.set_phase(CANARY, Phase.FROZEN, "frozen", {"message": "test"}, only_from={Phase.RUNNING})
+
+
+def test_emergency_rolls_back_a_frozen_rollout(functions, store, shop):
+    """FROZEN stops the ramp, not the canary's traffic: the on-call can still roll it back."""
+    freeze(store)
+    response = emergency(functions, {"service": "shop", "reason": "frozen and failing"})
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "rolled_back"
+    assert live(shop) == AFTER
+    assert store.get(CANARY).phase is Phase.ROLLED_BACK
+    assert [h["kind"] for h in store.history(CANARY)][-2:] == ["rollback_started", "rolled_back"]
+
+
+def test_a_request_for_a_frozen_canary_without_traffic_closes_it(functions, store, shop):
+    """The frozen canary's share was already taken away by hand: nothing to move, and the
+    rollout is recorded as rolled back instead of staying FROZEN."""
+    freeze(store)
+    deploy_canary(shop, percent=0)
+    body = {"service": SHOP, "canary_revision": "shop-00002", "reason": "error_rate", "requested_by": "x"}
+    message_id, response = publish_request(functions["rollback"], body)
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "already_rolled_back"
+    assert live(shop) == {"shop-00001": 100}
+    assert store.get(CANARY).phase is Phase.ROLLED_BACK
