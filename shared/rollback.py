@@ -283,6 +283,8 @@ def handle_emergency(
             return Report("ERROR", message, outcome="control_plane_refused", service=request.service), 502
         message = f"Cloud Run did not accept the rollback ({exc}); traffic is unchanged, call again"
         return Report("ERROR", message, outcome="control_plane_error", service=request.service), 503
-    except (gexc.GoogleAPICallError, StoreContention) as exc:
+    # GoogleAPIError, not only GoogleAPICallError: a read that used up its retry deadline raises
+    # RetryError, which is no call error.
+    except (gexc.GoogleAPIError, StoreContention) as exc:
         message = f"the rollout state could not be read or written ({exc}); call again"
         return Report("ERROR", message, outcome="store_error", service=request.service), 503

@@ -10,11 +10,12 @@ import uuid
 
 import pytest
 import requests
-from google.cloud import pubsub_v1
+from google.api_core import retry
+from google.cloud import firestore, pubsub_v1
 
-from infra.localstack import PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
+from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, wire_push
 from shared.core import Phase
-from shared.store import RolloutStore, rollout_id
+from shared.store import Rollout, RolloutStore, rollout_id
 from tests.conftest import API, API_EU, FOREIGN, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
 from tests.test_pipeline import post_event
@@ -322,3 +323,32 @@ def test_a_request_for_a_frozen_canary_without_traffic_closes_it(functions, stor
     assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "already_rolled_back"
     assert live(shop) == {"shop-00001": 100}
     assert store.get(CANARY).phase is Phase.ROLLED_BACK
+
+
+class ImpatientStore(RolloutStore):
+    """Firestore retries a failing read for up to 300 s and then raises RetryError (a
+    GoogleAPIError that is no GoogleAPICallError); the same error from the real client, sooner."""
+
+    def get(self, rid: str) -> Rollout | None:
+        snap = self._rollout_ref(rid).get(retry=retry.Retry(initial=0.05, maximum=0.2, timeout=1.0))
+        return Rollout.from_doc(snap.id, snap.to_dict()) if snap.exists else None
+
+
+def test_emergency_answers_503_when_a_firestore_read_runs_out_of_retries(function_env, shop, monkeypatch):
+    from shared.cloudrun import CloudRunTraffic
+    from shared.config import load_settings
+    from shared.rollback import handle_emergency
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
+    store = ImpatientStore(PROJECT, client=firestore.Client(project=PROJECT))
+    report, status = handle_emergency(
+        {"service": "shop", "reason": "firestore unreachable"},
+        None,
+        settings=load_settings(function_env),
+        store=store,
+        traffic_client=CloudRunTraffic(shop.url),
+    )
+    assert status == 503
+    assert report.severity == "ERROR" and report.fields["outcome"] == "store_error"
+    assert "call again" in report.message and "Timeout of 1.0s exceeded" in report.message
+    assert live(shop) == BEFORE
