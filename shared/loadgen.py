@@ -759,7 +759,7 @@ async def run_probe(
     """Rate-limit probe: per side, `requests_per_side` requests one after another with
     `delay_ms` between them; the sides run concurrently. `sides` maps a side name ("canary",
     "legacy") to the full URL to request. Without `deadline_s` the run is bounded by its own
-    worst case, requests_per_side x (delay + timeout)."""
+    worst case, `probe_deadline`."""
     if not sides:
         raise ValueError("the probe needs at least one side")
     targets = {name: _target(url, method, headers) for name, url in sides.items()}
@@ -768,7 +768,7 @@ async def run_probe(
     _check_run("delay_ms", delay_ms, 0, math.inf)
     _check_run("timeout_s", timeout_s, 1e-3, math.inf)
     if deadline_s is None:
-        deadline_s = requests_per_side * (delay_ms / 1000 + timeout_s) + DEADLINE_SLACK_S
+        deadline_s = probe_deadline(requests_per_side, delay_ms, timeout_s)
     _check_run("deadline_s", deadline_s, 1e-3, math.inf)
     delay_s = delay_ms / 1000
 
@@ -855,20 +855,27 @@ def plan_fits(
     memory_mb: float,
     *,
     targets: int = 1,
+    services: int = 1,
     deadline_s: float | None = None,
     request_timeout_s: float | None = None,
+    alongside_s: float = 0.0,
 ) -> None:
     """Raise ValueError, saying why, when a run cannot finish inside one function invocation.
 
     `targets`: how many targets the load test runs one after another, or how many sides the
-    probe runs concurrently. `deadline_s`: the per-target deadline; required for the closed
-    model, whose duration depends on the target's latency. `request_timeout_s`: the probe's
-    per-request timeout (the load test's is in its policy). Time: the worst case plus
-    FUNCTION_MARGIN_S must fit in `function_timeout_s`. Memory: BASE_MEMORY_MB plus
-    PER_CONNECTION_KB per connection must fit in MEMORY_HEADROOM of `memory_mb`.
+    probe runs concurrently. `services`: how many services get this run one after another in
+    the same invocation. `deadline_s`: the per-target deadline; required for the closed
+    model, whose duration depends on the target's latency, and at least `least_target_s`.
+    `request_timeout_s`: the probe's per-request timeout (the load test's is in its policy).
+    `alongside_s`: what each service also spends on other runs (the probe beside the load
+    test). Time: services x (the worst case + alongside_s) plus FUNCTION_MARGIN_S must fit in
+    `function_timeout_s`. Memory: BASE_MEMORY_MB plus PER_CONNECTION_KB per connection must fit
+    in MEMORY_HEADROOM of `memory_mb` (the runs are sequential, so services do not add up).
     """
     if targets < 1:
         raise ValueError(f"targets must be >= 1, got {targets}")
+    if services < 1:
+        raise ValueError(f"services must be >= 1, got {services}")
     budget = function_timeout_s - FUNCTION_MARGIN_S
     if budget <= 0:
         raise ValueError(
@@ -878,11 +885,11 @@ def plan_fits(
     if isinstance(config, RateLimitProbe):
         if request_timeout_s is None:
             raise ValueError("the probe's duration is bounded by its request timeout: pass request_timeout_s")
-        per_request = config.delay_ms / 1000 + request_timeout_s
-        worst = config.requests_per_side * per_request
+        worst = probe_deadline(config.requests_per_side, config.delay_ms, request_timeout_s)
         what = (
             f"the probe may take {worst:g} s ({config.requests_per_side} requests x "
-            f"({config.delay_ms / 1000:g} s delay + {request_timeout_s:g} s timeout))"
+            f"({config.delay_ms / 1000:g} s delay + {request_timeout_s:g} s timeout) + "
+            f"{DEADLINE_SLACK_S:g} s)"
         )
         connections = targets
     elif config.mode == "open":
@@ -909,15 +916,27 @@ def plan_fits(
         connections = config.concurrency
     else:
         if deadline_s is None:
+            most = (budget / services - alongside_s) / targets
             raise ValueError(
                 "closed model: its duration depends on the target's latency and cannot be "
-                f"estimated, so pass an explicit deadline_s per target (at most {budget / targets:g} s "
+                f"estimated, so pass an explicit deadline_s per target (at most {most:g} s "
                 f"for {targets} target(s) within a {function_timeout_s:g} s function timeout)"
+            )
+        if deadline_s < least_target_s(config):
+            raise ValueError(
+                f"closed model: a deadline of {deadline_s:g} s per target is shorter than one "
+                f"request timeout ({config.request_timeout_s:g} s) + {DEADLINE_SLACK_S:g} s, so a "
+                "slow answer could never come back"
             )
         worst = deadline_s * targets
         what = f"the closed model may take {worst:g} s ({targets} target(s) x {deadline_s:g} s deadline)"
         connections = config.concurrency
-    if worst > budget:
+    total = services * (worst + alongside_s)
+    if total > budget:
+        if alongside_s:
+            what += f" plus {alongside_s:g} s of other runs per service"
+        if services > 1:
+            what += f", {total:g} s for {services} services one after another"
         raise ValueError(
             f"{what}, but the function timeout of {function_timeout_s:g} s leaves {budget:g} s "
             f"after the {FUNCTION_MARGIN_S:g} s margin"
@@ -937,6 +956,20 @@ def open_deadline(config: LoadTest) -> float:
     return config.duration_s + config.request_timeout_s + DEADLINE_SLACK_S
 
 
+def least_target_s(config: LoadTest) -> float:
+    """The least time one target of the load test must be given: the open model's natural
+    deadline; for the closed model, whose length depends on the target, one request timeout
+    (plus slack), so that a slow answer can still come back instead of being cancelled."""
+    if config.mode == "open":
+        return open_deadline(config)
+    return config.request_timeout_s + DEADLINE_SLACK_S
+
+
+def probe_deadline(requests_per_side: int, delay_ms: float, timeout_s: float) -> float:
+    """The probe's natural deadline: every request of a side waits its delay and its whole timeout."""
+    return requests_per_side * (delay_ms / 1000 + timeout_s) + DEADLINE_SLACK_S
+
+
 def run_load_test(
     targets: Mapping[str, str],
     policy: LoadTest,
@@ -944,33 +977,51 @@ def run_load_test(
     headers: Mapping[str, str] | None = None,
     function_timeout_s: float,
     memory_mb: float,
+    budget_s: float | None = None,
 ) -> dict[str, TargetResult]:
     """The daily load test: `targets` maps a name ("canary", "stable") to a base URL; each gets
     `policy.path` appended and is loaded in `policy.mode`, one after the other (concurrent runs
     would share this instance's CPU and skew each other's latency). The open model uses
-    `policy.concurrency` as its in-flight bound. Refuses (ValueError) before sending anything
-    when the plan does not fit the function's timeout or memory."""
+    `policy.concurrency` as its in-flight bound.
+
+    `budget_s`: the seconds the whole load test may take (the caller's share of the
+    invocation; default: the function timeout less FUNCTION_MARGIN_S). Each target gets what is
+    left of it when its turn comes: the open model up to its natural deadline, the closed model
+    an equal share with the targets still to run. Refuses (ValueError) before sending anything
+    when the plan does not fit the function's timeout or memory, or `budget_s`."""
     if not targets:
         raise ValueError("the load test needs at least one target")
     headers = {**policy.headers, **(headers or {})}  # the policy's, plus the caller's (auth)
-    if policy.mode == "open":
-        deadline_s = open_deadline(policy)
-    else:
-        # The closed model's duration is unknown in advance: give each target an equal share.
-        deadline_s = (function_timeout_s - FUNCTION_MARGIN_S) / len(targets)
-    plan_fits(policy, function_timeout_s, memory_mb, targets=len(targets), deadline_s=deadline_s)
+    least = least_target_s(policy)
+    plan_fits(
+        policy,
+        function_timeout_s,
+        memory_mb,
+        targets=len(targets),
+        deadline_s=None if policy.mode == "open" else least,
+    )
+    if budget_s is None:
+        budget_s = function_timeout_s - FUNCTION_MARGIN_S
+    if budget_s < least * len(targets):
+        raise ValueError(
+            f"the load test of {len(targets)} target(s) needs at least {least * len(targets):g} s "
+            f"({least:g} s each), but was given {budget_s:g} s"
+        )
+
+    started = perf_counter()  # the budget counts from the call, loop start-up included
 
     async def main() -> dict[str, TargetResult]:
         results = {}
-        for name, base in targets.items():
+        for index, (name, base) in enumerate(targets.items()):
             url = base.rstrip("/") + policy.path
+            left_s = budget_s - (perf_counter() - started)
             if policy.mode == "open":
                 results[name] = await run_open(
                     url,
                     rate_per_s=policy.rate_per_s,
                     duration_s=policy.duration_s,
                     timeout_s=policy.request_timeout_s,
-                    deadline_s=deadline_s,
+                    deadline_s=min(open_deadline(policy), left_s),
                     max_in_flight=policy.concurrency,
                     method=policy.method,
                     headers=headers,
@@ -981,7 +1032,9 @@ def run_load_test(
                     requests=policy.requests,
                     concurrency=policy.concurrency,
                     timeout_s=policy.request_timeout_s,
-                    deadline_s=deadline_s,
+                    # Its length is unknown: an equal share of what is left, so time a canary
+                    # did not use goes to the stable side.
+                    deadline_s=left_s / (len(targets) - index),
                     method=policy.method,
                     headers=headers,
                 )

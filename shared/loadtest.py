@@ -1,16 +1,29 @@
 """The daily load test and the canary-vs-legacy rate-limit probe against a watched service:
 targets from the live service (the canary's tag URL; the stable revision's `stable` tag URL,
 else the service URL), results judged against the policy, stored as a decision on the rollout
-and written as custom metrics for the dashboard and alert policies."""
+and written as custom metrics for the dashboard and alert policies. One deadline covers the whole
+invocation: a service that cannot fit in what is left of it is skipped, not started."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceRef, Settings
-from shared.loadgen import TargetResult, judge_load, judge_probe, plan_fits, run_load_test, run_probe
+from shared.loadgen import (
+    FUNCTION_MARGIN_S,
+    TargetResult,
+    judge_load,
+    judge_probe,
+    least_target_s,
+    plan_fits,
+    probe_deadline,
+    run_load_test,
+    run_probe,
+)
 from shared.logs import Report
 from shared.policy import Policy
 from shared.store import rollout_id
@@ -23,6 +36,17 @@ if TYPE_CHECKING:
 
 MODES = ("both", "load", "probe")
 STABLE_TAG = "stable"
+SIDES = 2  # canary and stable (the probe calls the stable side "legacy")
+_SEVERITY_RANK = ("INFO", "NOTICE", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class LoadTestClients:
+    """What the load test talks to; built lazily by the entry point, passed in by tests."""
+
+    store: RolloutStore
+    traffic: CloudRunTraffic
+    writer: MetricWriter | None
 
 
 def _auth_headers(auth: str, audience: str) -> dict[str, str]:
@@ -37,9 +61,62 @@ def _auth_headers(auth: str, audience: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _probe_bound_s(policy: Policy) -> float:
+def _probe_s(policy: Policy) -> float:
     probe = policy.rate_limit_probe
-    return probe.requests_per_side * (probe.delay_ms / 1000 + policy.load_test.request_timeout_s)
+    return probe_deadline(probe.requests_per_side, probe.delay_ms, policy.load_test.request_timeout_s)
+
+
+def service_need_s(policy: Policy, mode: str) -> float:
+    """The least time one service's tests in `mode` must be given, the probe's slack included."""
+    need = 0.0
+    if mode in ("load", "both"):
+        need += SIDES * least_target_s(policy.load_test)
+    if mode in ("probe", "both"):
+        need += _probe_s(policy)
+    return need
+
+
+def check_plan(policy: Policy, settings: Settings, mode: str, *, services: int = 1) -> None:
+    """Raise ValueError, saying why, when `services` services cannot all be tested in `mode`
+    one after another within one invocation (the function's timeout and memory)."""
+    timeout_s, memory_mb = settings.function_timeout_s, settings.function_memory_mb
+    probe_s = 0.0
+    if mode in ("probe", "both"):
+        plan_fits(
+            policy.rate_limit_probe,
+            timeout_s,
+            memory_mb,
+            targets=SIDES,
+            services=services,
+            request_timeout_s=policy.load_test.request_timeout_s,
+        )
+        probe_s = _probe_s(policy)
+    if mode in ("load", "both"):
+        load = policy.load_test
+        plan_fits(
+            load,
+            timeout_s,
+            memory_mb,
+            targets=SIDES,
+            services=services,
+            deadline_s=None if load.mode == "open" else least_target_s(load),
+            alongside_s=probe_s,
+        )
+
+
+def _out_of_time(service: ServiceRef, need_s: float, deadline: float) -> Report | None:
+    """A report that `service` is skipped when less than `need_s` is left before `deadline`:
+    better not started than killed by the platform mid-run with nothing recorded."""
+    left_s = deadline - time.monotonic()
+    if left_s >= need_s:
+        return None
+    return Report(
+        "WARNING",
+        f"{service.service}: skipped, not enough time left in this run: "
+        f"{need_s:.1f} s needed, {max(left_s, 0.0):.1f} s left",
+        service=service.name,
+        outcome="skipped",
+    )
 
 
 def run_service_tests(
@@ -53,9 +130,22 @@ def run_service_tests(
     writer: MetricWriter | None,
     auth: str = "none",
     now: datetime | None = None,
+    deadline: float | None = None,
+    services_left: int = 1,
 ) -> Report:
     """Load test and/or probe one service's canary and stable sides. Refuses (ValueError) a
-    configuration that cannot fit the function's timeout or memory before sending anything."""
+    configuration that cannot fit the function's timeout or memory before sending anything.
+
+    `deadline` (time.monotonic()): by when this and the `services_left - 1` services after it
+    must be done; default: the function timeout less FUNCTION_MARGIN_S from now. The service
+    is skipped when what is left is less than it needs, else it gets an equal share of what
+    is left (at least what it needs)."""
+    if deadline is None:
+        deadline = time.monotonic() + settings.function_timeout_s - FUNCTION_MARGIN_S
+    check_plan(policy, settings, mode)
+    need_s = service_need_s(policy, mode)
+    if skipped := _out_of_time(service, need_s, deadline):  # no Cloud Run read for a service never run
+        return skipped
     live = traffic.get(service.name)
     split = discover_canary(live)
     canary_url = live.tag_uris.get(CANARY_TAG)
@@ -74,27 +164,25 @@ def run_service_tests(
         canary_percent=split.canary_percent,
         started_by="discovered by load_test",
     )
+    # Again after the Cloud Run read (with its retries), the token and Firestore: their time is spent.
+    if skipped := _out_of_time(service, need_s, deadline):
+        return skipped
+    started = time.monotonic()
+    share_s = max(need_s, (deadline - started) / services_left)
+    ends = started + share_s
 
     record: dict[str, Any] = {"mode": mode, "targets": sides}
     verdicts: dict[str, str] = {}
-    budget_s = settings.function_timeout_s
-    if mode in ("probe", "both"):
-        plan_fits(
-            policy.rate_limit_probe,
-            settings.function_timeout_s,
-            settings.function_memory_mb,
-            targets=2,
-            request_timeout_s=policy.load_test.request_timeout_s,
-        )
-        budget_s -= _probe_bound_s(policy)
+    probe_s = _probe_s(policy) if mode in ("probe", "both") else 0.0
     load: dict[str, TargetResult] = {}
     if mode in ("load", "both"):
         load = run_load_test(
             sides,
             policy.load_test,
             headers=headers,
-            function_timeout_s=budget_s,
+            function_timeout_s=settings.function_timeout_s,
             memory_mb=settings.function_memory_mb,
+            budget_s=share_s - probe_s,  # the probe's time is kept for it
         )
         judged = {side: judge_load(result, policy.load_test) for side, result in load.items()}
         record["load_test"] = {
@@ -110,6 +198,7 @@ def run_service_tests(
                 requests_per_side=policy.rate_limit_probe.requests_per_side,
                 delay_ms=policy.rate_limit_probe.delay_ms,
                 timeout_s=policy.load_test.request_timeout_s,
+                deadline_s=min(probe_s, ends - time.monotonic()),
                 method=policy.load_test.method,
                 headers={**policy.load_test.headers, **headers},
             )
@@ -175,11 +264,21 @@ def _write_metrics(
         writer.write(points)
 
 
-def handle_load_test(body: Any, *, settings: Settings, policy: Policy, auth: str) -> tuple[Report, int]:
-    """The HTTP adapter's core. Body (optional): {"mode": "both"|"load"|"probe", "service": name}."""
+def handle_load_test(
+    body: Any,
+    *,
+    settings: Settings,
+    policy: Policy,
+    auth: str,
+    clients: LoadTestClients | None = None,
+) -> tuple[Report, int]:
+    """The HTTP adapter's core. Body (optional): {"mode": "both"|"load"|"probe", "service": name}.
+    400 when the services cannot all fit one invocation."""
+    # One deadline for the whole invocation, set first: every service's Cloud Run reads, token
+    # fetch and Firestore writes count against it, not only its load.
+    deadline = time.monotonic() + settings.function_timeout_s - FUNCTION_MARGIN_S
     from google.api_core import exceptions as gexc
 
-    from shared import runtime
     from shared.cloudrun import ControlPlaneError
 
     body = body or {}
@@ -196,8 +295,16 @@ def handle_load_test(body: Any, *, settings: Settings, policy: Policy, auth: str
         return Report("WARNING", str(exc)), 403
     except (ValueError, AttributeError) as exc:
         return Report("WARNING", str(exc)), 400
+    try:
+        check_plan(policy, settings, mode, services=len(services))
+    except ValueError as exc:  # the configuration cannot fit this function: fix the policy
+        return Report("ERROR", f"load test refused: {exc}", outcome="refused"), 400
+    if clients is None:
+        from shared import runtime
+
+        clients = LoadTestClients(runtime.store(), runtime.traffic(), runtime.writer())
     reports = []
-    for service in services:
+    for index, service in enumerate(services):
         try:
             reports.append(
                 run_service_tests(
@@ -205,10 +312,12 @@ def handle_load_test(body: Any, *, settings: Settings, policy: Policy, auth: str
                     mode=mode,
                     settings=settings,
                     policy=policy,
-                    store=runtime.store(),
-                    traffic=runtime.traffic(),
-                    writer=runtime.writer(),
+                    store=clients.store,
+                    traffic=clients.traffic,
+                    writer=clients.writer,
                     auth=auth,
+                    deadline=deadline,
+                    services_left=len(services) - index,
                 )
             )
         except ValueError as exc:  # the configuration cannot fit this function: fix the policy
@@ -221,5 +330,6 @@ def handle_load_test(body: Any, *, settings: Settings, policy: Policy, auth: str
     summary = "; ".join(r.message for r in reports)
     if any(report.severity == "ERROR" for report in reports):
         return Report("ERROR", summary, results=results, outcome="partial_failure"), 503
-    severity = "NOTICE" if any(report.severity == "NOTICE" for report in reports) else "INFO"
-    return Report(severity, summary, results=results, outcome="done"), 200
+    severity = max((report.severity for report in reports), key=_SEVERITY_RANK.index, default="INFO")
+    skipped = any(report.fields.get("outcome") == "skipped" for report in reports)
+    return Report(severity, summary, results=results, outcome="incomplete" if skipped else "done"), 200

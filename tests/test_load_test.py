@@ -5,6 +5,8 @@ Run stand-in's tag URLs), and records them in Firestore and in the Monitoring st
 from __future__ import annotations
 
 import json
+import re
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -14,17 +16,19 @@ import yaml
 from infra.localstack import PROJECT, free_port, serve_function
 from infra.monitoring_standin import start_monitoring_standin
 from infra.target_server import start_target_server
-from shared.config import load_settings
-from shared.loadtest import run_service_tests
+from shared.cloudrun import CloudRunTraffic
+from shared.config import Settings, load_settings
+from shared.loadgen import FUNCTION_MARGIN_S
+from shared.loadtest import LoadTestClients, handle_load_test, run_service_tests
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
 from shared.store import RolloutStore, rollout_id
-from tests.conftest import SHOP
+from tests.conftest import API, API_EU, SHOP
 
 pytestmark = pytest.mark.emulators
 CANARY = rollout_id(SHOP, "shop-00002")
 
 
-def small_policy(tmp_dir, **load_test):
+def small_policy(tmp_dir, probe: dict | None = None, **load_test):
     policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     policy["load_test"] |= {
         "mode": "closed",
@@ -33,7 +37,7 @@ def small_policy(tmp_dir, **load_test):
         "request_timeout_s": 2,
         **load_test,
     }
-    policy["rate_limit_probe"] |= {"requests_per_side": 20, "delay_ms": 20}
+    policy["rate_limit_probe"] |= {"requests_per_side": 20, "delay_ms": 20, **(probe or {})}
     path = tmp_dir / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))
     return path
@@ -165,8 +169,6 @@ def test_a_config_that_cannot_fit_the_function_is_refused_before_any_request(
         | {"FUNCTION_MEMORY_MB": "128", "CANARY_POLICY_FILE": str(small_policy(tmp_path, concurrency=200))}
     )
     before = targets["canary"].stats()
-    from shared.cloudrun import CloudRunTraffic
-
     with pytest.raises(ValueError, match="memory"):
         run_service_tests(
             settings.resolve_service("shop"),
@@ -179,6 +181,88 @@ def test_a_config_that_cannot_fit_the_function_is_refused_before_any_request(
             now=datetime.now(UTC),
         )
     assert targets["canary"].stats() == before
+
+
+# --- handle_load_test called directly: the body, and one deadline for all services ------------
+
+# Per service, 2 sides x (0.25 s request timeout + 1 s slack) + the probe's 2 x 0.25 s + 1 s: 4 s.
+TIGHT_NEED_S = 4.0
+
+
+def tight_settings(function_env, tmp_path, services: list[str], timeout_s: float = 60) -> Settings:
+    policy = small_policy(
+        tmp_path, {"requests_per_side": 2, "delay_ms": 0}, requests=20, concurrency=2, request_timeout_s=0.25
+    )
+    return load_settings(
+        function_env
+        | {
+            "CANARY_SERVICES": ",".join(services),
+            "CANARY_POLICY_FILE": str(policy),
+            "FUNCTION_TIMEOUT_S": str(timeout_s),
+        }
+    )
+
+
+def call(body, settings: Settings, cloudrun) -> tuple[dict, int]:
+    clients = LoadTestClients(RolloutStore(PROJECT), CloudRunTraffic(cloudrun.url), writer=None)
+    report, status = handle_load_test(
+        body, settings=settings, policy=load_policy(settings.policy_file), auth="none", clients=clients
+    )
+    return report.as_dict(), status
+
+
+def also_canary(cloudrun, targets, service: str = API) -> None:
+    """`service` with a live canary on the same two local targets as shop."""
+    name = service.rsplit("/", 1)[-1]
+    cloudrun.put_service(
+        service,
+        [f"{name}-00001", f"{name}-00002"],
+        [
+            {"revision": f"{name}-00001", "percent": 95},
+            {"revision": f"{name}-00002", "percent": 5, "tag": "canary"},
+        ],
+        uri=targets["stable"].url,
+        tag_uris={"canary": targets["canary"].url},
+    )
+
+
+def test_a_service_that_cannot_fit_what_is_left_is_skipped_not_started(function_env, shop, targets, tmp_path):
+    """One deadline for the whole call: time the second service lost to Cloud Run retries is not
+    given back, so it is reported skipped instead of being run past the function's timeout."""
+    timeout_s = FUNCTION_MARGIN_S + 2 * TIGHT_NEED_S + 1  # both services fit, with 1 s to spare
+    settings = tight_settings(function_env, tmp_path, [SHOP, API], timeout_s)
+    also_canary(shop, targets)
+    shop.inject_fault(methods=["GET"])  # shop's read: served as usual
+    shop.inject_fault(503, methods=["GET"], delay_s=TIGHT_NEED_S + 2)  # api's: slow, then retried
+    started = time.monotonic()
+    answer, status = call({}, settings, shop)
+    elapsed = time.monotonic() - started
+
+    assert status == 200 and answer["outcome"] == "incomplete", answer
+    assert answer["severity"] == "WARNING"
+    shop_result, api_result = answer["results"]
+    assert shop_result["verdicts"] == {"load_canary": "PASS", "load_stable": "PASS", "probe": "PASS"}
+    assert (api_result["service"], api_result["outcome"]) == (API, "skipped")
+    assert re.fullmatch(
+        r"api: skipped, not enough time left in this run: 4\.0 s needed, \d+\.\d s left",
+        api_result["message"],
+    )
+    assert targets["canary"].stats()["requests"] == 20 + 2  # shop's load test and probe only
+    assert elapsed < timeout_s - FUNCTION_MARGIN_S  # all done before the deadline it was given
+
+
+def test_the_plan_check_counts_the_services_of_the_call(function_env, shop, targets, tmp_path):
+    """Three services cannot fit where two can: refused (400) before any Cloud Run read or request;
+    a call for one of them still runs."""
+    timeout_s = FUNCTION_MARGIN_S + 2 * TIGHT_NEED_S + 1
+    settings = tight_settings(function_env, tmp_path, [SHOP, API, API_EU], timeout_s)
+    answer, status = call({}, settings, shop)
+    assert status == 400 and answer["outcome"] == "refused", answer
+    assert "12 s for 3 services one after another" in answer["message"]
+    assert targets["canary"].stats()["requests"] == 0 and shop.calls() == []
+
+    answer, status = call({"service": "shop"}, settings, shop)
+    assert status == 200 and answer["outcome"] == "done", answer
 
 
 def test_cli_probe_and_load_test_show_and_record_results(function_env, shop, targets, tmp_path, monitoring):

@@ -452,7 +452,12 @@ def test_plan_fits_accepts_the_default_policy():
             "1000 concurrent connection.* over the 410 MiB usable .* lower the concurrency",
         ),
         (POLICY.rate_limit_probe, {}, "pass request_timeout_s"),
-        (POLICY.rate_limit_probe, {"request_timeout_s": 60}, r"the probe may take 605 s \(10 requests"),
+        (  # the probe's deadline includes the slack after its last timeout
+            POLICY.rate_limit_probe,
+            {"request_timeout_s": 60},
+            r"the probe may take 606 s \(10 requests x \(0.5 s delay \+ 60 s timeout\) \+ 1 s\)",
+        ),
+        (POLICY.load_test, {"deadline_s": 10}, r"shorter than one request timeout \(10 s\) \+ 1 s"),
     ],
 )
 def test_plan_fits_refuses_with_a_clear_message(config, kwargs, message):
@@ -463,6 +468,24 @@ def test_plan_fits_refuses_with_a_clear_message(config, kwargs, message):
 def test_plan_fits_refuses_a_timeout_smaller_than_the_margin():
     with pytest.raises(ValueError, match="leaves no time for a run"):
         plan_fits(POLICY.load_test, 10, 512, deadline_s=1)
+
+
+def test_plan_fits_counts_every_service_and_what_runs_beside_it():
+    """One invocation tests the services one after another: their runs add up."""
+    open_model = load_policy_with(mode="open")  # 2 targets x 71 s per service
+    plan_fits(open_model, 540, 512, targets=2, services=3)
+    with pytest.raises(
+        ValueError, match=r"142 s .*, 568 s for 4 services one after another, .* leaves 530 s"
+    ):
+        plan_fits(open_model, 540, 512, targets=2, services=4)
+    plan_fits(POLICY.load_test, 540, 512, targets=2, services=2, deadline_s=130)
+    with pytest.raises(
+        ValueError, match=r"260 s .* plus 21 s of other runs per service, 562 s for 2 services one after"
+    ):
+        plan_fits(POLICY.load_test, 540, 512, targets=2, services=2, deadline_s=130, alongside_s=21)
+    # 2 x 10 x (0.5 + 26) s is exactly the 530 s left: the slack after each probe tips it over.
+    with pytest.raises(ValueError, match=r"266 s .* \+ 1 s\), 532 s for 2 services one after another"):
+        plan_fits(POLICY.rate_limit_probe, 540, 512, targets=2, services=2, request_timeout_s=26)
 
 
 def test_run_load_test_runs_each_target_and_passes(target, legacy):
@@ -486,6 +509,36 @@ def test_run_load_test_open_model_and_refusal_before_any_traffic(target):
     with pytest.raises(ValueError, match="function timeout"):
         run_load_test(
             {"canary": target.url}, load_policy_with(mode="open"), function_timeout_s=30, memory_mb=256
+        )
+    assert target.stats()["requests"] == 0
+
+
+def test_run_load_test_budget_is_shared_between_the_targets(target, legacy):
+    """A closed run cut by its share of the budget leaves the rest to the next target."""
+    policy = load_policy_with(requests=1000, concurrency=2, request_timeout_s=1, path="/health")
+    target.configure(latency_ms=1500)  # every canary request times out
+    results = run_load_test(
+        {"canary": target.url, "stable": legacy.url},
+        policy,
+        function_timeout_s=60,
+        memory_mb=256,
+        budget_s=4.4,
+    )
+    canary, stable = results["canary"], results["stable"]
+    assert canary.timeouts > 0 and canary.cancelled > 0  # cut at its share, not run to 1000 requests
+    assert canary.duration_s < 4.4
+    assert (stable.requests, stable.successes) == (1000, 1000)
+
+
+def test_run_load_test_refuses_a_budget_it_cannot_fit_before_any_traffic(target):
+    policy = load_policy_with(requests=10, concurrency=1, request_timeout_s=2)
+    with pytest.raises(ValueError, match=r"needs at least 6 s \(3 s each\), but was given 5 s"):
+        run_load_test(
+            {"canary": target.url, "stable": target.url},
+            policy,
+            function_timeout_s=60,
+            memory_mb=256,
+            budget_s=5,
         )
     assert target.stats()["requests"] == 0
 
