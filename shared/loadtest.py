@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from shared.store import RolloutStore
 
 MODES = ("both", "load", "probe")
+BODY_KEYS = ("mode", "service")
+BODY_HELP = 'send no body, {} or {"mode": "both|load|probe", "service": "name"}'
 STABLE_TAG = "stable"
 SIDES = 2  # canary and stable (the probe calls the stable side "legacy")
 _SEVERITY_RANK = ("INFO", "NOTICE", "WARNING", "ERROR")
@@ -264,6 +266,11 @@ def _write_metrics(
         writer.write(points)
 
 
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return names.get(type(value), type(value).__name__)
+
+
 def handle_load_test(
     body: Any,
     *,
@@ -272,8 +279,9 @@ def handle_load_test(
     auth: str,
     clients: LoadTestClients | None = None,
 ) -> tuple[Report, int]:
-    """The HTTP adapter's core. Body (optional): {"mode": "both"|"load"|"probe", "service": name}.
-    400 when the services cannot all fit one invocation."""
+    """The HTTP adapter's core. Body: None (no body) or a JSON object, empty or with "mode"
+    ("both" | "load" | "probe") and "service" (a name); empty means every watched service,
+    both modes. 400 for anything else, or when the services cannot all fit one invocation."""
     # One deadline for the whole invocation, set first: every service's Cloud Run reads, token
     # fetch and Firestore writes count against it, not only its load.
     deadline = time.monotonic() + settings.function_timeout_s - FUNCTION_MARGIN_S
@@ -281,19 +289,30 @@ def handle_load_test(
 
     from shared.cloudrun import ControlPlaneError
 
-    body = body or {}
-    if not isinstance(body, dict) or set(body) - {"mode", "service"}:
-        return Report("WARNING", 'body must be empty or {"mode": "both|load|probe", "service": "name"}'), 400
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):  # `[]`, `false`, `0` or `""` must not mean "everything"
+        message = f"body must be a JSON object, got {_json_type(body)}: {BODY_HELP}"
+        return Report("WARNING", message, outcome="bad_request"), 400
+    if unknown := sorted(set(body) - set(BODY_KEYS)):
+        return Report(
+            "WARNING",
+            f"unknown key(s) {', '.join(map(repr, unknown))} in the body; the allowed keys are "
+            f"{', '.join(BODY_KEYS)}: {BODY_HELP}",
+            outcome="bad_request",
+        ), 400
     mode = body.get("mode", "both")
     if mode not in MODES:
         return Report("WARNING", f"mode must be one of {', '.join(MODES)}, got {mode!r}"), 400
+    if not isinstance(body.get("service", ""), str):
+        return Report("WARNING", f"service must be a service name (a string): {BODY_HELP}"), 400
     try:
         services = (
             [settings.resolve_service(body["service"])] if "service" in body else list(settings.services)
         )
     except LookupError as exc:
         return Report("WARNING", str(exc)), 403
-    except (ValueError, AttributeError) as exc:
+    except ValueError as exc:
         return Report("WARNING", str(exc)), 400
     try:
         check_plan(policy, settings, mode, services=len(services))

@@ -153,7 +153,7 @@ def test_healthy_sides_pass(load_test_url, shop):
     [
         ({"mode": "soak"}, 400, "mode must be one of"),
         ({"service": "not-watched"}, 403, "not in CANARY_SERVICES"),
-        ({"duration": 5}, 400, "body must be"),
+        ({"duration": 5}, 400, "unknown key(s) 'duration' in the body; the allowed keys are mode, service"),
     ],
 )
 def test_bad_bodies_get_4xx(load_test_url, body, status, says):
@@ -224,6 +224,65 @@ def also_canary(cloudrun, targets, service: str = API) -> None:
         uri=targets["stable"].url,
         tag_uris={"canary": targets["canary"].url},
     )
+
+
+@pytest.mark.parametrize("body", [None, {}], ids=["no body", "empty object"])
+def test_no_body_or_an_empty_object_tests_every_watched_service_in_both_modes(
+    function_env, shop, targets, tmp_path, body
+):
+    settings = tight_settings(function_env, tmp_path, [SHOP, API])
+    shop.put_service(API, ["api-00001"], [{"revision": "api-00001", "percent": 100}])
+    answer, status = call(body, settings, shop)
+    assert status == 200, answer
+    shop_result, api_result = answer["results"]
+    assert shop_result["verdicts"] == {"load_canary": "PASS", "load_stable": "PASS", "probe": "PASS"}
+    assert (api_result["service"], api_result["outcome"]) == (API, "no_canary")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ([], "got an array"),
+        ([{"service": "shop"}], "got an array"),
+        (False, "got a boolean"),
+        (True, "got a boolean"),
+        (0, "got a number"),
+        (1.5, "got a number"),
+        ("", "got a string"),
+        ("shop", "got a string"),
+    ],
+)
+def test_a_body_that_is_not_an_object_is_refused_before_any_request(
+    function_env, shop, targets, tmp_path, body, says
+):
+    settings = tight_settings(function_env, tmp_path, [SHOP])
+    answer, status = call(body, settings, shop)
+    assert status == 400
+    assert answer["message"] == (
+        f"body must be a JSON object, {says}: "
+        'send no body, {} or {"mode": "both|load|probe", "service": "name"}'
+    )
+    assert targets["canary"].stats()["requests"] == 0 and shop.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            {"service": "shop", "trigger": "cloud-scheduler"},
+            "unknown key(s) 'trigger' in the body; the allowed keys are mode, service",
+        ),
+        ({"service": ["shop"]}, "service must be a service name (a string)"),
+        ({"mode": "soak"}, "mode must be one of both, load, probe, got 'soak'"),
+    ],
+)
+def test_a_body_with_bad_keys_or_values_is_refused_saying_what_is_allowed(
+    function_env, shop, targets, tmp_path, body, says
+):
+    settings = tight_settings(function_env, tmp_path, [SHOP])
+    answer, status = call(body, settings, shop)
+    assert status == 400 and answer["message"].startswith(says), answer
+    assert targets["canary"].stats()["requests"] == 0 and shop.calls() == []
 
 
 def test_a_service_that_cannot_fit_what_is_left_is_skipped_not_started(function_env, shop, targets, tmp_path):
