@@ -7,6 +7,7 @@ so both kinds of observation count in the same streaks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,15 @@ if TYPE_CHECKING:
 
 def rule_limits(policy: Policy) -> dict[str, int]:
     return {rule: spec.consecutive for rule, spec in policy.rollback_rules.items()}
+
+
+def attribution_grace(policy: Policy) -> dict[str, timedelta]:
+    """How long after a rollout starts a canary_down alert that names no revision may still be
+    about the previous canary: the uptime alert aligns over two check periods and must hold for
+    the alert duration before it changes, plus a minute for delivery."""
+    alerting = policy.alerting
+    seconds = 2 * alerting.uptime_check.period_s + alerting.duration_s + 60
+    return {"canary_down": timedelta(seconds=seconds)}
 
 
 def rollback_request_for(service_name: str, canary_revision: str, obs: Observation) -> dict[str, Any]:
@@ -65,6 +75,7 @@ def observe(
         rule_limits(policy),
         rollback_request_for(service_name, canary_revision, obs),
         same_incident_gap=timedelta(seconds=policy.alerting.renotify_interval_s / 2),
+        attribution_grace=attribution_grace(policy),
     )
     if applied is None:
         return None
@@ -92,7 +103,8 @@ def handle_alert(
     except (MalformedEvent, LookupError, ValueError) as exc:
         return Report("WARNING", f"alert ignored: {exc}", event_id=event_id, outcome="malformed")
 
-    obs = alert.observation
+    # An incident naming no revision (uptime check) is attributed to the live canary below.
+    obs = replace(alert.observation, inferred_revision=not alert.revision)
     fields: dict[str, Any] = {
         "event_id": obs.event_id,
         "rule": obs.rule,

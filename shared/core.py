@@ -35,9 +35,11 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # this event id was applied before
     STALE = "stale"  # older than the last applied observation of the rule
     NOT_RUNNING = "not_running"  # rollout is rolling/rolled back, promoted or superseded: nothing to count
+    # Names no revision and came too soon after this rollout started: may be about the previous canary.
+    TOO_EARLY = "too_early"
 
 
-IGNORED = frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING})
+IGNORED = frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY})
 # The canary still serves traffic in these phases, so its breaches must still trip a rollback
 # (FROZEN only stops the ramp).
 COUNTING_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
@@ -51,6 +53,8 @@ class Observation:
     event_id: str
     source: str  # "alert" | "checkpoint"
     detail: Mapping[str, Any] = field(default_factory=dict)  # incident id, measured value, threshold
+    # The event named no revision (an uptime-check incident): it was attributed to the live canary.
+    inferred_revision: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class StreakState:
     phase: Phase = Phase.RUNNING
     streaks: Mapping[str, Streak] = field(default_factory=dict)
     rollback_requested: bool = False
+    created_at: datetime | None = None  # when the rollout was registered (None: unknown, no grace)
 
 
 @dataclass(frozen=True)
@@ -104,13 +109,16 @@ def apply_observation(
     *,
     duplicate: bool = False,
     repeated: bool = False,
+    attribution_grace: Mapping[str, timedelta] | None = None,
 ) -> StreakDecision:
     """Apply one observation to the rollout's streaks.
 
     `limits` maps each rule to its consecutive-breach limit (from the policy); `duplicate`
     says the store already holds this event id; `repeated` that it is a repeated delivery of
-    the incident notification last counted (see `repeated_notification`). Rollback is
-    requested at most once per rollout.
+    the incident notification last counted (see `repeated_notification`). `attribution_grace`
+    maps a rule to how long after a rollout starts a breach that names no revision may still be
+    about the previous canary (an uptime check needs that long to see the new one); such a
+    breach is TOO_EARLY. Rollback is requested at most once per rollout.
     """
     limit = limits[obs.rule]
     streak = state.streaks.get(obs.rule, Streak())
@@ -126,6 +134,20 @@ def apply_observation(
         )
     if state.phase not in COUNTING_PHASES:
         return ignored(Outcome.NOT_RUNNING, f"rollout is {state.phase}")
+    grace = (attribution_grace or {}).get(obs.rule)
+    if (
+        grace is not None
+        and obs.kind is Kind.BREACH
+        and obs.inferred_revision
+        and state.created_at is not None
+        and obs.event_time < state.created_at + grace
+    ):
+        return ignored(
+            Outcome.TOO_EARLY,
+            f"{obs.rule} alert names no revision and was sent at {obs.event_time.isoformat()}, within "
+            f"{grace.total_seconds():.0f} s of this rollout starting ({state.created_at.isoformat()}): "
+            "it may be about the previous canary; a renotification after that counts",
+        )
     if streak.last_event_time is not None and obs.event_time < streak.last_event_time:
         return ignored(
             Outcome.STALE,

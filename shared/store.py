@@ -112,10 +112,11 @@ class Rollout:
     last_verdict: Mapping[str, Any] | None = None
     last_load_test: Mapping[str, Any] | None = None
     last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
+    created_at: datetime | None = None  # when canary-guard registered the rollout
 
     @property
     def streak_state(self) -> StreakState:
-        return StreakState(self.phase, self.streaks, self.rollback_requested)
+        return StreakState(self.phase, self.streaks, self.rollback_requested, self.created_at)
 
     @property
     def rollback_pending(self) -> bool:
@@ -151,6 +152,7 @@ class Rollout:
                 rule: {"incident_id": seen.get("incident_id"), "at": _plain(seen.get("at"))}
                 for rule, seen in (data.get("last_notified") or {}).items()
             },
+            created_at=_plain(data.get("created_at")),
         )
 
 
@@ -319,11 +321,13 @@ class RolloutStore:
         limits: Mapping[str, int],
         rollback_request: Mapping[str, Any],
         same_incident_gap: timedelta = timedelta(0),
+        attribution_grace: Mapping[str, timedelta] | None = None,
     ) -> tuple[StreakDecision, Rollout] | None:
         """Dedupe + streak update + history in one transaction. None: no such rollout.
 
         `rollback_request` is stored with the rollout when this observation trips a rule, so
         the request can be (re)published until it is confirmed (outbox pattern).
+        `attribution_grace` is passed to the core (see `shared.core.apply_observation`).
         """
         rollout_ref = self._rollout_ref(rid)
         marker_ref = rollout_ref.collection(APPLIED).document(_event_key(obs.event_id))
@@ -338,7 +342,12 @@ class RolloutStore:
             rollout = Rollout.from_doc(rid, rollout_snap.to_dict())
             repeated = repeated_notification(obs, rollout.last_notified.get(obs.rule), same_incident_gap)
             decision = apply_observation(
-                rollout.streak_state, obs, limits, duplicate=marker_snap.exists, repeated=repeated
+                rollout.streak_state,
+                obs,
+                limits,
+                duplicate=marker_snap.exists,
+                repeated=repeated,
+                attribution_grace=attribution_grace,
             )
             result.update(decision=decision, rollout=rollout)
             if decision.outcome is Outcome.DUPLICATE:
@@ -363,7 +372,7 @@ class RolloutStore:
                 },
                 key=f"obs-{obs.event_id}",
             )
-            if decision.outcome in (Outcome.STALE, Outcome.NOT_RUNNING):
+            if decision.outcome in IGNORED:  # recorded in the history, streaks untouched
                 return
             update: dict[str, Any] = {
                 "streaks": _streaks_doc(decision.state.streaks),
@@ -390,7 +399,9 @@ class RolloutStore:
             self._transact(rid, txn_body)
         except gexc.Conflict:
             # The marker was created by a concurrent delivery after our read: that one applied it.
-            return self.apply_observation(rid, obs, limits, rollback_request, same_incident_gap)
+            return self.apply_observation(
+                rid, obs, limits, rollback_request, same_incident_gap, attribution_grace
+            )
         if not result:
             return None
         decision: StreakDecision = result["decision"]

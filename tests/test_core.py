@@ -386,7 +386,7 @@ def test_rolled_back_is_sticky():
 
 
 def test_ignored_outcomes():
-    assert frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING}) == IGNORED
+    assert frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY}) == IGNORED
     assert Outcome.TRIPPED not in IGNORED and Outcome.COUNTED not in IGNORED and Outcome.RESET not in IGNORED
 
 
@@ -476,12 +476,14 @@ class Model:
     requested: bool = False
     seen: set[str] = field(default_factory=set)
 
-    def apply(self, rule: str, kind: Kind, t: int, eid: str) -> Outcome:
+    def apply(self, rule: str, kind: Kind, t: int, eid: str, *, too_early: bool = False) -> Outcome:
         if eid in self.seen:
             return Outcome.DUPLICATE
         self.seen.add(eid)
         if self.phase not in (Phase.RUNNING, Phase.FROZEN):
             return Outcome.NOT_RUNNING
+        if too_early:
+            return Outcome.TOO_EARLY
         if rule in self.last and t < self.last[rule]:
             return Outcome.STALE
         self.last[rule] = t
@@ -611,6 +613,161 @@ def test_property_a_frozen_rollout_counts_exactly_like_a_running_one(requested, 
         (d.outcome, d.count, d.reason) for d in expected
     ]
     assert frozen == replace(running, phase=Phase.FROZEN)
+
+
+# --------------------------------------------------------------------------- uptime alerts naming no revision
+
+# 2 x uptime period (60 s) + alert duration (60 s) + 60 s, from the bundled policy.
+GRACE = timedelta(seconds=240)
+GRACES = {"canary_down": GRACE}
+STARTED = at(0)  # the rollout's created_at in these tests
+
+
+def unattributed(
+    rule: str = "canary_down", t: float = 0, kind: Kind = Kind.BREACH, eid: str = ""
+) -> Observation:
+    """An alert that names no revision (an uptime-check incident), attributed to the live canary."""
+    return replace(obs(rule, kind, t, eid or None), inferred_revision=True)
+
+
+def early(state: StreakState, o: Observation, *, duplicate: bool = False) -> StreakDecision:
+    return apply_observation(state, o, LIMITS, duplicate=duplicate, attribution_grace=GRACES)
+
+
+def test_the_grace_comes_from_the_uptime_check_settings_of_the_policy():
+    from shared.breach import attribution_grace
+
+    alerting = POLICY.alerting
+    assert (alerting.uptime_check.period_s, alerting.duration_s) == (60, 60)
+    assert attribution_grace(POLICY) == GRACES
+    slower = POLICY.model_copy(
+        update={
+            "alerting": alerting.model_copy(
+                update={
+                    "duration_s": 120,
+                    "uptime_check": alerting.uptime_check.model_copy(update={"period_s": 300}),
+                }
+            )
+        }
+    )
+    assert attribution_grace(slower) == {"canary_down": timedelta(seconds=2 * 300 + 120 + 60)}
+
+
+@pytest.mark.parametrize("seconds", [-3600, -1, 0, 1, 120, 239, 239.999])
+@pytest.mark.parametrize("phase", COUNTING_PHASES)
+def test_canary_down_naming_no_revision_within_the_grace_is_ignored(seconds, phase):
+    state = StreakState(phase=phase, created_at=STARTED)
+    decision = early(state, unattributed(t=seconds))
+    assert decision.outcome is Outcome.TOO_EARLY
+    assert decision.outcome in IGNORED
+    assert decision.state is state
+    assert decision.request_rollback is False
+    assert decision.count == 0 and decision.limit == 1
+    assert decision.reason == (
+        f"canary_down alert names no revision and was sent at {at(seconds).isoformat()}, within 240 s of "
+        f"this rollout starting ({STARTED.isoformat()}): it may be about the previous canary; a "
+        "renotification after that counts"
+    )
+
+
+@pytest.mark.parametrize("seconds", [240, 240.001, 241, 1800, 86400])
+def test_canary_down_naming_no_revision_at_or_after_the_grace_trips(seconds):
+    decision = early(StreakState(created_at=STARTED), unattributed(t=seconds))
+    assert decision.outcome is Outcome.TRIPPED
+    assert decision.state.streaks["canary_down"] == Streak(1, at(seconds))
+    assert decision.state.rollback_requested is True
+
+
+@pytest.mark.parametrize("seconds", [-1, 0, 1, 239])
+def test_canary_down_naming_its_revision_is_not_affected_by_the_grace(seconds):
+    decision = early(StreakState(created_at=STARTED), breach("canary_down", t=seconds))
+    assert decision.outcome is Outcome.TRIPPED
+
+
+@pytest.mark.parametrize("rule", [rule for rule in RULE_NAMES if rule != "canary_down"])
+def test_other_rules_naming_no_revision_are_not_affected_by_the_grace(rule):
+    decision = early(StreakState(created_at=STARTED), unattributed(rule, t=1))
+    assert decision.outcome is Outcome.COUNTED and decision.count == 1
+
+
+def test_a_recovery_naming_no_revision_within_the_grace_still_resets():
+    state = StreakState(created_at=STARTED, streaks={"canary_down": Streak(1, at(-10))})
+    decision = early(state, unattributed(t=1, kind=Kind.RECOVERY))
+    assert decision.outcome is Outcome.RESET
+    assert decision.state.streaks["canary_down"] == Streak(0, at(1))
+
+
+def test_no_grace_without_a_creation_time_or_without_a_grace():
+    assert early(StreakState(), unattributed(t=1)).outcome is Outcome.TRIPPED  # created_at unknown
+    state = StreakState(created_at=STARTED)
+    assert apply_observation(state, unattributed(t=1), LIMITS).outcome is Outcome.TRIPPED
+
+
+@pytest.mark.parametrize("phase", NOT_RUNNING_PHASES)
+def test_a_rollout_that_is_not_running_reports_not_running_before_the_grace(phase):
+    decision = early(StreakState(phase=phase, created_at=STARTED), unattributed(t=1))
+    assert decision.outcome is Outcome.NOT_RUNNING
+
+
+def test_a_duplicate_within_the_grace_is_a_duplicate():
+    decision = early(StreakState(created_at=STARTED), unattributed(t=1), duplicate=True)
+    assert decision.outcome is Outcome.DUPLICATE
+
+
+def test_the_previous_canarys_renotification_is_ignored_and_the_next_one_trips():
+    """The old incident renotifies moments after the new canary started (ignored, nothing
+    recorded in the streak); if the new canary is really down, the renotification after the
+    grace trips it."""
+    state = StreakState(created_at=STARTED)
+    state, decisions = feed_early(state, [unattributed(t=-30), unattributed(t=30), unattributed(t=1830)])
+    assert [d.outcome for d in decisions] == [Outcome.TOO_EARLY, Outcome.TOO_EARLY, Outcome.TRIPPED]
+    assert state.streaks["canary_down"] == Streak(1, at(1830))
+
+
+def feed_early(
+    state: StreakState, observations: list[Observation]
+) -> tuple[StreakState, list[StreakDecision]]:
+    decisions = []
+    for o in observations:
+        decisions.append(early(state, o))
+        state = decisions[-1].state
+    return state, decisions
+
+
+EarlyStep = tuple[str, Kind, int, str, bool]
+early_steps = st.lists(
+    st.tuples(
+        st.sampled_from(RULE_NAMES),
+        st.sampled_from(list(Kind)),
+        st.integers(min_value=-2, max_value=12).map(lambda n: n * 30),  # -60 s .. 360 s: across the grace
+        st.integers(min_value=0, max_value=25).map(lambda n: f"msg-{n}"),
+        st.booleans(),  # names no revision
+    ),
+    max_size=40,
+)
+
+
+@PROPERTY
+@given(st.sampled_from(COUNTING_PHASES), early_steps)
+def test_property_only_canary_down_breaches_naming_no_revision_within_the_grace_are_too_early(
+    phase, sequence
+):
+    """Against the reference model: the grace ignores exactly the canary_down breaches that name
+    no revision and were sent before created_at + grace; everything else counts as before."""
+    state, seen, model = StreakState(phase=phase, created_at=STARTED), set(), Model(phase=phase)
+    for rule, kind, t, eid, inferred in sequence:
+        o = Observation(rule, kind, at(t), eid, "alert", inferred_revision=inferred)
+        decision = early(state, o, duplicate=eid in seen)
+        seen.add(eid)
+        too_early = inferred and rule == "canary_down" and kind is Kind.BREACH and t < GRACE.total_seconds()
+        assert decision.outcome is model.apply(rule, kind, t, eid, too_early=too_early)
+        if decision.outcome in IGNORED:
+            assert decision.state is state
+        state = decision.state
+    assert {rule: s.count for rule, s in state.streaks.items()} == {
+        rule: model.counts[rule] for rule in model.last
+    }
+    assert state.rollback_requested is model.requested
 
 
 def test_repeated_notification_of_one_incident():

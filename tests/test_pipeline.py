@@ -286,11 +286,16 @@ def test_push_subscription_delivers_to_breach_counter(functions, store, canary, 
         )
 
 
-def test_uptime_check_incident_counts_against_the_live_canary(functions, store, canary):
-    """canary_down comes from an uptime check on the canary tag URL: its resource is the URL,
-    so the policy's `canary_service` label names the service and the live canary is meant."""
+def uptime_alert(
+    fn, *, sent: datetime, incident_id: str = "0.uptime", message_id: str | None = None, state: str = "open"
+) -> tuple[str, requests.Response]:
+    """A canary_down incident from the uptime check on the canary tag URL: its resource is the
+    URL, so it names no revision; the policy's `canary_service` label names the service."""
+    message_id = message_id or uuid.uuid4().hex
     payload = incident_message(
         rule="canary_down",
+        state=state,
+        incident_id=incident_id,
         project=PROJECT,
         scoping_project=PROJECT,
         resource_labels={
@@ -301,15 +306,79 @@ def test_uptime_check_incident_counts_against_the_live_canary(functions, store, 
         },
         user_labels={"canary_service": "shop"},
     )
-    message_id = uuid.uuid4().hex
-    response = post_event(
-        functions["breach_counter"],
-        cloudevent_data(payload, message_id=message_id, publish_time=at(1)),
-        event_id=message_id,
-    )
+    data = cloudevent_data(payload, message_id=message_id, publish_time=sent)
+    return message_id, post_event(fn, data, event_id=message_id)
+
+
+# 2 x uptime period + alert duration + 60 s (policy.yaml), plus a second: publish times carry
+# milliseconds only.
+AFTER_GRACE = timedelta(seconds=241)
+
+
+def test_uptime_check_incident_counts_against_the_live_canary(functions, store, canary, rollback_requests):
+    rollout = store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    message_id, response = uptime_alert(functions["breach_counter"], sent=rollout.created_at + AFTER_GRACE)
     assert response.status_code == 200
+    line = functions["breach_counter"].logs_for(event_id=message_id)[-1]
+    assert line["outcome"] == "tripped" and line["rollout"] == canary
     rollout = store.get(canary)
     assert rollout.streaks["canary_down"].count == 1 and rollout.rollback_requested
+    assert [r["canary_revision"] for r in rollback_requests(expect_at_least=1)] == ["shop-00002"]
+
+
+def test_an_old_canary_down_incident_does_not_roll_back_the_next_canary(
+    functions, store, canary, cloudrun, rollback_requests
+):
+    """Canary B fails its uptime check and is rolled back, keeping its `canary` tag at 0 %, so
+    the check keeps failing and the incident renotifies. Canary C takes the tag; a
+    renotification (or a redelivery of the first message) that arrives before the check can
+    have seen C is ignored. If C is really down, the renotification after the grace trips it."""
+    fn = functions["breach_counter"]
+    # Event times are Pub/Sub publish times compared with the rollouts' real creation times, so
+    # they are set relative to those (B's first notification comes after B's grace).
+    old = store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    first_id, _ = uptime_alert(fn, sent=old.created_at + AFTER_GRACE)
+    assert fn.logs_for(event_id=first_id)[-1]["outcome"] == "tripped"
+    [request] = rollback_requests(expect_at_least=1)
+    assert request["canary_revision"] == "shop-00002"
+    rollback_id = uuid.uuid4().hex
+    data = cloudevent_data(
+        request, message_id=rollback_id, publish_time=datetime.now(UTC), topic=ROLLBACK_TOPIC
+    )
+    assert (
+        post_event(functions["rollback"], data, event_id=rollback_id, topic=ROLLBACK_TOPIC).status_code == 200
+    )
+    assert live(cloudrun) == {"shop-00001": 100, "shop-00002": 0}
+    assert store.get(canary).phase is Phase.ROLLED_BACK
+
+    deploy_canary(cloudrun, canary="shop-00003")
+    fresh = rollout_id(SHOP, "shop-00003")
+    renotified_id, response = uptime_alert(fn, sent=datetime.now(UTC))
+    assert response.status_code == 200
+    line = fn.logs_for(event_id=renotified_id)[-1]
+    assert line["severity"] == "INFO" and line["outcome"] == "too_early"
+    assert line["rollout"] == fresh and line["rule"] == "canary_down" and line["revision"] == "shop-00003"
+    assert "names no revision" in line["message"] and "previous canary" in line["message"]
+    redelivered_id, response = uptime_alert(fn, sent=old.created_at + AFTER_GRACE, message_id=first_id)
+    assert response.status_code == 200
+    assert fn.logs_for(event_id=redelivered_id)[-1]["outcome"] == "too_early"
+    rollout = store.get(fresh)
+    assert rollout.phase is Phase.RUNNING and not rollout.rollback_requested
+    assert rollout.streaks.get("canary_down") is None
+    assert rollback_requests() == []
+    assert live(cloudrun) == {"shop-00001": 95, "shop-00003": 5}
+    ignored = [h for h in store.history(fresh) if h["kind"] == "observation"]
+    assert [(h["event_id"], h["outcome"]) for h in ignored] == [
+        (renotified_id, "too_early"),
+        (first_id, "too_early"),
+    ]
+
+    # C really is down: the next renotification, after the grace, trips it.
+    late_id, _ = uptime_alert(fn, sent=rollout.created_at + AFTER_GRACE + timedelta(minutes=26))
+    assert fn.logs_for(event_id=late_id)[-1]["outcome"] == "tripped"
+    assert store.get(fresh).rollback_requested
+    [request] = rollback_requests(expect_at_least=1)
+    assert request["canary_revision"] == "shop-00003"
 
 
 @pytest.mark.parametrize(("payload", "reason"), CATALOGUE)
