@@ -160,9 +160,10 @@ def ramp_demo(log_dir: Path) -> int:
     """A healthy canary walked from 5 % to 100 % by checkpoint runs alone (soak 0 for the demo)."""
     import yaml
 
-    from infra.metrics_feed import HEALTHY, feed
+    from infra.metrics_feed import HEALTHY, feed, rewind_step
     from infra.monitoring_standin import start_monitoring_standin
     from shared.policy import DEFAULT_POLICY_FILE
+    from shared.store import rollout_id
 
     policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     for step in policy["ramp"]:
@@ -179,7 +180,7 @@ def ramp_demo(log_dir: Path) -> int:
             cli(stack, "start", "shop", "--revision", "shop-00005", "--percent", "5")
             lag = timedelta(minutes=policy["checkpoint"]["data_lag_minutes"])
             end = (datetime.now(UTC) - lag).replace(second=0, microsecond=0)
-            minutes = [end - timedelta(minutes=m) for m in range(10)]
+            minutes = [end - timedelta(minutes=m) for m in range(20)]
             feed(
                 monitoring,
                 project=PROJECT,
@@ -190,7 +191,9 @@ def ramp_demo(log_dir: Path) -> int:
                 traffic=HEALTHY,
             )
             print("\n▶ Cloud Scheduler calls checkpoint (healthy canary: 200 req/min, 0 % 5xx, P95 80 ms)")
+            print("  (time compressed: before each call the step's start moves 10 minutes back)")
             for _ in range(4):
+                rewind_step(PROJECT, rollout_id(SERVICE, "shop-00005"), timedelta(minutes=10))
                 answer = requests.post(
                     stack.function_urls["checkpoint"], json={"service": "shop"}, timeout=60
                 ).json()

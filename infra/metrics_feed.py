@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from google.api import distribution_pb2
 
@@ -79,3 +79,17 @@ def feed(
         add(REQUEST_LATENCIES, distribution([traffic.latency_ms] * traffic.requests, LATENCY_BUCKETS))
     add(MEMORY_UTILIZATIONS, distribution([traffic.memory] * 2, UTILIZATION_BUCKETS))
     add(CPU_UTILIZATIONS, distribution([traffic.cpu] * 2, UTILIZATION_BUCKETS))
+
+
+def rewind_step(project: str, rollout_id: str, by: timedelta) -> datetime:
+    """Local time compression: move a rollout's step start `by` into the past, as if that much
+    of its soak had been waited out, so a checkpoint can judge the step on the minutes fed for
+    it. Returns the new step start."""
+    from google.cloud import firestore
+
+    from shared.store import ROLLOUTS
+
+    ref = firestore.Client(project=project).collection(ROLLOUTS).document(rollout_id)
+    started = ref.get().get("step_started_at") - by
+    ref.update({"step_started_at": started})
+    return started

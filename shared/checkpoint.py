@@ -7,7 +7,7 @@ etag, so a rollback that starts meanwhile always wins (see `change_step`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from shared.store import RolloutStore
 
 MIN_WINDOW = timedelta(seconds=60)
+# A FROZEN canary stopped ramping but still serves its share: it is judged and observed (its
+# breaches still roll it back); only RUNNING ones step.
+WATCHED_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
 
 
 @dataclass
@@ -107,7 +110,8 @@ def change_step(
         return StepResult("aborted", message, before.as_dicts(), after.as_dicts())
     if not store.commit_step(rollout.id, rollout.canary_percent, to_percent, by=by, reason=reason, now=now):
         message = (
-            f"step to {to_percent}% applied, then a rollback was requested: the rollback restores stable"
+            f"step to {to_percent}% applied, but the rollout changed meanwhile (a rollback was requested, "
+            "or another run recorded this step): not recorded again; a rollback restores stable"
         )
         return StepResult("aborted", message, before.as_dicts(), after.as_dicts())
     verb = "promoted to 100%" if to_percent == 100 else f"{rollout.canary_percent}% → {to_percent}%"
@@ -132,8 +136,24 @@ def _metrics_window(
     recent_end = datetime.fromtimestamp(
         (end.timestamp() // window.total_seconds()) * window.total_seconds(), UTC
     )
-    step_start = min(_minute(rollout.step_started_at), end - MIN_WINDOW)
+    # A point stamped at minute M counts requests in (M - 1 min, M]: starting at the first whole
+    # minute after the step keeps the previous share's traffic out of the step's verdict.
+    step_start = _minute(rollout.step_started_at + timedelta(minutes=1) - timedelta(microseconds=1))
     return recent_end - window, recent_end, step_start, end
+
+
+def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
+    """INCONCLUSIVE while not one whole minute since the step has reached Cloud Monitoring: judging
+    the window before it would pass the new share on the old share's traffic."""
+    from shared.monitoring import CanaryMetrics
+
+    nothing = CanaryMetrics(step_start, step_start, 0, 0, None, None, None, None)
+    due = step_start + MIN_WINDOW + timedelta(minutes=policy.checkpoint.data_lag_minutes)
+    reason = (
+        f"step to {rollout.canary_percent}% started {rollout.step_started_at:%H:%M:%S}Z; its first minute "
+        f"of data is judged from {due:%H:%M}Z (Cloud Monitoring lag {policy.checkpoint.data_lag_minutes} min)"
+    )
+    return replace(judge(nothing, policy), reasons=(reason,))
 
 
 def checkpoint_rollout(
@@ -143,8 +163,10 @@ def checkpoint_rollout(
     recent_start, recent_end, step_start, end = _metrics_window(rollout, now, policy)
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
     recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, **query)
-    since_step = clients.reader.canary_metrics(start=step_start, end=end, **query)
-    judgement = judge(since_step, policy)
+    if end - step_start >= MIN_WINDOW:
+        judgement = judge(clients.reader.canary_metrics(start=step_start, end=end, **query), policy)
+    else:
+        judgement = _awaiting_step_data(rollout, step_start, end, policy)
 
     # Rollback rules: one observation per rule per recent window, through the alert streaks.
     observed: dict[str, str] = {}
@@ -201,12 +223,15 @@ def checkpoint_rollout(
             respect_pause=True,
         )
     elif decision.action is StepAction.FREEZE:
-        clients.store.set_phase(
+        frozen = clients.store.set_phase(
             rollout.id, Phase.FROZEN, "frozen", {"message": decision.reason}, only_from={Phase.RUNNING}
         )
-        clients.notifier.send(
-            f"canary-guard: {service.service} canary {rollout.canary_revision} FROZEN: {decision.reason}"
-        )
+        if frozen:  # an overlapping run froze it already, or a rollback started: say nothing twice
+            clients.notifier.send(
+                f"canary-guard: {service.service} canary {rollout.canary_revision} FROZEN at "
+                f"{rollout.canary_percent}%: {decision.reason}. It stays under watch: breaches still "
+                "roll it back"
+            )
     elif decision.action is StepAction.HOLD and judgement.verdict.value != previous:
         clients.notifier.send(
             f"canary-guard: {service.service} canary {rollout.canary_revision} holds at "
@@ -294,7 +319,9 @@ def _checkpoint_service(
         )
     if rollout is None:
         return Report("INFO", f"{service.service}: no canary", service=service.name, action="none")
-    if (rollout.rollback_requested and rollout.phase is Phase.RUNNING) or rollout.phase is Phase.ROLLING_BACK:
+    if (
+        rollout.rollback_requested and rollout.phase in WATCHED_PHASES
+    ) or rollout.phase is Phase.ROLLING_BACK:
         # A rollback that was requested but has not finished (never published, dead-lettered,
         # or failed half-way): re-send it, with backoff, until the rollback function finishes it.
         due = rollback_redrive_due(
@@ -321,7 +348,7 @@ def _checkpoint_service(
         return Report(
             "WARNING", message, rollout=rollout.id, action="rollback_redriven", rollback_message_id=message_id
         )
-    if rollout.phase is not Phase.RUNNING:
+    if rollout.phase not in WATCHED_PHASES:
         return Report(
             "INFO", f"{service.service}: rollout is {rollout.phase}", rollout=rollout.id, action="none"
         )

@@ -17,7 +17,7 @@ import yaml
 from google.cloud import pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, serve_function, wire_push
-from infra.metrics_feed import HEALTHY, Minute, feed
+from infra.metrics_feed import HEALTHY, Minute, feed, rewind_step
 from infra.monitoring_standin import start_monitoring_standin
 from shared.checkpoint import Clients, change_step, run_checkpoints
 from shared.cloudrun import CloudRunTraffic, ControlPlaneError
@@ -117,19 +117,38 @@ def serve_traffic(
 ):
     """The canary's traffic for the `minutes` minutes that the checkpoint at `now` reads."""
     end = minute(now - LAG)
+    serve_minutes(monitoring, [end - timedelta(minutes=m) for m in range(minutes)], traffic, revision)
+
+
+def serve_minutes(monitoring, stamps: list[datetime], traffic: Minute, revision: str = "shop-00002") -> None:
+    """The canary's traffic in the minutes ending at `stamps` (Monitoring's point times)."""
     feed(
         monitoring,
         project=PROJECT,
         location=LOCATION,
         service="shop",
         revision=revision,
-        minutes=[end - timedelta(minutes=m) for m in range(minutes)],
+        minutes=stamps,
         traffic=traffic,
     )
 
 
 def live(cloudrun) -> dict[str, int]:
     return {t["revision"]: t.get("percent", 0) for t in cloudrun.service(SHOP)["traffic"] if t.get("percent")}
+
+
+def step_to(clients, rollout, percent: int, *, by: str, **options):
+    """change_step with the test's clients."""
+    return change_step(
+        rollout,
+        percent,
+        by=by,
+        reason=f"{by} says so",
+        store=clients.store,
+        traffic=clients.traffic,
+        notifier=clients.notifier,
+        **options,
+    )
 
 
 def check(clients, settings, now):
@@ -294,7 +313,9 @@ def test_rollback_wins_over_a_step_change_in_flight(clients, cloudrun):
     assert final.phase is Phase.ROLLED_BACK and final.canary_percent == 5
 
 
-def test_paused_and_frozen_rollouts_do_not_advance(clients, settings, cloudrun, monitoring, chat):
+def test_a_paused_rollout_holds_and_after_resume_a_go_advances_even_past_the_deadline(
+    clients, settings, cloudrun, monitoring, chat
+):
     deploy_canary(cloudrun)
     t = datetime.now(UTC)
     check(clients, settings, t)
@@ -306,15 +327,42 @@ def test_paused_and_frozen_rollouts_do_not_advance(clients, settings, cloudrun, 
     assert "paused" in report.message
     assert live(cloudrun)["shop-00002"] == 5
     clients.store.set_paused(CANARY, False, by="owner", reason="go")
-    # Past the progress deadline without advancing: FROZEN and reported.
+    # Resumed after the progress deadline: a healthy canary moves on, it is not frozen.
     late = t + timedelta(hours=POLICY.checkpoint.progress_deadline_hours, minutes=1)
     serve_traffic(monitoring, late, HEALTHY)
     report = check(clients, settings, late)[CANARY]
-    assert report.fields["action"] == "freeze"
+    assert report.fields["action"] == "advance" and live(cloudrun)["shop-00002"] == 10
+    assert not chat.said("FROZEN")
+
+
+def test_a_rollout_that_cannot_pass_freezes_and_its_breaches_still_roll_it_back(
+    clients, settings, cloudrun, monitoring, chat, rollback_requests
+):
+    deploy_canary(cloudrun)
+    t = block_start()
+    check(clients, settings, t)
+    # HOLD (P95 between the GO bar and the rollback bar) past the progress deadline: FROZEN.
+    late = t + timedelta(hours=POLICY.checkpoint.progress_deadline_hours) + WINDOW
+    serve_traffic(monitoring, late, Minute(requests=200, latency_ms=300), minutes=5)
+    report = check(clients, settings, late)[CANARY]
+    assert report.fields["verdict"] == "HOLD" and report.fields["action"] == "freeze"
     assert clients.store.get(CANARY).phase is Phase.FROZEN
-    assert chat.said("FROZEN")
-    assert check(clients, settings, late + timedelta(minutes=1))[CANARY].fields["action"] == "none"
+    assert len(chat.said("FROZEN at 5%")) == 1
+    again = check(clients, settings, late + timedelta(minutes=1))[CANARY]
+    assert again.fields["action"] == "none" and len(chat.said("FROZEN")) == 1  # said once
     assert live(cloudrun)["shop-00002"] == 5
+    # Frozen, the canary still serves 5 %: errors over the rollback bar count and trip it.
+    bad = Minute(requests=200, errors=10, latency_ms=90)
+    limit = POLICY.rollback_rules["error_rate"].consecutive
+    for n in range(1, limit + 1):
+        now = late + n * WINDOW
+        serve_traffic(monitoring, now, bad, minutes=5)
+        report = check(clients, settings, now)[CANARY]
+        assert report.fields["verdict"] == "NO_GO"
+        assert report.fields["observations"]["error_rate"] == ("tripped" if n == limit else "counted")
+    assert clients.store.get(CANARY).rollback_requested
+    [request] = rollback_requests(expect_at_least=1)
+    assert request["rule"] == "error_rate" and request["canary_revision"] == "shop-00002"
 
 
 def test_hold_between_bars_and_inconclusive_never_advance(clients, settings, cloudrun, monitoring, chat):
@@ -373,11 +421,20 @@ def test_checkpoint_entry_point_walks_a_fast_ramp(
 ):
     monitoring.reset()
     deploy_canary(cloudrun)
-    serve_traffic(monitoring, datetime.now(UTC), HEALTHY)
-    percents = []
-    for _ in range(5):
+    serve_traffic(monitoring, datetime.now(UTC), HEALTHY, minutes=20)
+
+    def checkpoint() -> dict:
         answer = requests.post(fast_ramp_checkpoint, json={"service": "shop"}, timeout=60)
         assert answer.status_code == 200, answer.text
+        return answer.json()["rollouts"][0]
+
+    # A step just taken has no data of its own yet: never judged on the previous share's minutes.
+    first = checkpoint()
+    assert first["verdict"] == "INCONCLUSIVE" and "its first minute of data" in first["reasons"][0]
+    percents = []
+    for _ in range(5):
+        rewind_step(PROJECT, CANARY, timedelta(minutes=10))  # as if ten minutes had passed
+        checkpoint()
         percents.append(live(cloudrun)["shop-00002"])
     assert percents == [10, 25, 50, 100, 100]
     assert RolloutStore(PROJECT).get(CANARY).phase is Phase.PROMOTED
@@ -437,30 +494,35 @@ def test_the_live_canary_wins_over_stored_state(clients, settings, cloudrun, mon
     assert live(cloudrun) == {"shop-00001": 95, "shop-00003": 5}
 
 
+def test_a_step_is_judged_on_its_own_minutes_only(clients, settings, cloudrun, monitoring):
+    """Step to 10 % at hh:mm:30: the minute point ending at hh:mm+1 still holds 30 s of the 5 %
+    share's traffic (bad here) and stays out of the step's verdict; the next ones decide."""
+    deploy_canary(cloudrun)
+    rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    stepped_at = minute(datetime.now(UTC)) + timedelta(hours=2, seconds=30)
+    step = step_to(clients, rollout, 10, by="test", now=stepped_at)
+    assert step.status == "changed"
+    first_minute = minute(stepped_at) + timedelta(minutes=1)  # ends 30 s after the step
+    later = [first_minute + timedelta(minutes=m) for m in (1, 2)]
+    serve_minutes(monitoring, [first_minute], Minute(requests=200, errors=20, latency_ms=90))
+    serve_minutes(monitoring, later, HEALTHY)
+    # Only the mixed minute is in: nothing of the step's own to judge yet.
+    report = check(clients, settings, first_minute + LAG)[CANARY]
+    assert report.fields["verdict"] == "INCONCLUSIVE", report.fields["reasons"]
+    assert "its first minute of data" in report.fields["reasons"][0]
+    # Two whole minutes of the step: judged on them alone, the mixed minute left out.
+    report = check(clients, settings, later[-1] + LAG)[CANARY]
+    assert report.fields["verdict"] == "GO", report.fields["reasons"]
+    assert report.fields["measured"]["error_rate"]["value"] == 0
+
+
 def test_a_step_in_flight_stops_at_a_pause(clients, cloudrun):
     deploy_canary(cloudrun)
     rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
     clients.store.set_paused(CANARY, True, by="owner", reason="hold on")
-    result = change_step(
-        rollout,
-        10,
-        by="canary-guard/checkpoint",
-        reason="GO",
-        store=clients.store,
-        traffic=clients.traffic,
-        notifier=clients.notifier,
-    )
+    result = step_to(clients, rollout, 10, by="canary-guard/checkpoint")
     assert result.status == "aborted" and live(cloudrun)["shop-00002"] == 5
-    manual = change_step(
-        rollout,
-        10,
-        by="owner",
-        reason="by hand",
-        store=clients.store,
-        traffic=clients.traffic,
-        notifier=clients.notifier,
-        respect_pause=False,
-    )
+    manual = step_to(clients, rollout, 10, by="owner", respect_pause=False)
     assert manual.status == "changed" and live(cloudrun)["shop-00002"] == 10
 
 
