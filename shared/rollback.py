@@ -8,6 +8,7 @@ says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
@@ -72,26 +73,31 @@ class RollbackResult:
 
 def _find_rollout(
     request: RollbackRequest, service: ServiceRef, current: ServiceTraffic, store: RolloutStore
-) -> Rollout | None:
-    """The rollout a request is about: the named canary, else the live one, else the last one."""
+) -> tuple[Rollout | None, bool]:
+    """The rollout a request is about: the named canary, else the live one, else the last one;
+    and whether this request registered it (canary-guard had not seen that canary before)."""
     split = discover_canary(current)
     if request.canary_revision:
         named = store.get(rollout_id(service.name, request.canary_revision))
         if named is not None or split is None or split.canary_revision != request.canary_revision:
-            return named
+            return named, False
         # Named and live, but no event has registered it yet: register it from the live split.
     if split is not None:
         # The live canary wins over stored state: it may be newer than any event seen so far.
-        return store.get(rollout_id(service.name, split.canary_revision)) or store.register(
+        known = store.get(rollout_id(service.name, split.canary_revision))
+        if known is not None:
+            return known, False
+        registered = store.register(
             service.name,
             split.canary_revision,
             split.stable_revision,
             canary_percent=split.canary_percent,
             started_by="discovered by rollback",
         )
+        return registered, True
     # No live canary: already rolled back, or promoted (rolling back then undoes the promotion).
     rollout = store.active(service.name)
-    return rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None
+    return (rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None), False
 
 
 def execute_rollback(
@@ -102,10 +108,14 @@ def execute_rollback(
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
     notifier: Notifier | None = None,
+    published_at: datetime | None = None,
 ) -> RollbackResult:
-    """Roll the service back to its stable revision. Cloud Run and Firestore faults raise."""
+    """Roll the service back to its stable revision. Cloud Run and Firestore faults raise.
+
+    `published_at`: when the request was published to the rollback topic (None for the HTTP call).
+    """
     current = traffic_client.get(service.name)
-    rollout = _find_rollout(request, service, current, store)
+    rollout, registered_now = _find_rollout(request, service, current, store)
     base = {"service": service.name, "before": current.as_dicts()}
     if rollout is None:
         return RollbackResult(
@@ -119,6 +129,25 @@ def execute_rollback(
         "canary_revision": rollout.canary_revision,
         "stable_revision": rollout.stable_revision,
     }
+    if (
+        published_at is not None
+        and not request.canary_revision
+        and not registered_now
+        and rollout.created_at is not None
+        and rollout.created_at > published_at
+    ):
+        # Published (or first delivered) before this canary started, e.g. a redelivery of a
+        # hand-published request: it was about an earlier canary. A rollout registered by this
+        # very request says nothing about when its canary started, so that one is rolled back.
+        return RollbackResult(
+            "superseded",
+            f"the request was published at {published_at.isoformat()}, before canary "
+            f"{rollout.canary_revision} started ({rollout.created_at.isoformat()}): it was about an "
+            "earlier canary; nothing rolled back. Publish it again (or name canary_revision) to roll "
+            f"back {rollout.canary_revision}",
+            after=current.as_dicts(),
+            **base,
+        )
     # A request aimed at one canary moves only that canary's share (a newer canary keeps its own).
     only = rollout.canary_revision if request.canary_revision else None
     if rollout.phase is Phase.SUPERSEDED and not (only and current.percent_of(only)):
@@ -208,6 +237,7 @@ def _requested(
     *,
     mode: str,
     event_id: str | None = None,
+    published_at: datetime | None = None,
 ) -> tuple[Report, int]:
     """Resolve the service and run the rollback; a Report plus the HTTP status it maps to."""
     try:
@@ -217,7 +247,13 @@ def _requested(
     except ValueError as exc:
         return Report("WARNING", f"rollback refused: {exc}", outcome="ambiguous", event_id=event_id), 400
     result = execute_rollback(
-        request, service, mode=mode, store=store, traffic_client=traffic_client, notifier=notifier
+        request,
+        service,
+        mode=mode,
+        store=store,
+        traffic_client=traffic_client,
+        notifier=notifier,
+        published_at=published_at,
     )
     severity = "NOTICE" if result.status == "rolled_back" else "INFO"
     fields = result.as_dict() | {
@@ -250,7 +286,14 @@ def handle_rollback_message(
         return Report("WARNING", f"rollback request ignored: {exc}", event_id=event_id, outcome="malformed")
     mode = "auto" if request.requested_by.startswith("canary-guard/") else "manual"
     report, _ = _requested(
-        request, settings, store, traffic_client, notifier, mode=mode, event_id=message.message_id
+        request,
+        settings,
+        store,
+        traffic_client,
+        notifier,
+        mode=mode,
+        event_id=message.message_id,
+        published_at=message.publish_time,
     )
     return report
 

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -160,9 +161,11 @@ def test_slow_control_plane_still_rolls_back(functions, store, shop):
     assert live(shop) == AFTER
 
 
-def publish_request(fn, body: dict) -> tuple[str, requests.Response]:
-    message_id = uuid.uuid4().hex
-    data = cloudevent_data(body, message_id=message_id, publish_time="2026-11-26T12:00:00Z")
+def publish_request(
+    fn, body: dict, *, message_id: str | None = None, published: datetime | str = "2026-11-26T12:00:00Z"
+) -> tuple[str, requests.Response]:
+    message_id = message_id or uuid.uuid4().hex
+    data = cloudevent_data(body, message_id=message_id, publish_time=published)
     return message_id, post_event(fn, data, event_id=message_id, topic=ROLLBACK_TOPIC)
 
 
@@ -352,3 +355,33 @@ def test_emergency_answers_503_when_a_firestore_read_runs_out_of_retries(functio
     assert report.severity == "ERROR" and report.fields["outcome"] == "store_error"
     assert "call again" in report.message and "Timeout of 1.0s exceeded" in report.message
     assert live(shop) == BEFORE
+
+
+def test_a_redelivered_request_naming_no_canary_leaves_a_newer_canary_alone(functions, store, shop):
+    """The on-call publishes {"service", "reason"}: canary B is rolled back. Canary C goes live
+    and canary-guard registers it; then Pub/Sub redelivers that message. It was about B, so C
+    keeps its traffic and the log says to publish again to roll C back."""
+    body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
+    published = datetime.now(UTC)
+    message_id, response = publish_request(functions["rollback"], body, published=published)
+    assert response.status_code == 200 and live(shop) == AFTER
+    deploy_canary(shop, canary="shop-00003")
+    fresh = rollout_id(SHOP, "shop-00003")
+    store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by="test")
+
+    _, again = publish_request(functions["rollback"], body, message_id=message_id, published=published)
+    assert again.status_code == 200
+    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert line["outcome"] == "superseded" and line["rollout"] == fresh and line["mode"] == "manual"
+    assert "before canary shop-00003 started" in line["message"]
+    assert "Publish it again" in line["message"]
+    assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
+    assert store.get(fresh).phase is Phase.RUNNING
+    assert [c["method"] for c in shop.calls()].count("PATCH") == 1
+
+    # Published again, now that C is live: C is rolled back.
+    second_id, response = publish_request(functions["rollback"], body, published=datetime.now(UTC))
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=second_id)[-1]["outcome"] == "rolled_back"
+    assert live(shop) == {"shop-00001": 100, "shop-00003": 0}
+    assert store.get(fresh).phase is Phase.ROLLED_BACK
