@@ -102,6 +102,13 @@ def repeated_notification(obs: Observation, last: Mapping[str, Any] | None, gap:
     )
 
 
+def _opened_after(obs: Observation, moment: datetime) -> bool:
+    """The incident opened after `moment`: it cannot be about a canary that was live before then
+    (a canary down from its first minute is rolled back at its first alert, not 30 min later)."""
+    opened = obs.detail.get("incident_started_at")
+    return isinstance(opened, datetime) and opened >= moment
+
+
 def apply_observation(
     state: StreakState,
     obs: Observation,
@@ -141,6 +148,7 @@ def apply_observation(
         and obs.inferred_revision
         and state.created_at is not None
         and obs.event_time < state.created_at + grace
+        and not _opened_after(obs, state.created_at)
     ):
         return ignored(
             Outcome.TOO_EARLY,

@@ -171,6 +171,9 @@ def decode_alert(message: PubSubMessage, default_project: str) -> AlertObservati
             "observed_value": incident.observed_value,
             "threshold_value": incident.threshold_value,
             "policy": incident.policy_name,
+            "incident_started_at": (
+                datetime.fromtimestamp(incident.started_at, UTC) if incident.started_at else None
+            ),
         },
     )
     return AlertObservation(service_name, revision, observation, incident.incident_id)

@@ -678,6 +678,27 @@ def test_canary_down_naming_no_revision_at_or_after_the_grace_trips(seconds):
     assert decision.state.rollback_requested is True
 
 
+def opened(o: Observation, seconds: float) -> Observation:
+    """The same alert, its incident opened at `seconds` (incident.started_at)."""
+    return replace(o, detail={**o.detail, "incident_started_at": at(seconds)})
+
+
+@pytest.mark.parametrize("opened_at", [0, 0.001, 30, 200])
+def test_an_incident_opened_after_the_rollout_started_trips_at_once(opened_at):
+    """A canary down from its first minute: its own new incident is no leftover of the previous
+    canary, so it is rolled back at the first alert, not at a renotification 30 min later."""
+    decision = early(StreakState(created_at=STARTED), opened(unattributed(t=opened_at + 5), opened_at))
+    assert decision.outcome is Outcome.TRIPPED and decision.state.rollback_requested
+
+
+@pytest.mark.parametrize("opened_at", [-3600, -60, -0.001])
+def test_an_incident_opened_before_the_rollout_started_waits_out_the_grace(opened_at):
+    decision = early(StreakState(created_at=STARTED), opened(unattributed(t=10), opened_at))
+    assert decision.outcome is Outcome.TOO_EARLY
+    later = early(StreakState(created_at=STARTED), opened(unattributed(t=1800), opened_at))
+    assert later.outcome is Outcome.TRIPPED  # its renotification after the grace counts
+
+
 @pytest.mark.parametrize("seconds", [-1, 0, 1, 239])
 def test_canary_down_naming_its_revision_is_not_affected_by_the_grace(seconds):
     decision = early(StreakState(created_at=STARTED), breach("canary_down", t=seconds))

@@ -287,7 +287,13 @@ def test_push_subscription_delivers_to_breach_counter(functions, store, canary, 
 
 
 def uptime_alert(
-    fn, *, sent: datetime, incident_id: str = "0.uptime", message_id: str | None = None, state: str = "open"
+    fn,
+    *,
+    sent: datetime,
+    incident_id: str = "0.uptime",
+    message_id: str | None = None,
+    state: str = "open",
+    opened: datetime | None = None,
 ) -> tuple[str, requests.Response]:
     """A canary_down incident from the uptime check on the canary tag URL: its resource is the
     URL, so it names no revision; the policy's `canary_service` label names the service."""
@@ -305,6 +311,7 @@ def uptime_alert(
             "host": "canary---shop.run.app",
         },
         user_labels={"canary_service": "shop"},
+        **({"started_at": int(opened.timestamp())} if opened else {}),
     )
     data = cloudevent_data(payload, message_id=message_id, publish_time=sent)
     return message_id, post_event(fn, data, event_id=message_id)
@@ -323,6 +330,20 @@ def test_uptime_check_incident_counts_against_the_live_canary(functions, store, 
     assert line["outcome"] == "tripped" and line["rollout"] == canary
     rollout = store.get(canary)
     assert rollout.streaks["canary_down"].count == 1 and rollout.rollback_requested
+    assert [r["canary_revision"] for r in rollback_requests(expect_at_least=1)] == ["shop-00002"]
+
+
+def test_a_canary_down_from_its_first_minute_is_rolled_back_at_its_first_alert(
+    functions, store, canary, rollback_requests
+):
+    """Its incident opened after the rollout started, so it cannot be the previous canary's."""
+    rollout = store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    opened = rollout.created_at + timedelta(seconds=2)
+    message_id, response = uptime_alert(
+        functions["breach_counter"], sent=opened + timedelta(seconds=1), incident_id="0.new", opened=opened
+    )
+    assert response.status_code == 200
+    assert functions["breach_counter"].logs_for(event_id=message_id)[-1]["outcome"] == "tripped"
     assert [r["canary_revision"] for r in rollback_requests(expect_at_least=1)] == ["shop-00002"]
 
 
