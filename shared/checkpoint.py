@@ -22,6 +22,8 @@ from shared.judge import (
     next_step,
     rollback_redrive_due,
     rule_observations,
+    synthetic_in,
+    without_synthetic,
 )
 from shared.logs import Report, log
 from shared.policy import Policy
@@ -164,13 +166,20 @@ def checkpoint_rollout(
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
     recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, **query)
     if end - step_start >= MIN_WINDOW:
-        judgement = judge(clients.reader.canary_metrics(start=step_start, end=end, **query), policy)
+        since_step, unusable = without_synthetic(
+            clients.reader.canary_metrics(start=step_start, end=end, **query), rollout.synthetic_traffic
+        )
+        judgement = judge(since_step, policy, requests_unusable=unusable)
     else:
         judgement = _awaiting_step_data(rollout, step_start, end, policy)
+    # A load test in the short window would dominate it: its request-based rules are not observed.
+    load_test_in_recent = bool(synthetic_in(recent_start, recent_end, rollout.synthetic_traffic))
 
     # Rollback rules: one observation per rule per recent window, through the alert streaks.
     observed: dict[str, str] = {}
-    for rule, (kind, detail) in rule_observations(recent, policy).items():
+    for rule, (kind, detail) in rule_observations(
+        recent, policy, requests_unusable=load_test_in_recent
+    ).items():
         obs = Observation(
             rule=rule,
             kind=kind,
@@ -249,6 +258,7 @@ def checkpoint_rollout(
         action=decision.action.value,
         step=step.status if step else None,
         observations=observed,
+        load_test_in_recent_window=load_test_in_recent or None,
     )
 
 

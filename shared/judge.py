@@ -7,7 +7,8 @@ No I/O: shared/checkpoint.py reads the metrics and state and acts on what these 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -63,12 +64,13 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
+def judge(metrics: CanaryMetrics, policy: Policy, *, requests_unusable: str | None = None) -> Judgement:
     """GO only when every bar holds on at least `min_requests` requests; a missing series is
     INCONCLUSIVE, never a pass. Request-based measures (error rate, P95) judged on fewer requests
-    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO."""
+    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO; so do
+    requests the caller cannot use (`requests_unusable` says why)."""
     bars = policy.go_bars
-    enough_requests = metrics.request_count >= bars.min_requests
+    enough_requests = metrics.request_count >= bars.min_requests and not requests_unusable
     measured: dict[str, dict[str, Any]] = {}
     no_go, hold, missing = [], [], []
     for name, (attribute, rule, unit) in MEASURES.items():
@@ -88,7 +90,9 @@ def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
         return Judgement(Verdict.NO_GO, tuple(no_go + hold), measured, metrics.request_count)
     if not enough_requests or missing:
         reasons = []
-        if not enough_requests:
+        if requests_unusable:
+            reasons.append(requests_unusable)
+        elif not enough_requests:
             reasons.append(f"{metrics.request_count} requests < {bars.min_requests} needed to judge")
         if missing:
             reasons.append(f"no data for {', '.join(missing)}")
@@ -98,13 +102,15 @@ def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
     return Judgement(Verdict.GO, ("every GO bar holds",), measured, metrics.request_count)
 
 
-def rule_observations(metrics: CanaryMetrics, policy: Policy) -> dict[str, tuple[Kind, dict[str, Any]]]:
+def rule_observations(
+    metrics: CanaryMetrics, policy: Policy, *, requests_unusable: bool = False
+) -> dict[str, tuple[Kind, dict[str, Any]]]:
     """Per rollback rule with data in the recent window: a breach (value > threshold) or a
     recovery. Rules without data give no observation; canary_down is left to the uptime check.
     Request-based rules need `min_requests` in the window: one 5xx out of two requests on a
     quiet canary is noise, not a breach."""
     found: dict[str, tuple[Kind, dict[str, Any]]] = {}
-    enough_requests = metrics.request_count >= policy.go_bars.min_requests
+    enough_requests = metrics.request_count >= policy.go_bars.min_requests and not requests_unusable
     for _name, (attribute, rule, _unit) in MEASURES.items():
         value = _finite(getattr(metrics, attribute))
         if rule is None or value is None or (rule in REQUEST_RULES and not enough_requests):
@@ -113,6 +119,67 @@ def rule_observations(metrics: CanaryMetrics, policy: Policy) -> dict[str, tuple
         kind = Kind.BREACH if value > threshold else Kind.RECOVERY
         found[rule] = (kind, {"observed_value": value, "threshold_value": threshold})
     return found
+
+
+@dataclass(frozen=True)
+class SyntheticTraffic:
+    """What canary-guard's own load test sent to the canary: Cloud Monitoring counts it with the
+    users' traffic, so the checkpoint takes it out again (a quiet canary must not pass on 2,000
+    fast synthetic 200s, nor a streak be reset by them)."""
+
+    started_at: datetime
+    ended_at: datetime
+    requests: int  # requests the canary answered (any status) or timed out on
+    errors: int  # of which 5xx
+
+    @property
+    def minutes(self) -> tuple[datetime, datetime]:
+        """(first, last] minute boundaries of the Monitoring points that hold it."""
+        first = self.started_at.replace(second=0, microsecond=0)
+        last = self.ended_at.replace(second=0, microsecond=0)
+        return first, last if last == self.ended_at else last + timedelta(minutes=1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "requests": self.requests,
+            "errors": self.errors,
+        }
+
+
+def synthetic_in(
+    start: datetime, end: datetime, synthetic: Sequence[SyntheticTraffic]
+) -> list[SyntheticTraffic]:
+    """The load tests whose Monitoring points fall (at least partly) in the window (start, end]."""
+    return [load for load in synthetic if load.minutes[1] > start and load.minutes[0] < end]
+
+
+def without_synthetic(
+    metrics: CanaryMetrics, synthetic: Sequence[SyntheticTraffic]
+) -> tuple[CanaryMetrics, str | None]:
+    """The window's request counts minus the load tests that lie wholly inside it, and a reason
+    when one lies only partly inside (its share of the window is unknown, so the caller must not
+    judge request-based measures on this window). P95 keeps the synthetic requests: a
+    distribution cannot be subtracted (see README)."""
+    requests, errors = metrics.request_count, metrics.error_count
+    for load in synthetic_in(metrics.window_start, metrics.window_end, synthetic):
+        first, last = load.minutes
+        if first < metrics.window_start or last > metrics.window_end:
+            return metrics, (
+                f"canary-guard's load test ({load.started_at:%H:%M:%S}–{load.ended_at:%H:%M:%S}Z) is only "
+                "partly in this window"
+            )
+        requests, errors = max(requests - load.requests, 0), max(errors - load.errors, 0)
+    if requests == metrics.request_count and errors == metrics.error_count:
+        return metrics, None
+    errors = min(errors, requests)
+    return replace(
+        metrics,
+        request_count=requests,
+        error_count=errors,
+        error_rate=errors / requests if requests else None,
+    ), None
 
 
 class StepAction(StrEnum):

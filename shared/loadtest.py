@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceRef, Settings
+from shared.judge import SyntheticTraffic
 from shared.loadgen import (
     FUNCTION_MARGIN_S,
     TargetResult,
@@ -170,6 +171,7 @@ def run_service_tests(
     if skipped := _out_of_time(service, need_s, deadline):
         return skipped
     started = time.monotonic()
+    started_at = datetime.now(UTC)
     share_s = max(need_s, (deadline - started) / services_left)
     ends = started + share_s
 
@@ -220,7 +222,9 @@ def run_service_tests(
     summary = ", ".join(f"{name} {status}" for name, status in verdicts.items())
     message = f"{service.service}: load test {overall} ({summary})"
     store.record_load_test(
-        rollout.id, record | {"verdict": overall, "verdicts": verdicts, "message": message}
+        rollout.id,
+        record | {"verdict": overall, "verdicts": verdicts, "message": message},
+        _canary_traffic([load.get("canary"), probe.get("canary")], started_at),
     )
     _write_metrics(writer, service, load, probe, now or datetime.now(UTC))
     return Report(
@@ -231,6 +235,18 @@ def run_service_tests(
         outcome=overall,
         verdicts=verdicts,
         results=record,
+    )
+
+
+def _canary_traffic(results: list[TargetResult | None], started_at: datetime) -> SyntheticTraffic:
+    """What the canary's request_count will show of this run: every request that reached it
+    (answered with any status, or timed out there); connection errors never did."""
+    sent = [result for result in results if result is not None]
+    return SyntheticTraffic(
+        started_at=started_at,
+        ended_at=datetime.now(UTC),
+        requests=sum(r.successes + r.status_4xx + r.status_5xx + r.timeouts for r in sent),
+        errors=sum(r.status_5xx for r in sent),
     )
 
 

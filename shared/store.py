@@ -33,6 +33,7 @@ from shared.core import (
     apply_observation,
     repeated_notification,
 )
+from shared.judge import SyntheticTraffic
 
 T = TypeVar("T")
 
@@ -113,6 +114,7 @@ class Rollout:
     last_load_test: Mapping[str, Any] | None = None
     last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
     created_at: datetime | None = None  # when canary-guard registered the rollout
+    synthetic_traffic: tuple[SyntheticTraffic, ...] = ()  # its load tests, for the checkpoint
 
     @property
     def streak_state(self) -> StreakState:
@@ -153,6 +155,15 @@ class Rollout:
                 for rule, seen in (data.get("last_notified") or {}).items()
             },
             created_at=_plain(data.get("created_at")),
+            synthetic_traffic=tuple(
+                SyntheticTraffic(
+                    _plain(load["started_at"]),
+                    _plain(load["ended_at"]),
+                    int(load["requests"]),
+                    int(load["errors"]),
+                )
+                for load in data.get("synthetic_traffic") or ()
+            ),
         )
 
 
@@ -463,15 +474,26 @@ class RolloutStore:
         """The last verdict on the rollout (what `status` shows) plus its history entry."""
         self._record_latest(rid, "last_verdict", "checkpoint", {**verdict, **decision})
 
-    def record_load_test(self, rid: str, record: Mapping[str, Any]) -> None:
-        """The last load test / probe result on the rollout plus its history entry."""
-        self._record_latest(rid, "last_load_test", "load_test", record)
+    def record_load_test(
+        self, rid: str, record: Mapping[str, Any], synthetic: SyntheticTraffic | None = None
+    ) -> None:
+        """The last load test / probe result on the rollout plus its history entry, and the
+        traffic it sent to the canary (which checkpoints take out of the canary's metrics)."""
+        extra = {"synthetic_traffic": firestore.ArrayUnion([synthetic.as_dict()])} if synthetic else {}
+        self._record_latest(rid, "last_load_test", "load_test", record, extra)
 
-    def _record_latest(self, rid: str, field_name: str, kind: str, data: Mapping[str, Any]) -> None:
+    def _record_latest(
+        self,
+        rid: str,
+        field_name: str,
+        kind: str,
+        data: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         now = _now()
         rollout_ref = self._rollout_ref(rid)
         batch = self._db.batch()
-        batch.update(rollout_ref, {field_name: {"at": now, **data}, "updated_at": now})
+        batch.update(rollout_ref, {field_name: {"at": now, **data}, "updated_at": now, **(extra or {})})
         batch.set(rollout_ref.collection(DECISIONS).document(), {"at": now, "kind": kind, **data})
         batch.commit()
 

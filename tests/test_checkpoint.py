@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +25,7 @@ from shared.cloudrun import CloudRunTraffic, ControlPlaneError
 from shared.config import load_settings
 from shared.core import Phase
 from shared.events import RollbackRequest
+from shared.judge import SyntheticTraffic, judge
 from shared.monitoring import MonitoringReader
 from shared.notify import Notifier
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
@@ -514,6 +516,58 @@ def test_a_step_is_judged_on_its_own_minutes_only(clients, settings, cloudrun, m
     report = check(clients, settings, later[-1] + LAG)[CANARY]
     assert report.fields["verdict"] == "GO", report.fields["reasons"]
     assert report.fields["measured"]["error_rate"]["value"] == 0
+
+
+def serve_with_load_test(
+    clients, monitoring, now: datetime, users: Minute, *, minutes: int, busy: datetime, requests: int
+) -> None:
+    """Users' traffic for the `minutes` minutes the checkpoint at `now` reads, plus a load test of
+    `requests` fast 200s within the minute ending `busy`, recorded on the rollout as load_test does."""
+    end = minute(now - LAG)
+    stamps = [end - timedelta(minutes=m) for m in reversed(range(minutes))]
+    with_load = replace(users, requests=users.requests + requests, latency_ms=20)
+    for stamp in stamps:  # in time order: Monitoring refuses an older point after a newer one
+        serve_minutes(monitoring, [stamp], with_load if stamp == busy else users)
+    clients.store.record_load_test(
+        CANARY,
+        {"verdict": "PASS", "message": "test"},
+        SyntheticTraffic(busy - timedelta(seconds=50), busy - timedelta(seconds=20), requests, 0),
+    )
+
+
+def test_a_quiet_canary_does_not_pass_on_its_load_test(clients, settings, cloudrun, monitoring):
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)
+    now = t + timedelta(minutes=61)
+    busy = minute(now - LAG) - timedelta(minutes=10)
+    # 50 user requests in the step, and the nightly load test's 2,000.
+    serve_with_load_test(clients, monitoring, now, Minute(requests=1), minutes=50, busy=busy, requests=2000)
+    # What Cloud Monitoring shows would pass: 2,050 requests, no errors.
+    seen = clients.reader.canary_metrics(
+        location=LOCATION, service="shop", revision="shop-00002", start=minute(t), end=minute(now - LAG)
+    )
+    assert seen.request_count == 2050 and judge(seen, POLICY).verdict.value == "GO"
+    report = check(clients, settings, now)[CANARY]
+    assert report.fields["verdict"] == "INCONCLUSIVE", report.fields["reasons"]
+    assert report.fields["reasons"] == ["50 requests < 100 needed to judge"]
+    assert report.fields["action"] == "hold" and live(cloudrun)["shop-00002"] == 5
+
+
+def test_a_load_test_neither_counts_nor_resets_an_error_streak(clients, settings, cloudrun, monitoring):
+    deploy_canary(cloudrun)
+    t = block_start()
+    bad = Minute(requests=200, errors=10, latency_ms=90)
+    serve_traffic(monitoring, t, bad, minutes=5)
+    assert check(clients, settings, t)[CANARY].fields["observations"]["error_rate"] == "counted"
+    # Next window: the same bad users, plus a load test's 5,000 fast 200s in one minute.
+    now = t + WINDOW
+    busy = minute(now - LAG) - timedelta(minutes=2)
+    serve_with_load_test(clients, monitoring, now, bad, minutes=5, busy=busy, requests=5000)
+    report = check(clients, settings, now)[CANARY]
+    assert report.fields["load_test_in_recent_window"] is True
+    assert "error_rate" not in report.fields["observations"]  # no recovery from synthetic traffic
+    assert clients.store.get(CANARY).streaks["error_rate"].count == 1
 
 
 def test_a_step_in_flight_stops_at_a_pause(clients, cloudrun):

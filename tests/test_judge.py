@@ -23,11 +23,14 @@ from shared.judge import (
     RampState,
     StepAction,
     StepDecision,
+    SyntheticTraffic,
     Verdict,
     judge,
     next_step,
     rule_observations,
     step_for_percent,
+    synthetic_in,
+    without_synthetic,
 )
 from shared.monitoring import CanaryMetrics
 from shared.policy import DEFAULT_POLICY_FILE, Policy, load_policy
@@ -766,3 +769,81 @@ def test_rollback_redrive_backs_off_but_never_gives_up():
     assert not due(1, 9.9) and due(1, 10)
     assert not due(3, 39.9) and due(3, 40)
     assert not due(10, 59.9) and due(10, 60)  # capped at an hour, for ever
+
+
+# ============================================================ canary-guard's own load-test traffic
+
+# The window of `metrics()` is (T0 - 5 min, T0].
+
+
+def load(start_s: float, end_s: float, requests: int = 900, errors: int = 0) -> SyntheticTraffic:
+    """A load test from T0 + start_s to T0 + end_s (seconds, negative: before T0)."""
+    return SyntheticTraffic(T0 + timedelta(seconds=start_s), T0 + timedelta(seconds=end_s), requests, errors)
+
+
+@pytest.mark.parametrize(
+    ("start_s", "end_s", "first", "last"),
+    [
+        (-150, -100, -180, -60),  # 11:57:30-11:58:20 lands in the points of 11:58 and 11:59
+        (-180, -120, -180, -120),  # 11:57:00-11:58:00 is (11:57, 11:58]: the point ending 11:58 alone
+        (-179.5, -179, -180, -120),
+    ],
+)
+def test_a_load_test_lands_in_the_minute_points_that_hold_it(start_s, end_s, first, last):
+    assert load(start_s, end_s).minutes == (T0 + timedelta(seconds=first), T0 + timedelta(seconds=last))
+
+
+def test_a_load_test_inside_the_window_is_taken_out_of_the_request_counts():
+    """1,000 requests with 1 error, of which the load test sent 900 with 0 errors: the users'
+    100 requests had 1 error, 1 %: not the 0.1 % the merged numbers show."""
+    taken, unusable = without_synthetic(metrics(), [load(-150, -100)])
+    assert unusable is None
+    assert (taken.request_count, taken.error_count, taken.error_rate) == (100, 1, 0.01)
+    assert taken.latency_p95_ms == metrics().latency_p95_ms  # a distribution cannot be subtracted
+    assert judge(taken, POLICY).verdict is Verdict.HOLD  # 1 % is above the 0.5 % GO bar
+
+
+def test_a_quiet_canary_does_not_pass_on_load_test_traffic():
+    taken, _ = without_synthetic(
+        metrics(request_count=950, error_count=0, error_rate=0.0), [load(-150, -100)]
+    )
+    assert taken.request_count == 50
+    assert judge(taken, POLICY).verdict is Verdict.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(("start_s", "end_s"), [(-600, -301), (-400, -300), (1, 30), (60, 120)])
+def test_a_load_test_outside_the_window_changes_nothing(start_s, end_s):
+    assert without_synthetic(metrics(), [load(start_s, end_s)]) == (metrics(), None)
+    assert synthetic_in(T0 - timedelta(minutes=5), T0, [load(start_s, end_s)]) == []
+
+
+@pytest.mark.parametrize(("start_s", "end_s"), [(-330, -290), (-20, 10), (-400, 400)])
+def test_a_load_test_partly_in_the_window_makes_its_requests_unusable(start_s, end_s):
+    taken, unusable = without_synthetic(metrics(), [load(start_s, end_s)])
+    assert taken == metrics()
+    assert unusable and "only partly in this window" in unusable
+    j = judge(taken, POLICY, requests_unusable=unusable)
+    assert j.verdict is Verdict.INCONCLUSIVE and j.reasons == (unusable,)
+    assert len(synthetic_in(T0 - timedelta(minutes=5), T0, [load(start_s, end_s)])) == 1
+
+
+def test_unusable_requests_never_hide_a_memory_breach():
+    j = judge(metrics(memory_utilization=0.95), POLICY, requests_unusable="load test in window")
+    assert j.verdict is Verdict.NO_GO
+    found = rule_observations(
+        metrics(memory_utilization=0.95, error_rate=0.5), POLICY, requests_unusable=True
+    )
+    assert set(found) == {"memory"}  # no error-rate or latency observation from that window
+
+
+def test_more_synthetic_than_measured_clamps_at_zero():
+    taken, _ = without_synthetic(
+        metrics(request_count=10, error_count=3, error_rate=0.3), [load(-150, -100, 900, 9)]
+    )
+    assert (taken.request_count, taken.error_count, taken.error_rate) == (0, 0, None)
+    assert judge(taken, POLICY).verdict is Verdict.INCONCLUSIVE
+
+
+def test_two_load_tests_inside_are_both_taken_out():
+    taken, _ = without_synthetic(metrics(), [load(-290, -250, 400, 0), load(-150, -100, 500, 0)])
+    assert (taken.request_count, taken.error_count) == (100, 1)

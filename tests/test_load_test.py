@@ -124,6 +124,11 @@ def test_scheduler_call_load_tests_and_probes_both_sides(load_test_url, shop, ta
     assert recorded[0]["load_test"]["canary"]["failures"]["5xx"] == 40
     assert written(monitoring, "load_test/error_rate") == {"canary": 0.2, "stable": 0.0}
     assert written(monitoring, "load_test/probe_success_rate")["legacy"] == 1.0
+    # What it sent the canary is kept on the rollout: checkpoints take it out of the canary's metrics.
+    [synthetic] = RolloutStore(PROJECT).get(CANARY).synthetic_traffic
+    assert synthetic.requests == 200 + 20
+    assert synthetic.errors == 40 + probe["canary"]["failures"]["5xx"]
+    assert synthetic.started_at < synthetic.ended_at
 
 
 def test_probe_reports_the_canary_rate_limit(load_test_url, shop, targets, monitoring):
