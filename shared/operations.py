@@ -192,7 +192,8 @@ class Operations:
         rollout = self.rollout(self.service(name))
         if not self.clients.store.set_paused(rollout.id, paused, by=self.operator, reason=reason):
             raise OperationError(
-                f"rollout of {rollout.canary_revision} is {rollout.phase}: only a running one can be paused"
+                f"rollout of {rollout.canary_revision} is {rollout.phase}: only a running one can be paused, "
+                "and only a running or frozen one resumed"
             )
         return {"rollout": rollout.id, "paused": paused}
 

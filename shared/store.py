@@ -277,7 +277,8 @@ class RolloutStore:
                     previous = Rollout.from_doc(previous_id, previous_snap.to_dict())
             if rollout_snap.exists:
                 return
-            if previous is not None and previous.phase in (Phase.RUNNING, Phase.ROLLING_BACK):
+            # A FROZEN canary still serves its share: it is as active as a RUNNING one.
+            if previous is not None and previous.phase in (Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN):
                 if refuse_if_active:
                     raise RolloutConflict(
                         f"{service_name} already has an active rollout of {previous.canary_revision} "
@@ -556,12 +557,26 @@ class RolloutStore:
         return self._transact(rid, txn_body)
 
     def set_paused(self, rid: str, paused: bool, *, by: str, reason: str) -> bool:
-        """Pause or resume a RUNNING rollout (the scheduler never advances a paused one)."""
+        """Pause or resume a RUNNING rollout (the scheduler never advances a paused one). Resuming
+        a FROZEN one is the release owner's call to try again: RUNNING, with a fresh step clock
+        (its soak and progress deadline start over)."""
         rollout_ref = self._rollout_ref(rid)
 
         def txn_body(txn: firestore.Transaction) -> bool:
             snap = rollout_ref.get(transaction=txn)
-            if not snap.exists or Phase(snap.get("phase")) is not Phase.RUNNING:
+            phase = Phase(snap.get("phase")) if snap.exists else None
+            if phase is Phase.FROZEN and not paused and not snap.get("rollback_requested"):
+                now = _now()
+                update = {
+                    "phase": Phase.RUNNING.value,
+                    "paused": False,
+                    "step_started_at": now,
+                    "updated_at": now,
+                }
+                txn.update(rollout_ref, update)
+                self._decision(txn, rid, "unfrozen", {"message": reason, "by": by})
+                return True
+            if phase is not Phase.RUNNING:
                 return False
             txn.update(rollout_ref, {"paused": paused, "updated_at": _now()})
             self._decision(txn, rid, "paused" if paused else "resumed", {"message": reason, "by": by})

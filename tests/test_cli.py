@@ -394,6 +394,26 @@ def test_advance_output_stays_one_json_document_when_cloud_run_retries(invoke, s
     assert "retrying" in result.stderr  # the client's retry log line went to stderr
 
 
+def test_a_frozen_rollout_blocks_a_new_start_and_resume_unfreezes_it(invoke, started, store):
+    assert store.set_phase(ROLLOUT, Phase.FROZEN, "frozen", {"message": "test"}, only_from={Phase.RUNNING})
+    frozen_since = store.get(ROLLOUT).step_started_at
+
+    second = invoke("start", "shop", "--revision", "shop-00003", "--percent", "5")
+    assert second.exit_code == 1  # a frozen canary still serves its share: still active
+    assert "already has an active rollout of shop-00002 (FROZEN)" in second.stderr
+
+    assert invoke("pause", "shop").exit_code == 1  # nothing to pause: it is not ramping
+    resumed = invoke("--as", "erin", "resume", "shop", "--reason", "fixed the slow query")
+    assert resumed.exit_code == 0, resumed.output
+    rollout = store.get(ROLLOUT)
+    assert rollout.phase is Phase.RUNNING and not rollout.paused
+    assert rollout.step_started_at > frozen_since  # a fresh soak and progress deadline
+    [unfrozen] = [
+        e for e in as_json(invoke("--json", "history", "shop"))["entries"] if e["kind"] == "unfrozen"
+    ]
+    assert (unfrozen["by"], unfrozen["message"]) == ("erin", "fixed the slow query")
+
+
 def test_pause_and_resume_show_in_status_and_history_and_advance_still_works(invoke, started):
     paused = invoke("--as", "dave", "pause", "shop", "--reason", "waiting for the batch job")
     assert paused.exit_code == 0, paused.output

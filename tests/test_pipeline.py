@@ -148,10 +148,13 @@ def test_redelivery_never_counts_twice(functions, store, canary):
     assert fn.logs_for(event_id=message_id)[-1]["outcome"] == "duplicate"
 
 
-def test_new_canary_starts_fresh_and_old_one_is_superseded(functions, store, canary, cloudrun):
+@pytest.mark.parametrize("old_phase", [Phase.RUNNING, Phase.FROZEN])
+def test_new_canary_starts_fresh_and_old_one_is_superseded(functions, store, canary, cloudrun, old_phase):
     fn = functions["breach_counter"]
     alert(fn, seconds=1)
     alert(fn, seconds=2)
+    if old_phase is Phase.FROZEN:
+        assert store.set_phase(canary, Phase.FROZEN, "frozen", {"message": "-"}, only_from={Phase.RUNNING})
     deploy_canary(cloudrun, canary="shop-00003")
     alert(fn, revision="shop-00003", seconds=3)
     new = store.get(rollout_id(SHOP, "shop-00003"))
