@@ -24,7 +24,7 @@ from shared.events import (
     pubsub_message,
 )
 from shared.logs import Report
-from shared.store import Rollout, StoreContention, rollout_id
+from shared.store import Rollout, StoreError, rollout_id
 from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
 
 if TYPE_CHECKING:
@@ -328,6 +328,6 @@ def handle_emergency(
         return Report("ERROR", message, outcome="control_plane_error", service=request.service), 503
     # GoogleAPIError, not only GoogleAPICallError: a read that used up its retry deadline raises
     # RetryError, which is no call error.
-    except (gexc.GoogleAPIError, StoreContention) as exc:
+    except (gexc.GoogleAPIError, StoreError) as exc:
         message = f"the rollout state could not be read or written ({exc}); call again"
         return Report("ERROR", message, outcome="store_error", service=request.service), 503

@@ -66,8 +66,16 @@ class _KeyedLocks:
 _rollout_locks = _KeyedLocks()
 
 
-class StoreContention(RuntimeError):
-    """A transaction kept losing to concurrent writers until its deadline (Pub/Sub redelivers)."""
+class StoreError(RuntimeError):
+    """Firestore could not take the update now; the caller's event is retried (Pub/Sub redelivers)."""
+
+
+class StoreContention(StoreError):
+    """A transaction kept losing to concurrent writers until its deadline."""
+
+
+class StoreUnavailable(StoreError):
+    """Firestore did not answer within the client's retries."""
 
 
 class RolloutConflict(RuntimeError):
@@ -228,6 +236,10 @@ class RolloutStore:
                 return wrapped(self._db.transaction(max_attempts=TXN_ATTEMPTS))
             except (gexc.Aborted, ValueError) as exc:
                 contended = isinstance(exc, gexc.Aborted) or isinstance(exc.__cause__, gexc.Aborted)
+                if isinstance(exc, ValueError) and isinstance(exc.__context__, gexc.GoogleAPIError):
+                    # The client's "no transaction ID, cannot be rolled back" hides the real
+                    # failure: its BeginTransaction never got through.
+                    raise StoreUnavailable(f"Firestore unavailable: {exc.__context__}") from exc.__context__
                 if not contended:
                     raise
                 if time.monotonic() + pause > deadline:

@@ -16,10 +16,12 @@ locals {
   functions = {
     # Alert incident (Pub/Sub) -> streak per rule -> rollback request when the limit is reached.
     breach_counter = {
-      entry_point   = "breach_counter"
-      description   = "canary-guard: counts consecutive breach observations per rule from Cloud Monitoring incidents."
-      memory        = "512Mi"
-      timeout_s     = 60
+      entry_point = "breach_counter"
+      description = "canary-guard: counts consecutive breach observations per rule from Cloud Monitoring incidents."
+      memory      = "512Mi"
+      # Longer than the store's 60 s contention deadline and Firestore's ~60 s BeginTransaction
+      # retries, so a slow store ends in a logged error and a redelivery, not a silent kill.
+      timeout_s     = 120
       max_instances = 5
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
