@@ -16,9 +16,13 @@ Test control, not part of Cloud Run, lives under /_standin/:
     POST /_standin/services  {"name", "revisions": [short, oldest first], "traffic": [{"revision",
                              "percent", "tag"}], "uri"?, "tag_uris"?: {tag: url}}  create or replace;
                              a traffic entry without "revision" is a LATEST target
-    POST /_standin/faults    {"status"?, "count"?: 1, "methods"?: ["GET", "PATCH"], "delay_s"?: 0}
+    POST /_standin/faults    {"status"?, "count"?: 1, "methods"?: ["GET", "PATCH"], "delay_s"?: 0,
+                             "resource"?: "services" | "operations"}
                              the next `count` matching API requests wait `delay_s`, then fail
                              with `status` (or are served normally when there is no status)
+    POST /_standin/settings  {"pending_polls": N}: an update's operation is answered not done and
+                             is done at its Nth GetOperation, as Cloud Run's are (default 0: done
+                             at once, so tests do not wait for the client's polling)
     GET  /_standin/calls     [{method, path, status}] of the API requests so far
     POST /_standin/reset     forget services, operations, faults and calls
 
@@ -160,6 +164,7 @@ class _Fault:
     count: int
     methods: tuple[str, ...]
     delay_s: float
+    resource: str | None  # "services" | "operations" | None (any)
 
 
 class _State:
@@ -171,6 +176,8 @@ class _State:
         self.operations: dict[str, dict[str, Any]] = {}
         self.faults: list[_Fault] = []
         self.calls: list[dict[str, Any]] = []
+        self.pending_polls = 0
+        self._polls_left: dict[str, int] = {}
 
     def reset(self) -> None:
         with self._lock:
@@ -178,6 +185,12 @@ class _State:
             self.operations.clear()
             self.faults.clear()
             self.calls.clear()
+            self.pending_polls = 0
+            self._polls_left.clear()
+
+    def settings(self, spec: dict[str, Any]) -> None:
+        with self._lock:
+            self.pending_polls = int(spec.get("pending_polls", self.pending_polls))
 
     def put_service(self, spec: dict[str, Any]) -> dict[str, Any]:
         name = str(spec.get("name", ""))
@@ -219,12 +232,20 @@ class _State:
                 "response": {"@type": _SERVICE_TYPE, **service.to_json()},
             }
             self.operations[operation["name"]] = operation
+            if self.pending_polls:
+                self._polls_left[operation["name"]] = self.pending_polls
+                return {"name": operation["name"]}  # not done: the client polls GetOperation
             return operation
 
     def get_operation(self, name: str) -> dict[str, Any]:
         with self._lock:
             if name not in self.operations:
                 raise _ApiError(404, f"Operation {name} not found.")
+            left = self._polls_left.get(name, 0) - 1
+            if left > 0:
+                self._polls_left[name] = left
+                return {"name": name}
+            self._polls_left.pop(name, None)
             return self.operations[name]
 
     def add_fault(self, spec: dict[str, Any]) -> None:
@@ -236,15 +257,18 @@ class _State:
             count=int(spec.get("count", 1)),
             methods=tuple(method.upper() for method in spec.get("methods", ("GET", "PATCH"))),
             delay_s=float(spec.get("delay_s", 0.0)),
+            resource=spec.get("resource"),
         )
+        if fault.resource not in (None, "services", "operations"):
+            raise _ApiError(400, f"fault resource must be services or operations, got {fault.resource!r}")
         with self._lock:
             self.faults.append(fault)
 
-    def take_fault(self, method: str) -> _Fault | None:
-        """The first fault that matches `method`, counted down and dropped once used up."""
+    def take_fault(self, method: str, path: str) -> _Fault | None:
+        """The first fault that matches `method` and `path`, counted down and dropped once used up."""
         with self._lock:
             for fault in self.faults:
-                if method in fault.methods:
+                if method in fault.methods and (fault.resource is None or f"/{fault.resource}/" in path):
                     fault.count -= 1
                     if fault.count <= 0:
                         self.faults.remove(fault)
@@ -296,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, path: str, body: dict[str, Any]) -> Any:
         state = self.server.state
-        fault = state.take_fault(self.command)
+        fault = state.take_fault(self.command, path)
         if fault is not None:
             time.sleep(fault.delay_s)
             if fault.status is not None:
@@ -317,6 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
             return state.put_service(body)
         if route == ("POST", "/_standin/faults"):
             state.add_fault(body)
+            return {}
+        if route == ("POST", "/_standin/settings"):
+            state.settings(body)
             return {}
         if route == ("GET", "/_standin/calls"):
             return state.call_log()
@@ -392,9 +419,14 @@ class CloudRunStandin:
         count: int = 1,
         methods: Iterable[str] = ("GET", "PATCH"),
         delay_s: float = 0.0,
+        resource: str | None = None,
     ) -> None:
         spec = {"status": status, "count": count, "methods": list(methods), "delay_s": delay_s}
-        self._server.state.add_fault(spec)
+        self._server.state.add_fault(spec | {"resource": resource})
+
+    def pend_operations(self, polls: int) -> None:
+        """Answer updates with an operation that is done only at its `polls`th GetOperation."""
+        self._server.state.settings({"pending_polls": polls})
 
     def calls(self) -> list[dict[str, Any]]:
         return self._server.state.call_log()

@@ -154,7 +154,21 @@ class CloudRunTraffic:
             operation = self._services.update_service(
                 request=request, retry=None, timeout=self._call_timeout_s
             )
-            return before, _traffic_of(operation.result(timeout=OPERATION_TIMEOUT_S))
+            try:
+                updated = operation.result(timeout=OPERATION_TIMEOUT_S)
+            except (api_exceptions.Forbidden, api_exceptions.PermissionDenied) as error:
+                # The write was accepted; only polling its operation was refused (a grant on the
+                # service may not cover run.operations.get). Read the result from the service:
+                # reporting "refused, traffic unchanged" here would be false.
+                log(
+                    "WARNING",
+                    "Cloud Run API: traffic updated, but its operation cannot be read; "
+                    "confirming from the service",
+                    service=service,
+                    error=str(error),
+                )
+                updated = self._fetch(service)
+            return before, _traffic_of(updated)
 
         return self._retrying(f"update traffic of {service}", attempt)
 

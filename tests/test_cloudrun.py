@@ -299,6 +299,37 @@ def test_update_answers_a_done_operation_that_can_be_polled(standin):
     assert calls(standin) == [("GET", 200), ("PATCH", 200), ("GET", 200)]
 
 
+def test_an_update_whose_operation_is_not_done_at_once_is_polled_to_its_end(standin, client, delays):
+    """As Cloud Run answers: the operation is done only at a later GetOperation."""
+    standin.pend_operations(2)
+
+    _, after = client.update_traffic(SERVICE, rollback)
+
+    assert after.percent_of(STABLE) == 100
+    polls = [c for c in standin.calls() if "/operations/" in c["path"]]
+    assert len(polls) >= 2 and all(c["status"] == 200 for c in polls)  # polled until done
+    assert calls(standin)[:2] == [("GET", 200), ("PATCH", 200)]
+
+
+def test_a_refused_operation_poll_is_confirmed_from_the_service_not_reported_as_a_failure(
+    standin, client, delays, capsys
+):
+    """A grant on the service may not cover run.operations.get: the traffic did change, so the
+    caller must hear the new traffic, not "refused, traffic unchanged"."""
+    standin.pend_operations(2)
+    standin.inject_fault(403, count=1, methods=["GET"], resource="operations")
+
+    before, after = client.update_traffic(SERVICE, rollback)
+
+    assert before.percent_of(CANARY) == 10 and after.percent_of(STABLE) == 100
+    assert standin.service(SERVICE)["traffic"][0]["percent"] == 100
+    assert calls(standin)[:3] == [("GET", 200), ("PATCH", 200), ("GET", 403)]
+    assert "/services/" in standin.calls()[-1]["path"]  # read back from the service
+    assert [c["method"] for c in standin.calls()].count("PATCH") == 1
+    assert delays == []  # nothing retried, nothing written twice
+    assert "its operation cannot be read" in capsys.readouterr().out
+
+
 def test_runs_as_a_process_with_http_controls():
     process = subprocess.Popen(
         [sys.executable, "-m", "infra.cloudrun_standin", "--port", "0"],
