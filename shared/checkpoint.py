@@ -22,6 +22,7 @@ from shared.judge import (
     next_step,
     rollback_redrive_due,
     rule_observations,
+    since_step_start,
     synthetic_in,
     without_synthetic,
 )
@@ -144,16 +145,20 @@ def _metrics_window(
     return recent_end - window, recent_end, step_start, end
 
 
-def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
-    """INCONCLUSIVE while not one whole minute since the step has reached Cloud Monitoring: judging
-    the window before it would pass the new share on the old share's traffic."""
+def _awaiting_step_data(
+    rollout: Rollout, step_start: datetime, window_start: datetime, policy: Policy
+) -> Judgement:
+    """INCONCLUSIVE while not one whole minute of the step has reached Cloud Monitoring: judging
+    the window before it would pass the new share on the old share's (or a load test's) traffic."""
     from shared.monitoring import CanaryMetrics
 
-    nothing = CanaryMetrics(step_start, step_start, 0, 0, None, None, None, None)
-    due = step_start + MIN_WINDOW + timedelta(minutes=policy.checkpoint.data_lag_minutes)
+    nothing = CanaryMetrics(window_start, window_start, 0, 0, None, None, None, None)
+    due = window_start + MIN_WINDOW + timedelta(minutes=policy.checkpoint.data_lag_minutes)
+    after = "" if window_start == step_start else f" and canary-guard's load test until {window_start:%H:%M}Z"
+    lag = policy.checkpoint.data_lag_minutes
     reason = (
-        f"step to {rollout.canary_percent}% started {rollout.step_started_at:%H:%M:%S}Z; its first minute "
-        f"of data is judged from {due:%H:%M}Z (Cloud Monitoring lag {policy.checkpoint.data_lag_minutes} min)"
+        f"step to {rollout.canary_percent}% started {rollout.step_started_at:%H:%M:%S}Z{after}; its first "
+        f"minute of data is judged from {due:%H:%M}Z (Cloud Monitoring lag {lag} min)"
     )
     return replace(judge(nothing, policy), reasons=(reason,))
 
@@ -165,13 +170,14 @@ def checkpoint_rollout(
     recent_start, recent_end, step_start, end = _metrics_window(rollout, now, policy)
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
     recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, **query)
-    if end - step_start >= MIN_WINDOW:
+    window_start = since_step_start(step_start, end, rollout.synthetic_traffic)
+    if end - window_start >= MIN_WINDOW:
         since_step, unusable = without_synthetic(
-            clients.reader.canary_metrics(start=step_start, end=end, **query), rollout.synthetic_traffic
+            clients.reader.canary_metrics(start=window_start, end=end, **query), rollout.synthetic_traffic
         )
         judgement = judge(since_step, policy, requests_unusable=unusable)
     else:
-        judgement = _awaiting_step_data(rollout, step_start, end, policy)
+        judgement = _awaiting_step_data(rollout, step_start, window_start, policy)
     # A load test in the short window would dominate it: its request-based rules are not observed.
     load_test_in_recent = bool(synthetic_in(recent_start, recent_end, rollout.synthetic_traffic))
 
@@ -212,7 +218,7 @@ def checkpoint_rollout(
     previous = (rollout.last_verdict or {}).get("verdict")
     clients.store.record_checkpoint(
         rollout.id,
-        judgement.as_dict() | {"window": {"start": step_start, "end": end}},
+        judgement.as_dict() | {"window": {"start": window_start, "end": end}},
         {"action": decision.action.value, "message": decision.reason, "observations": observed},
     )
     _write_metrics(clients.writer, rollout, service, judgement, now)

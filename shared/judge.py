@@ -125,12 +125,14 @@ def rule_observations(
 class SyntheticTraffic:
     """What canary-guard's own load test sent to the canary: Cloud Monitoring counts it with the
     users' traffic, so the checkpoint takes it out again (a quiet canary must not pass on 2,000
-    fast synthetic 200s, nor a streak be reset by them)."""
+    fast synthetic 200s, nor a streak be reset by them). A run in progress (or killed) is not
+    `finished`: its counts are unknown and `ended_at` is its deadline."""
 
     started_at: datetime
     ended_at: datetime
-    requests: int  # requests the canary answered (any status) or timed out on
+    requests: int  # requests that reached the canary (any status, or timed out there)
     errors: int  # of which 5xx
+    finished: bool = True
 
     @property
     def minutes(self) -> tuple[datetime, datetime]:
@@ -145,6 +147,7 @@ class SyntheticTraffic:
             "ended_at": self.ended_at,
             "requests": self.requests,
             "errors": self.errors,
+            "finished": self.finished,
         }
 
 
@@ -155,20 +158,36 @@ def synthetic_in(
     return [load for load in synthetic if load.minutes[1] > start and load.minutes[0] < end]
 
 
+def since_step_start(step_start: datetime, end: datetime, synthetic: Sequence[SyntheticTraffic]) -> datetime:
+    """Where the since-step window starts: after any load test that straddles the step start
+    (its split between the steps is unknown) or that never reported its counts (in progress
+    until `end`, or killed). The step is then judged on the minutes after it."""
+    start = step_start
+    moved = True
+    while moved:  # one move can land inside another run
+        moved = False
+        for load in synthetic_in(start, end, synthetic):
+            first, last = load.minutes
+            if (first < start or not load.finished) and last <= end and last > start:
+                start, moved = last, True
+    return start
+
+
 def without_synthetic(
     metrics: CanaryMetrics, synthetic: Sequence[SyntheticTraffic]
 ) -> tuple[CanaryMetrics, str | None]:
     """The window's request counts minus the load tests that lie wholly inside it, and a reason
-    when one lies only partly inside (its share of the window is unknown, so the caller must not
-    judge request-based measures on this window). P95 keeps the synthetic requests: a
-    distribution cannot be subtracted (see README)."""
+    when one lies only partly inside or is still running (its share of the window is unknown,
+    so the caller must not judge request-based measures on it). P95 keeps the synthetic
+    requests: a distribution cannot be subtracted (see README)."""
     requests, errors = metrics.request_count, metrics.error_count
     for load in synthetic_in(metrics.window_start, metrics.window_end, synthetic):
         first, last = load.minutes
-        if first < metrics.window_start or last > metrics.window_end:
+        if first < metrics.window_start or last > metrics.window_end or not load.finished:
+            state = "still running" if not load.finished else "only partly in this window"
             return metrics, (
-                f"canary-guard's load test ({load.started_at:%H:%M:%S}–{load.ended_at:%H:%M:%S}Z) is only "
-                "partly in this window"
+                f"canary-guard's load test from {load.started_at:%H:%M:%S}Z is {state}; "
+                "request-based measures wait for it"
             )
         requests, errors = max(requests - load.requests, 0), max(errors - load.errors, 0)
     if requests == metrics.request_count and errors == metrics.error_count:

@@ -122,7 +122,7 @@ class Rollout:
     last_load_test: Mapping[str, Any] | None = None
     last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
     created_at: datetime | None = None  # when canary-guard registered the rollout
-    synthetic_traffic: tuple[SyntheticTraffic, ...] = ()  # its load tests, for the checkpoint
+    synthetic_traffic: tuple[SyntheticTraffic, ...] = ()  # its load test runs, for the checkpoint
 
     @property
     def streak_state(self) -> StreakState:
@@ -169,8 +169,9 @@ class Rollout:
                     _plain(load["ended_at"]),
                     int(load["requests"]),
                     int(load["errors"]),
+                    bool(load.get("finished", True)),
                 )
-                for load in data.get("synthetic_traffic") or ()
+                for load in (data.get("synthetic_traffic") or {}).values()
             ),
         )
 
@@ -487,12 +488,20 @@ class RolloutStore:
         """The last verdict on the rollout (what `status` shows) plus its history entry."""
         self._record_latest(rid, "last_verdict", "checkpoint", {**verdict, **decision})
 
+    def note_synthetic_traffic(self, rid: str, run_id: str, traffic: SyntheticTraffic) -> None:
+        """What a load test run sends (or, before it starts, may send) the canary, by run.
+        `run_id` must be a plain field name (letters, digits, _), e.g. "run_" + a uuid's hex."""
+        self._rollout_ref(rid).update({f"synthetic_traffic.{run_id}": traffic.as_dict()})
+
     def record_load_test(
-        self, rid: str, record: Mapping[str, Any], synthetic: SyntheticTraffic | None = None
+        self,
+        rid: str,
+        record: Mapping[str, Any],
+        synthetic: tuple[str, SyntheticTraffic] | None = None,
     ) -> None:
-        """The last load test / probe result on the rollout plus its history entry, and the
-        traffic it sent to the canary (which checkpoints take out of the canary's metrics)."""
-        extra = {"synthetic_traffic": firestore.ArrayUnion([synthetic.as_dict()])} if synthetic else {}
+        """The last load test / probe result on the rollout plus its history entry, and what the
+        run (by id) sent the canary, which checkpoints take out of the canary's metrics."""
+        extra = {f"synthetic_traffic.{synthetic[0]}": synthetic[1].as_dict()} if synthetic else {}
         self._record_latest(rid, "last_load_test", "load_test", record, extra)
 
     def _record_latest(

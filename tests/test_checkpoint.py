@@ -531,7 +531,10 @@ def serve_with_load_test(
     clients.store.record_load_test(
         CANARY,
         {"verdict": "PASS", "message": "test"},
-        SyntheticTraffic(busy - timedelta(seconds=50), busy - timedelta(seconds=20), requests, 0),
+        (
+            "run_test",
+            SyntheticTraffic(busy - timedelta(seconds=50), busy - timedelta(seconds=20), requests, 0),
+        ),
     )
 
 
@@ -552,6 +555,41 @@ def test_a_quiet_canary_does_not_pass_on_its_load_test(clients, settings, cloudr
     assert report.fields["verdict"] == "INCONCLUSIVE", report.fields["reasons"]
     assert report.fields["reasons"] == ["50 requests < 100 needed to judge"]
     assert report.fields["action"] == "hold" and live(cloudrun)["shop-00002"] == 5
+
+
+def test_a_load_test_across_the_step_start_does_not_hold_the_step(clients, settings, cloudrun, monitoring):
+    """Its split between the two steps is unknown: the step is judged on the minutes after it."""
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)  # registers the rollout: its step starts now
+    across = SyntheticTraffic(t - timedelta(seconds=60), t + timedelta(seconds=90), 2000, 0)
+    clients.store.note_synthetic_traffic(CANARY, "run_across", across)
+    now = t + timedelta(minutes=61)
+    serve_traffic(monitoring, now, HEALTHY, minutes=60)
+    report = check(clients, settings, now)[CANARY]
+    assert (report.fields["verdict"], report.fields["action"]) == ("GO", "advance"), report.fields["reasons"]
+    window = clients.store.get(CANARY).last_verdict["window"]
+    assert window["start"] == across.minutes[1]
+
+
+def test_a_load_test_in_progress_holds_request_measures_then_a_killed_one_is_stepped_over(
+    clients, settings, cloudrun, monitoring
+):
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)
+    now = t + timedelta(minutes=61)
+    serve_traffic(monitoring, now, HEALTHY, minutes=60)
+    end = minute(now - LAG)
+    going = SyntheticTraffic(end - timedelta(minutes=2), end + timedelta(minutes=5), 0, 0, finished=False)
+    clients.store.note_synthetic_traffic(CANARY, "run_going", going)  # as load_test does before its run
+    report = check(clients, settings, now)[CANARY]
+    assert report.fields["verdict"] == "INCONCLUSIVE" and "still running" in report.fields["reasons"][0]
+    # It never reported (killed): once its deadline is past, the step is judged after it.
+    later = now + timedelta(minutes=10)
+    serve_traffic(monitoring, later, HEALTHY, minutes=10)
+    report = check(clients, settings, later)[CANARY]
+    assert (report.fields["verdict"], report.fields["action"]) == ("GO", "advance"), report.fields["reasons"]
 
 
 def test_a_load_test_neither_counts_nor_resets_an_error_streak(clients, settings, cloudrun, monitoring):

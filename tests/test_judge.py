@@ -8,6 +8,7 @@ A value exactly ON a bar passes it: `<=` holds the GO bar, only `>` crosses the 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from shared.judge import (
     judge,
     next_step,
     rule_observations,
+    since_step_start,
     step_for_percent,
     synthetic_in,
     without_synthetic,
@@ -847,3 +849,45 @@ def test_more_synthetic_than_measured_clamps_at_zero():
 def test_two_load_tests_inside_are_both_taken_out():
     taken, _ = without_synthetic(metrics(), [load(-290, -250, 400, 0), load(-150, -100, 500, 0)])
     assert (taken.request_count, taken.error_count) == (100, 1)
+
+
+def running(start_s: float, deadline_s: float) -> SyntheticTraffic:
+    """A load test started at T0 + start_s that has not reported yet (deadline T0 + deadline_s)."""
+    return replace(load(start_s, deadline_s, 0, 0), finished=False)
+
+
+STEP = T0 - timedelta(minutes=60)  # a step's first whole minute; the window ends at T0
+
+
+def test_a_load_test_straddling_the_step_start_moves_the_window_past_it():
+    """Step window from 11:00, load test 10:59:01-11:01:30 (points ending 11:00, 11:01, 11:02):
+    its split between the two steps is unknown, so the step is judged from 11:02 on, not held
+    INCONCLUSIVE until the progress deadline freezes it."""
+    straddling = load(-3659, -3510)
+    assert since_step_start(STEP, T0, [straddling]) == T0 - timedelta(minutes=58)
+    moved = replace(metrics(), window_start=T0 - timedelta(minutes=58))
+    assert without_synthetic(moved, [straddling]) == (moved, None)
+
+
+def test_a_finished_load_test_inside_the_step_leaves_the_start_alone():
+    assert since_step_start(STEP, T0, [load(-1800, -1750)]) == STEP
+
+
+def test_a_run_that_never_reported_is_stepped_over_once_its_deadline_is_past():
+    killed = running(-1800, -1260)  # started 30 min ago, deadline 21 min ago, no counts
+    assert since_step_start(STEP, T0, [killed]) == T0 - timedelta(minutes=21)
+
+
+def test_a_run_still_going_makes_request_measures_wait():
+    going = running(-120, 400)
+    assert since_step_start(STEP, T0, [going]) == STEP
+    window = replace(metrics(), window_start=STEP)
+    taken, unusable = without_synthetic(window, [going])
+    assert taken == window and unusable and "still running" in unusable
+
+
+def test_moving_past_one_run_can_land_in_another():
+    # Window from 11:01: the first run (points ending 11:01, 11:02) moves it to 11:02, inside the
+    # second (points ending 11:02 .. 11:04), which moves it to 11:04.
+    first, second = load(-3570, -3510), load(-3490, -3410)  # 11:00:30-11:01:30, 11:01:50-11:03:10
+    assert since_step_start(STEP + timedelta(minutes=1), T0, [second, first]) == T0 - timedelta(minutes=56)
