@@ -127,8 +127,9 @@ resource "google_cloudfunctions2_function" "function" {
   labels      = local.function_labels
 
   build_config {
-    runtime     = var.python_runtime
-    entry_point = each.value.entry_point
+    runtime         = var.python_runtime
+    entry_point     = each.value.entry_point
+    service_account = google_service_account.build.id # projects/PROJECT/serviceAccounts/EMAIL
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -169,8 +170,12 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
-  # Its identity's grants and the database must exist before the first event arrives.
+  # The build identity's grants must exist before the build; its own identity's grants and
+  # the database before the first event arrives.
   depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_project_iam_member.build_reads_staged_source,
     google_project_iam_member.function,
     google_cloud_run_v2_service_iam_member.function_on_target,
     google_service_account_iam_member.traffic_updater_act_as_target_runtime,

@@ -9,6 +9,10 @@
 # The callers of the functions (the two Eventarc triggers, the two Cloud Scheduler jobs and
 # the on-call members) get roles/run.invoker on exactly their function's underlying Cloud Run
 # service, nothing at project level.
+#
+# The functions are built by their own build service account (google_service_account.build),
+# not by Cloud Build's default one: since July 2024 a new project's default build account may
+# lack the permissions a function build needs.
 
 locals {
   # The callers of the functions: one identity per Eventarc trigger / Cloud Scheduler job,
@@ -54,6 +58,16 @@ locals {
     load_test          = ["roles/run.viewer", "roles/run.invoker"]
   }
 
+  # The build service account writes build logs and pushes the function images to the
+  # gcf-artifacts repository, which Cloud Functions creates on the first deploy: neither has a
+  # finer grant that exists before the first build.
+  build_project_roles = ["roles/logging.logWriter", "roles/artifactregistry.writer"]
+
+  # Cloud Functions copies storage_source into its own bucket gcf-v2-sources-NUMBER-REGION
+  # (created on the first deploy) and Cloud Build fetches the source from there: the build
+  # account reads the objects of that one bucket, through a condition on a project grant.
+  build_staged_source_prefix = "projects/_/buckets/gcf-v2-sources-${local.project_number}-${var.region}/"
+
   # Updating a service's traffic deploys it "as" its runtime service account.
   traffic_updaters = toset(["rollback", "emergency_rollback", "checkpoint"])
 
@@ -80,6 +94,16 @@ resource "google_service_account" "function" {
   account_id   = "${var.prefix}-${replace(each.key, "_", "-")}"
   display_name = "canary-guard ${each.key} function"
   description  = "Runtime identity of the canary-guard ${each.key} function."
+
+  depends_on = [google_project_service.apis]
+}
+
+# Builds the functions' images (build_config.service_account, functions.tf).
+resource "google_service_account" "build" {
+  project      = var.project_id
+  account_id   = "${var.prefix}-build"
+  display_name = "canary-guard function builds"
+  description  = "Cloud Build identity that builds the canary-guard functions from the source zip."
 
   depends_on = [google_project_service.apis]
 }
@@ -131,6 +155,36 @@ resource "google_secret_manager_secret_iam_member" "chat_webhook" {
   secret_id = var.chat_webhook_secret_id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.function[each.key].member
+}
+
+# --- The build identity --------------------------------------------------------------------
+
+resource "google_project_iam_member" "build" {
+  for_each = toset(local.build_project_roles)
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.build.member
+}
+
+# The source zip Terraform uploads (source.tf).
+resource "google_storage_bucket_iam_member" "build_reads_source" {
+  bucket = google_storage_bucket.source.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}
+
+# The copy Cloud Build actually fetches: objects of gcf-v2-sources-NUMBER-REGION only.
+resource "google_project_iam_member" "build_reads_staged_source" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.build.member
+
+  condition {
+    title       = "gcf-v2-sources objects only"
+    description = "Function sources that Cloud Functions stages for its builds in ${var.region}."
+    expression  = "resource.type == \"storage.googleapis.com/Object\" && resource.name.startsWith(\"${local.build_staged_source_prefix}\")"
+  }
 }
 
 # --- Callers: invoker on exactly their function ----------------------------------------

@@ -1457,14 +1457,29 @@ def _roles_from_locals(tf: Terraform, for_each: Any, seen: set[str] | None = Non
     return roles
 
 
+def _with_locals(tf: Terraform, text: str) -> str:
+    """text with each ${local.NAME} whose local is a string replaced by that string as written."""
+
+    def local(m: re.Match[str]) -> str:
+        value = tf.locals.get(m.group(1))
+        return value if isinstance(value, str) else m.group(0)
+
+    return re.sub(r"\$\{local\.([A-Za-z0-9_]+)\}", local, text)
+
+
 def check_roles(
     tf: Terraform,
     allowed: Iterable[str],
     allowed_project_level: Iterable[str],
+    conditional_project_level: Mapping[str, str] | None = None,
 ) -> list[str]:
+    """conditional_project_level: role -> text its project grant's condition must contain, for
+    the roles that may be granted on the project only under an IAM condition naming resources
+    that have no grant of their own before they exist (e.g. Cloud Functions' staging bucket)."""
     problems: list[str] = []
     allowed = set(allowed)
     allowed_project_level = set(allowed_project_level)
+    conditional_project_level = dict(conditional_project_level or {})
     for rtype in IAM_TYPES_AUTHORITATIVE:
         for name in tf.of_type(rtype):
             problems.append(f"{rtype}.{name}: authoritative project IAM is never used")
@@ -1476,7 +1491,10 @@ def check_roles(
         elif role not in allowed:
             problems.append(f"{rtype}.{name}: role {role} is not in the allowed list")
         elif rtype.startswith("google_project_iam") and role not in allowed_project_level:
-            problems.append(f"{rtype}.{name}: {role} granted on the whole project")
+            condition = block(tf.resource(rtype, name), "condition") or {}
+            needle = conditional_project_level.get(role)
+            if needle is None or needle not in _with_locals(tf, str(condition.get("expression", ""))):
+                problems.append(f"{rtype}.{name}: {role} granted on the whole project")
     for name, body in tf.of_type("google_service_account_iam_member").items():
         if body.get(
             "role"
@@ -1491,6 +1509,89 @@ def check_roles(
             problems.append(
                 f"google_cloud_run_v2_service_iam_member.{name}: run.developer not on the target service"
             )
+    return problems
+
+
+STAGED_SOURCE_PREFIX = "projects/_/buckets/gcf-v2-sources-${local.project_number}-${var.region}/"
+STORAGE_OBJECT = 'resource.type == "storage.googleapis.com/Object"'
+
+
+def check_build_identity(tf: Terraform, project_roles: Iterable[str]) -> list[str]:
+    """Every function is built by google_service_account.build (build_config.service_account
+    = its .id, projects/P/serviceAccounts/EMAIL), not by Cloud Build's default account, which
+    new projects may leave without the permissions a build needs. That account holds
+    `project_roles` on the project, roles/storage.objectViewer on the bucket of the uploaded
+    source and, under a condition, on the objects of gcf-v2-sources-NUMBER-REGION only (where
+    Cloud Functions stages the source that Cloud Build fetches); every function depends on
+    those grants, so that no build starts before them."""
+    problems: list[str] = []
+    sa = tf.resource("google_service_account", "build")
+    if sa is None:
+        return ['no google_service_account "build": the functions would build as a default account']
+    if sa.get("account_id") != "${var.prefix}-build":
+        problems.append(
+            f"google_service_account.build: account_id {sa.get('account_id')!r}, not PREFIX-build"
+        )
+    grants = [
+        inst
+        for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member")
+        for inst in instances(tf, rtype)
+        if inst.body.get("member") == "${google_service_account.build.member}"
+    ]
+    on_project = [i for i in grants if i.rtype == "google_project_iam_member"]
+    unconditional = {i.body.get("role") for i in on_project if not block(i.body, "condition")}
+    for role in sorted(set(project_roles) - unconditional):
+        problems.append(f"the build service account lacks {role} on the project")
+    for role in sorted(unconditional - set(project_roles)):
+        problems.append(f"the build service account holds {role} on the whole project")
+    if not any(
+        i.rtype == "google_storage_bucket_iam_member"
+        and i.body.get("role") == "roles/storage.objectViewer"
+        and i.body.get("bucket") == "${google_storage_bucket.source.name}"
+        for i in grants
+    ):
+        problems.append("the build service account cannot read the source bucket (storage.objectViewer)")
+    staged = False
+    for inst in on_project:
+        condition = block(inst.body, "condition")
+        if not condition:
+            continue
+        expression = str(condition.get("expression", ""))
+        prefix = str(tf.locals.get("build_staged_source_prefix"))
+        if inst.body.get("role") != "roles/storage.objectViewer":
+            problems.append(
+                f"{inst.label}: {inst.body.get('role')} under a condition, expected storage.objectViewer"
+            )
+        elif (
+            STORAGE_OBJECT in expression
+            and 'resource.name.startsWith("${local.build_staged_source_prefix}")' in expression
+            and prefix == STAGED_SOURCE_PREFIX
+            and "||" not in expression
+        ):
+            staged = True
+        else:
+            problems.append(
+                f"{inst.label}: condition {expression!r} (prefix {prefix!r}) is not only the objects "
+                f"under {STAGED_SOURCE_PREFIX}"
+            )
+    if not staged:
+        problems.append(
+            "the build service account cannot read the source staged in gcf-v2-sources-NUMBER-REGION "
+            "(storage.objectViewer under a condition)"
+        )
+    needed = sorted({f"${{{i.rtype}.{i.name}}}" for i in grants})
+    for name, inst in function_instances(tf).items():
+        account = (block(inst.body, "build_config") or {}).get("service_account")
+        if account is None:
+            problems.append(f"function {name} builds as Cloud Build's default service account")
+        elif account != "${google_service_account.build.id}":
+            problems.append(f"function {name}: build_config.service_account {account!r} is not build's .id")
+        depends = set(inst.body.get("depends_on") or [])
+        for grant in needed:
+            if grant not in depends:
+                problems.append(
+                    f"function {name} does not depend on {grant[2:-1]}: its build may start first"
+                )
     return problems
 
 

@@ -54,8 +54,22 @@ ALLOWED_ROLES = {
     "roles/iam.serviceAccountUser",
     "roles/pubsub.publisher",
     "roles/secretmanager.secretAccessor",
+    "roles/logging.logWriter",
+    "roles/artifactregistry.writer",
+    "roles/storage.objectViewer",
 }
-ALLOWED_PROJECT_ROLES = {"roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter"}
+# The build service account writes build logs and pushes images to the gcf-artifacts
+# repository that Cloud Functions creates on the first deploy: no finer grant exists before.
+BUILD_PROJECT_ROLES = ["roles/logging.logWriter", "roles/artifactregistry.writer"]
+ALLOWED_PROJECT_ROLES = {
+    "roles/datastore.user",
+    "roles/monitoring.viewer",
+    "roles/monitoring.metricWriter",
+    *BUILD_PROJECT_ROLES,
+}
+# On the project only under a condition naming this (the bucket where Cloud Functions stages
+# the source for the build, which exists only after the first deploy).
+CONDITIONAL_PROJECT_ROLES = {"roles/storage.objectViewer": "projects/_/buckets/gcf-v2-sources-"}
 EXPECTED_PROJECT_ROLES = {
     "breach_counter": ["roles/datastore.user"],
     "rollback": ["roles/datastore.user"],
@@ -120,7 +134,8 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "load_test_limits": tc.check_load_test_limits(t),
         "source_archive": tc.check_source_archive(t),
         "public": tc.check_no_public_access(t),
-        "roles": tc.check_roles(t, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES),
+        "roles": tc.check_roles(t, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES, CONDITIONAL_PROJECT_ROLES),
+        "build_identity": tc.check_build_identity(t, BUILD_PROJECT_ROLES),
         "identities": tc.check_function_identities(t),
         "emergency": tc.check_emergency_access(t),
         "variables": tc.check_variables_documented(t, VALIDATED_VARIABLES),
@@ -215,13 +230,19 @@ def test_no_public_principals(tf):
 
 
 def test_only_allowed_roles_and_never_project_wide_power(tf):
-    assert tc.check_roles(tf, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES) == []
+    assert tc.check_roles(tf, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES, CONDITIONAL_PROJECT_ROLES) == []
 
 
 def test_per_function_roles_are_exactly_the_documented_ones(tf):
     assert tf.locals["function_project_roles"] == EXPECTED_PROJECT_ROLES
     assert tf.locals["function_target_service_roles"] == EXPECTED_TARGET_SERVICE_ROLES
     assert set(tf.locals["function_project_roles"]) == set(EXPECTED_ENTRY_POINTS)
+    assert tf.locals["build_project_roles"] == BUILD_PROJECT_ROLES
+
+
+def test_functions_are_built_by_their_own_build_service_account(tf):
+    # Since July 2024 a new project's default Cloud Build account may lack what a build needs.
+    assert tc.check_build_identity(tf, BUILD_PROJECT_ROLES) == []
 
 
 def test_one_identity_per_function(tf):
@@ -725,8 +746,8 @@ CUTS = [
     pytest.param(
         "functions.tf",
         FUNCTIONS,
-        "entry_point = each.value.entry_point",
-        'entry_point = "rollback"',
+        "entry_point     = each.value.entry_point",
+        'entry_point     = "rollback"',
         "entry_points",
         "no function deployed for entry point(s) "
         "['breach_counter', 'checkpoint', 'emergency_rollback', 'load_test']",
@@ -740,6 +761,61 @@ CUTS = [
         "scheduler",
         "job checkpoint (caller[alerts_trigger]) may invoke ['breach_counter']",
         id="scheduler-job-with-another-callers-identity",
+    ),
+    # The build identity (iam.tf) and its use by every function (functions.tf).
+    pytest.param(
+        "functions.tf",
+        FUNCTIONS,
+        "    service_account = google_service_account.build.id # projects/PROJECT/serviceAccounts/EMAIL\n",
+        "",
+        "build_identity",
+        "function breach_counter builds as Cloud Build's default service account",
+        id="functions-built-by-the-default-build-account",
+    ),
+    pytest.param(
+        "functions.tf",
+        FUNCTIONS,
+        "service_account = google_service_account.build.id",
+        "service_account = google_service_account.build.email",
+        "build_identity",
+        "function rollback: build_config.service_account '${google_service_account.build.email}' is not",
+        id="build-account-given-as-an-email",
+    ),
+    pytest.param(
+        "functions.tf",
+        FUNCTIONS,
+        "    google_project_iam_member.build_reads_staged_source,\n",
+        "",
+        "build_identity",
+        "function checkpoint does not depend on google_project_iam_member.build_reads_staged_source",
+        id="functions-built-before-the-build-grants",
+    ),
+    pytest.param(
+        "iam.tf",
+        None,
+        'build_project_roles = ["roles/logging.logWriter", "roles/artifactregistry.writer"]',
+        'build_project_roles = ["roles/artifactregistry.writer"]',
+        "build_identity",
+        "the build service account lacks roles/logging.logWriter on the project",
+        id="build-account-cannot-write-logs",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res("google_storage_bucket_iam_member", "build_reads_source"),
+        "bucket = google_storage_bucket.source.name",
+        'bucket = "some-other-bucket"',
+        "build_identity",
+        "the build service account cannot read the source bucket",
+        id="build-account-cannot-read-the-source-bucket",
+    ),
+    pytest.param(
+        "iam.tf",
+        None,
+        '"projects/_/buckets/gcf-v2-sources-${local.project_number}-${var.region}/"',
+        '"projects/_/buckets/"',
+        "build_identity",
+        "is not only the objects under projects/_/buckets/gcf-v2-sources-",
+        id="staged-source-condition-widened-to-every-bucket",
     ),
     pytest.param(
         "dead_letter.tf",
@@ -770,6 +846,31 @@ def test_scheduler_body_keys_are_those_of_the_called_function(tmp_path, policy):
     assert tc.check_scheduler_bodies(cut, SCHEDULER_BODY_KEYS) == [
         "job checkpoint: body key(s) ['mode'] are refused by checkpoint (accepts {} or keys ['service'])"
     ]
+
+
+def test_staged_source_reader_without_its_condition_is_reported(tmp_path, policy):
+    # Without the condition, storage.objectViewer would read every bucket of the project.
+    copy = _copy_tree(tmp_path)
+    iam = copy / "terraform" / "iam.tf"
+    text, cut = re.subn(
+        r'(resource "google_project_iam_member" "build_reads_staged_source" \{.*?)'
+        r"\n  condition \{.*?\n  \}\n",
+        r"\1",
+        iam.read_text(),
+        count=1,
+        flags=re.S,
+    )
+    assert cut == 1
+    iam.write_text(text)
+    problems = _all_problems(tc.load(copy / "terraform"), policy)
+    assert problems["roles"] == [
+        "google_project_iam_member.build_reads_staged_source: "
+        "roles/storage.objectViewer granted on the whole project"
+    ]
+    assert (
+        "the build service account holds roles/storage.objectViewer on the whole project"
+        in (problems["build_identity"])
+    )
 
 
 def test_optional_features_switch_their_instances_off(tf):
