@@ -56,14 +56,15 @@ def _json_body(request: Request) -> Any:
 
 
 @contextmanager
-def _logged_failure(entry_point: str, **ids: Any) -> Iterator[None]:
+def _logged_failure(entry_point: str, then: str = "will be retried", **ids: Any) -> Iterator[None]:
     """An unexpected fault (Firestore, Cloud Run, Pub/Sub after their retries) leaves one
     structured ERROR line with the event id before it propagates, so a redelivery loop can be
     found by its fields and not only by a traceback."""
     try:
         yield
     except Exception as exc:
-        log("ERROR", f"{entry_point} failed and will be retried: {exc!r}", outcome="retry", **ids)
+        outcome = "retry" if "event_id" in ids else "error"  # Pub/Sub redelivers events; HTTP callers decide
+        log("ERROR", f"{entry_point} failed and {then}: {exc!r}", outcome=outcome, **ids)
         raise
 
 
@@ -120,7 +121,7 @@ def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
             {"error": 'body must be JSON like {"service": "my-service", "reason": "...", "dry_run": true}'},
             400,
         )
-    with _logged_failure("emergency_rollback"):
+    with _logged_failure("emergency_rollback", "answers 500; call again"):
         report, status = handle_emergency(
             body,
             request.headers.get("Authorization"),
@@ -148,7 +149,7 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
         body = _json_body(request)
     except _NotJson as exc:
         return _json_response({"error": f'{exc}: send no body, {{}} or {{"service": "name"}}'}, 400)
-    with _logged_failure("checkpoint"):
+    with _logged_failure("checkpoint", "the next scheduled run tries again"):
         report, status = handle_checkpoint(body, settings=runtime.settings(), policy=runtime.policy())
     report.emit()
     return _json_response(report.as_dict(), status)
@@ -169,7 +170,7 @@ def load_test(request: Request) -> tuple[dict, int, dict[str, str]]:
             {"error": f'{exc}: send no body, {{}} or {{"mode": "both|load|probe", "service": "name"}}'}, 400
         )
     settings = runtime.settings()
-    with _logged_failure("load_test"):
+    with _logged_failure("load_test", "runs again at its next schedule"):
         report, status = handle_load_test(
             body,
             settings=settings,
