@@ -170,9 +170,11 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
-  # The build identity's grants must exist before the build; its own identity's grants and
-  # the database before the first event arrives.
+  # The service agents and the build identity's grants must be in force before the build and
+  # the Eventarc trigger (time_sleep, main.tf); its own identity's grants and the database
+  # must exist before the first event arrives.
   depends_on = [
+    time_sleep.propagation,
     google_project_iam_member.build,
     google_storage_bucket_iam_member.build_reads_source,
     google_project_iam_member.build_reads_staged_source,

@@ -72,6 +72,22 @@ resource "google_project_service" "apis" {
   disable_on_destroy = false
 }
 
+# Enabling an API is not the end of it: Eventarc's service agent gets its permissions minutes
+# later, and a Pub/Sub-triggered function created in the same apply fails with "Permission
+# denied while using the Eventarc Service Agent ... may take a few minutes". New IAM grants,
+# such as the build service account's, also take a while to reach Cloud Build. The functions
+# wait for this (on the first apply only: a time_sleep sleeps when it is created).
+resource "time_sleep" "propagation" {
+  create_duration = "120s"
+
+  depends_on = [
+    google_project_service.apis,
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_project_iam_member.build_reads_staged_source,
+  ]
+}
+
 # The load test has to finish inside its function's timeout.
 check "load_test_fits_its_timeout" {
   assert {

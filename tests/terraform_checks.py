@@ -79,6 +79,7 @@ class Terraform:
     locals: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    required_providers: dict[str, Any] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
 
     def resource(self, rtype: str, name: str) -> dict[str, Any] | None:
@@ -113,6 +114,9 @@ def load(tf_dir: Path) -> Terraform:
             tf.variables.update(_plain(item))
         for item in parsed.get("output", []):
             tf.outputs.update(_plain(item))
+        for item in parsed.get("terraform", []):
+            for providers in _plain(item).get("required_providers", []):
+                tf.required_providers.update(providers)
     return tf
 
 
@@ -1592,6 +1596,50 @@ def check_build_identity(tf: Terraform, project_roles: Iterable[str]) -> list[st
                 problems.append(
                     f"function {name} does not depend on {grant[2:-1]}: its build may start first"
                 )
+    return problems
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
+_SECONDS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration_s(value: Any) -> float | None:
+    """A Go duration such as "120s" or "2m30s" in seconds; None if it is not one."""
+    if not isinstance(value, str) or not re.fullmatch(r"(?:\d+(?:\.\d+)?[hms])+", value):
+        return None
+    return sum(float(n) * _SECONDS[unit] for n, unit in _DURATION.findall(value))
+
+
+def check_first_apply_waits(tf: Terraform, min_seconds: float) -> list[str]:
+    """A time_sleep of at least min_seconds starts after google_project_service.apis, and every
+    function depends on it: Eventarc's service agent gets its permissions minutes after the API
+    is enabled, and a Pub/Sub trigger created before that is refused. The time provider is
+    required from hashicorp/time."""
+    problems: list[str] = []
+    time = tf.required_providers.get("time")
+    if not isinstance(time, dict) or time.get("source") != "hashicorp/time":
+        problems.append("versions.tf does not require the time provider from hashicorp/time")
+    waits = []
+    for name, body in tf.of_type("time_sleep").items():
+        if "${google_project_service.apis}" not in (body.get("depends_on") or []):
+            continue
+        seconds = duration_s(body.get("create_duration"))
+        if seconds is None or seconds < min_seconds:
+            problems.append(
+                f"time_sleep.{name} waits {body.get('create_duration')!r} after the APIs, "
+                f"less than {min_seconds:g}s"
+            )
+        else:
+            waits.append(f"${{time_sleep.{name}}}")
+    if not waits:
+        problems.append("no time_sleep waits after google_project_service.apis")
+        return problems
+    for name, inst in function_instances(tf).items():
+        if not set(waits) & set(inst.body.get("depends_on") or []):
+            problems.append(
+                f"function {name} does not wait for {' or '.join(w[2:-1] for w in waits)}: "
+                "its trigger may meet an Eventarc service agent without permissions"
+            )
     return problems
 
 

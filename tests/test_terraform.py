@@ -84,6 +84,10 @@ EXPECTED_TARGET_SERVICE_ROLES = {
     "checkpoint": ["roles/run.developer"],
     "load_test": ["roles/run.viewer", "roles/run.invoker"],
 }
+# How long the functions wait after the APIs are enabled: Eventarc's service agent gets its
+# permissions "a few minutes" later (its own error message), IAM grants about as long.
+FIRST_APPLY_WAIT_S = 120
+
 # Entry points announced in the functions' contract that functions/main.py does not define
 # yet (other engineers are writing them). Their test below SKIPS, saying so, until main.py
 # defines them; delete a name from this set once it does.
@@ -136,6 +140,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "public": tc.check_no_public_access(t),
         "roles": tc.check_roles(t, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES, CONDITIONAL_PROJECT_ROLES),
         "build_identity": tc.check_build_identity(t, BUILD_PROJECT_ROLES),
+        "first_apply_waits": tc.check_first_apply_waits(t, FIRST_APPLY_WAIT_S),
         "identities": tc.check_function_identities(t),
         "emergency": tc.check_emergency_access(t),
         "variables": tc.check_variables_documented(t, VALIDATED_VARIABLES),
@@ -238,6 +243,18 @@ def test_per_function_roles_are_exactly_the_documented_ones(tf):
     assert tf.locals["function_target_service_roles"] == EXPECTED_TARGET_SERVICE_ROLES
     assert set(tf.locals["function_project_roles"]) == set(EXPECTED_ENTRY_POINTS)
     assert tf.locals["build_project_roles"] == BUILD_PROJECT_ROLES
+
+
+def test_functions_wait_for_the_service_agents_after_the_apis(tf):
+    assert tc.check_first_apply_waits(tf, FIRST_APPLY_WAIT_S) == []
+
+
+def test_durations_are_read_as_terraform_writes_them():
+    assert tc.duration_s("120s") == 120
+    assert tc.duration_s("2m30s") == 150
+    assert tc.duration_s("1h") == 3600
+    assert tc.duration_s("120") is None
+    assert tc.duration_s("${var.wait}") is None
 
 
 def test_functions_are_built_by_their_own_build_service_account(tf):
@@ -816,6 +833,43 @@ CUTS = [
         "build_identity",
         "is not only the objects under projects/_/buckets/gcf-v2-sources-",
         id="staged-source-condition-widened-to-every-bucket",
+    ),
+    # The first apply: the functions wait for the service agents (main.tf, versions.tf).
+    pytest.param(
+        "functions.tf",
+        FUNCTIONS,
+        "    time_sleep.propagation,\n",
+        "",
+        "first_apply_waits",
+        "function breach_counter does not wait for time_sleep.propagation",
+        id="functions-do-not-wait-after-the-apis",
+    ),
+    pytest.param(
+        "main.tf",
+        _res("time_sleep", "propagation"),
+        'create_duration = "120s"',
+        'create_duration = "10s"',
+        "first_apply_waits",
+        "time_sleep.propagation waits '10s' after the APIs, less than 120s",
+        id="wait-too-short-for-the-eventarc-agent",
+    ),
+    pytest.param(
+        "main.tf",
+        _res("time_sleep", "propagation"),
+        "    google_project_service.apis,\n",
+        "",
+        "first_apply_waits",
+        "no time_sleep waits after google_project_service.apis",
+        id="wait-not-after-the-apis",
+    ),
+    pytest.param(
+        "versions.tf",
+        None,
+        '    time = {\n      source  = "hashicorp/time"\n      version = ">= 0.9, < 1.0"\n    }\n',
+        "",
+        "first_apply_waits",
+        "versions.tf does not require the time provider from hashicorp/time",
+        id="time-provider-not-required",
     ),
     pytest.param(
         "dead_letter.tf",
