@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
+from google.cloud.firestore import FieldFilter
 
 from shared.cloudrun import ControlPlaneError
 from shared.config import ServiceRef, Settings
@@ -24,7 +25,7 @@ from shared.events import (
     pubsub_message,
 )
 from shared.logs import Report
-from shared.store import Rollout, StoreError, rollout_id
+from shared.store import ROLLOUTS, Rollout, StoreError, rollout_id
 from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ HTTP_STATUS = {
     "no_canary": 409,
 }
 ROLLBACK_FROM = {Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN, Phase.PROMOTED}
+# A rollout in one of these phases is its service's live canary; these history entries end that.
+LIVE = {Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK}
+ENDED = {"superseded", "rolled_back", "promoted"}
 
 
 @dataclass(frozen=True)
@@ -73,31 +77,62 @@ class RollbackResult:
 
 def _find_rollout(
     request: RollbackRequest, service: ServiceRef, current: ServiceTraffic, store: RolloutStore
-) -> tuple[Rollout | None, bool]:
-    """The rollout a request is about: the named canary, else the live one, else the last one;
-    and whether this request registered it (canary-guard had not seen that canary before)."""
+) -> Rollout | None:
+    """The rollout a request is about: the named canary, else the live one, else the last one."""
     split = discover_canary(current)
     if request.canary_revision:
         named = store.get(rollout_id(service.name, request.canary_revision))
         if named is not None or split is None or split.canary_revision != request.canary_revision:
-            return named, False
+            return named
         # Named and live, but no event has registered it yet: register it from the live split.
     if split is not None:
         # The live canary wins over stored state: it may be newer than any event seen so far.
         known = store.get(rollout_id(service.name, split.canary_revision))
         if known is not None:
-            return known, False
-        registered = store.register(
+            return known
+        return store.register(
             service.name,
             split.canary_revision,
             split.stable_revision,
             canary_percent=split.canary_percent,
             started_by="discovered by rollback",
         )
-        return registered, True
     # No live canary: already rolled back, or promoted (rolling back then undoes the promotion).
     rollout = store.active(service.name)
-    return (rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None), False
+    return rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None
+
+
+def _canary_live_since(store: RolloutStore, rollout: Rollout, published_at: datetime) -> str | None:
+    """Another canary of the service that was live at some moment between `published_at` and
+    `rollout`'s registration (its rollout active then), or None.
+
+    One canary is live at a time, so if there is one, `rollout`'s canary went live after the
+    request was published: the request was about that other canary. With none, `rollout` was
+    merely registered late (by this request's earlier attempt, or by a checkpoint's discovery).
+    """
+    if rollout.created_at is None:
+        return None
+    # RolloutStore has no "rollouts of a service" read: query its collection directly. An
+    # equality filter only, so Firestore's single-field index serves it.
+    query = (
+        store._db.collection(ROLLOUTS)
+        .where(filter=FieldFilter("service", "==", rollout.service))
+        .select(["canary_revision", "phase", "created_at", "updated_at"])
+    )
+    for snap in query.stream():
+        data = snap.to_dict() or {}
+        created, updated = data.get("created_at"), data.get("updated_at")
+        if snap.id == rollout.id or created is None or created >= rollout.created_at:
+            continue
+        if Phase(data["phase"]) not in LIVE:
+            # Ended; untouched since before the publish, it ended before it (no history read).
+            if updated is not None and updated <= published_at:
+                continue
+            ended = next((h["at"] for h in store.history(snap.id) if h.get("kind") in ENDED), updated)
+            if ended is None or ended <= published_at:
+                continue
+        return str(data["canary_revision"])
+    return None
 
 
 def execute_rollback(
@@ -115,7 +150,7 @@ def execute_rollback(
     `published_at`: when the request was published to the rollback topic (None for the HTTP call).
     """
     current = traffic_client.get(service.name)
-    rollout, registered_now = _find_rollout(request, service, current, store)
+    rollout = _find_rollout(request, service, current, store)
     base = {"service": service.name, "before": current.as_dicts()}
     if rollout is None:
         return RollbackResult(
@@ -129,22 +164,23 @@ def execute_rollback(
         "canary_revision": rollout.canary_revision,
         "stable_revision": rollout.stable_revision,
     }
+    # A request naming no canary, delivered (again) after a newer canary replaced the one it was
+    # about, must not roll the newer one back. A late registration alone (created_at after the
+    # publish) proves nothing: the canary may have been live all along, and refusing would drop
+    # the on-call's rollback on a redelivery.
     if (
         published_at is not None
         and not request.canary_revision
-        and not registered_now
         and rollout.created_at is not None
         and rollout.created_at > published_at
+        and (earlier := _canary_live_since(store, rollout, published_at)) is not None
     ):
-        # Published (or first delivered) before this canary started, e.g. a redelivery of a
-        # hand-published request: it was about an earlier canary. A rollout registered by this
-        # very request says nothing about when its canary started, so that one is rolled back.
         return RollbackResult(
             "superseded",
             f"the request was published at {published_at.isoformat()}, before canary "
-            f"{rollout.canary_revision} started ({rollout.created_at.isoformat()}): it was about an "
-            "earlier canary; nothing rolled back. Publish it again (or name canary_revision) to roll "
-            f"back {rollout.canary_revision}",
+            f"{rollout.canary_revision} started ({rollout.created_at.isoformat()}; canary {earlier} was "
+            "live in between): it was about an earlier canary; nothing rolled back. Publish it again "
+            f"(or name canary_revision) to roll back {rollout.canary_revision}",
             after=current.as_dicts(),
             **base,
         )

@@ -385,3 +385,69 @@ def test_a_redelivered_request_naming_no_canary_leaves_a_newer_canary_alone(func
     assert functions["rollback"].logs_for(event_id=second_id)[-1]["outcome"] == "rolled_back"
     assert live(shop) == {"shop-00001": 100, "shop-00003": 0}
     assert store.get(fresh).phase is Phase.ROLLED_BACK
+
+
+def test_a_redelivery_after_a_failed_first_attempt_rolls_back_the_canary_it_registered(
+    functions, store, shop
+):
+    """The first delivery registers the live canary (after the publish time) and marks it
+    ROLLING_BACK, then Cloud Run keeps failing. The redelivery is about that same canary: no
+    other canary was live since the publish, so it rolls back instead of answering superseded."""
+    body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
+    published = datetime.now(UTC)
+    shop.inject_fault(503, count=100, methods=["PATCH"])
+    message_id, first = publish_request(functions["rollback"], body, published=published)
+    assert first.status_code == 500  # raised: Pub/Sub redelivers
+    rollout = store.get(CANARY)
+    assert rollout.phase is Phase.ROLLING_BACK and rollout.created_at > published
+    assert live(shop) == BEFORE
+
+    shop.reset()
+    deploy_canary(shop)
+    _, again = publish_request(functions["rollback"], body, message_id=message_id, published=published)
+    assert again.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
+    assert live(shop) == AFTER
+    assert store.get(CANARY).phase is Phase.ROLLED_BACK
+
+
+@pytest.mark.parametrize("ended_before_publish", [False, True])
+def test_a_canary_discovered_after_the_publish_is_rolled_back(functions, store, shop, ended_before_publish):
+    """A checkpoint registers the live canary between the publish and the delivery: it was live
+    when the request was published, so it is rolled back. A previous rollout that ended before
+    the publish does not make the request stale either."""
+    if ended_before_publish:
+        store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+        assert store.set_phase(CANARY, Phase.ROLLED_BACK, "rolled_back", {}, only_from={Phase.RUNNING})
+        deploy_canary(shop, canary="shop-00003")
+    canary = "shop-00003" if ended_before_publish else "shop-00002"
+    published = datetime.now(UTC)
+    store.register(SHOP, canary, "shop-00001", canary_percent=5, started_by="discovered by checkpoint")
+    body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
+    message_id, response = publish_request(functions["rollback"], body, published=published)
+    assert response.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
+    assert live(shop) == {"shop-00001": 100, canary: 0}
+    assert store.get(rollout_id(SHOP, canary)).phase is Phase.ROLLED_BACK
+
+
+@pytest.mark.parametrize("registered_by", ["deploy event", "this request"])
+def test_a_request_published_while_an_earlier_canary_was_live_leaves_the_newer_one(
+    functions, store, shop, registered_by
+):
+    """Canary A was live when the request was published; B replaced it before the delivery
+    (registered by its deploy event, or discovered by this delivery): B keeps its traffic."""
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    published = datetime.now(UTC)
+    deploy_canary(shop, canary="shop-00003")
+    if registered_by == "deploy event":
+        store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by="test")
+    body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
+    message_id, response = publish_request(functions["rollback"], body, published=published)
+    assert response.status_code == 200
+    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert line["outcome"] == "superseded" and line["rollout"] == rollout_id(SHOP, "shop-00003")
+    assert "canary shop-00002 was live in between" in line["message"]
+    assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
+    assert store.get(CANARY).phase is Phase.SUPERSEDED
+    assert [c["method"] for c in shop.calls()].count("PATCH") == 0
