@@ -1148,6 +1148,31 @@ def check_monitoring_can_publish(tf: Terraform) -> list[str]:
     return problems
 
 
+def check_monitoring_agent_exists_first(tf: Terraform) -> list[str]:
+    """Every grant to Cloud Monitoring's notification service agent depends on a Pub/Sub
+    notification channel: the agent is created with the project's first one, and a grant to a
+    principal that does not exist yet is refused."""
+    problems: list[str] = []
+    channels = {
+        f"${{google_monitoring_notification_channel.{name}}}"
+        for name, body in tf.of_type("google_monitoring_notification_channel").items()
+        if body.get("type") == "pubsub"
+    }
+    grants = 0
+    for rtype, name, body in tf.all_resources():
+        if "_iam_" not in rtype or body.get("member") != "${local.monitoring_notification_agent}":
+            continue
+        grants += 1
+        if not channels & set(body.get("depends_on") or []):
+            problems.append(
+                f"{rtype}.{name} grants to the Monitoring notification agent without depends_on "
+                "a Pub/Sub notification channel (the agent may not exist yet)"
+            )
+    if not grants:
+        problems.append("nothing is granted to the Monitoring notification agent")
+    return problems
+
+
 def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
     """Each Pub/Sub trigger's (Eventarc-owned) subscription gets a dead-letter topic: a
     terraform_data runs the attach script for exactly that trigger and a dead-letter topic

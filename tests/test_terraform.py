@@ -130,6 +130,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "pubsub_triggers": tc.check_pubsub_triggers(t),
         "rollback_chain": tc.check_rollback_chain(t),
         "monitoring_publisher": tc.check_monitoring_can_publish(t),
+        "monitoring_agent_first": tc.check_monitoring_agent_exists_first(t),
         "dead_letters": tc.check_dead_letters(t, t.root / "scripts" / "attach_dead_letter.sh"),
         "scheduler": tc.check_scheduler_jobs(t, SCHEDULER_JOBS),
         "scheduler_bodies": tc.check_scheduler_bodies(t, SCHEDULER_BODY_KEYS),
@@ -178,6 +179,10 @@ def test_rollback_topic_reaches_rollback(tf):
 
 def test_monitoring_agent_may_publish_to_the_alerts_topic(tf):
     assert tc.check_monitoring_can_publish(tf) == []
+
+
+def test_monitoring_agent_grants_wait_for_its_notification_channel(tf):
+    assert tc.check_monitoring_agent_exists_first(tf) == []
 
 
 def test_pubsub_triggers_get_dead_letter_topics(tf):
@@ -481,6 +486,26 @@ CUTS = [
         "monitoring_publisher",
         "has no roles/pubsub.publisher on topic alerts",
         id="monitoring-agent-cannot-publish",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res(RUN_IAM, "uptime_check_invokes_target"),
+        "\n  depends_on = [google_monitoring_notification_channel.alerts]\n",
+        "\n",
+        "monitoring_agent_first",
+        "google_cloud_run_v2_service_iam_member.uptime_check_invokes_target grants to the Monitoring "
+        "notification agent without depends_on",
+        id="uptime-invoker-granted-before-the-agent-exists",
+    ),
+    pytest.param(
+        "pubsub.tf",
+        _res("google_pubsub_topic_iam_member", "alerts_publisher_monitoring"),
+        "\n  depends_on = [google_monitoring_notification_channel.alerts]\n",
+        "\n",
+        "monitoring_agent_first",
+        "google_pubsub_topic_iam_member.alerts_publisher_monitoring grants to the Monitoring "
+        "notification agent without depends_on",
+        id="alerts-publisher-granted-before-the-agent-exists",
     ),
     pytest.param(
         "dead_letter.tf",
