@@ -171,6 +171,7 @@ def checkpoint_rollout(
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
     recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, **query)
     window_start = since_step_start(step_start, end, rollout.synthetic_traffic)
+    unusable: str | None = None
     if end - window_start >= MIN_WINDOW:
         since_step, unusable = without_synthetic(
             clients.reader.canary_metrics(start=window_start, end=end, **query), rollout.synthetic_traffic
@@ -215,10 +216,14 @@ def checkpoint_rollout(
         rollout.rollback_requested,
     )
     decision = next_step(state, judgement.verdict, now, policy)
-    previous = (rollout.last_verdict or {}).get("verdict")
+    # The chat hears a hold when the verdict changes, not the few minutes a day our own load test
+    # makes it INCONCLUSIVE (and back): `announced` carries the verdict last told.
+    last = rollout.last_verdict or {}
+    announced_before = last.get("announced", last.get("verdict"))
+    announced = announced_before if unusable else judgement.verdict.value
     clients.store.record_checkpoint(
         rollout.id,
-        judgement.as_dict() | {"window": {"start": window_start, "end": end}},
+        judgement.as_dict() | {"window": {"start": window_start, "end": end}, "announced": announced},
         {"action": decision.action.value, "message": decision.reason, "observations": observed},
     )
     _write_metrics(clients.writer, rollout, service, judgement, now)
@@ -247,7 +252,7 @@ def checkpoint_rollout(
                 f"{rollout.canary_percent}%: {decision.reason}. It stays under watch: breaches still "
                 "roll it back"
             )
-    elif decision.action is StepAction.HOLD and judgement.verdict.value != previous:
+    elif decision.action is StepAction.HOLD and announced != announced_before:
         clients.notifier.send(
             f"canary-guard: {service.service} canary {rollout.canary_revision} holds at "
             f"{rollout.canary_percent}%: {judgement.verdict.value} ({'; '.join(judgement.reasons)})"

@@ -592,6 +592,29 @@ def test_a_load_test_in_progress_holds_request_measures_then_a_killed_one_is_ste
     assert (report.fields["verdict"], report.fields["action"]) == ("GO", "advance"), report.fields["reasons"]
 
 
+def test_our_own_load_test_does_not_make_the_chat_flap(clients, settings, cloudrun, monitoring, chat):
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)  # no data for the step yet: "holds at 5%: INCONCLUSIVE"
+    soaking = t + timedelta(minutes=10)
+    serve_traffic(monitoring, soaking, HEALTHY, minutes=9)
+    assert check(clients, settings, soaking)[CANARY].fields["verdict"] == "GO"  # "holds at 5%: GO"
+    told = len(chat.said("holds at"))
+    assert told == 2
+    during = soaking + timedelta(minutes=10)
+    serve_traffic(monitoring, during, HEALTHY, minutes=10)
+    end = minute(during - LAG)
+    run = SyntheticTraffic(end - timedelta(minutes=2), end + timedelta(minutes=5), 0, 0, finished=False)
+    clients.store.note_synthetic_traffic(CANARY, "run_nightly", run)
+    assert check(clients, settings, during)[CANARY].fields["verdict"] == "INCONCLUSIVE"
+    done = replace(run, ended_at=end - timedelta(seconds=30), requests=400, finished=True)
+    clients.store.note_synthetic_traffic(CANARY, "run_nightly", done)
+    after = during + timedelta(minutes=10)
+    serve_traffic(monitoring, after, HEALTHY, minutes=10)
+    assert check(clients, settings, after)[CANARY].fields["verdict"] == "GO"
+    assert len(chat.said("holds at")) == told  # neither the INCONCLUSIVE nor the GO after it
+
+
 def test_a_load_test_neither_counts_nor_resets_an_error_streak(clients, settings, cloudrun, monitoring):
     deploy_canary(cloudrun)
     t = block_start()
