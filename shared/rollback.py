@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore import FieldFilter
 
 from shared.cloudrun import ControlPlaneError
 from shared.config import ServiceRef, Settings
@@ -25,7 +24,7 @@ from shared.events import (
     pubsub_message,
 )
 from shared.logs import Report
-from shared.store import ROLLOUTS, Rollout, StoreError, rollout_id
+from shared.store import Rollout, StoreError, rollout_id
 from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ HTTP_STATUS = {
 ROLLBACK_FROM = {Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN, Phase.PROMOTED}
 # A rollout in one of these phases is its service's live canary; these history entries end that.
 LIVE = {Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK}
-ENDED = {"superseded", "rolled_back", "promoted"}
+ENDED = frozenset({"superseded", "rolled_back", "promoted"})
 
 
 @dataclass(frozen=True)
@@ -112,26 +111,17 @@ def _canary_live_since(store: RolloutStore, rollout: Rollout, published_at: date
     """
     if rollout.created_at is None:
         return None
-    # RolloutStore has no "rollouts of a service" read: query its collection directly. An
-    # equality filter only, so Firestore's single-field index serves it.
-    query = (
-        store._db.collection(ROLLOUTS)
-        .where(filter=FieldFilter("service", "==", rollout.service))
-        .select(["canary_revision", "phase", "created_at", "updated_at"])
-    )
-    for snap in query.stream():
-        data = snap.to_dict() or {}
-        created, updated = data.get("created_at"), data.get("updated_at")
-        if snap.id == rollout.id or created is None or created >= rollout.created_at:
+    for other in store.rollouts_of(rollout.service):
+        if other.id == rollout.id or other.created_at is None or other.created_at >= rollout.created_at:
             continue
-        if Phase(data["phase"]) not in LIVE:
+        if other.phase not in LIVE:
             # Ended; untouched since before the publish, it ended before it (no history read).
-            if updated is not None and updated <= published_at:
+            if other.updated_at is not None and other.updated_at <= published_at:
                 continue
-            ended = next((h["at"] for h in store.history(snap.id) if h.get("kind") in ENDED), updated)
+            ended = store.ended_at(other.id, ENDED) or other.updated_at
             if ended is None or ended <= published_at:
                 continue
-        return str(data["canary_revision"])
+        return other.canary_revision
     return None
 
 

@@ -123,6 +123,7 @@ class Rollout:
     last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
     created_at: datetime | None = None  # when canary-guard registered the rollout
     synthetic_traffic: tuple[SyntheticTraffic, ...] = ()  # its load test runs, for the checkpoint
+    updated_at: datetime | None = None  # its last write
 
     @property
     def streak_state(self) -> StreakState:
@@ -163,6 +164,7 @@ class Rollout:
                 for rule, seen in (data.get("last_notified") or {}).items()
             },
             created_at=_plain(data.get("created_at")),
+            updated_at=_plain(data.get("updated_at")),
             synthetic_traffic=tuple(
                 SyntheticTraffic(
                     _plain(load["started_at"]),
@@ -206,6 +208,17 @@ class RolloutStore:
     def get(self, rid: str) -> Rollout | None:
         snap = self._rollout_ref(rid).get()
         return Rollout.from_doc(snap.id, snap.to_dict()) if snap.exists else None
+
+    def rollouts_of(self, service_name: str) -> list[Rollout]:
+        """Every rollout of the service, any phase (an equality filter: the single-field index)."""
+        query = self._db.collection(ROLLOUTS).where(
+            filter=firestore.FieldFilter("service", "==", service_name)
+        )
+        return [Rollout.from_doc(snap.id, snap.to_dict()) for snap in query.stream()]
+
+    def ended_at(self, rid: str, kinds: frozenset[str]) -> datetime | None:
+        """When the rollout's first history entry of one of `kinds` (e.g. superseded) was written."""
+        return next((_plain(h["at"]) for h in self.history(rid) if h.get("kind") in kinds), None)
 
     def active(self, service_name: str) -> Rollout | None:
         """The service's most recent rollout (whatever its phase), or None."""
