@@ -182,6 +182,7 @@ resource "google_cloudfunctions2_function" "function" {
     google_cloud_run_v2_service_iam_member.function_on_target,
     google_service_account_iam_member.traffic_updater_act_as_target_runtime,
     google_secret_manager_secret_iam_member.chat_webhook,
+    google_service_account_iam_member.pubsub_agent_token_creator,
     google_firestore_database.default,
   ]
 }

@@ -199,6 +199,18 @@ resource "google_cloud_run_v2_service_iam_member" "caller_invokes_function" {
   member   = google_service_account.caller[each.key].member
 }
 
+# Opt-in, for projects whose Pub/Sub service agent was enabled on or before 8 April 2021: the
+# agent signs each push to a Pub/Sub-triggered function with an OIDC token of the trigger's
+# identity, and such old agents lack the permission to (Eventarc docs). Granted on the two
+# trigger identities only, not on the project.
+resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
+  for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger"]) : toset([])
+
+  service_account_id = google_service_account.caller[each.key].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+}
+
 # Emergency rollback: callable by the listed members and nobody else.
 resource "google_cloud_run_v2_service_iam_member" "oncall_invokes_emergency_rollback" {
   for_each = toset(var.emergency_rollback_members)

@@ -70,6 +70,12 @@ variable "uptime_check_authenticated" {
   default     = true
 }
 
+variable "grant_pubsub_agent_token_creator" {
+  description = "Only for projects whose Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) was enabled on or before 8 April 2021: grant it roles/iam.serviceAccountTokenCreator on the two Eventarc trigger service accounts, so that it can sign the OIDC tokens of the authenticated pushes to breach_counter and rollback (Eventarc roles and permissions docs). Newer projects do not need it: leave false."
+  type        = bool
+  default     = false
+}
+
 variable "emergency_rollback_members" {
   description = "The ONLY principals allowed to call the emergency_rollback function and to publish to the rollback-requests topic by hand, e.g. [\"group:oncall@example.com\"]. Each entry is user:, group: or serviceAccount: followed by an email."
   type        = list(string)

@@ -244,6 +244,7 @@ class Instance:
 CHECK_VARIABLES: dict[str, Any] = {
     "chat_webhook_secret_id": "canary-guard-chat-webhook",
     "attach_trigger_dead_letter": True,
+    "grant_pubsub_agent_token_creator": True,
 }
 
 
@@ -1173,6 +1174,67 @@ def check_monitoring_agent_exists_first(tf: Terraform) -> list[str]:
     return problems
 
 
+TOKEN_CREATOR = "roles/iam.serviceAccountTokenCreator"
+TOKEN_CREATOR_VARIABLE = "grant_pubsub_agent_token_creator"
+
+
+def check_pubsub_agent_token_creator(tf: Terraform) -> list[str]:
+    """Opt-in (var.grant_pubsub_agent_token_creator, a bool that defaults to false): Pub/Sub
+    service agents enabled on or before 8 April 2021 need roles/iam.serviceAccountTokenCreator
+    to sign authenticated pushes. Switched on, the agent gets it on exactly the identities of
+    the Pub/Sub triggers; switched off, nobody gets it."""
+    problems: list[str] = []
+    variable = tf.variables.get(TOKEN_CREATOR_VARIABLE)
+    if variable is None:
+        return [
+            f"no variable {TOKEN_CREATOR_VARIABLE}: old projects cannot opt in to the Token Creator grant"
+        ]
+    if variable.get("type") not in ("bool", "${bool}") or variable.get("default") is not False:
+        problems.append(
+            f"var.{TOKEN_CREATOR_VARIABLE} must be a bool defaulting to false "
+            f"(type {variable.get('type')!r}, default {variable.get('default')!r})"
+        )
+    if "April 2021" not in str(variable.get("description", "")):
+        problems.append(f"var.{TOKEN_CREATOR_VARIABLE}'s description does not say which projects need it")
+    triggers = {}
+    for name, body in functions(tf).items():
+        trigger = block(body, "event_trigger")
+        if trigger and (sa := sa_ref(trigger.get("service_account_email"), "email")):
+            triggers[sa] = name
+
+    def grants(on: bool) -> list[Instance]:
+        return [
+            i
+            for i in instances(
+                tf, "google_service_account_iam_member", {**CHECK_VARIABLES, TOKEN_CREATOR_VARIABLE: on}
+            )
+            if i.body.get("role") == TOKEN_CREATOR
+        ]
+
+    granted = set()
+    for inst in grants(True):
+        if inst.body.get("member") != "${local.pubsub_service_agent}":
+            problems.append(
+                f"{inst.label}: Token Creator for {inst.body.get('member')!r}, not the Pub/Sub service agent"
+            )
+        sa = sa_ref(inst.body.get("service_account_id"), "name")
+        if sa not in triggers:
+            problems.append(
+                f"{inst.label}: Token Creator on {sa or inst.body.get('service_account_id')!r}, "
+                "not a trigger identity"
+            )
+        granted.add(sa)
+    for sa, fn in sorted(triggers.items()):
+        if sa not in granted:
+            problems.append(
+                f"the trigger identity {sa} of {fn}: the Pub/Sub service agent gets no Token Creator on it "
+                f"with var.{TOKEN_CREATOR_VARIABLE} = true"
+            )
+    for inst in grants(False):
+        problems.append(f"{inst.label}: Token Creator granted with var.{TOKEN_CREATOR_VARIABLE} = false")
+    return problems
+
+
 def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
     """Each Pub/Sub trigger's (Eventarc-owned) subscription gets a dead-letter topic: a
     terraform_data runs the attach script for exactly that trigger and a dead-letter topic
@@ -1532,6 +1594,12 @@ def check_roles(
         ):
             problems.append(
                 f"google_service_account_iam_member.{name}: serviceAccountUser on another account"
+            )
+    for name, body in tf.of_type("google_service_account_iam_member").items():
+        if body.get("role") == TOKEN_CREATOR and body.get("member") != "${local.pubsub_service_agent}":
+            problems.append(
+                f"google_service_account_iam_member.{name}: serviceAccountTokenCreator for someone other "
+                "than the Pub/Sub service agent"
             )
     for name, body in tf.of_type("google_cloud_run_v2_service_iam_member").items():
         if body.get("role") == "roles/run.developer" and body.get("name") != "${var.service_name}":

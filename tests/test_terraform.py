@@ -57,6 +57,8 @@ ALLOWED_ROLES = {
     "roles/logging.logWriter",
     "roles/artifactregistry.writer",
     "roles/storage.objectViewer",
+    # Opt-in, to the Pub/Sub service agent on the two trigger identities only (old projects).
+    "roles/iam.serviceAccountTokenCreator",
 }
 # The build service account writes build logs and pushes images to the gcf-artifacts
 # repository that Cloud Functions creates on the first deploy: no finer grant exists before.
@@ -131,6 +133,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "rollback_chain": tc.check_rollback_chain(t),
         "monitoring_publisher": tc.check_monitoring_can_publish(t),
         "monitoring_agent_first": tc.check_monitoring_agent_exists_first(t),
+        "token_creator": tc.check_pubsub_agent_token_creator(t),
         "dead_letters": tc.check_dead_letters(t, t.root / "scripts" / "attach_dead_letter.sh"),
         "scheduler": tc.check_scheduler_jobs(t, SCHEDULER_JOBS),
         "scheduler_bodies": tc.check_scheduler_bodies(t, SCHEDULER_BODY_KEYS),
@@ -183,6 +186,10 @@ def test_monitoring_agent_may_publish_to_the_alerts_topic(tf):
 
 def test_monitoring_agent_grants_wait_for_its_notification_channel(tf):
     assert tc.check_monitoring_agent_exists_first(tf) == []
+
+
+def test_old_projects_can_let_the_pubsub_agent_sign_trigger_pushes(tf):
+    assert tc.check_pubsub_agent_token_creator(tf) == []
 
 
 def test_pubsub_triggers_get_dead_letter_topics(tf):
@@ -506,6 +513,53 @@ CUTS = [
         "google_pubsub_topic_iam_member.alerts_publisher_monitoring grants to the Monitoring "
         "notification agent without depends_on",
         id="alerts-publisher-granted-before-the-agent-exists",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
+        'toset(["alerts_trigger", "rollback_trigger"])',
+        'toset(["alerts_trigger"])',
+        "token_creator",
+        "the trigger identity caller[rollback_trigger] of rollback: the Pub/Sub service agent gets no "
+        "Token Creator",
+        id="token-creator-missing-on-a-trigger-identity",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
+        'toset(["alerts_trigger", "rollback_trigger"])',
+        'toset(["alerts_trigger", "checkpoint_scheduler"])',
+        "token_creator",
+        "Token Creator on 'caller[checkpoint_scheduler]', not a trigger identity",
+        id="token-creator-on-a-scheduler-identity",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
+        ": toset([])",
+        ': toset(["alerts_trigger"])',
+        "token_creator",
+        "pubsub_agent_token_creator[alerts_trigger]: Token Creator granted with "
+        "var.grant_pubsub_agent_token_creator = false",
+        id="token-creator-granted-when-switched-off",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
+        "member             = local.pubsub_service_agent",
+        "member             = local.monitoring_notification_agent",
+        "roles",
+        "serviceAccountTokenCreator for someone other than the Pub/Sub service agent",
+        id="token-creator-to-another-agent",
+    ),
+    pytest.param(
+        "variables.tf",
+        'variable "grant_pubsub_agent_token_creator"',
+        "default     = false",
+        "default     = true",
+        "token_creator",
+        "var.grant_pubsub_agent_token_creator must be a bool defaulting to false",
+        id="token-creator-on-by-default",
     ),
     pytest.param(
         "dead_letter.tf",
@@ -962,9 +1016,24 @@ def test_optional_features_switch_their_instances_off(tf):
         "checkpoint",
     }
     assert {i.key for i in tc.instances(tf, "terraform_data")} == {"breach_counter", "rollback"}
-    off = {"chat_webhook_secret_id": "", "attach_trigger_dead_letter": False}
+    token_creators = {
+        i.key
+        for i in tc.instances(tf, "google_service_account_iam_member")
+        if i.name == "pubsub_agent_token_creator"
+    }
+    assert token_creators == {"alerts_trigger", "rollback_trigger"}
+    off = {
+        "chat_webhook_secret_id": "",
+        "attach_trigger_dead_letter": False,
+        "grant_pubsub_agent_token_creator": False,
+    }
     assert all(not tc.secret_env_keys(body) for body in tc.functions(tf, off).values())
     assert tc.instances(tf, "terraform_data", off) == []
+    assert [
+        i
+        for i in tc.instances(tf, "google_service_account_iam_member", off)
+        if i.name == "pubsub_agent_token_creator"
+    ] == []
 
 
 def test_one_function_resource_and_one_entry_per_function(tf):
