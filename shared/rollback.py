@@ -8,7 +8,7 @@ says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
@@ -44,6 +44,11 @@ ROLLBACK_FROM = {Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN, Phase.PROMOTED
 # A rollout in one of these phases is its service's live canary; these history entries end that.
 LIVE = {Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK}
 ENDED = frozenset({"superseded", "rolled_back", "promoted"})
+# How long after a deploy canary-guard may take to register it: the checkpoint discovers new
+# canaries every minute, plus margin. A rollout registered within this of a request's publish may
+# have been live at the publish, so the request rolls it back (dropping an emergency rollback is
+# the worse mistake).
+REGISTRATION_SLACK = timedelta(minutes=3)
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,10 @@ def _canary_live_since(store: RolloutStore, rollout: Rollout, published_at: date
     """Another canary of the service that was live at some moment between `published_at` and
     `rollout`'s registration (its rollout active then), or None.
 
-    One canary is live at a time, so if there is one, `rollout`'s canary went live after the
-    request was published: the request was about that other canary. With none, `rollout` was
-    merely registered late (by this request's earlier attempt, or by a checkpoint's discovery).
+    A previous rollout ends when the next one is registered, not when that canary went live, so
+    this alone cannot tell a canary deployed after the publish from one deployed just before it
+    and registered since: the caller asks it only of rollouts registered well after the publish.
+    With none, `rollout` was merely registered late and no other canary was live at the publish.
     """
     if rollout.created_at is None:
         return None
@@ -155,21 +161,24 @@ def execute_rollback(
         "stable_revision": rollout.stable_revision,
     }
     # A request naming no canary, delivered (again) after a newer canary replaced the one it was
-    # about, must not roll the newer one back. A late registration alone (created_at after the
-    # publish) proves nothing: the canary may have been live all along, and refusing would drop
-    # the on-call's rollback on a redelivery.
+    # about, must not roll the newer one back. Stale only if the canary was registered more than
+    # the slack after the publish (so it went live after it) and another canary was live then: a
+    # canary deployed just before the publish and registered since (by this delivery, or a
+    # checkpoint) also ends the previous rollout after the publish, and is rolled back.
     if (
         published_at is not None
         and not request.canary_revision
         and rollout.created_at is not None
-        and rollout.created_at > published_at
+        and rollout.created_at > published_at + REGISTRATION_SLACK
         and (earlier := _canary_live_since(store, rollout, published_at)) is not None
     ):
+        slack = int(REGISTRATION_SLACK.total_seconds() // 60)
         return RollbackResult(
             "superseded",
             f"the request was published at {published_at.isoformat()}, before canary "
-            f"{rollout.canary_revision} started ({rollout.created_at.isoformat()}; canary {earlier} was "
-            "live in between): it was about an earlier canary; nothing rolled back. Publish it again "
+            f"{rollout.canary_revision} started (registered {rollout.created_at.isoformat()}, over "
+            f"{slack} min later; canary {earlier} was live in between): it was about an earlier "
+            "canary; nothing rolled back. Publish it again "
             f"(or name canary_revision) to roll back {rollout.canary_revision}",
             after=current.as_dicts(),
             **base,

@@ -4,10 +4,12 @@ the emergency HTTP call, dry runs, idempotency and every injected control-plane 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -16,6 +18,7 @@ from google.cloud import firestore, pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, wire_push
 from shared.core import Phase
+from shared.rollback import REGISTRATION_SLACK
 from shared.store import Rollout, RolloutStore, rollout_id
 from tests.conftest import API, API_EU, FOREIGN, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
@@ -357,12 +360,25 @@ def test_emergency_answers_503_when_a_firestore_read_runs_out_of_retries(functio
     assert live(shop) == BEFORE
 
 
+# Well past REGISTRATION_SLACK: a rollout registered now went live after a request published then.
+LONG_AGO = 2 * REGISTRATION_SLACK
+
+
+@contextlib.contextmanager
+def written_at(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> Iterator[None]:
+    """The store's writes in the block (this process's) carry `moment`: a rollout's past without
+    waiting for it. The functions' own writes keep the real time."""
+    with monkeypatch.context() as patch:
+        patch.setattr("shared.store._now", lambda: moment)
+        yield
+
+
 def test_a_redelivered_request_naming_no_canary_leaves_a_newer_canary_alone(functions, store, shop):
     """The on-call publishes {"service", "reason"}: canary B is rolled back. Canary C goes live
-    and canary-guard registers it; then Pub/Sub redelivers that message. It was about B, so C
-    keeps its traffic and the log says to publish again to roll C back."""
+    and canary-guard registers it, minutes later; then Pub/Sub redelivers that message. It was
+    about B, so C keeps its traffic and the log says to publish again to roll C back."""
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
-    published = datetime.now(UTC)
+    published = datetime.now(UTC) - LONG_AGO
     message_id, response = publish_request(functions["rollback"], body, published=published)
     assert response.status_code == 200 and live(shop) == AFTER
     deploy_canary(shop, canary="shop-00003")
@@ -387,14 +403,16 @@ def test_a_redelivered_request_naming_no_canary_leaves_a_newer_canary_alone(func
     assert store.get(fresh).phase is Phase.ROLLED_BACK
 
 
+@pytest.mark.parametrize("first_attempt_after", [timedelta(0), LONG_AGO], ids=["at once", "long after"])
 def test_a_redelivery_after_a_failed_first_attempt_rolls_back_the_canary_it_registered(
-    functions, store, shop
+    functions, store, shop, first_attempt_after: timedelta
 ):
     """The first delivery registers the live canary (after the publish time) and marks it
     ROLLING_BACK, then Cloud Run keeps failing. The redelivery is about that same canary: no
-    other canary was live since the publish, so it rolls back instead of answering superseded."""
+    other canary was live since the publish, so it rolls back instead of answering superseded,
+    however long after the publish the first attempt ran."""
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
-    published = datetime.now(UTC)
+    published = datetime.now(UTC) - first_attempt_after
     shop.inject_fault(503, count=100, methods=["PATCH"])
     message_id, first = publish_request(functions["rollback"], body, published=published)
     assert first.status_code == 500  # raised: Pub/Sub redelivers
@@ -412,16 +430,19 @@ def test_a_redelivery_after_a_failed_first_attempt_rolls_back_the_canary_it_regi
 
 
 @pytest.mark.parametrize("ended_before_publish", [False, True])
-def test_a_canary_discovered_after_the_publish_is_rolled_back(functions, store, shop, ended_before_publish):
-    """A checkpoint registers the live canary between the publish and the delivery: it was live
-    when the request was published, so it is rolled back. A previous rollout that ended before
-    the publish does not make the request stale either."""
+def test_a_canary_registered_long_after_the_publish_is_rolled_back_if_none_was_live_then(
+    functions, store, shop, monkeypatch, ended_before_publish
+):
+    """A checkpoint registers the live canary well after the publish, and no other canary was
+    live at the publish (none at all, or one that had already ended): nothing newer replaced
+    what the request was about, so the canary is rolled back."""
+    published = datetime.now(UTC) - LONG_AGO
     if ended_before_publish:
-        store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
-        assert store.set_phase(CANARY, Phase.ROLLED_BACK, "rolled_back", {}, only_from={Phase.RUNNING})
+        with written_at(monkeypatch, published - REGISTRATION_SLACK):
+            store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+            assert store.set_phase(CANARY, Phase.ROLLED_BACK, "rolled_back", {}, only_from={Phase.RUNNING})
         deploy_canary(shop, canary="shop-00003")
     canary = "shop-00003" if ended_before_publish else "shop-00002"
-    published = datetime.now(UTC)
     store.register(SHOP, canary, "shop-00001", canary_percent=5, started_by="discovered by checkpoint")
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
     message_id, response = publish_request(functions["rollback"], body, published=published)
@@ -431,23 +452,57 @@ def test_a_canary_discovered_after_the_publish_is_rolled_back(functions, store, 
     assert store.get(rollout_id(SHOP, canary)).phase is Phase.ROLLED_BACK
 
 
-@pytest.mark.parametrize("registered_by", ["deploy event", "this request"])
-def test_a_request_published_while_an_earlier_canary_was_live_leaves_the_newer_one(
-    functions, store, shop, registered_by
-):
-    """Canary A was live when the request was published; B replaced it before the delivery
-    (registered by its deploy event, or discovered by this delivery): B keeps its traffic."""
-    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
-    published = datetime.now(UTC)
+def request_after_a_new_canary(
+    functions,
+    store: RolloutStore,
+    shop,
+    monkeypatch: pytest.MonkeyPatch,
+    published: datetime,
+    registered_by: str,
+) -> dict:
+    """Canary A registered before `published`, B deployed since; B registered now (unless by
+    "this request"), then the request naming no canary, published at `published`, delivered.
+    The delivery's log line."""
+    with written_at(monkeypatch, published - REGISTRATION_SLACK):
+        store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
     deploy_canary(shop, canary="shop-00003")
-    if registered_by == "deploy event":
-        store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by="test")
+    if registered_by != "this request":
+        store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by=registered_by)
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
     message_id, response = publish_request(functions["rollback"], body, published=published)
     assert response.status_code == 200
-    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert store.get(rollout_id(SHOP, "shop-00003")).created_at > published
+    assert store.get(CANARY).phase is Phase.SUPERSEDED
+    return functions["rollback"].logs_for(event_id=message_id)[-1]
+
+
+@pytest.mark.parametrize(
+    ("registered_by", "after_publish"),
+    [("this request", timedelta(0)), ("a checkpoint", REGISTRATION_SLACK / 3)],
+)
+def test_a_canary_deployed_before_the_publish_is_rolled_back_though_registered_after_it(
+    functions, store, shop, monkeypatch, registered_by, after_publish
+):
+    """Canary A was registered; B was deployed by hand and the on-call published a rollback
+    before canary-guard registered B. Registering B (by this delivery, or a checkpoint a minute
+    after the publish) ends A after the publish, yet B is what the request is about: rolled back."""
+    published = datetime.now(UTC) - after_publish
+    line = request_after_a_new_canary(functions, store, shop, monkeypatch, published, registered_by)
+    assert line["outcome"] == "rolled_back" and line["rollout"] == rollout_id(SHOP, "shop-00003")
+    assert live(shop) == {"shop-00001": 100, "shop-00003": 0}
+    assert store.get(rollout_id(SHOP, "shop-00003")).phase is Phase.ROLLED_BACK
+
+
+@pytest.mark.parametrize("registered_by", ["deploy event", "this request"])
+def test_a_canary_registered_long_after_the_publish_while_another_was_live_is_left_alone(
+    functions, store, shop, monkeypatch, registered_by
+):
+    """Canary A was live when the request was published; B went live more than the slack later
+    and was registered (by its deploy event, or by this late delivery) before the delivery:
+    the request was about A, so B keeps its traffic."""
+    published = datetime.now(UTC) - LONG_AGO
+    line = request_after_a_new_canary(functions, store, shop, monkeypatch, published, registered_by)
     assert line["outcome"] == "superseded" and line["rollout"] == rollout_id(SHOP, "shop-00003")
     assert "canary shop-00002 was live in between" in line["message"]
     assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
-    assert store.get(CANARY).phase is Phase.SUPERSEDED
     assert [c["method"] for c in shop.calls()].count("PATCH") == 0
