@@ -22,9 +22,7 @@ from shared.judge import (
     next_step,
     rollback_redrive_due,
     rule_observations,
-    since_step_start,
     synthetic_in,
-    without_synthetic,
 )
 from shared.logs import Report, log
 from shared.policy import Policy
@@ -145,20 +143,17 @@ def _metrics_window(
     return recent_end - window, recent_end, step_start, end
 
 
-def _awaiting_step_data(
-    rollout: Rollout, step_start: datetime, window_start: datetime, policy: Policy
-) -> Judgement:
-    """INCONCLUSIVE while not one whole minute of the step has reached Cloud Monitoring: judging
-    the window before it would pass the new share on the old share's (or a load test's) traffic."""
+def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
+    """INCONCLUSIVE while not one whole minute since the step has reached Cloud Monitoring: judging
+    the window before it would pass the new share on the old share's traffic."""
     from shared.monitoring import CanaryMetrics
 
-    nothing = CanaryMetrics(window_start, window_start, 0, 0, None, None, None, None)
-    due = window_start + MIN_WINDOW + timedelta(minutes=policy.checkpoint.data_lag_minutes)
-    after = "" if window_start == step_start else f" and canary-guard's load test until {window_start:%H:%M}Z"
+    nothing = CanaryMetrics(step_start, step_start, 0, 0, None, None, None, None)
+    due = step_start + MIN_WINDOW + timedelta(minutes=policy.checkpoint.data_lag_minutes)
     lag = policy.checkpoint.data_lag_minutes
     reason = (
-        f"step to {rollout.canary_percent}% started {rollout.step_started_at:%H:%M:%S}Z{after}; its first "
-        f"minute of data is judged from {due:%H:%M}Z (Cloud Monitoring lag {lag} min)"
+        f"step to {rollout.canary_percent}% started {rollout.step_started_at:%H:%M:%S}Z; its first minute "
+        f"of data is judged from {due:%H:%M}Z (Cloud Monitoring lag {lag} min)"
     )
     return replace(judge(nothing, policy), reasons=(reason,))
 
@@ -169,24 +164,20 @@ def checkpoint_rollout(
     service = ServiceRef.parse(rollout.service)
     recent_start, recent_end, step_start, end = _metrics_window(rollout, now, policy)
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
-    recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, **query)
-    window_start = since_step_start(step_start, end, rollout.synthetic_traffic)
-    unusable: str | None = None
-    if end - window_start >= MIN_WINDOW:
-        since_step, unusable = without_synthetic(
-            clients.reader.canary_metrics(start=window_start, end=end, **query), rollout.synthetic_traffic
-        )
-        judgement = judge(since_step, policy, requests_unusable=unusable)
+    # canary-guard's own load tests: their minutes are left out of request counts and latency.
+    read_from = min(recent_start, step_start)
+    load_tests = [load.minutes for load in synthetic_in(read_from, end, rollout.synthetic_traffic)]
+    left_out = [{"from": first, "to": last} for first, last in load_tests]  # Firestore: no nested arrays
+    recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, exclude=load_tests, **query)
+    if end - step_start >= MIN_WINDOW:
+        since_step = clients.reader.canary_metrics(start=step_start, end=end, exclude=load_tests, **query)
+        judgement = judge(since_step, policy)
     else:
-        judgement = _awaiting_step_data(rollout, step_start, window_start, policy)
-    # A load test in the short window would dominate it: its request-based rules are not observed.
-    load_test_in_recent = bool(synthetic_in(recent_start, recent_end, rollout.synthetic_traffic))
+        judgement = _awaiting_step_data(rollout, step_start, end, policy)
 
     # Rollback rules: one observation per rule per recent window, through the alert streaks.
     observed: dict[str, str] = {}
-    for rule, (kind, detail) in rule_observations(
-        recent, policy, requests_unusable=load_test_in_recent
-    ).items():
+    for rule, (kind, detail) in rule_observations(recent, policy).items():
         obs = Observation(
             rule=rule,
             kind=kind,
@@ -216,14 +207,11 @@ def checkpoint_rollout(
         rollout.rollback_requested,
     )
     decision = next_step(state, judgement.verdict, now, policy)
-    # The chat hears a hold when the verdict changes, not the few minutes a day our own load test
-    # makes it INCONCLUSIVE (and back): `announced` carries the verdict last told.
-    last = rollout.last_verdict or {}
-    announced_before = last.get("announced", last.get("verdict"))
-    announced = announced_before if unusable else judgement.verdict.value
+    previous = (rollout.last_verdict or {}).get("verdict")
     clients.store.record_checkpoint(
         rollout.id,
-        judgement.as_dict() | {"window": {"start": window_start, "end": end}, "announced": announced},
+        judgement.as_dict()
+        | {"window": {"start": step_start, "end": end}, "load_tests_left_out": left_out},
         {"action": decision.action.value, "message": decision.reason, "observations": observed},
     )
     _write_metrics(clients.writer, rollout, service, judgement, now)
@@ -252,7 +240,7 @@ def checkpoint_rollout(
                 f"{rollout.canary_percent}%: {decision.reason}. It stays under watch: breaches still "
                 "roll it back"
             )
-    elif decision.action is StepAction.HOLD and announced != announced_before:
+    elif decision.action is StepAction.HOLD and judgement.verdict.value != previous:
         clients.notifier.send(
             f"canary-guard: {service.service} canary {rollout.canary_revision} holds at "
             f"{rollout.canary_percent}%: {judgement.verdict.value} ({'; '.join(judgement.reasons)})"
@@ -269,7 +257,7 @@ def checkpoint_rollout(
         action=decision.action.value,
         step=step.status if step else None,
         observations=observed,
-        load_test_in_recent_window=load_test_in_recent or None,
+        load_tests_left_out=left_out or None,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -64,13 +64,12 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def judge(metrics: CanaryMetrics, policy: Policy, *, requests_unusable: str | None = None) -> Judgement:
+def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
     """GO only when every bar holds on at least `min_requests` requests; a missing series is
     INCONCLUSIVE, never a pass. Request-based measures (error rate, P95) judged on fewer requests
-    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO; so do
-    requests the caller cannot use (`requests_unusable` says why)."""
+    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO."""
     bars = policy.go_bars
-    enough_requests = metrics.request_count >= bars.min_requests and not requests_unusable
+    enough_requests = metrics.request_count >= bars.min_requests
     measured: dict[str, dict[str, Any]] = {}
     no_go, hold, missing = [], [], []
     for name, (attribute, rule, unit) in MEASURES.items():
@@ -90,9 +89,7 @@ def judge(metrics: CanaryMetrics, policy: Policy, *, requests_unusable: str | No
         return Judgement(Verdict.NO_GO, tuple(no_go + hold), measured, metrics.request_count)
     if not enough_requests or missing:
         reasons = []
-        if requests_unusable:
-            reasons.append(requests_unusable)
-        elif not enough_requests:
+        if not enough_requests:
             reasons.append(f"{metrics.request_count} requests < {bars.min_requests} needed to judge")
         if missing:
             reasons.append(f"no data for {', '.join(missing)}")
@@ -102,15 +99,13 @@ def judge(metrics: CanaryMetrics, policy: Policy, *, requests_unusable: str | No
     return Judgement(Verdict.GO, ("every GO bar holds",), measured, metrics.request_count)
 
 
-def rule_observations(
-    metrics: CanaryMetrics, policy: Policy, *, requests_unusable: bool = False
-) -> dict[str, tuple[Kind, dict[str, Any]]]:
+def rule_observations(metrics: CanaryMetrics, policy: Policy) -> dict[str, tuple[Kind, dict[str, Any]]]:
     """Per rollback rule with data in the recent window: a breach (value > threshold) or a
     recovery. Rules without data give no observation; canary_down is left to the uptime check.
     Request-based rules need `min_requests` in the window: one 5xx out of two requests on a
     quiet canary is noise, not a breach."""
     found: dict[str, tuple[Kind, dict[str, Any]]] = {}
-    enough_requests = metrics.request_count >= policy.go_bars.min_requests and not requests_unusable
+    enough_requests = metrics.request_count >= policy.go_bars.min_requests
     for _name, (attribute, rule, _unit) in MEASURES.items():
         value = _finite(getattr(metrics, attribute))
         if rule is None or value is None or (rule in REQUEST_RULES and not enough_requests):
@@ -123,32 +118,25 @@ def rule_observations(
 
 @dataclass(frozen=True)
 class SyntheticTraffic:
-    """What canary-guard's own load test sent to the canary: Cloud Monitoring counts it with the
-    users' traffic, so the checkpoint takes it out again (a quiet canary must not pass on 2,000
-    fast synthetic 200s, nor a streak be reset by them). A run in progress (or killed) is not
-    `finished`: its counts are unknown and `ended_at` is its deadline."""
+    """When canary-guard's own load test ran against the canary. Cloud Monitoring counts its
+    requests with the users', so checkpoints leave its minutes out of the request-based measures:
+    a quiet canary must not pass on 2,000 fast synthetic 200s, nor a streak be reset by them. A
+    run in progress (or killed before it could say it ended) is not `finished`: `ended_at` is
+    then its deadline."""
 
     started_at: datetime
     ended_at: datetime
-    requests: int  # requests that reached the canary (any status, or timed out there)
-    errors: int  # of which 5xx
     finished: bool = True
 
     @property
     def minutes(self) -> tuple[datetime, datetime]:
-        """(first, last] minute boundaries of the Monitoring points that hold it."""
+        """(first, last] minute boundaries of the Monitoring points that hold its requests."""
         first = self.started_at.replace(second=0, microsecond=0)
         last = self.ended_at.replace(second=0, microsecond=0)
         return first, last if last == self.ended_at else last + timedelta(minutes=1)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "requests": self.requests,
-            "errors": self.errors,
-            "finished": self.finished,
-        }
+        return {"started_at": self.started_at, "ended_at": self.ended_at, "finished": self.finished}
 
 
 def synthetic_in(
@@ -156,49 +144,6 @@ def synthetic_in(
 ) -> list[SyntheticTraffic]:
     """The load tests whose Monitoring points fall (at least partly) in the window (start, end]."""
     return [load for load in synthetic if load.minutes[1] > start and load.minutes[0] < end]
-
-
-def since_step_start(step_start: datetime, end: datetime, synthetic: Sequence[SyntheticTraffic]) -> datetime:
-    """Where the since-step window starts: after any load test that straddles the step start
-    (its split between the steps is unknown) or that never reported its counts (in progress
-    until `end`, or killed). The step is then judged on the minutes after it."""
-    start = step_start
-    moved = True
-    while moved:  # one move can land inside another run
-        moved = False
-        for load in synthetic_in(start, end, synthetic):
-            first, last = load.minutes
-            if (first < start or not load.finished) and last <= end and last > start:
-                start, moved = last, True
-    return start
-
-
-def without_synthetic(
-    metrics: CanaryMetrics, synthetic: Sequence[SyntheticTraffic]
-) -> tuple[CanaryMetrics, str | None]:
-    """The window's request counts minus the load tests that lie wholly inside it, and a reason
-    when one lies only partly inside or is still running (its share of the window is unknown,
-    so the caller must not judge request-based measures on it). P95 keeps the synthetic
-    requests: a distribution cannot be subtracted (see README)."""
-    requests, errors = metrics.request_count, metrics.error_count
-    for load in synthetic_in(metrics.window_start, metrics.window_end, synthetic):
-        first, last = load.minutes
-        if first < metrics.window_start or last > metrics.window_end or not load.finished:
-            state = "still running" if not load.finished else "only partly in this window"
-            return metrics, (
-                f"canary-guard's load test from {load.started_at:%H:%M:%S}Z is {state}; "
-                "request-based measures wait for it"
-            )
-        requests, errors = max(requests - load.requests, 0), max(errors - load.errors, 0)
-    if requests == metrics.request_count and errors == metrics.error_count:
-        return metrics, None
-    errors = min(errors, requests)
-    return replace(
-        metrics,
-        request_count=requests,
-        error_count=errors,
-        error_rate=errors / requests if requests else None,
-    ), None
 
 
 class StepAction(StrEnum):

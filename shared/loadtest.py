@@ -158,8 +158,6 @@ def run_service_tests(
             "INFO", f"{service.service}: no live canary to test", service=service.name, outcome="no_canary"
         )
     stable_url = live.tag_uris.get(STABLE_TAG) or live.uri
-    # The service URL splits by share: that part of the stable side's requests reach the canary.
-    stable_leak_percent = 0 if STABLE_TAG in live.tag_uris else split.canary_percent
     sides = {"canary": canary_url, "stable": stable_url}
     headers = _auth_headers(auth, live.uri)
     rid = rollout_id(service.name, split.canary_revision)
@@ -177,11 +175,14 @@ def run_service_tests(
     started_at = datetime.now(UTC)
     share_s = max(need_s, (deadline - started) / services_left)
     ends = started + share_s
-    # Said before the first request: checkpoints must not judge the canary on this run's traffic
-    # while it lasts, nor after it if it is killed before it can report its counts.
+    # Said before the first request: checkpoints leave this run's minutes out of the canary's
+    # request metrics, up to its deadline if it is killed before it can say it ended. (The stable
+    # side, when it is the service URL, also reaches the canary: the same minutes cover it.)
     run_id = f"run_{uuid.uuid4().hex}"
     store.note_synthetic_traffic(
-        rollout.id, run_id, SyntheticTraffic(started_at, started_at + timedelta(seconds=share_s), 0, 0, False)
+        rollout.id,
+        run_id,
+        SyntheticTraffic(started_at, started_at + timedelta(seconds=share_s), finished=False),
     )
 
     record: dict[str, Any] = {"mode": mode, "targets": sides}
@@ -233,7 +234,7 @@ def run_service_tests(
     store.record_load_test(
         rollout.id,
         record | {"verdict": overall, "verdicts": verdicts, "message": message},
-        (run_id, _canary_traffic(load, probe, started_at, stable_leak_percent)),
+        (run_id, SyntheticTraffic(started_at, datetime.now(UTC))),
     )
     _write_metrics(writer, service, load, probe, now or datetime.now(UTC))
     return Report(
@@ -244,35 +245,6 @@ def run_service_tests(
         outcome=overall,
         verdicts=verdicts,
         results=record,
-    )
-
-
-def _canary_traffic(
-    load: dict[str, TargetResult],
-    probe: dict[str, TargetResult],
-    started_at: datetime,
-    stable_leak_percent: int,
-) -> SyntheticTraffic:
-    """What the canary's request_count will show of this run: every request that reached it
-    (answered with any status, or timed out there; connection errors never did), including the
-    expected share of the stable side's requests when that side is the service URL. Only the
-    canary side's 5xx are known to be the canary's: the leaked share adds requests, not errors
-    (the safe direction: the canary's error rate is overstated, never hidden)."""
-
-    def reached(result: TargetResult | None) -> int:
-        return (
-            0
-            if result is None
-            else result.successes + result.status_4xx + result.status_5xx + result.timeouts
-        )
-
-    leaked = reached(load.get("stable")) + reached(probe.get("legacy"))
-    own = [result for result in (load.get("canary"), probe.get("canary")) if result is not None]
-    return SyntheticTraffic(
-        started_at=started_at,
-        ended_at=datetime.now(UTC),
-        requests=sum(reached(r) for r in own) + round(leaked * stable_leak_percent / 100),
-        errors=sum(r.status_5xx for r in own),
     )
 
 

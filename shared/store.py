@@ -166,13 +166,7 @@ class Rollout:
             created_at=_plain(data.get("created_at")),
             updated_at=_plain(data.get("updated_at")),
             synthetic_traffic=tuple(
-                SyntheticTraffic(
-                    _plain(load["started_at"]),
-                    _plain(load["ended_at"]),
-                    int(load["requests"]),
-                    int(load["errors"]),
-                    bool(load.get("finished", True)),
-                )
+                SyntheticTraffic(_plain(load["started_at"]), _plain(load["ended_at"]), bool(load["finished"]))
                 for load in (data.get("synthetic_traffic") or {}).values()
             ),
         )
@@ -502,7 +496,7 @@ class RolloutStore:
         self._record_latest(rid, "last_verdict", "checkpoint", {**verdict, **decision})
 
     def note_synthetic_traffic(self, rid: str, run_id: str, traffic: SyntheticTraffic) -> None:
-        """What a load test run sends (or, before it starts, may send) the canary, by run.
+        """When a load test run hits the canary (before it starts: until its deadline), by run.
         `run_id` must be a plain field name (letters, digits, _), e.g. "run_" + a uuid's hex."""
         self._rollout_ref(rid).update({f"synthetic_traffic.{run_id}": traffic.as_dict()})
 
@@ -512,8 +506,8 @@ class RolloutStore:
         record: Mapping[str, Any],
         synthetic: tuple[str, SyntheticTraffic] | None = None,
     ) -> None:
-        """The last load test / probe result on the rollout plus its history entry, and what the
-        run (by id) sent the canary, which checkpoints take out of the canary's metrics."""
+        """The last load test / probe result on the rollout plus its history entry, and when the
+        run (by id) hit the canary: checkpoints leave those minutes out of its request metrics."""
         extra = {f"synthetic_traffic.{synthetic[0]}": synthetic[1].as_dict()} if synthetic else {}
         self._record_latest(rid, "last_load_test", "load_test", record, extra)
 

@@ -8,7 +8,6 @@ A value exactly ON a bar passes it: `<=` holds the GO bar, only `>` crosses the 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,10 @@ from shared.judge import (
     judge,
     next_step,
     rule_observations,
-    since_step_start,
     step_for_percent,
     synthetic_in,
-    without_synthetic,
 )
-from shared.monitoring import CanaryMetrics
+from shared.monitoring import CanaryMetrics, spans_outside
 from shared.policy import DEFAULT_POLICY_FILE, Policy, load_policy
 
 POLICY = load_policy()
@@ -775,18 +772,23 @@ def test_rollback_redrive_backs_off_but_never_gives_up():
 
 # ============================================================ canary-guard's own load-test traffic
 
-# The window of `metrics()` is (T0 - 5 min, T0].
+# Checkpoint windows here: (T0 - 5 min, T0].
+W_START, W_END = T0 - timedelta(minutes=5), T0
 
 
-def load(start_s: float, end_s: float, requests: int = 900, errors: int = 0) -> SyntheticTraffic:
+def load(start_s: float, end_s: float, *, finished: bool = True) -> SyntheticTraffic:
     """A load test from T0 + start_s to T0 + end_s (seconds, negative: before T0)."""
-    return SyntheticTraffic(T0 + timedelta(seconds=start_s), T0 + timedelta(seconds=end_s), requests, errors)
+    return SyntheticTraffic(T0 + timedelta(seconds=start_s), T0 + timedelta(seconds=end_s), finished)
+
+
+def minutes_ago(n: float) -> datetime:
+    return T0 - timedelta(minutes=n)
 
 
 @pytest.mark.parametrize(
     ("start_s", "end_s", "first", "last"),
     [
-        (-150, -100, -180, -60),  # 11:57:30-11:58:20 lands in the points of 11:58 and 11:59
+        (-150, -100, -180, -60),  # 11:57:30-11:58:20 lands in the points ending 11:58 and 11:59
         (-180, -120, -180, -120),  # 11:57:00-11:58:00 is (11:57, 11:58]: the point ending 11:58 alone
         (-179.5, -179, -180, -120),
     ],
@@ -795,99 +797,36 @@ def test_a_load_test_lands_in_the_minute_points_that_hold_it(start_s, end_s, fir
     assert load(start_s, end_s).minutes == (T0 + timedelta(seconds=first), T0 + timedelta(seconds=last))
 
 
-def test_a_load_test_inside_the_window_is_taken_out_of_the_request_counts():
-    """1,000 requests with 1 error, of which the load test sent 900 with 0 errors: the users'
-    100 requests had 1 error, 1 %: not the 0.1 % the merged numbers show."""
-    taken, unusable = without_synthetic(metrics(), [load(-150, -100)])
-    assert unusable is None
-    assert (taken.request_count, taken.error_count, taken.error_rate) == (100, 1, 0.01)
-    assert taken.latency_p95_ms == metrics().latency_p95_ms  # a distribution cannot be subtracted
-    assert judge(taken, POLICY).verdict is Verdict.HOLD  # 1 % is above the 0.5 % GO bar
-
-
-def test_a_quiet_canary_does_not_pass_on_load_test_traffic():
-    taken, _ = without_synthetic(
-        metrics(request_count=950, error_count=0, error_rate=0.0), [load(-150, -100)]
-    )
-    assert taken.request_count == 50
-    assert judge(taken, POLICY).verdict is Verdict.INCONCLUSIVE
-
-
 @pytest.mark.parametrize(("start_s", "end_s"), [(-600, -301), (-400, -300), (1, 30), (60, 120)])
-def test_a_load_test_outside_the_window_changes_nothing(start_s, end_s):
-    assert without_synthetic(metrics(), [load(start_s, end_s)]) == (metrics(), None)
-    assert synthetic_in(T0 - timedelta(minutes=5), T0, [load(start_s, end_s)]) == []
+def test_a_load_test_outside_the_window_is_not_in_it(start_s, end_s):
+    assert synthetic_in(W_START, W_END, [load(start_s, end_s)]) == []
 
 
-@pytest.mark.parametrize(("start_s", "end_s"), [(-330, -290), (-20, 10), (-400, 400)])
-def test_a_load_test_partly_in_the_window_makes_its_requests_unusable(start_s, end_s):
-    taken, unusable = without_synthetic(metrics(), [load(start_s, end_s)])
-    assert taken == metrics()
-    assert unusable and "only partly in this window" in unusable
-    j = judge(taken, POLICY, requests_unusable=unusable)
-    assert j.verdict is Verdict.INCONCLUSIVE and j.reasons == (unusable,)
-    assert len(synthetic_in(T0 - timedelta(minutes=5), T0, [load(start_s, end_s)])) == 1
+@pytest.mark.parametrize(("start_s", "end_s"), [(-330, -290), (-20, 10), (-400, 400), (-150, -100)])
+def test_a_load_test_touching_the_window_is_in_it(start_s, end_s):
+    assert len(synthetic_in(W_START, W_END, [load(start_s, end_s)])) == 1
 
 
-def test_unusable_requests_never_hide_a_memory_breach():
-    j = judge(metrics(memory_utilization=0.95), POLICY, requests_unusable="load test in window")
-    assert j.verdict is Verdict.NO_GO
-    found = rule_observations(
-        metrics(memory_utilization=0.95, error_rate=0.5), POLICY, requests_unusable=True
-    )
-    assert set(found) == {"memory"}  # no error-rate or latency observation from that window
+def test_a_run_in_progress_reaches_to_its_deadline():
+    going = load(-120, 400, finished=False)
+    assert going.minutes == (minutes_ago(2), T0 + timedelta(minutes=7))
 
 
-def test_more_synthetic_than_measured_clamps_at_zero():
-    taken, _ = without_synthetic(
-        metrics(request_count=10, error_count=3, error_rate=0.3), [load(-150, -100, 900, 9)]
-    )
-    assert (taken.request_count, taken.error_count, taken.error_rate) == (0, 0, None)
-    assert judge(taken, POLICY).verdict is Verdict.INCONCLUSIVE
-
-
-def test_two_load_tests_inside_are_both_taken_out():
-    taken, _ = without_synthetic(metrics(), [load(-290, -250, 400, 0), load(-150, -100, 500, 0)])
-    assert (taken.request_count, taken.error_count) == (100, 1)
-
-
-def running(start_s: float, deadline_s: float) -> SyntheticTraffic:
-    """A load test started at T0 + start_s that has not reported yet (deadline T0 + deadline_s)."""
-    return replace(load(start_s, deadline_s, 0, 0), finished=False)
-
-
-STEP = T0 - timedelta(minutes=60)  # a step's first whole minute; the window ends at T0
-
-
-def test_a_load_test_straddling_the_step_start_moves_the_window_past_it():
-    """Step window from 11:00, load test 10:59:01-11:01:30 (points ending 11:00, 11:01, 11:02):
-    its split between the two steps is unknown, so the step is judged from 11:02 on, not held
-    INCONCLUSIVE until the progress deadline freezes it."""
-    straddling = load(-3659, -3510)
-    assert since_step_start(STEP, T0, [straddling]) == T0 - timedelta(minutes=58)
-    moved = replace(metrics(), window_start=T0 - timedelta(minutes=58))
-    assert without_synthetic(moved, [straddling]) == (moved, None)
-
-
-def test_a_finished_load_test_inside_the_step_leaves_the_start_alone():
-    assert since_step_start(STEP, T0, [load(-1800, -1750)]) == STEP
-
-
-def test_a_run_that_never_reported_is_stepped_over_once_its_deadline_is_past():
-    killed = running(-1800, -1260)  # started 30 min ago, deadline 21 min ago, no counts
-    assert since_step_start(STEP, T0, [killed]) == T0 - timedelta(minutes=21)
-
-
-def test_a_run_still_going_makes_request_measures_wait():
-    going = running(-120, 400)
-    assert since_step_start(STEP, T0, [going]) == STEP
-    window = replace(metrics(), window_start=STEP)
-    taken, unusable = without_synthetic(window, [going])
-    assert taken == window and unusable and "still running" in unusable
-
-
-def test_moving_past_one_run_can_land_in_another():
-    # Window from 11:01: the first run (points ending 11:01, 11:02) moves it to 11:02, inside the
-    # second (points ending 11:02 .. 11:04), which moves it to 11:04.
-    first, second = load(-3570, -3510), load(-3490, -3410)  # 11:00:30-11:01:30, 11:01:50-11:03:10
-    assert since_step_start(STEP + timedelta(minutes=1), T0, [second, first]) == T0 - timedelta(minutes=56)
+@pytest.mark.parametrize(
+    ("cuts", "left"),
+    [
+        ([], [(5, 0)]),
+        ([(3, 2)], [(5, 3), (2, 0)]),  # one minute out of the middle
+        ([(6, 4)], [(4, 0)]),  # across the start
+        ([(1, -2)], [(5, 1)]),  # across the end (a run still going)
+        ([(6, -1)], []),  # all of it
+        ([(4, 3), (2, 1)], [(5, 4), (3, 2), (1, 0)]),
+        ([(2, 1), (4, 3)], [(5, 4), (3, 2), (1, 0)]),  # any order
+        ([(4, 2), (3, 1)], [(5, 4), (1, 0)]),  # overlapping runs
+        ([(9, 8), (-1, -2)], [(5, 0)]),  # outside
+    ],
+)
+def test_spans_outside_leave_out_exactly_the_load_test_minutes(cuts, left):
+    """(minutes before T0) pairs: what is read around the runs, each at least a minute long."""
+    exclude = [(minutes_ago(a), minutes_ago(b)) for a, b in cuts]
+    assert spans_outside(W_START, W_END, exclude) == [(minutes_ago(a), minutes_ago(b)) for a, b in left]

@@ -124,11 +124,9 @@ def test_scheduler_call_load_tests_and_probes_both_sides(load_test_url, shop, ta
     assert recorded[0]["load_test"]["canary"]["failures"]["5xx"] == 40
     assert written(monitoring, "load_test/error_rate") == {"canary": 0.2, "stable": 0.0}
     assert written(monitoring, "load_test/probe_success_rate")["legacy"] == 1.0
-    # What it sent the canary is kept on the rollout: checkpoints take it out of the canary's metrics.
-    # The stable side is the service URL (no `stable` tag): 5 % of its 220 requests reach the canary.
+    # When it hit the canary is kept on the rollout: checkpoints leave those minutes out.
     [synthetic] = RolloutStore(PROJECT).get(CANARY).synthetic_traffic
-    assert synthetic.finished and synthetic.requests == 200 + 20 + round(220 * 5 / 100)
-    assert synthetic.errors == 40 + probe["canary"]["failures"]["5xx"]  # the canary side's own
+    assert synthetic.finished  # the entry noted before the run was closed by the same run id
     assert synthetic.started_at < synthetic.ended_at
 
 
