@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -119,11 +119,11 @@ class MonitoringReader(_MonitoringApi):
         That gives one point per series; every returned point is still combined, so an answer
         split over two alignment periods is counted once, not dropped. Request counts and
         latencies leave out the minute-aligned spans in `exclude` (canary-guard's own load
-        tests): they are read span by span around them. Memory and CPU keep every minute: how
-        the canary holds up under load is its own health.
+        tests): with any, those two are read per minute and the minutes inside an excluded span
+        dropped, so a checkpoint makes four reads however many runs its window holds. Memory and
+        CPU keep every minute: how the canary holds up under load is its own health.
         """
         _check_window(start, end)
-        spans = spans_outside(start, end, exclude)
         resource = (
             f"resource.type = {_quote(RUN_RESOURCE)}"
             f" AND resource.labels.location = {_quote(location)}"
@@ -136,21 +136,21 @@ class MonitoringReader(_MonitoringApi):
             aligner: Aligner,
             reducer: Reducer,
             group_by: Sequence[str] = (),
-            spans: Sequence[tuple[datetime, datetime]] = ((start, end),),
+            *,
+            per_minute: bool = False,
         ) -> list[monitoring_v3.TimeSeries]:
-            return [
-                series
-                for span_start, span_end in spans
-                for series in self._list(
-                    f"metric.type = {_quote(metric)} AND {resource}",
-                    span_start,
-                    span_end,
-                    aligner,
-                    reducer,
-                    group_by,
-                )
-            ]
+            found = self._list(
+                f"metric.type = {_quote(metric)} AND {resource}",
+                start,
+                end,
+                aligner,
+                reducer,
+                group_by,
+                period=timedelta(seconds=MIN_WINDOW_S) if per_minute else end - start,
+            )
+            return [_without_minutes(series, exclude) for series in found] if per_minute else found
 
+        requests_per_minute = bool(exclude)
         # Request counts are DELTA int64: sum each series over the window, then add the series
         # up per response class.
         by_class = query(
@@ -158,7 +158,7 @@ class MonitoringReader(_MonitoringApi):
             Aligner.ALIGN_DELTA,
             Reducer.REDUCE_SUM,
             ["metric.labels.response_code_class"],
-            spans,
+            per_minute=requests_per_minute,
         )
         counts: dict[str, int] = {}
         for ts in by_class:
@@ -172,7 +172,9 @@ class MonitoringReader(_MonitoringApi):
         # into the revision's P95 (a mean or max of percentiles is not a percentile). ALIGN_DELTA
         # + REDUCE_SUM are documented for DELTA distributions and keep the whole histogram, so
         # the P95 of every request in the window is computed here from the bucket counts.
-        latencies = query(REQUEST_LATENCIES, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM, spans=spans)
+        latencies = query(
+            REQUEST_LATENCIES, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM, per_minute=requests_per_minute
+        )
         latency = merge_distributions([p.value.distribution_value for ts in latencies for p in ts.points])
 
         # Utilisations are already distributions across all instances; P99 per series keeps the
@@ -200,13 +202,14 @@ class MonitoringReader(_MonitoringApi):
         aligner: Aligner,
         reducer: Reducer,
         group_by: Sequence[str],
+        period: timedelta,
     ) -> list[monitoring_v3.TimeSeries]:
         request = monitoring_v3.ListTimeSeriesRequest(
             name=f"projects/{self._project}",
             filter=filter_,
             interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
             aggregation=monitoring_v3.Aggregation(
-                alignment_period=end - start,
+                alignment_period=period,
                 per_series_aligner=aligner,
                 cross_series_reducer=reducer,
                 group_by_fields=list(group_by),
@@ -272,24 +275,16 @@ def _batches(points: Sequence[CustomPoint]) -> list[list[CustomPoint]]:
     return batches
 
 
-def spans_outside(
-    start: datetime, end: datetime, exclude: Sequence[tuple[datetime, datetime]]
-) -> list[tuple[datetime, datetime]]:
-    """(start, end] less the `exclude` spans, as minute-aligned spans of at least a minute (the
-    smallest alignment period): what is left to read. Exclusions must be minute-aligned."""
-    spans = [(start, end)]
-    for cut_start, cut_end in sorted(exclude):
-        kept = []
-        for span_start, span_end in spans:
-            if cut_end <= span_start or cut_start >= span_end:
-                kept.append((span_start, span_end))
-                continue
-            if cut_start > span_start:
-                kept.append((span_start, cut_start))
-            if cut_end < span_end:
-                kept.append((cut_end, span_end))
-        spans = kept
-    return [(a, b) for a, b in spans if (b - a).total_seconds() >= MIN_WINDOW_S]
+def _without_minutes(
+    series: monitoring_v3.TimeSeries, exclude: Sequence[tuple[datetime, datetime]]
+) -> monitoring_v3.TimeSeries:
+    """The series less its points whose minute ends inside an excluded span (start, end]."""
+    kept = [
+        point
+        for point in series.points
+        if not any(cut_start < point.interval.end_time <= cut_end for cut_start, cut_end in exclude)
+    ]
+    return monitoring_v3.TimeSeries(metric=series.metric, resource=series.resource, points=kept)
 
 
 def _check_window(start: datetime, end: datetime) -> None:

@@ -31,7 +31,7 @@ from shared.judge import (
     step_for_percent,
     synthetic_in,
 )
-from shared.monitoring import CanaryMetrics, spans_outside
+from shared.monitoring import CanaryMetrics
 from shared.policy import DEFAULT_POLICY_FILE, Policy, load_policy
 
 POLICY = load_policy()
@@ -810,23 +810,3 @@ def test_a_load_test_touching_the_window_is_in_it(start_s, end_s):
 def test_a_run_in_progress_reaches_to_its_deadline():
     going = load(-120, 400, finished=False)
     assert going.minutes == (minutes_ago(2), T0 + timedelta(minutes=7))
-
-
-@pytest.mark.parametrize(
-    ("cuts", "left"),
-    [
-        ([], [(5, 0)]),
-        ([(3, 2)], [(5, 3), (2, 0)]),  # one minute out of the middle
-        ([(6, 4)], [(4, 0)]),  # across the start
-        ([(1, -2)], [(5, 1)]),  # across the end (a run still going)
-        ([(6, -1)], []),  # all of it
-        ([(4, 3), (2, 1)], [(5, 4), (3, 2), (1, 0)]),
-        ([(2, 1), (4, 3)], [(5, 4), (3, 2), (1, 0)]),  # any order
-        ([(4, 2), (3, 1)], [(5, 4), (1, 0)]),  # overlapping runs
-        ([(9, 8), (-1, -2)], [(5, 0)]),  # outside
-    ],
-)
-def test_spans_outside_leave_out_exactly_the_load_test_minutes(cuts, left):
-    """(minutes before T0) pairs: what is read around the runs, each at least a minute long."""
-    exclude = [(minutes_ago(a), minutes_ago(b)) for a, b in cuts]
-    assert spans_outside(W_START, W_END, exclude) == [(minutes_ago(a), minutes_ago(b)) for a, b in left]

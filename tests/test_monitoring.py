@@ -231,6 +231,35 @@ def test_window_is_start_exclusive_and_end_inclusive(standin, reader):
     assert metrics.memory_utilization == pytest.approx(0.25 + 0.99 * 0.25)  # the 0.3 sample only
 
 
+@pytest.mark.parametrize(
+    "runs", [[(2, 3)], [(2, 3), (4, 5)], [(0, 1), (2, 3)]], ids=["one", "two", "at-start"]
+)
+def test_excluded_minutes_leave_request_counts_and_latency_but_not_memory(standin, reader, runs):
+    """Users: 100 requests a minute at 300 ms. A load test's minutes add 20,000 requests at 5 ms
+    and 500 5xx, and push memory to 0.9. Leaving them out gives the users' numbers back."""
+    loaded = {T0 + timedelta(minutes=b) for _, b in runs}
+    for t in MINUTES:
+        busy = t in loaded
+        add(standin, REQUEST_COUNT, CANARY, [(t, 20100 if busy else 100)], response_code_class="2xx")
+        add(standin, REQUEST_COUNT, CANARY, [(t, 500 if busy else 0)], response_code_class="5xx")
+        latencies = [5] * 20000 + [300] * 100 if busy else [300] * 100
+        add(standin, REQUEST_LATENCIES, CANARY, [(t, distribution(latencies, LATENCY_BUCKETS))])
+        memory = [0.9] if busy else [0.3]
+        add(standin, MEMORY_UTILIZATIONS, CANARY, [(t, distribution(memory, MEMORY_BUCKETS))])
+    exclude = [(T0 + timedelta(minutes=a), T0 + timedelta(minutes=b)) for a, b in runs]
+
+    merged = measure(reader, CANARY)
+    metrics = reader.canary_metrics(
+        location=LOCATION, service=SERVICE, revision=CANARY, start=T0, end=END, exclude=exclude
+    )
+
+    assert merged.latency_p95_ms < 25  # what the whole window says: the load test's 5 ms
+    users = 5 - len(runs)
+    assert (metrics.request_count, metrics.error_count, metrics.error_rate) == (100 * users, 0, 0.0)
+    assert 250 <= metrics.latency_p95_ms <= 500  # the users' 300 ms bucket
+    assert metrics.memory_utilization == merged.memory_utilization > 0.5  # memory keeps every minute
+
+
 def test_no_data_is_none_never_zero(standin, reader):
     load_canary_and_stable(standin)
 
