@@ -234,7 +234,13 @@ def run_service_tests(
     store.record_load_test(
         rollout.id,
         record | {"verdict": overall, "verdicts": verdicts, "message": message},
-        (run_id, SyntheticTraffic(started_at, datetime.now(UTC))),
+        # A request the client gave up on may still finish on the server up to its timeout later.
+        (
+            run_id,
+            SyntheticTraffic(
+                started_at, datetime.now(UTC) + timedelta(seconds=policy.load_test.request_timeout_s)
+            ),
+        ),
     )
     _write_metrics(writer, service, load, probe, now or datetime.now(UTC))
     return Report(
