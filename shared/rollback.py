@@ -2,13 +2,13 @@
 
 Stable gets 100 % of traffic in one Cloud Run update; the canary keeps its tag at 0 % so it
 stays reachable for debugging. ROLLED_BACK is sticky: repeating a rollback is a no-op that
-says so.
+says so. A request from the rollback topic is carried out once per Pub/Sub message id: a
+redelivery after it was carried out changes nothing (Pub/Sub delivers at least once).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
@@ -24,7 +24,7 @@ from shared.events import (
     pubsub_message,
 )
 from shared.logs import Report
-from shared.store import Rollout, StoreError, rollout_id
+from shared.store import RollbackMarker, Rollout, StoreError, rollout_id
 from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
 
 if TYPE_CHECKING:
@@ -38,17 +38,10 @@ HTTP_STATUS = {
     "already_rolled_back": 200,
     "dry_run": 200,
     "superseded": 200,
+    "duplicate": 200,
     "no_canary": 409,
 }
 ROLLBACK_FROM = {Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN, Phase.PROMOTED}
-# A rollout in one of these phases is its service's live canary; these history entries end that.
-LIVE = {Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK}
-ENDED = frozenset({"superseded", "rolled_back", "promoted"})
-# How long after a deploy canary-guard may take to register it: the checkpoint discovers new
-# canaries every minute, plus margin. A rollout registered within this of a request's publish may
-# have been live at the publish, so the request rolls it back (dropping an emergency rollback is
-# the worse mistake).
-REGISTRATION_SLACK = timedelta(minutes=3)
 
 
 @dataclass(frozen=True)
@@ -106,31 +99,6 @@ def _find_rollout(
     return rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None
 
 
-def _canary_live_since(store: RolloutStore, rollout: Rollout, published_at: datetime) -> str | None:
-    """Another canary of the service that was live at some moment between `published_at` and
-    `rollout`'s registration (its rollout active then), or None.
-
-    A previous rollout ends when the next one is registered, not when that canary went live, so
-    this alone cannot tell a canary deployed after the publish from one deployed just before it
-    and registered since: the caller asks it only of rollouts registered well after the publish.
-    With none, `rollout` was merely registered late and no other canary was live at the publish.
-    """
-    if rollout.created_at is None:
-        return None
-    for other in store.rollouts_of(rollout.service):
-        if other.id == rollout.id or other.created_at is None or other.created_at >= rollout.created_at:
-            continue
-        if other.phase not in LIVE:
-            # Ended; untouched since before the publish, it ended before it (no history read).
-            if other.updated_at is not None and other.updated_at <= published_at:
-                continue
-            ended = store.ended_at(other.id, ENDED) or other.updated_at
-            if ended is None or ended <= published_at:
-                continue
-        return other.canary_revision
-    return None
-
-
 def execute_rollback(
     request: RollbackRequest,
     service: ServiceRef,
@@ -139,16 +107,42 @@ def execute_rollback(
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
     notifier: Notifier | None = None,
-    published_at: datetime | None = None,
+    message_id: str | None = None,
 ) -> RollbackResult:
     """Roll the service back to its stable revision. Cloud Run and Firestore faults raise.
 
-    `published_at`: when the request was published to the rollback topic (None for the HTTP call).
+    `message_id`: the request's Pub/Sub message id (None for the HTTP call and the CLI). Once the
+    request is carried out it is marked by that id, so a redelivery changes nothing: after a
+    rollback the live canary may be a newer one the request was never about. Without a marker
+    (first delivery, or a redelivery after a fault) the live canary is rolled back.
     """
+    if message_id is not None and (done := store.rollback_marker(message_id)) is not None:
+        when = done.at.isoformat() if done.at else "earlier"
+        return RollbackResult(
+            "duplicate",
+            f"request {message_id} was already carried out: {done.outcome} at {when} ({done.message}); "
+            "nothing changed. Publish a new request to roll back a canary deployed since",
+            service=service.name,
+            rollout=done.rollout,
+            canary_revision=done.canary_revision,
+        )
+
+    def marker(status: str, message: str, rollout: Rollout) -> RollbackMarker | None:
+        if message_id is None:
+            return None
+        return RollbackMarker(message_id, status, message, service.name, rollout.id, rollout.canary_revision)
+
+    def carried_out(result: RollbackResult, rollout: Rollout) -> RollbackResult:
+        """Mark an answer that changed no phase (no transaction to write it in)."""
+        if (mark := marker(result.status, result.message, rollout)) is not None:
+            store.mark_rollback_message(mark)
+        return result
+
     current = traffic_client.get(service.name)
     rollout = _find_rollout(request, service, current, store)
     base = {"service": service.name, "before": current.as_dicts()}
     if rollout is None:
+        # Nothing carried out, so no marker: a redelivery that finds a canary rolls it back.
         return RollbackResult(
             "no_canary",
             f"{service.service} has no canary to roll back (no revision tagged 'canary' with traffic)",
@@ -160,71 +154,50 @@ def execute_rollback(
         "canary_revision": rollout.canary_revision,
         "stable_revision": rollout.stable_revision,
     }
-    # A request naming no canary, delivered (again) after a newer canary replaced the one it was
-    # about, must not roll the newer one back. Stale only if the canary was registered more than
-    # the slack after the publish (so it went live after it) and another canary was live then: a
-    # canary deployed just before the publish and registered since (by this delivery, or a
-    # checkpoint) also ends the previous rollout after the publish, and is rolled back.
-    if (
-        published_at is not None
-        and not request.canary_revision
-        and rollout.created_at is not None
-        and rollout.created_at > published_at + REGISTRATION_SLACK
-        and (earlier := _canary_live_since(store, rollout, published_at)) is not None
-    ):
-        slack = int(REGISTRATION_SLACK.total_seconds() // 60)
-        return RollbackResult(
-            "superseded",
-            f"the request was published at {published_at.isoformat()}, before canary "
-            f"{rollout.canary_revision} started (registered {rollout.created_at.isoformat()}, over "
-            f"{slack} min later; canary {earlier} was live in between): it was about an earlier "
-            "canary; nothing rolled back. Publish it again "
-            f"(or name canary_revision) to roll back {rollout.canary_revision}",
-            after=current.as_dicts(),
-            **base,
-        )
     # A request aimed at one canary moves only that canary's share (a newer canary keeps its own).
     only = rollout.canary_revision if request.canary_revision else None
     if rollout.phase is Phase.SUPERSEDED and not (only and current.percent_of(only)):
-        return RollbackResult(
+        superseded = RollbackResult(
             "superseded",
             f"canary {rollout.canary_revision} was superseded by a newer canary; nothing rolled back",
             after=current.as_dicts(),
             **base,
         )
+        return carried_out(superseded, rollout)
 
     if request.canary_revision and current.percent_of(rollout.canary_revision) == 0:
         # The named canary serves nothing (a redelivered or stale request): never touch the
         # traffic, which may belong to a newer canary by now. A half-finished rollback is done.
+        message = f"canary {rollout.canary_revision} of {service.service} already serves no traffic"
         store.set_phase(
             rollout.id,
             Phase.ROLLED_BACK,
             "rolled_back",
             {"message": f"canary {rollout.canary_revision} has no traffic left", "reason": request.reason},
             only_from={Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK},
+            marker=marker("already_rolled_back", message, rollout),
         )
-        return RollbackResult(
-            "already_rolled_back",
-            f"canary {rollout.canary_revision} of {service.service} already serves no traffic",
-            after=current.as_dicts(),
-            **base,
-        )
+        return RollbackResult("already_rolled_back", message, after=current.as_dicts(), **base)
     plan = plan_rollback(current, rollout.stable_revision, only)
     if request.dry_run:
         after = targets_as_dicts(plan) if plan is not None else current.as_dicts()
         verb = "would move" if plan is not None else "would not change:"
         message = f"dry run: {verb} {service.service} to {rollout.stable_revision} at 100%"
         store.record(
-            rollout.id, "rollback_dry_run", {"message": message, "requested_by": request.requested_by}
+            rollout.id,
+            "rollback_dry_run",
+            {"message": message, "requested_by": request.requested_by},
+            marker=marker("dry_run", message, rollout),
         )
         return RollbackResult("dry_run", message, after=after, **base)
     if plan is None and rollout.phase is Phase.ROLLED_BACK:
-        return RollbackResult(
+        already = RollbackResult(
             "already_rolled_back",
             f"{service.service} is already rolled back to {rollout.stable_revision}",
             after=current.as_dicts(),
             **base,
         )
+        return carried_out(already, rollout)
 
     who = {"mode": mode, "requested_by": request.requested_by or "unknown", "reason": request.reason}
     store.set_phase(
@@ -254,6 +227,7 @@ def execute_rollback(
             **who,
         },
         only_from=ROLLBACK_FROM | {Phase.ROLLED_BACK, Phase.SUPERSEDED},
+        marker=marker("rolled_back", message, rollout),
     )
     if notifier is not None:
         cause = f"{request.rule} streak" if request.rule else request.reason
@@ -272,7 +246,7 @@ def _requested(
     *,
     mode: str,
     event_id: str | None = None,
-    published_at: datetime | None = None,
+    message_id: str | None = None,
 ) -> tuple[Report, int]:
     """Resolve the service and run the rollback; a Report plus the HTTP status it maps to."""
     try:
@@ -288,7 +262,7 @@ def _requested(
         store=store,
         traffic_client=traffic_client,
         notifier=notifier,
-        published_at=published_at,
+        message_id=message_id,
     )
     severity = "NOTICE" if result.status == "rolled_back" else "INFO"
     fields = result.as_dict() | {
@@ -328,7 +302,7 @@ def handle_rollback_message(
         notifier,
         mode=mode,
         event_id=message.message_id,
-        published_at=message.publish_time,
+        message_id=message.message_id,
     )
     return report
 

@@ -5,6 +5,7 @@ Layout:
   canary_rollouts/{rollout_id}/applied_events/{event_id}   dedupe markers (same txn as streaks)
   canary_rollouts/{rollout_id}/decisions/{id}    append-only history (status/history read it)
   canary_services/{service_key}                  which rollout is active for a service
+  canary_rollback_messages/{message_id}          rollback requests (Pub/Sub) already carried out
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ROLLOUTS = "canary_rollouts"
 SERVICES = "canary_services"
 APPLIED = "applied_events"
 DECISIONS = "decisions"
+ROLLBACK_MESSAGES = "canary_rollback_messages"
 # Concurrent deliveries for one rollout contend on one document. The client re-runs a
 # transaction that lost the race (keeping its place in line on Firestore); between such
 # rounds we back off with jitter so lock-timeout storms settle, and past the deadline the
@@ -98,6 +100,30 @@ def rollout_id(service_name: str, canary_revision: str) -> str:
 
 def _event_key(event_id: str) -> str:
     return hashlib.sha256(event_id.encode()).hexdigest()[:40] if "/" in event_id else event_id
+
+
+@dataclass(frozen=True)
+class RollbackMarker:
+    """A rollback request (by Pub/Sub message id) that was carried out, and how it ended."""
+
+    message_id: str
+    outcome: str
+    message: str
+    service: str
+    rollout: str | None = None
+    canary_revision: str | None = None
+    at: datetime | None = None  # when it was written (set by the store)
+
+    def as_doc(self, now: datetime) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "outcome": self.outcome,
+            "message": self.message,
+            "service": self.service,
+            "rollout": self.rollout,
+            "canary_revision": self.canary_revision,
+            "at": now,
+        }
 
 
 @dataclass(frozen=True)
@@ -203,16 +229,29 @@ class RolloutStore:
         snap = self._rollout_ref(rid).get()
         return Rollout.from_doc(snap.id, snap.to_dict()) if snap.exists else None
 
-    def rollouts_of(self, service_name: str) -> list[Rollout]:
-        """Every rollout of the service, any phase (an equality filter: the single-field index)."""
-        query = self._db.collection(ROLLOUTS).where(
-            filter=firestore.FieldFilter("service", "==", service_name)
-        )
-        return [Rollout.from_doc(snap.id, snap.to_dict()) for snap in query.stream()]
+    def _marker_ref(self, message_id: str) -> firestore.DocumentReference:
+        return self._db.collection(ROLLBACK_MESSAGES).document(_event_key(message_id))
 
-    def ended_at(self, rid: str, kinds: frozenset[str]) -> datetime | None:
-        """When the rollout's first history entry of one of `kinds` (e.g. superseded) was written."""
-        return next((_plain(h["at"]) for h in self.history(rid) if h.get("kind") in kinds), None)
+    def rollback_marker(self, message_id: str) -> RollbackMarker | None:
+        """How the rollback request with this Pub/Sub message id was carried out, or None."""
+        snap = self._marker_ref(message_id).get()
+        if not snap.exists:
+            return None
+        data = snap.to_dict()
+        return RollbackMarker(
+            message_id=message_id,
+            outcome=data.get("outcome", ""),
+            message=data.get("message", ""),
+            service=data.get("service", ""),
+            rollout=data.get("rollout"),
+            canary_revision=data.get("canary_revision"),
+            at=_plain(data.get("at")),
+        )
+
+    def mark_rollback_message(self, marker: RollbackMarker) -> None:
+        """Record a request carried out without a phase change (`set`: concurrent deliveries of
+        one message did the same request, so whichever answer lands last is a true one)."""
+        self._marker_ref(marker.message_id).set(marker.as_doc(_now()))
 
     def active(self, service_name: str) -> Rollout | None:
         """The service's most recent rollout (whatever its phase), or None."""
@@ -472,13 +511,25 @@ class RolloutStore:
         )
 
     def set_phase(
-        self, rid: str, phase: Phase, kind: str, data: Mapping[str, Any], *, only_from: set[Phase]
+        self,
+        rid: str,
+        phase: Phase,
+        kind: str,
+        data: Mapping[str, Any],
+        *,
+        only_from: set[Phase],
+        marker: RollbackMarker | None = None,
     ) -> bool:
-        """Move to `phase` if the rollout is currently in `only_from`; record it. False: not moved."""
+        """Move to `phase` if the rollout is currently in `only_from`; record it. False: not moved.
+
+        `marker` (the rollback request carried out) is written in the same transaction, moved or
+        not: a redelivery of that request then never sees the phase change without it."""
         rollout_ref = self._rollout_ref(rid)
 
         def txn_body(txn: firestore.Transaction) -> bool:
             snap = rollout_ref.get(transaction=txn)
+            if marker is not None:
+                txn.set(self._marker_ref(marker.message_id), marker.as_doc(_now()))
             if not snap.exists or Phase(snap.get("phase")) not in only_from:
                 return False
             txn.update(rollout_ref, {"phase": phase.value, "updated_at": _now()})
@@ -487,9 +538,17 @@ class RolloutStore:
 
         return self._transact(rid, txn_body)
 
-    def record(self, rid: str, kind: str, data: Mapping[str, Any]) -> None:
-        """Append a history entry outside any state change (dry runs, no-ops, load tests)."""
-        self._rollout_ref(rid).collection(DECISIONS).document().set({"at": _now(), "kind": kind, **data})
+    def record(
+        self, rid: str, kind: str, data: Mapping[str, Any], *, marker: RollbackMarker | None = None
+    ) -> None:
+        """Append a history entry outside any state change (dry runs, no-ops, load tests), with
+        `marker` (a rollback request carried out) in the same batch."""
+        now = _now()
+        batch = self._db.batch()
+        batch.set(self._rollout_ref(rid).collection(DECISIONS).document(), {"at": now, "kind": kind, **data})
+        if marker is not None:
+            batch.set(self._marker_ref(marker.message_id), marker.as_doc(now))
+        batch.commit()
 
     def record_checkpoint(self, rid: str, verdict: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
         """The last verdict on the rollout (what `status` shows) plus its history entry."""

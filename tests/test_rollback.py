@@ -18,8 +18,7 @@ from google.cloud import firestore, pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, wire_push
 from shared.core import Phase
-from shared.rollback import REGISTRATION_SLACK
-from shared.store import Rollout, RolloutStore, rollout_id
+from shared.store import ROLLBACK_MESSAGES, Rollout, RolloutStore, rollout_id
 from tests.conftest import API, API_EU, FOREIGN, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
 from tests.test_pipeline import post_event
@@ -98,6 +97,8 @@ def test_emergency_rollback_moves_traffic_and_records_who(functions, store, shop
     assert again.status_code == 200 and again.json()["status"] == "already_rolled_back"
     assert len([c for c in shop.calls() if c["method"] == "PATCH"]) == 1
     assert store.get(CANARY).phase is Phase.ROLLED_BACK
+    # No message id, no marker: every emergency call is its own request.
+    assert not list(firestore.Client(project=PROJECT).collection(ROLLBACK_MESSAGES).stream())
 
 
 @pytest.mark.parametrize(
@@ -188,9 +189,16 @@ def test_rollback_function_from_a_breach_counter_request(functions, store, shop)
     assert live(shop) == AFTER
     line = functions["rollback"].logs_for(event_id=message_id)[-1]
     assert line["outcome"] == "rolled_back" and line["mode"] == "auto" and line["rule"] == "error_rate"
-    # Redelivery of the same request is a no-op that says so.
-    _, again = publish_request(functions["rollback"], body)
+    marker = store.rollback_marker(message_id)
+    assert marker.outcome == "rolled_back" and marker.rollout == CANARY and marker.at is not None
+    # Redelivery of the same message is a no-op that says so; so is the same request published again.
+    _, again = publish_request(functions["rollback"], body, message_id=message_id)
     assert again.status_code == 200
+    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert line["outcome"] == "duplicate" and line["rollout"] == CANARY
+    second_id, republished = publish_request(functions["rollback"], body)
+    assert republished.status_code == 200
+    assert functions["rollback"].logs_for(event_id=second_id)[-1]["outcome"] == "already_rolled_back"
     assert len([c for c in shop.calls() if c["method"] == "PATCH"]) == 1
 
 
@@ -360,8 +368,9 @@ def test_emergency_answers_503_when_a_firestore_read_runs_out_of_retries(functio
     assert live(shop) == BEFORE
 
 
-# Well past REGISTRATION_SLACK: a rollout registered now went live after a request published then.
-LONG_AGO = 2 * REGISTRATION_SLACK
+# How late a delivery of a request may come: a Firestore or Cloud Run outage during the incident
+# (the old rule dropped requests whose canary was registered over 3 minutes after the publish).
+LATE = timedelta(minutes=10)
 
 
 @contextlib.contextmanager
@@ -373,51 +382,59 @@ def written_at(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> Iterator[No
         yield
 
 
-def test_a_redelivered_request_naming_no_canary_leaves_a_newer_canary_alone(functions, store, shop):
+def test_a_redelivery_after_success_leaves_a_newer_canary_alone(functions, store, shop):
     """The on-call publishes {"service", "reason"}: canary B is rolled back. Canary C goes live
-    and canary-guard registers it, minutes later; then Pub/Sub redelivers that message. It was
-    about B, so C keeps its traffic and the log says to publish again to roll C back."""
+    and is registered; then Pub/Sub redelivers that message. It was carried out already, so it
+    is a duplicate: C keeps its traffic, and publishing a new request rolls C back."""
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
-    published = datetime.now(UTC) - LONG_AGO
-    message_id, response = publish_request(functions["rollback"], body, published=published)
+    message_id, response = publish_request(functions["rollback"], body)
     assert response.status_code == 200 and live(shop) == AFTER
     deploy_canary(shop, canary="shop-00003")
     fresh = rollout_id(SHOP, "shop-00003")
     store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by="test")
 
-    _, again = publish_request(functions["rollback"], body, message_id=message_id, published=published)
+    _, again = publish_request(functions["rollback"], body, message_id=message_id)
     assert again.status_code == 200
     line = functions["rollback"].logs_for(event_id=message_id)[-1]
-    assert line["outcome"] == "superseded" and line["rollout"] == fresh and line["mode"] == "manual"
-    assert "before canary shop-00003 started" in line["message"]
-    assert "Publish it again" in line["message"]
+    assert line["outcome"] == "duplicate" and line["mode"] == "manual"
+    assert line["rollout"] == CANARY and line["canary_revision"] == "shop-00002"
+    assert line["message"].startswith(f"request {message_id} was already carried out: rolled_back")
     assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
     assert store.get(fresh).phase is Phase.RUNNING
     assert [c["method"] for c in shop.calls()].count("PATCH") == 1
 
-    # Published again, now that C is live: C is rolled back.
-    second_id, response = publish_request(functions["rollback"], body, published=datetime.now(UTC))
+    # A new request (a new message id), now that C is live: C is rolled back.
+    second_id, response = publish_request(functions["rollback"], body)
     assert response.status_code == 200
     assert functions["rollback"].logs_for(event_id=second_id)[-1]["outcome"] == "rolled_back"
     assert live(shop) == {"shop-00001": 100, "shop-00003": 0}
     assert store.get(fresh).phase is Phase.ROLLED_BACK
 
 
-@pytest.mark.parametrize("first_attempt_after", [timedelta(0), LONG_AGO], ids=["at once", "long after"])
-def test_a_redelivery_after_a_failed_first_attempt_rolls_back_the_canary_it_registered(
-    functions, store, shop, first_attempt_after: timedelta
+def test_a_redelivered_dry_run_is_a_duplicate(functions, store, shop):
+    body = {"service": "shop", "reason": "what would happen", "dry_run": True}
+    message_id, _ = publish_request(functions["rollback"], body)
+    _, again = publish_request(functions["rollback"], body, message_id=message_id)
+    assert again.status_code == 200
+    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "duplicate"
+    assert [h["kind"] for h in store.history(CANARY)].count("rollback_dry_run") == 1
+    assert live(shop) == BEFORE
+
+
+@pytest.mark.parametrize("published_before", [timedelta(0), LATE], ids=["at once", "late"])
+def test_a_redelivery_after_a_failed_first_attempt_rolls_back(
+    functions, store, shop, published_before: timedelta
 ):
-    """The first delivery registers the live canary (after the publish time) and marks it
-    ROLLING_BACK, then Cloud Run keeps failing. The redelivery is about that same canary: no
-    other canary was live since the publish, so it rolls back instead of answering superseded,
-    however long after the publish the first attempt ran."""
+    """The first delivery registers the live canary and marks it ROLLING_BACK, then Cloud Run
+    keeps failing: no marker, so the redelivery rolls the canary back, however long after the
+    publish it comes."""
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
-    published = datetime.now(UTC) - first_attempt_after
+    published = datetime.now(UTC) - published_before
     shop.inject_fault(503, count=100, methods=["PATCH"])
     message_id, first = publish_request(functions["rollback"], body, published=published)
     assert first.status_code == 500  # raised: Pub/Sub redelivers
-    rollout = store.get(CANARY)
-    assert rollout.phase is Phase.ROLLING_BACK and rollout.created_at > published
+    assert store.get(CANARY).phase is Phase.ROLLING_BACK
+    assert store.rollback_marker(message_id) is None
     assert live(shop) == BEFORE
 
     shop.reset()
@@ -427,43 +444,19 @@ def test_a_redelivery_after_a_failed_first_attempt_rolls_back_the_canary_it_regi
     assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
     assert live(shop) == AFTER
     assert store.get(CANARY).phase is Phase.ROLLED_BACK
+    assert store.rollback_marker(message_id).outcome == "rolled_back"
 
 
-@pytest.mark.parametrize("ended_before_publish", [False, True])
-def test_a_canary_registered_long_after_the_publish_is_rolled_back_if_none_was_live_then(
-    functions, store, shop, monkeypatch, ended_before_publish
+@pytest.mark.parametrize("registered_by", ["this request", "a checkpoint", "deploy event"])
+def test_a_late_delivery_rolls_back_a_canary_registered_late(
+    functions, store, shop, monkeypatch, registered_by
 ):
-    """A checkpoint registers the live canary well after the publish, and no other canary was
-    live at the publish (none at all, or one that had already ended): nothing newer replaced
-    what the request was about, so the canary is rolled back."""
-    published = datetime.now(UTC) - LONG_AGO
-    if ended_before_publish:
-        with written_at(monkeypatch, published - REGISTRATION_SLACK):
-            store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
-            assert store.set_phase(CANARY, Phase.ROLLED_BACK, "rolled_back", {}, only_from={Phase.RUNNING})
-        deploy_canary(shop, canary="shop-00003")
-    canary = "shop-00003" if ended_before_publish else "shop-00002"
-    store.register(SHOP, canary, "shop-00001", canary_percent=5, started_by="discovered by checkpoint")
-    body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
-    message_id, response = publish_request(functions["rollback"], body, published=published)
-    assert response.status_code == 200
-    assert functions["rollback"].logs_for(event_id=message_id)[-1]["outcome"] == "rolled_back"
-    assert live(shop) == {"shop-00001": 100, canary: 0}
-    assert store.get(rollout_id(SHOP, canary)).phase is Phase.ROLLED_BACK
-
-
-def request_after_a_new_canary(
-    functions,
-    store: RolloutStore,
-    shop,
-    monkeypatch: pytest.MonkeyPatch,
-    published: datetime,
-    registered_by: str,
-) -> dict:
-    """Canary A registered before `published`, B deployed since; B registered now (unless by
-    "this request"), then the request naming no canary, published at `published`, delivered.
-    The delivery's log line."""
-    with written_at(monkeypatch, published - REGISTRATION_SLACK):
+    """Canary A was registered; B was deployed during an outage and the on-call published a
+    rollback before canary-guard registered B. The request is delivered 10 minutes after its
+    publish, B registered meanwhile or by the delivery itself: B is rolled back (the old rule
+    took B for a newer canary and dropped the emergency rollback)."""
+    published = datetime.now(UTC) - LATE
+    with written_at(monkeypatch, published - LATE):
         store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
     deploy_canary(shop, canary="shop-00003")
     if registered_by != "this request":
@@ -471,38 +464,9 @@ def request_after_a_new_canary(
     body = {"service": "shop", "reason": "checkout errors", "requested_by": "oncall"}
     message_id, response = publish_request(functions["rollback"], body, published=published)
     assert response.status_code == 200
-    assert store.get(rollout_id(SHOP, "shop-00003")).created_at > published
-    assert store.get(CANARY).phase is Phase.SUPERSEDED
-    return functions["rollback"].logs_for(event_id=message_id)[-1]
-
-
-@pytest.mark.parametrize(
-    ("registered_by", "after_publish"),
-    [("this request", timedelta(0)), ("a checkpoint", REGISTRATION_SLACK / 3)],
-)
-def test_a_canary_deployed_before_the_publish_is_rolled_back_though_registered_after_it(
-    functions, store, shop, monkeypatch, registered_by, after_publish
-):
-    """Canary A was registered; B was deployed by hand and the on-call published a rollback
-    before canary-guard registered B. Registering B (by this delivery, or a checkpoint a minute
-    after the publish) ends A after the publish, yet B is what the request is about: rolled back."""
-    published = datetime.now(UTC) - after_publish
-    line = request_after_a_new_canary(functions, store, shop, monkeypatch, published, registered_by)
-    assert line["outcome"] == "rolled_back" and line["rollout"] == rollout_id(SHOP, "shop-00003")
+    fresh = store.get(rollout_id(SHOP, "shop-00003"))
+    assert fresh.created_at > published + LATE / 2 and store.get(CANARY).phase is Phase.SUPERSEDED
+    line = functions["rollback"].logs_for(event_id=message_id)[-1]
+    assert line["outcome"] == "rolled_back" and line["rollout"] == fresh.id
     assert live(shop) == {"shop-00001": 100, "shop-00003": 0}
-    assert store.get(rollout_id(SHOP, "shop-00003")).phase is Phase.ROLLED_BACK
-
-
-@pytest.mark.parametrize("registered_by", ["deploy event", "this request"])
-def test_a_canary_registered_long_after_the_publish_while_another_was_live_is_left_alone(
-    functions, store, shop, monkeypatch, registered_by
-):
-    """Canary A was live when the request was published; B went live more than the slack later
-    and was registered (by its deploy event, or by this late delivery) before the delivery:
-    the request was about A, so B keeps its traffic."""
-    published = datetime.now(UTC) - LONG_AGO
-    line = request_after_a_new_canary(functions, store, shop, monkeypatch, published, registered_by)
-    assert line["outcome"] == "superseded" and line["rollout"] == rollout_id(SHOP, "shop-00003")
-    assert "canary shop-00002 was live in between" in line["message"]
-    assert live(shop) == {"shop-00001": 95, "shop-00003": 5}
-    assert [c["method"] for c in shop.calls()].count("PATCH") == 0
+    assert fresh.phase is Phase.ROLLED_BACK
