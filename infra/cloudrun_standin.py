@@ -23,7 +23,15 @@ Test control, not part of Cloud Run, lives under /_standin/:
     POST /_standin/settings  {"pending_polls": N}: an update's operation is answered not done and
                              is done at its Nth GetOperation, as Cloud Run's are (default 0: done
                              at once, so tests do not wait for the client's polling)
-    GET  /_standin/calls     [{method, path, status}] of the API requests so far
+    POST /_standin/next_update  {"reconcile_gets"?: N, "fail"?: {"code"?: 9, "message"?}}: the next
+                             update is accepted (spec, generation and etag change at once) but
+                             the service reconciles for N API GETs of it or its operation:
+                             observedGeneration stays behind, reconciling is true and
+                             trafficStatuses still show the old split. It then settles, or with
+                             "fail" ends in a failed terminalCondition (old split still served)
+                             and its operation finishes with that error code. Default: every
+                             update is applied at once.
+    GET  /_standin/calls     [{method, path, status}] of the API requests begun since the last reset
     POST /_standin/reset     forget services, operations, faults and calls
 
 Run it: python -m infra.cloudrun_standin --host 127.0.0.1 --port 9001
@@ -51,6 +59,13 @@ _SERVICE_PATH = re.compile(r"/v2/(projects/[^/]+/locations/[^/]+/services/[^/]+)
 _OPERATION_PATH = re.compile(r"/v2/(projects/[^/]+/locations/[^/]+/operations/[^/]+)")
 _SERVICE_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/services/[^/]+")
 _SERVICE_TYPE = "type.googleapis.com/google.cloud.run.v2.Service"
+
+# google.cloud.run.v2.Condition.State and .Severity, as integers.
+CONDITION_RECONCILING = 2
+CONDITION_FAILED = 3
+CONDITION_SUCCEEDED = 4
+SEVERITY_ERROR = 1
+FAILED_PRECONDITION = 9  # google.rpc.Code of a failed reconciliation, unless the test picks one
 
 # google.rpc.Code names that Google APIs put next to each HTTP status.
 _STATUS_NAMES = {
@@ -128,15 +143,52 @@ class _Service:
     tag_uris: dict[str, str]
     generation: int = 1
     etag: str = field(default_factory=_new_etag)
+    # Status, as Cloud Run's controller reports it: what it has applied, not what was written.
+    observed_generation: int = 1
+    served: list[dict[str, Any]] = field(default_factory=list)  # the split trafficStatuses show
+    failure: dict[str, Any] | None = None  # google.rpc.Status of the last failed reconciliation
+    reconcile_gets: int = 0  # API GETs left before the current generation settles
+    settle_failure: dict[str, Any] | None = None  # how it settles: None applies the spec
+
+    def __post_init__(self) -> None:
+        if not self.served:
+            self.served = list(self.traffic)
+
+    @property
+    def reconciling(self) -> bool:
+        return self.observed_generation < self.generation
+
+    def observe(self) -> None:
+        """After an API GET of the service or its operation has been answered: a reconciling
+        service moves one step on, so `reconcile_gets` GETs see it reconciling."""
+        if self.reconciling:
+            self.reconcile_gets -= 1
+            if self.reconcile_gets <= 0:
+                self.settle()
+
+    def settle(self) -> None:
+        """The controller has caught up with the spec: applied it, or failed to."""
+        self.observed_generation = self.generation
+        self.failure = self.settle_failure
+        if self.failure is None:
+            self.served = list(self.traffic)  # a failed rollout keeps serving the old split
 
     def _revision_name(self, short: str) -> str:
         return f"{self.name}/revisions/{short}"
+
+    def _terminal_condition(self) -> dict[str, Any]:
+        if self.reconciling:
+            return {"type": "Ready", "state": CONDITION_RECONCILING}
+        if self.failure is not None:
+            failed = {"type": "Ready", "state": CONDITION_FAILED, "severity": SEVERITY_ERROR}
+            return failed | {"message": self.failure["message"]}
+        return {"type": "Ready", "state": CONDITION_SUCCEEDED}
 
     def to_json(self) -> dict[str, Any]:
         short = self.name.rsplit("/", 1)[-1]
         latest = self.revisions[-1]
         statuses = []
-        for target in self.traffic:
+        for target in self.served:
             status = {**target, "revision": target["revision"] or latest}
             if target["tag"]:
                 default_uri = f"https://{target['tag']}---{short}-abc123-uc.a.run.app"
@@ -146,7 +198,9 @@ class _Service:
             {
                 "name": self.name,
                 "generation": str(self.generation),  # int64 travels as a JSON string
-                "observedGeneration": str(self.generation),
+                "observedGeneration": str(self.observed_generation),
+                "reconciling": self.reconciling,
+                "terminalCondition": self._terminal_condition(),
                 "etag": self.etag,
                 "traffic": [_compact(target) for target in self.traffic],
                 "trafficStatuses": statuses,
@@ -176,8 +230,13 @@ class _State:
         self.operations: dict[str, dict[str, Any]] = {}
         self.faults: list[_Fault] = []
         self.calls: list[dict[str, Any]] = []
+        # Bumped by reset: a request that began before it (one held by an injected delay after
+        # its client gave up) neither touches the next test's services nor shows in its calls.
+        self.epoch = 0
         self.pending_polls = 0
         self._polls_left: dict[str, int] = {}
+        self._operation_services: dict[str, str] = {}  # operation name -> service name
+        self._next_update: tuple[int, dict[str, Any] | None] = (0, None)
 
     def reset(self) -> None:
         with self._lock:
@@ -185,12 +244,27 @@ class _State:
             self.operations.clear()
             self.faults.clear()
             self.calls.clear()
+            self.epoch += 1
             self.pending_polls = 0
             self._polls_left.clear()
+            self._operation_services.clear()
+            self._next_update = (0, None)
 
     def settings(self, spec: dict[str, Any]) -> None:
         with self._lock:
             self.pending_polls = int(spec.get("pending_polls", self.pending_polls))
+
+    def next_update(self, spec: dict[str, Any]) -> None:
+        gets = int(spec.get("reconcile_gets", 0))
+        fail = spec.get("fail")
+        if gets < 0 or (fail is not None and not isinstance(fail, dict)):
+            raise _ApiError(400, f"next_update wants reconcile_gets >= 0 and fail as an object, got {spec}")
+        failure = None
+        if fail is not None:
+            code = int(fail.get("code", FAILED_PRECONDITION))
+            failure = {"code": code, "message": str(fail.get("message") or "the traffic could not be routed")}
+        with self._lock:
+            self._next_update = (gets, failure)
 
     def put_service(self, spec: dict[str, Any]) -> dict[str, Any]:
         name = str(spec.get("name", ""))
@@ -211,9 +285,13 @@ class _State:
             self.services[name] = service
             return service.to_json()
 
-    def get_service(self, name: str) -> dict[str, Any]:
+    def get_service(self, name: str, *, observe: bool = False) -> dict[str, Any]:
         with self._lock:
-            return self._service(name).to_json()
+            service = self._service(name)
+            answer = service.to_json()
+            if observe:
+                service.observe()
+            return answer
 
     def update_service(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -225,28 +303,46 @@ class _State:
             service.traffic = _validated_traffic(body.get("traffic"), service.revisions)
             service.generation += 1
             service.etag = _new_etag()
+            gets, failure = self._next_update
+            self._next_update = (0, None)
+            service.reconcile_gets, service.settle_failure = gets, failure
+            if gets == 0:  # nothing to wait for: settled before the PATCH is answered
+                service.settle()
             location = name.split("/services/")[0]
-            operation = {
-                "name": f"{location}/operations/{uuid.uuid4()}",
-                "done": True,
-                "response": {"@type": _SERVICE_TYPE, **service.to_json()},
-            }
-            self.operations[operation["name"]] = operation
+            operation_name = f"{location}/operations/{uuid.uuid4()}"
+            self._operation_services[operation_name] = name
             if self.pending_polls:
-                self._polls_left[operation["name"]] = self.pending_polls
-                return {"name": operation["name"]}  # not done: the client polls GetOperation
-            return operation
+                self._polls_left[operation_name] = self.pending_polls
+            return self._operation(operation_name, service)
 
     def get_operation(self, name: str) -> dict[str, Any]:
         with self._lock:
-            if name not in self.operations:
+            if name not in self._operation_services:
                 raise _ApiError(404, f"Operation {name} not found.")
-            left = self._polls_left.get(name, 0) - 1
-            if left > 0:
-                self._polls_left[name] = left
-                return {"name": name}
-            self._polls_left.pop(name, None)
+            service = self._service(self._operation_services[name])
+            self._polls_left[name] = self._polls_left.get(name, 0) - 1
+            answer = self._operation(name, service)
+            service.observe()
+            return answer
+
+    def _operation(self, name: str, service: _Service) -> dict[str, Any]:
+        """The update's operation: done once its polls are used up and the service has settled.
+
+        Its metadata is the written Service (with the new generation), as Cloud Run's is.
+        """
+        if name in self.operations:  # a finished operation does not change
             return self.operations[name]
+        snapshot = {"@type": _SERVICE_TYPE, **service.to_json()}
+        operation: dict[str, Any] = {"name": name, "metadata": snapshot}
+        if self._polls_left.get(name, 0) > 0 or service.reconciling:
+            return operation
+        self._polls_left.pop(name, None)
+        if service.failure is not None:
+            operation |= {"done": True, "error": dict(service.failure)}
+        else:
+            operation |= {"done": True, "response": snapshot}
+        self.operations[name] = operation
+        return operation
 
     def add_fault(self, spec: dict[str, Any]) -> None:
         status = spec.get("status")
@@ -275,9 +371,10 @@ class _State:
                     return fault
         return None
 
-    def record(self, method: str, path: str, status: int) -> None:
+    def record(self, method: str, path: str, status: int, epoch: int) -> None:
         with self._lock:
-            self.calls.append({"method": method, "path": path, "status": status})
+            if epoch == self.epoch:
+                self.calls.append({"method": method, "path": path, "status": status})
 
     def call_log(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -303,31 +400,34 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as two writes: avoid a 40 ms stall
 
     def _dispatch(self) -> None:
+        epoch = self.server.state.epoch
         path = unquote(urlsplit(self.path).path)
         try:
             body = self._read_json()
             if path.startswith("/_standin/"):
                 status, payload = 200, self._control(path, body)
             else:
-                status, payload = 200, self._api(path, body)
+                status, payload = 200, self._api(path, body, epoch)
         except _ApiError as error:
             status, payload = error.code, error.payload()
         if not path.startswith("/_standin/"):
-            self.server.state.record(self.command, path, status)
+            self.server.state.record(self.command, path, status, epoch)
         self._send(status, payload)
 
     do_GET = do_PATCH = do_POST = _dispatch
 
-    def _api(self, path: str, body: dict[str, Any]) -> Any:
+    def _api(self, path: str, body: dict[str, Any], epoch: int) -> Any:
         state = self.server.state
         fault = state.take_fault(self.command, path)
         if fault is not None:
             time.sleep(fault.delay_s)
             if fault.status is not None:
                 raise _ApiError(fault.status, f"injected fault: HTTP {fault.status}")
+            if state.epoch != epoch:  # reset while delayed: a GET now moves a reconciling service on
+                raise _ApiError(503, "the stand-in was reset while this request was delayed")
         if match := _SERVICE_PATH.fullmatch(path):
             if self.command == "GET":
-                return state.get_service(match[1])
+                return state.get_service(match[1], observe=True)
             if self.command == "PATCH":
                 return state.update_service(match[1], body)
         if (match := _OPERATION_PATH.fullmatch(path)) and self.command == "GET":
@@ -344,6 +444,9 @@ class _Handler(BaseHTTPRequestHandler):
             return {}
         if route == ("POST", "/_standin/settings"):
             state.settings(body)
+            return {}
+        if route == ("POST", "/_standin/next_update"):
+            state.next_update(body)
             return {}
         if route == ("GET", "/_standin/calls"):
             return state.call_log()
@@ -427,6 +530,14 @@ class CloudRunStandin:
     def pend_operations(self, polls: int) -> None:
         """Answer updates with an operation that is done only at its `polls`th GetOperation."""
         self._server.state.settings({"pending_polls": polls})
+
+    def next_update(
+        self, *, reconcile_gets: int = 0, fail_code: int | None = None, fail_message: str = ""
+    ) -> None:
+        """Make the next update reconcile for `reconcile_gets` API GETs; with `fail_code` (a
+        google.rpc.Code) it then ends in a failed terminal condition instead of being applied."""
+        fail = None if fail_code is None else {"code": fail_code, "message": fail_message}
+        self._server.state.next_update({"reconcile_gets": reconcile_gets, "fail": fail})
 
     def calls(self) -> list[dict[str, Any]]:
         return self._server.state.call_log()
