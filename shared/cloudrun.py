@@ -4,6 +4,10 @@ A traffic change is one read-modify-write: GET the service, let a pure plan (sha
 compute the whole new split, PATCH it back with the etag that was read. The PATCH carries every
 target at once, so traffic is never half-changed; the etag makes it fail (409) instead of
 overwriting a concurrent change, and then the loop re-reads and re-plans.
+
+The write is done when its long-running operation is. If polling that operation is refused (403
+while it is not done), the service itself is read until Cloud Run has reconciled the write and
+serves the plan; an operation that finished with an error is a failed update, whatever its code.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ T = TypeVar("T")
 
 CALL_TIMEOUT_S = 15.0  # per HTTP request; the client's own default for UpdateService
 OPERATION_TIMEOUT_S = 120.0  # waiting for the update LRO; traffic-only updates take seconds
+SETTLE_POLL_S = 1.0  # between service reads while waiting for an update to be applied
 
 # Worth another attempt: throttling, server trouble, a lost or slow connection, and 409
 # (Conflict, which Aborted subclasses: an etag mismatch, i.e. a concurrent change).
@@ -42,6 +47,14 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     requests.Timeout,
     TimeoutError,  # the LRO did not finish in OPERATION_TIMEOUT_S
 )
+
+
+class _NotApplied(api_exceptions.GoogleAPICallError):
+    """Cloud Run accepted a traffic write but did not apply it (or not in time): not retried,
+    since the write went through and the service now says why it is not served."""
+
+    def __str__(self) -> str:
+        return self.message  # no HTTP status to put first: every call answered 200
 
 
 class ControlPlaneError(RuntimeError):
@@ -72,6 +85,19 @@ def _traffic_of(service: run_v2.Service) -> ServiceTraffic:
         tag_uris={status.tag: status.uri for status in service.traffic_statuses if status.tag},
         uri=service.uri,
     )
+
+
+def _served_split(targets: Sequence[TrafficSplit], latest: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Percent per revision (0 % left out) and revision per tag: what decides who gets requests."""
+    percents: dict[str, int] = {}
+    tags: dict[str, str] = {}
+    for target in targets:
+        revision = target.revision or latest
+        if target.percent:
+            percents[revision] = percents.get(revision, 0) + target.percent
+        if target.tag:
+            tags[target.tag] = revision
+    return percents, tags
 
 
 def _status_of(error: BaseException | None) -> int | None:
@@ -156,21 +182,65 @@ class CloudRunTraffic:
             )
             try:
                 updated = operation.result(timeout=OPERATION_TIMEOUT_S)
-            except (api_exceptions.Forbidden, api_exceptions.PermissionDenied) as error:
-                # The write was accepted; only polling its operation was refused (a grant on the
-                # service may not cover run.operations.get). Read the result from the service:
-                # reporting "refused, traffic unchanged" here would be false.
+            except api_exceptions.Forbidden as error:
+                # A finished operation's error is raised from its google.rpc code, and
+                # PERMISSION_DENIED (a PermissionDenied, a Forbidden too) means the update failed.
+                # Only a 403 while the operation is not done came from polling it: the write was
+                # accepted, but the grant may not cover run.operations.get.
+                if operation.operation.done:
+                    raise
                 log(
                     "WARNING",
-                    "Cloud Run API: traffic updated, but its operation cannot be read; "
-                    "confirming from the service",
+                    "Cloud Run API: traffic update accepted, but its operation cannot be read; "
+                    "waiting for the service to apply it",
                     service=service,
                     error=str(error),
                 )
-                updated = self._fetch(service)
+                # The operation's metadata is the written Service; our write made at least the
+                # next generation of the one we read, in case the metadata does not say.
+                written = operation.metadata.generation if operation.operation.HasField("metadata") else 0
+                updated = self._await_applied(service, max(written, live.generation + 1), targets)
             return before, _traffic_of(updated)
 
         return self._retrying(f"update traffic of {service}", attempt)
+
+    def _await_applied(
+        self, service: str, generation: int, targets: Sequence[TrafficSplit]
+    ) -> run_v2.Service:
+        """Read `service` until Cloud Run has reconciled `generation`, and check it serves `targets`.
+
+        Its `traffic` is the spec we wrote and would echo the plan even if Cloud Run never routed
+        it: only observed_generation, reconciling, terminal_condition and traffic_statuses say
+        what is served.
+        """
+        deadline = time.monotonic() + OPERATION_TIMEOUT_S
+        waited = 0.0  # counted too: an injected sleep does not move the monotonic clock
+        while True:
+            current = self._fetch(service)
+            if current.observed_generation >= generation and not current.reconciling:
+                break
+            if waited >= OPERATION_TIMEOUT_S or time.monotonic() >= deadline:
+                raise _NotApplied(
+                    f"the traffic update was accepted but not applied within {OPERATION_TIMEOUT_S:g} s "
+                    f"(generation {generation}, observed {current.observed_generation}, "
+                    f"reconciling {current.reconciling})"
+                )
+            self._sleep(SETTLE_POLL_S)
+            waited += SETTLE_POLL_S
+        condition = current.terminal_condition
+        if condition.state == run_v2.Condition.State.CONDITION_FAILED:
+            raise _NotApplied(
+                f"the traffic update was accepted but not applied: {condition.type_} failed: "
+                f"{condition.message or 'no message'}"
+            )
+        latest = _short_name(current.latest_ready_revision)
+        served = [TrafficSplit(s.revision, s.percent, s.tag) for s in current.traffic_statuses]
+        if _served_split(served, latest) != _served_split(targets, latest):
+            raise _NotApplied(
+                "the traffic update was accepted but not applied: Cloud Run serves "
+                f"{_served_split(served, latest)}, the plan was {_served_split(targets, latest)}"
+            )
+        return current
 
     def _fetch(self, service: str) -> run_v2.Service:
         # retry=None: the client would retry 503s itself with real sleeps; _retrying owns the policy.

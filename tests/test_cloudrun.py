@@ -12,10 +12,12 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
+import shared.cloudrun
 from infra.cloudrun_standin import CloudRunStandin, start_cloudrun_standin
-from shared.cloudrun import CloudRunTraffic, ControlPlaneError, ServiceTraffic, TrafficSplit
+from shared.cloudrun import SETTLE_POLL_S, CloudRunTraffic, ControlPlaneError, ServiceTraffic, TrafficSplit
 
 ROOT = Path(__file__).resolve().parents[1]
+PERMISSION_DENIED, FAILED_PRECONDITION = 7, 9  # google.rpc.Code
 SERVICE = "projects/demo/locations/us-central1/services/shop"
 STABLE, CANARY = "shop-00001", "shop-00002"
 CANARY_AT_10 = [{"revision": STABLE, "percent": 90}, {"revision": CANARY, "percent": 10, "tag": "canary"}]
@@ -27,6 +29,18 @@ def rollback(current: ServiceTraffic) -> list[TrafficSplit]:
 
 def calls(standin: CloudRunStandin) -> list[tuple[str, int]]:
     return [(call["method"], call["status"]) for call in standin.calls()]
+
+
+def served(standin: CloudRunStandin) -> dict[str, int]:
+    """Percent per revision that Cloud Run reports as served (trafficStatuses), not the spec."""
+    return {s["revision"]: s.get("percent", 0) for s in standin.service(SERVICE)["trafficStatuses"]}
+
+
+def raw_client(standin: CloudRunStandin) -> run_v2.ServicesClient:
+    """The official client itself, to see the LRO and status fields CloudRunTraffic digests."""
+    return run_v2.ServicesClient(
+        transport="rest", client_options={"api_endpoint": standin.url}, credentials=AnonymousCredentials()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -283,10 +297,7 @@ def test_permission_denied_is_not_retried(standin, client, delays):
 
 
 def test_update_answers_a_done_operation_that_can_be_polled(standin):
-    # The raw client, to see the LRO itself (CloudRunTraffic only returns its result).
-    raw = run_v2.ServicesClient(
-        transport="rest", client_options={"api_endpoint": standin.url}, credentials=AnonymousCredentials()
-    )
+    raw = raw_client(standin)
     service = raw.get_service(name=SERVICE)
     service.traffic[0].percent, service.traffic[1].percent = 100, 0
 
@@ -311,23 +322,122 @@ def test_an_update_whose_operation_is_not_done_at_once_is_polled_to_its_end(stan
     assert calls(standin)[:2] == [("GET", 200), ("PATCH", 200)]
 
 
-def test_a_refused_operation_poll_is_confirmed_from_the_service_not_reported_as_a_failure(
+def test_a_reconciling_update_shows_in_the_service_status_until_it_settles(standin):
+    raw = raw_client(standin)
+    service = raw.get_service(name=SERVICE)
+    assert (service.generation, service.observed_generation, service.reconciling) == (1, 1, False)
+    assert service.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    standin.next_update(reconcile_gets=2)
+    service.traffic[0].percent, service.traffic[1].percent = 100, 0
+
+    operation = raw.update_service(service=service)
+
+    # Not done, and its metadata is the written Service. (Looking, not polling: polls count.)
+    assert not operation.operation.done and operation.metadata.generation == 2
+    for _ in range(2):
+        reading = raw.get_service(name=SERVICE)
+        assert (reading.generation, reading.observed_generation, reading.reconciling) == (2, 1, True)
+        assert reading.terminal_condition.state == run_v2.Condition.State.CONDITION_RECONCILING
+        assert reading.traffic[0].percent == 100  # the spec is written at once ...
+        assert [s.percent for s in reading.traffic_statuses] == [90, 10]  # ... the old split served
+    settled = raw.get_service(name=SERVICE)
+    assert (settled.observed_generation, settled.reconciling) == (2, False)
+    assert settled.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    assert [s.percent for s in settled.traffic_statuses] == [100, 0]
+    assert operation.result().generation == 2
+
+
+def test_a_refused_operation_poll_waits_until_the_service_serves_the_new_traffic(
     standin, client, delays, capsys
 ):
-    """A grant on the service may not cover run.operations.get: the traffic did change, so the
-    caller must hear the new traffic, not "refused, traffic unchanged"."""
-    standin.pend_operations(2)
+    """A grant on the service may not cover run.operations.get: the write was accepted, so the
+    caller must hear the new traffic once Cloud Run serves it, not "refused, traffic unchanged"."""
+    standin.next_update(reconcile_gets=2)
     standin.inject_fault(403, count=1, methods=["GET"], resource="operations")
 
     before, after = client.update_traffic(SERVICE, rollback)
 
     assert before.percent_of(CANARY) == 10 and after.percent_of(STABLE) == 100
-    assert standin.service(SERVICE)["traffic"][0]["percent"] == 100
-    assert calls(standin)[:3] == [("GET", 200), ("PATCH", 200), ("GET", 403)]
-    assert "/services/" in standin.calls()[-1]["path"]  # read back from the service
-    assert [c["method"] for c in standin.calls()].count("PATCH") == 1
-    assert delays == []  # nothing retried, nothing written twice
+    assert after.tag_uris == before.tag_uris
+    assert served(standin) == {STABLE: 100, CANARY: 0}
+    # The refused poll, then service reads: two while it reconciles, one once it has settled.
+    assert calls(standin) == [("GET", 200), ("PATCH", 200), ("GET", 403)] + [("GET", 200)] * 3
+    assert all("/services/" in c["path"] for c in standin.calls()[3:])
+    assert delays == [SETTLE_POLL_S] * 2  # polling waits only: nothing retried or written twice
     assert "its operation cannot be read" in capsys.readouterr().out
+
+
+def test_a_refused_poll_of_an_update_cloud_run_fails_to_apply_is_an_error(standin, client, delays, capsys):
+    standin.next_update(reconcile_gets=1, fail_code=FAILED_PRECONDITION, fail_message="Revision not ready")
+    standin.inject_fault(403, count=1, methods=["GET"], resource="operations")
+
+    with pytest.raises(
+        ControlPlaneError, match="accepted but not applied: Ready failed: Revision not ready"
+    ) as failure:
+        client.update_traffic(SERVICE, rollback)
+
+    assert (failure.value.status, failure.value.attempts) == (None, 1)
+    # The spec holds the plan (reading it back would "confirm" it); the old split is still served.
+    assert standin.service(SERVICE)["traffic"][0]["percent"] == 100
+    assert served(standin) == {STABLE: 90, CANARY: 10}
+    assert calls(standin) == [("GET", 200), ("PATCH", 200), ("GET", 403), ("GET", 200), ("GET", 200)]
+    assert delays == [SETTLE_POLL_S]
+    assert "traffic updated" not in capsys.readouterr().out
+
+
+def test_a_refused_poll_then_another_writer_is_an_error_not_our_traffic(standin, delays):
+    """Settled, but serving someone else's split: what the plan asked for is not what is served."""
+    other_writer = CloudRunTraffic(standin.url)
+
+    def ramp_meanwhile(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 1:
+            other_writer.update_traffic(
+                SERVICE, lambda _: [TrafficSplit(STABLE, 50), TrafficSplit(CANARY, 50, "canary")]
+            )
+
+    client = CloudRunTraffic(standin.url, sleep=ramp_meanwhile)
+    standin.next_update(reconcile_gets=1)
+    standin.inject_fault(403, count=1, methods=["GET"], resource="operations")
+
+    with pytest.raises(ControlPlaneError, match="accepted but not applied: Cloud Run serves") as failure:
+        client.update_traffic(SERVICE, rollback)
+
+    assert failure.value.status is None
+    assert served(standin) == {STABLE: 50, CANARY: 50}
+
+
+def test_a_refused_poll_of_an_update_that_never_settles_gives_up(standin, client, delays, monkeypatch):
+    monkeypatch.setattr(shared.cloudrun, "OPERATION_TIMEOUT_S", 3 * SETTLE_POLL_S)
+    standin.next_update(reconcile_gets=1000)
+    standin.inject_fault(403, count=1, methods=["GET"], resource="operations")
+
+    with pytest.raises(ControlPlaneError, match="accepted but not applied within 3 s") as failure:
+        client.update_traffic(SERVICE, rollback)
+
+    assert failure.value.status is None
+    assert delays == [SETTLE_POLL_S] * 3
+    assert [c["method"] for c in standin.calls()].count("PATCH") == 1  # not written again
+
+
+@pytest.mark.parametrize("polls", [0, 2])
+def test_an_operation_that_finishes_with_permission_denied_is_a_failure_not_a_fallback(
+    standin, client, delays, capsys, polls
+):
+    """PERMISSION_DENIED in a finished operation is also a 403 Forbidden (PermissionDenied) in
+    google.api_core, but it means the update failed: nothing to confirm from the service."""
+    standin.pend_operations(polls)
+    standin.next_update(fail_code=PERMISSION_DENIED, fail_message="Permission denied on the service")
+
+    with pytest.raises(ControlPlaneError, match="Permission denied on the service") as failure:
+        client.update_traffic(SERVICE, rollback)
+
+    assert (failure.value.status, failure.value.attempts) == (403, 1)
+    assert calls(standin) == [("GET", 200), ("PATCH", 200)] + [("GET", 200)] * polls  # operation polls only
+    assert all("/operations/" in c["path"] for c in standin.calls()[2:])
+    assert served(standin) == {STABLE: 90, CANARY: 10}
+    assert delays == []
+    assert "cannot be read" not in capsys.readouterr().out
 
 
 def test_runs_as_a_process_with_http_controls():
@@ -344,6 +454,9 @@ def test_runs_as_a_process_with_http_controls():
         assert requests.post(f"{url}/_standin/services", json=spec, timeout=5).ok
         fault = {"status": 500, "count": 1, "methods": ["GET"]}
         assert requests.post(f"{url}/_standin/faults", json=fault, timeout=5).ok
+        assert requests.post(f"{url}/_standin/next_update", json={"reconcile_gets": 2}, timeout=5).ok
+        bad_update = requests.post(f"{url}/_standin/next_update", json={"fail": "yes"}, timeout=5)
+        assert bad_update.status_code == 400
         bad = requests.post(f"{url}/_standin/services", json={"name": "shop"}, timeout=5)
         assert bad.status_code == 400
         assert bad.json()["error"]["status"] == "INVALID_ARGUMENT"
