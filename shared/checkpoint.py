@@ -210,8 +210,7 @@ def checkpoint_rollout(
     previous = (rollout.last_verdict or {}).get("verdict")
     clients.store.record_checkpoint(
         rollout.id,
-        judgement.as_dict()
-        | {"window": {"start": step_start, "end": end}, "load_tests_left_out": left_out},
+        judgement.as_dict() | {"window": {"start": step_start, "end": end}, "load_tests_left_out": left_out},
         {"action": decision.action.value, "message": decision.reason, "observations": observed},
     )
     _write_metrics(clients.writer, rollout, service, judgement, now)
