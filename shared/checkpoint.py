@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.breach import observe, publish_pending_rollback
 from shared.config import ServiceRef, Settings
-from shared.core import Observation, Outcome, Phase
+from shared.core import COUNTING_PHASES, Observation, Outcome, Phase
 from shared.judge import (
     Judgement,
     RampState,
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 MIN_WINDOW = timedelta(seconds=60)
 # A FROZEN canary stopped ramping but still serves its share: it is judged and observed (its
-# breaches still roll it back); only RUNNING ones step.
-WATCHED_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
+# breaches still roll it back, as the streak core counts them); only RUNNING ones step.
+WATCHED_PHASES = COUNTING_PHASES
 
 
 @dataclass
@@ -149,8 +149,8 @@ def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, p
     from shared.monitoring import CanaryMetrics
 
     nothing = CanaryMetrics(step_start, step_start, 0, 0, None, None, None, None)
-    due = step_start + MIN_WINDOW + timedelta(minutes=policy.checkpoint.data_lag_minutes)
     lag = policy.checkpoint.data_lag_minutes
+    due = step_start + MIN_WINDOW + timedelta(minutes=lag)
     reason = (
         f"step to {rollout.canary_percent}% started {rollout.step_started_at:%H:%M:%S}Z; its first minute "
         f"of data is judged from {due:%H:%M}Z (Cloud Monitoring lag {lag} min)"

@@ -234,11 +234,14 @@ class CloudRunTraffic:
                 f"{condition.message or 'no message'}"
             )
         latest = _short_name(current.latest_ready_revision)
-        served = [TrafficSplit(s.revision, s.percent, s.tag) for s in current.traffic_statuses]
-        if _served_split(served, latest) != _served_split(targets, latest):
+        served = _served_split(
+            [TrafficSplit(s.revision, s.percent, s.tag) for s in current.traffic_statuses], latest
+        )
+        planned = _served_split(targets, latest)
+        if served != planned:
             raise _NotApplied(
                 "the traffic update was accepted but not applied: Cloud Run serves "
-                f"{_served_split(served, latest)}, the plan was {_served_split(targets, latest)}"
+                f"{served}, the plan was {planned}"
             )
         return current
 

@@ -198,6 +198,11 @@ class Rollout:
         )
 
 
+def _synthetic_entry(run_id: str, traffic: SyntheticTraffic) -> dict[str, Any]:
+    """The update that sets one run's entry of the rollout's `synthetic_traffic` map."""
+    return {f"synthetic_traffic.{run_id}": traffic.as_dict()}
+
+
 def _plain(moment: datetime | None) -> datetime | None:
     """Firestore's DatetimeWithNanoseconds as a plain aware datetime (safe to compute with and
     to write back)."""
@@ -557,7 +562,7 @@ class RolloutStore:
     def note_synthetic_traffic(self, rid: str, run_id: str, traffic: SyntheticTraffic) -> None:
         """When a load test run hits the canary (before it starts: until its deadline), by run.
         `run_id` must be a plain field name (letters, digits, _), e.g. "run_" + a uuid's hex."""
-        self._rollout_ref(rid).update({f"synthetic_traffic.{run_id}": traffic.as_dict()})
+        self._rollout_ref(rid).update(_synthetic_entry(run_id, traffic))
 
     def record_load_test(
         self,
@@ -567,7 +572,7 @@ class RolloutStore:
     ) -> None:
         """The last load test / probe result on the rollout plus its history entry, and when the
         run (by id) hit the canary: checkpoints leave those minutes out of its request metrics."""
-        extra = {f"synthetic_traffic.{synthetic[0]}": synthetic[1].as_dict()} if synthetic else {}
+        extra = _synthetic_entry(*synthetic) if synthetic else {}
         self._record_latest(rid, "last_load_test", "load_test", record, extra)
 
     def _record_latest(
