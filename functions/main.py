@@ -70,7 +70,8 @@ def _logged_failure(entry_point: str, then: str = "will be retried", **ids: Any)
 
 @functions_framework.cloud_event
 def breach_counter(event: CloudEvent) -> None:
-    """Alert incident (Pub/Sub) → streak update → at the limit, one rollback request."""
+    """Alert incident (Pub/Sub) → judge the canary's latest minutes → at a rule's limit, one
+    rollback request."""
     from shared.breach import handle_alert
 
     with _logged_failure("breach_counter", event_id=event["id"]):
@@ -83,6 +84,7 @@ def breach_counter(event: CloudEvent) -> None:
             store=runtime.store(),
             publisher=runtime.publisher(),
             traffic_client=runtime.traffic,
+            reader=runtime.reader,
         )
     report.emit()
 

@@ -1,19 +1,23 @@
-"""Alert incident → streak observation → (at the limit) one rollback request.
+"""Evidence in, rollback requests out: what breach_counter and the checkpoint share.
 
-Shared by the breach_counter entry point and, through `observe`, by scheduled checkpoints,
-so both kinds of observation count in the same streaks.
+Both judge the canary's per-minute Cloud Monitoring data with the same rules
+(`shared.evidence.judge_minute`) and record it in the rollout's ledger with `record_evidence`;
+an alert notification is a trigger to do that at once for the minutes that opened its incident
+(an uptime-check incident is itself the evidence: canary_down). So turning alerts on can only
+bring a rollback forward, never count evidence the checkpoint would call too thin.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.config import Settings
-from shared.core import Observation, Outcome
+from shared.config import ServiceRef, Settings
+from shared.core import EvidenceDecision, Kind, Observation, Outcome
 from shared.events import MalformedEvent, decode_alert, pubsub_message
+from shared.evidence import MINUTE, Evidence, judge_minute, minute_key, uptime_evidence, whole_minute
 from shared.logs import Report
 from shared.policy import Policy
 from shared.store import Rollout, rollout_id
@@ -21,6 +25,7 @@ from shared.traffic import discover_canary
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
+    from shared.monitoring import MonitoringReader
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -38,17 +43,79 @@ def attribution_grace(policy: Policy) -> dict[str, timedelta]:
     return {"canary_down": timedelta(seconds=seconds)}
 
 
-def rollback_request_for(service_name: str, canary_revision: str, obs: Observation) -> dict[str, Any]:
-    """The message the rollback function receives (same JSON as the emergency HTTP body)."""
+def lookback_window(now: datetime, policy: Policy) -> tuple[datetime, datetime]:
+    """(start, end] of the per-minute read: the last `lookback_minutes` whole minutes."""
+    end = whole_minute(now)
+    return end - timedelta(minutes=policy.evidence.lookback_minutes), end
+
+
+def judge_window(
+    rollout: Rollout,
+    *,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    policy: Policy,
+    reader: MonitoringReader,
+) -> list[Evidence]:
+    """Every whole minute of the canary's data in (start, end] that has arrived, judged on its
+    own (the stable revision's same minute beside it). canary-guard's own load-test minutes are
+    marked, so request-based rules skip them."""
+    service = ServiceRef.parse(rollout.service)
+    data = reader.minute_metrics(location=service.location, service=service.service, start=start, end=end)
+    canary, stable = data.get(rollout.canary_revision, {}), data.get(rollout.stable_revision, {})
+    settle = timedelta(seconds=policy.evidence.settle_seconds)
+    spans = [load.minutes for load in rollout.synthetic_traffic]  # (first, last] point ends
+    entries: list[Evidence] = []
+    for minute, metrics in sorted(canary.items()):
+        if minute + MINUTE + settle > now:
+            continue  # not a whole, settled minute yet
+        point_end = minute + MINUTE
+        synthetic = any(first < point_end <= last for first, last in spans)
+        entries += judge_minute(replace(metrics, synthetic=synthetic), stable.get(minute), policy)
+    return entries
+
+
+def rollback_request_for(rollout: Rollout, decision: EvidenceDecision, requested_by: str) -> dict[str, Any]:
+    """The message the rollback function receives (same JSON as the emergency HTTP body), with
+    the minutes and values that tripped the rule."""
+    assert decision.trip is not None
+    trip = decision.trip
     return {
-        "service": service_name,
-        "canary_revision": canary_revision,
-        "reason": f"{obs.rule} breached its consecutive limit ({obs.source})",
-        "requested_by": "canary-guard/breach_counter" if obs.source == "alert" else "canary-guard/checkpoint",
-        "rule": obs.rule,
-        "trigger_event_id": obs.event_id,
-        "observations": [{"event_id": obs.event_id, "event_time": obs.event_time.isoformat(), **obs.detail}],
+        "service": rollout.service,
+        "canary_revision": rollout.canary_revision,
+        "reason": decision.reason,
+        "requested_by": requested_by,
+        "rule": trip.rule,
+        "trigger_event_id": f"{trip.rule}-{minute_key(trip.tripped[-1].minute)}",
+        "observations": [
+            {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc()} for e in trip.tripped
+        ],
     }
+
+
+def record_evidence(
+    rollout: Rollout,
+    entries: list[Evidence],
+    *,
+    policy: Policy,
+    store: RolloutStore,
+    source: str,
+    requested_by: str,
+    event_id: str = "",
+) -> tuple[EvidenceDecision, Rollout]:
+    applied = store.apply_evidence(
+        rollout.id,
+        entries,
+        rule_limits(policy),
+        lambda decision: rollback_request_for(rollout, decision, requested_by),
+        keep=timedelta(minutes=policy.evidence.ledger_minutes),
+        event_id=event_id,
+        source=source,
+    )
+    if applied is None:
+        raise RuntimeError(f"rollout {rollout.id} disappeared while recording evidence")
+    return applied
 
 
 def publish_pending_rollback(
@@ -65,22 +132,16 @@ def publish_pending_rollback(
     return message_id
 
 
-def observe(
-    service_name: str, canary_revision: str, obs: Observation, *, policy: Policy, store: RolloutStore
-) -> tuple[Outcome, Rollout, str] | None:
-    """Apply one observation to the rollout of this canary. None: there is no such rollout."""
-    applied = store.apply_observation(
-        rollout_id(service_name, canary_revision),
-        obs,
-        rule_limits(policy),
-        rollback_request_for(service_name, canary_revision, obs),
-        same_incident_gap=timedelta(seconds=policy.alerting.renotify_interval_s / 2),
-        attribution_grace=attribution_grace(policy),
-    )
-    if applied is None:
-        return None
-    decision, updated = applied
-    return decision.outcome, updated, decision.reason
+def _alert_window(obs: Observation, now: datetime, policy: Policy) -> tuple[datetime, datetime]:
+    """The minutes to judge for a metric alert: the freshest ones for a live incident (what the
+    checkpoint reads), or those that opened a replayed or delayed one (in its own time)."""
+    opened = obs.detail.get("incident_started_at")
+    anchor = opened if isinstance(opened, datetime) else obs.event_time
+    lookback = timedelta(minutes=policy.evidence.lookback_minutes)
+    if now - anchor < lookback:
+        anchor = now
+    end = whole_minute(anchor)
+    return end - lookback, end
 
 
 def handle_alert(
@@ -93,9 +154,11 @@ def handle_alert(
     store: RolloutStore,
     publisher: Publisher,
     traffic_client: Callable[[], CloudRunTraffic],
+    reader: Callable[[], MonitoringReader],
+    now: datetime | None = None,
 ) -> Report:
     """One Pub/Sub-delivered incident. Malformed or foreign events come back as WARNING reports
-    (acknowledged); Firestore, Cloud Run or Pub/Sub faults raise (redelivered)."""
+    (acknowledged); Firestore, Monitoring, Cloud Run or Pub/Sub faults raise (redelivered)."""
     try:
         message = pubsub_message(data, fallback_id=event_id, fallback_time=event_time)
         alert = decode_alert(message, settings.project)
@@ -103,6 +166,7 @@ def handle_alert(
     except (MalformedEvent, LookupError, ValueError) as exc:
         return Report("WARNING", f"alert ignored: {exc}", event_id=event_id, outcome="malformed")
 
+    now = now or datetime.now(UTC)
     # An incident naming no revision (uptime check) is attributed to the live canary below.
     obs = replace(alert.observation, inferred_revision=not alert.revision)
     fields: dict[str, Any] = {
@@ -114,9 +178,8 @@ def handle_alert(
         "observation": obs.kind.value,
     }
     revision = alert.revision
-    # The warm path is one Firestore transaction: the rollout is read inside it.
-    observed = observe(service.name, revision, obs, policy=policy, store=store) if revision else None
-    if observed is None:
+    rollout = store.get(rollout_id(service.name, revision)) if revision else None
+    if rollout is None:
         # First event for this revision (or one naming no revision): learn the rollout from the
         # live service. The Cloud Run client is built only here, so a warm path never pays for it.
         split = discover_canary(traffic_client().get(service.name))
@@ -131,25 +194,50 @@ def handle_alert(
                 outcome="not_canary",
                 **fields,
             )
-        store.register(
+        rollout = store.get(rollout_id(service.name, revision)) or store.register(
             service.name,
             split.canary_revision,
             split.stable_revision,
             canary_percent=split.canary_percent,
             started_by="discovered from the live service",
         )
-        observed = observe(service.name, revision, obs, policy=policy, store=store)
-        if observed is None:
-            raise RuntimeError(f"rollout of {revision} disappeared while applying {obs.event_id}")
-    outcome, rollout, reason = observed
+
+    if obs.inferred_revision:
+        # An uptime-check incident is itself the evidence: the canary tag URL failed (or recovered).
+        from shared.core import too_early
+
+        early = too_early(obs, rollout.created_at, attribution_grace(policy).get(obs.rule))
+        if early:
+            return Report("INFO", early, rollout=rollout.id, outcome=Outcome.TOO_EARLY.value, **fields)
+        opened = obs.detail.get("incident_started_at")
+        failing = obs.kind is Kind.BREACH
+        at = opened if failing and isinstance(opened, datetime) else obs.event_time
+        entries = [uptime_evidence(at, failing, policy, f"uptime incident {str(alert.incident_id)[:100]}")]
+    elif obs.kind is Kind.BREACH:
+        start, end = _alert_window(obs, now, policy)
+        entries = judge_window(rollout, start=start, end=end, now=now, policy=policy, reader=reader())
+    else:
+        # A closed metric incident: the checkpoint records the recovered minutes as they arrive.
+        return Report("INFO", f"{obs.rule} incident closed", rollout=rollout.id, outcome="closed", **fields)
+
+    decision, rollout = record_evidence(
+        rollout,
+        entries,
+        policy=policy,
+        store=store,
+        source="alert",
+        requested_by="canary-guard/breach_counter",
+        event_id=obs.event_id,
+    )
     message_id = publish_pending_rollback(rollout, store, publisher, settings.rollback_topic)
-    streak = rollout.streaks.get(obs.rule)
+    run = decision.runs.get(obs.rule)
     return Report(
-        "NOTICE" if outcome is Outcome.TRIPPED else "INFO",
-        reason,
+        "NOTICE" if decision.request_rollback else "INFO",
+        decision.reason,
         rollout=rollout.id,
-        outcome=outcome.value,
-        streak=streak.count if streak else 0,
+        outcome=decision.outcome.value,
+        streak=run.trailing if run else 0,
+        minutes_judged=len({e.minute for e in entries}),
         rollback_message_id=message_id,
         **fields,
     )

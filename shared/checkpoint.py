@@ -1,5 +1,6 @@
-"""Scheduled checkpoints and step changes: read the canary's metrics, feed per-rule
-observations into the same streaks the alerts use, judge GO/NO-GO, and walk the ramp.
+"""Scheduled checkpoints and step changes: judge every whole minute of the canary's metrics
+that has arrived into the evidence ledger the alerts use, judge the step GO/NO-GO, and walk the
+ramp (at the end of a step's soak a NO_GO rolls back).
 
 A step change re-checks Firestore before every traffic write and writes with the service's
 etag, so a rollback that starts meanwhile always wins (see `change_step`).
@@ -11,9 +12,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.breach import observe, publish_pending_rollback
+from shared.breach import judge_window, lookback_window, publish_pending_rollback, record_evidence
 from shared.config import ServiceRef, Settings
-from shared.core import COUNTING_PHASES, Observation, Outcome, Phase
+from shared.core import COUNTING_PHASES, Phase
 from shared.judge import (
     Judgement,
     RampState,
@@ -21,7 +22,6 @@ from shared.judge import (
     judge,
     next_step,
     rollback_redrive_due,
-    rule_observations,
     synthetic_in,
 )
 from shared.logs import Report, log
@@ -123,24 +123,14 @@ def change_step(
     return StepResult("changed", message, before.as_dicts(), after.as_dicts())
 
 
-def _metrics_window(
-    rollout: Rollout, now: datetime, policy: Policy
-) -> tuple[datetime, datetime, datetime, datetime]:
-    """(recent start, recent end, step start, end), ending `data_lag_minutes` before now.
-
-    The recent windows are back to back (aligned to multiples of their length), not sliding:
-    one bad minute must be one breach observation, not one per overlapping window. Every run
-    inside the same block sees the same window and the same event id, so it counts once.
-    """
+def _step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datetime, datetime]:
+    """(start, end] of the step's verdict window, ending `data_lag_minutes` before now so the
+    verdict is taken on complete minutes. A point stamped at minute M counts requests in
+    (M - 1 min, M]: starting at the first whole minute after the step keeps the previous share's
+    traffic out of the step's verdict."""
     end = _minute(now - timedelta(minutes=policy.checkpoint.data_lag_minutes))
-    window = timedelta(minutes=policy.checkpoint.recent_window_minutes)
-    recent_end = datetime.fromtimestamp(
-        (end.timestamp() // window.total_seconds()) * window.total_seconds(), UTC
-    )
-    # A point stamped at minute M counts requests in (M - 1 min, M]: starting at the first whole
-    # minute after the step keeps the previous share's traffic out of the step's verdict.
     step_start = _minute(rollout.step_started_at + timedelta(minutes=1) - timedelta(microseconds=1))
-    return recent_end - window, recent_end, step_start, end
+    return step_start, end
 
 
 def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
@@ -162,42 +152,44 @@ def checkpoint_rollout(
     rollout: Rollout, *, now: datetime, settings: Settings, policy: Policy, clients: Clients
 ) -> Report:
     service = ServiceRef.parse(rollout.service)
-    recent_start, recent_end, step_start, end = _metrics_window(rollout, now, policy)
+
+    # Rollback rules: every whole minute that has arrived, judged on its own, into the ledger.
+    read_start, read_end = lookback_window(now, policy)
+    entries = judge_window(
+        rollout, start=read_start, end=read_end, now=now, policy=policy, reader=clients.reader
+    )
+    evidence, rollout = record_evidence(
+        rollout,
+        entries,
+        policy=policy,
+        store=clients.store,
+        source="checkpoint",
+        requested_by="canary-guard/checkpoint",
+    )
+    publish_pending_rollback(rollout, clients.store, clients.publisher, settings.rollback_topic)
+    if evidence.request_rollback:
+        clients.notifier.send(
+            f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: "
+            f"{evidence.reason}",
+            rule=evidence.trip.rule if evidence.trip else None,
+        )
+
+    # The step's verdict over its whole window so far.
+    step_start, end = _step_window(rollout, now, policy)
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
     # canary-guard's own load tests: their minutes are left out of request counts and latency.
-    read_from = min(recent_start, step_start)
-    load_tests = [load.minutes for load in synthetic_in(read_from, end, rollout.synthetic_traffic)]
+    load_tests = [load.minutes for load in synthetic_in(step_start, end, rollout.synthetic_traffic)]
     left_out = [{"from": first, "to": last} for first, last in load_tests]  # Firestore: no nested arrays
-    recent = clients.reader.canary_metrics(start=recent_start, end=recent_end, exclude=load_tests, **query)
     if end - step_start >= MIN_WINDOW:
         since_step = clients.reader.canary_metrics(start=step_start, end=end, exclude=load_tests, **query)
         judgement = judge(since_step, policy)
     else:
         judgement = _awaiting_step_data(rollout, step_start, end, policy)
-
-    # Rollback rules: one observation per rule per recent window, through the alert streaks.
-    observed: dict[str, str] = {}
-    for rule, (kind, detail) in rule_observations(recent, policy).items():
-        obs = Observation(
-            rule=rule,
-            kind=kind,
-            event_time=recent_end,
-            event_id=f"checkpoint-{recent_end:%Y%m%dT%H%MZ}-{rule}",
-            source="checkpoint",
-            detail=detail,
-        )
-        applied = observe(rollout.service, rollout.canary_revision, obs, policy=policy, store=clients.store)
-        if applied is None:
-            raise RuntimeError(f"rollout {rollout.id} disappeared during its checkpoint")
-        outcome, rollout, _reason = applied
-        observed[rule] = outcome.value
-        publish_pending_rollback(rollout, clients.store, clients.publisher, settings.rollback_topic)
-        if outcome is Outcome.TRIPPED:
-            clients.notifier.send(
-                f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: {rule} "
-                f"{detail['observed_value']} > {detail['threshold_value']} (checkpoint)",
-                rule=rule,
-            )
+    observed = {
+        rule: {"streak": run.trailing, "limit": run.limit}
+        for rule, run in evidence.runs.items()
+        if run.trailing
+    }
 
     state = RampState(
         rollout.phase,
@@ -211,7 +203,15 @@ def checkpoint_rollout(
     clients.store.record_checkpoint(
         rollout.id,
         judgement.as_dict() | {"window": {"start": step_start, "end": end}, "load_tests_left_out": left_out},
-        {"action": decision.action.value, "message": decision.reason, "observations": observed},
+        {
+            "action": decision.action.value,
+            "message": decision.reason,
+            "evidence": {
+                "outcome": evidence.outcome.value,
+                "minutes": len(evidence.changed),
+                "runs": observed,
+            },
+        },
     )
     _write_metrics(clients.writer, rollout, service, judgement, now)
 
@@ -229,6 +229,24 @@ def checkpoint_rollout(
             now=now,
             respect_pause=True,
         )
+    elif decision.action is StepAction.ROLLBACK:
+        reason = f"{decision.reason}: {'; '.join(judgement.reasons)}"
+        request = {
+            "service": rollout.service,
+            "canary_revision": rollout.canary_revision,
+            "reason": reason,
+            "requested_by": "canary-guard/checkpoint",
+            "rule": "step_verdict",
+            "trigger_event_id": f"soak-end-{rollout.id}-{rollout.canary_percent}"[:200],
+            "observations": [{"measured": judgement.measured, "request_count": judgement.request_count}],
+        }
+        requested = clients.store.request_rollback(rollout.id, request, rule="step_verdict", message=reason)
+        if requested is not None:
+            publish_pending_rollback(requested, clients.store, clients.publisher, settings.rollback_topic)
+            clients.notifier.send(
+                f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: {reason}",
+                rule="step_verdict",
+            )
     elif decision.action is StepAction.FREEZE:
         frozen = clients.store.set_phase(
             rollout.id, Phase.FROZEN, "frozen", {"message": decision.reason}, only_from={Phase.RUNNING}
@@ -246,7 +264,11 @@ def checkpoint_rollout(
         )
 
     return Report(
-        "NOTICE" if (step and step.status == "changed") or decision.action is StepAction.FREEZE else "INFO",
+        "NOTICE"
+        if (step and step.status == "changed")
+        or evidence.request_rollback
+        or decision.action in (StepAction.FREEZE, StepAction.ROLLBACK)
+        else "INFO",
         step.message if step else f"{judgement.verdict.value}: {decision.reason}",
         rollout=rollout.id,
         service=rollout.service,
@@ -255,7 +277,8 @@ def checkpoint_rollout(
         measured=judgement.measured,
         action=decision.action.value,
         step=step.status if step else None,
-        observations=observed,
+        evidence=evidence.outcome.value,
+        streaks=observed,
         load_tests_left_out=left_out or None,
     )
 

@@ -34,7 +34,7 @@ ENV_DEFAULTS: dict[str, str | None] = {
 
 _COMMON = ("GOOGLE_CLOUD_PROJECT", "CANARY_SERVICES", "CANARY_POLICY_FILE", "CLOUD_RUN_API_ENDPOINT")
 ENV_BY_FUNCTION: dict[str, tuple[str, ...]] = {
-    "breach_counter": (*_COMMON, "ROLLBACK_TOPIC"),
+    "breach_counter": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT"),
     "rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
     "emergency_rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
     "checkpoint": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "CHAT_WEBHOOK_URL"),

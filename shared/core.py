@@ -1,17 +1,20 @@
-"""The pure decision core: consecutive-breach streaks and when to request a rollback.
+"""The pure decision core: rollout phases, alert notifications, and when evidence requests a
+rollback.
 
-No I/O: the Firestore store reads the rollout state, calls `apply_observation` inside a
-transaction, and writes back what it returns. Alerts and checkpoints feed the same function,
-so both kinds of observation count in one streak per rule.
+No I/O: the Firestore store reads the rollout inside a transaction, calls `apply_evidence`, and
+writes back what it returns. Checkpoints and alerts feed the same function with per-minute
+evidence (shared/evidence.py), so both count in one ledger per rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from shared.evidence import Evidence, EvidenceKind, Ledger, Run, first_trip, merge, prune, runs
 
 
 class Phase(StrEnum):
@@ -24,22 +27,23 @@ class Phase(StrEnum):
 
 
 class Kind(StrEnum):
+    """What an alert notification says: the incident is open, or it closed."""
+
     BREACH = "breach"
     RECOVERY = "recovery"
 
 
 class Outcome(StrEnum):
-    COUNTED = "counted"  # breach added to the streak
-    TRIPPED = "tripped"  # breach reached the rule's limit: request a rollback now
-    RESET = "reset"  # recovery: streak back to 0
+    COUNTED = "counted"  # new evidence entered the ledger
+    TRIPPED = "tripped"  # a rule's run reached its limit: request a rollback now
+    UNCHANGED = "unchanged"  # every minute was known already (a re-read, a redelivery)
     DUPLICATE = "duplicate"  # this event id was applied before
-    STALE = "stale"  # older than the last applied observation of the rule
     NOT_RUNNING = "not_running"  # rollout is rolling/rolled back, promoted or superseded: nothing to count
     # Names no revision and came too soon after this rollout started: may be about the previous canary.
     TOO_EARLY = "too_early"
 
 
-IGNORED = frozenset({Outcome.DUPLICATE, Outcome.STALE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY})
+IGNORED = frozenset({Outcome.UNCHANGED, Outcome.DUPLICATE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY})
 # The canary still serves traffic in these phases, so its breaches must still trip a rollback
 # (FROZEN only stops the ramp).
 COUNTING_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
@@ -47,39 +51,59 @@ COUNTING_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
 
 @dataclass(frozen=True)
 class Observation:
+    """One alert notification, decoded: which rule's incident opened (BREACH) or closed."""
+
     rule: str
     kind: Kind
     event_time: datetime
     event_id: str
-    source: str  # "alert" | "checkpoint"
-    detail: Mapping[str, Any] = field(default_factory=dict)  # incident id, measured value, threshold
+    source: str  # "alert"
+    detail: Mapping[str, Any] = field(default_factory=dict)  # incident id, values, incident_started_at
     # The event named no revision (an uptime-check incident): it was attributed to the live canary.
     inferred_revision: bool = False
 
 
 @dataclass(frozen=True)
 class Streak:
+    """A rule's current run of breach minutes (the end of its ledger), for display."""
+
     count: int = 0
-    last_event_time: datetime | None = None
+    last_minute: datetime | None = None
+
+
+def streaks_of(ledger: Ledger) -> dict[str, Streak]:
+    found = {}
+    for rule, run in runs(ledger, {rule: 1_000_000 for rule in ledger}).items():
+        minutes = ledger.get(rule) or {}
+        found[rule] = Streak(run.trailing, max(minutes) if minutes else None)
+    return found
+
+
+def too_early(obs: Observation, created_at: datetime | None, grace: timedelta | None) -> str:
+    """Why an alert that names no revision is not counted on a rollout that started moments ago
+    (it may be about the previous canary, still tagged and still failing); "" to count it.
+    An incident that opened after the rollout started is about this canary, so it counts at once."""
+    if grace is None or not obs.inferred_revision or created_at is None or obs.kind is not Kind.BREACH:
+        return ""
+    opened = obs.detail.get("incident_started_at")
+    if isinstance(opened, datetime) and opened >= created_at:
+        return ""
+    if obs.event_time >= created_at + grace:
+        return ""
+    return (
+        f"{obs.rule} alert names no revision and was sent at {obs.event_time.isoformat()}, within "
+        f"{grace.total_seconds():.0f} s of this rollout starting ({created_at.isoformat()}): it may be "
+        "about the previous canary; a renotification after that counts"
+    )
 
 
 @dataclass(frozen=True)
-class StreakState:
-    """The part of a rollout the streak rules read and write."""
-
-    phase: Phase = Phase.RUNNING
-    streaks: Mapping[str, Streak] = field(default_factory=dict)
-    rollback_requested: bool = False
-    created_at: datetime | None = None  # when the rollout was registered (None: unknown, no grace)
-
-
-@dataclass(frozen=True)
-class StreakDecision:
+class EvidenceDecision:
     outcome: Outcome
-    state: StreakState
-    rule: str
-    count: int
-    limit: int
+    ledger: Ledger
+    changed: tuple[Evidence, ...]
+    runs: Mapping[str, Run]
+    trip: Run | None  # the run that requests the rollback (TRIPPED only)
     reason: str
 
     @property
@@ -87,99 +111,44 @@ class StreakDecision:
         return self.outcome is Outcome.TRIPPED
 
 
-def repeated_notification(obs: Observation, last: Mapping[str, Any] | None, gap: timedelta) -> bool:
-    """Another message about the same open incident within `gap` of the one last counted: the
-    same notification delivered twice (Cloud Monitoring may send distinct messages for one
-    incident), not a renotification, which comes a whole renotify interval later."""
-    incident = obs.detail.get("incident_id")
-    return bool(
-        obs.source == "alert"
-        and obs.kind is Kind.BREACH
-        and incident
-        and last
-        and last.get("incident_id") == incident
-        and abs(obs.event_time - last["at"]) < gap
-    )
-
-
-def _opened_after(obs: Observation, moment: datetime) -> bool:
-    """The incident opened after `moment`: it cannot be about a canary that was live before then
-    (a canary down from its first minute is rolled back at its first alert, not 30 min later)."""
-    opened = obs.detail.get("incident_started_at")
-    return isinstance(opened, datetime) and opened >= moment
-
-
-def apply_observation(
-    state: StreakState,
-    obs: Observation,
+def apply_evidence(
+    phase: Phase,
+    ledger: Ledger,
+    rollback_requested: bool,
+    entries: list[Evidence],
     limits: Mapping[str, int],
     *,
-    duplicate: bool = False,
-    repeated: bool = False,
-    attribution_grace: Mapping[str, timedelta] | None = None,
-) -> StreakDecision:
-    """Apply one observation to the rollout's streaks.
-
-    `limits` maps each rule to its consecutive-breach limit (from the policy); `duplicate`
-    says the store already holds this event id; `repeated` that it is a repeated delivery of
-    the incident notification last counted (see `repeated_notification`). `attribution_grace`
-    maps a rule to how long after a rollout starts a breach that names no revision may still be
-    about the previous canary (an uptime check needs that long to see the new one); such a
-    breach is TOO_EARLY. Rollback is requested at most once per rollout.
-    """
-    limit = limits[obs.rule]
-    streak = state.streaks.get(obs.rule, Streak())
-
-    def ignored(outcome: Outcome, reason: str) -> StreakDecision:
-        return StreakDecision(outcome, state, obs.rule, streak.count, limit, reason)
-
-    if duplicate:
-        return ignored(Outcome.DUPLICATE, f"event {obs.event_id} was already applied")
-    if repeated:
-        return ignored(
-            Outcome.DUPLICATE, f"incident {obs.detail.get('incident_id')} was already counted moments ago"
+    keep: timedelta,
+) -> EvidenceDecision:
+    """Add `entries` to the rollout's ledger; request a rollback (once per rollout) when a rule
+    holds a run of its limit of breach minutes. A rollout that no longer serves a canary
+    (rolled back, promoted, superseded) takes no evidence."""
+    if phase not in COUNTING_PHASES:
+        return EvidenceDecision(Outcome.NOT_RUNNING, ledger, (), {}, None, f"rollout is {phase}")
+    merged, changed = merge(ledger, entries)
+    if merged:
+        newest = max((m for minutes in merged.values() for m in minutes), default=None)
+        if newest is not None:
+            merged = prune(merged, keep=keep, newest=newest)
+    found = runs(merged, limits)
+    trip = first_trip(merged, limits)
+    if trip is not None and not rollback_requested:
+        minutes = f"{trip.tripped[0].minute:%H:%M}Z–{trip.tripped[-1].minute:%H:%M}Z"
+        worst = max(trip.tripped, key=lambda e: e.value if e.value is not None else float("-inf")).describe()
+        reason = (
+            f"{trip.rule} breached on {len(trip.tripped)} consecutive minutes ({minutes}; "
+            f"worst {worst}): roll back"
         )
-    if state.phase not in COUNTING_PHASES:
-        return ignored(Outcome.NOT_RUNNING, f"rollout is {state.phase}")
-    grace = (attribution_grace or {}).get(obs.rule)
-    if (
-        grace is not None
-        and obs.kind is Kind.BREACH
-        and obs.inferred_revision
-        and state.created_at is not None
-        and obs.event_time < state.created_at + grace
-        and not _opened_after(obs, state.created_at)
-    ):
-        return ignored(
-            Outcome.TOO_EARLY,
-            f"{obs.rule} alert names no revision and was sent at {obs.event_time.isoformat()}, within "
-            f"{grace.total_seconds():.0f} s of this rollout starting ({state.created_at.isoformat()}): "
-            "it may be about the previous canary; a renotification after that counts",
-        )
-    if streak.last_event_time is not None and obs.event_time < streak.last_event_time:
-        return ignored(
-            Outcome.STALE,
-            f"observed at {obs.event_time.isoformat()}, before the last applied "
-            f"{streak.last_event_time.isoformat()}",
-        )
-
-    if obs.kind is Kind.RECOVERY:
-        new_streak = Streak(0, obs.event_time)
-        outcome, reason = Outcome.RESET, f"{obs.rule} recovered; streak reset from {streak.count}"
-    else:
-        new_streak = Streak(streak.count + 1, obs.event_time)
-        if new_streak.count >= limit and not state.rollback_requested:
-            outcome = Outcome.TRIPPED
-            reason = f"{obs.rule} breached {new_streak.count} times in a row (limit {limit}): roll back"
-        else:
-            outcome = Outcome.COUNTED
-            reason = f"{obs.rule} breach {new_streak.count} of {limit}"
-            if state.rollback_requested:
-                reason += "; rollback already requested"
-
-    new_state = replace(
-        state,
-        streaks={**state.streaks, obs.rule: new_streak},
-        rollback_requested=state.rollback_requested or outcome is Outcome.TRIPPED,
-    )
-    return StreakDecision(outcome, new_state, obs.rule, new_streak.count, limit, reason)
+        return EvidenceDecision(Outcome.TRIPPED, merged, tuple(changed), found, trip, reason)
+    if not changed:
+        return EvidenceDecision(Outcome.UNCHANGED, merged, (), found, None, "no new evidence")
+    breaches = [e for e in changed if e.kind is EvidenceKind.BREACH]
+    parts = [f"{rule} {run.trailing}/{run.limit}" for rule, run in found.items() if run.trailing]
+    reason = f"{len(changed)} new minute(s) of evidence"
+    if breaches:
+        reason += "; breach: " + ", ".join(e.describe() for e in breaches[:4])
+    if parts:
+        reason += "; runs " + ", ".join(parts)
+    if rollback_requested:
+        reason += "; rollback already requested"
+    return EvidenceDecision(Outcome.COUNTED, merged, tuple(changed), found, None, reason)

@@ -1,5 +1,6 @@
-"""The pure checkpoint rules: GO / HOLD / NO-GO / INCONCLUSIVE from measured canary metrics,
-the per-rule breach/recovery observations for the streak core, and the ramp step decision.
+"""The pure checkpoint rules: GO / HOLD / NO-GO / INCONCLUSIVE over a step's window, and the
+ramp step decision (advance, hold, freeze, or roll back at the end of the soak). The per-minute
+rollback rules live in shared/evidence.py.
 
 No I/O: shared/checkpoint.py reads the metrics and state and acts on what these return.
 """
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
-from shared.core import Kind, Phase
+from shared.core import Phase
 from shared.policy import Policy, RampStep
 
 if TYPE_CHECKING:
@@ -64,10 +66,24 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def wilson_upper(errors: float, requests: int, confidence: float) -> float | None:
+    """One-sided upper bound of the Wilson score interval for an error ratio: the rate is at or
+    under it with `confidence`. `errors` may be fractional (a measured ratio × requests)."""
+    if requests <= 0:
+        return None
+    z = NormalDist().inv_cdf(confidence)
+    p = min(1.0, max(0.0, errors / requests))
+    centre = p + z * z / (2 * requests)
+    spread = z * math.sqrt(p * (1 - p) / requests + z * z / (4 * requests * requests))
+    return min(1.0, (centre + spread) / (1 + z * z / requests))
+
+
 def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
     """GO only when every bar holds on at least `min_requests` requests; a missing series is
     INCONCLUSIVE, never a pass. Request-based measures (error rate, P95) judged on fewer requests
-    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO."""
+    are noise (one 5xx in two requests), so they make the verdict INCONCLUSIVE, not NO_GO.
+    The error rate passes its GO bar only with confidence: the upper Wilson bound (at
+    `go_bars.error_rate_confidence`) must be at or under it; the record shows both values."""
     bars = policy.go_bars
     enough_requests = metrics.request_count >= bars.min_requests
     measured: dict[str, dict[str, Any]] = {}
@@ -77,14 +93,27 @@ def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
         go_bar = getattr(bars, name)
         rollback_bar = policy.rollback_rules[rule].threshold if rule else None
         measured[name] = {"value": value, "go_bar": go_bar, "rollback_bar": rollback_bar}
-        if value is None:
+        passes = value
+        if name == "error_rate" and value is not None:
+            passes = wilson_upper(
+                value * metrics.request_count, metrics.request_count, bars.error_rate_confidence
+            )
+            measured[name]["upper_bound"] = passes
+            measured[name]["confidence"] = bars.error_rate_confidence
+        if value is None or passes is None:
             missing.append(name)
         elif rule in REQUEST_RULES and not enough_requests:
             continue
         elif rollback_bar is not None and value > rollback_bar:
             no_go.append(f"{name} {_fmt(value, unit)} > rollback bar {_fmt(rollback_bar, unit)}")
-        elif value > go_bar:
-            hold.append(f"{name} {_fmt(value, unit)} > GO bar {_fmt(go_bar, unit)}")
+        elif passes > go_bar:
+            if passes != value:
+                hold.append(
+                    f"{name} {_fmt(value, unit)} (upper {bars.error_rate_confidence:.0%} bound "
+                    f"{_fmt(passes, unit)}) > GO bar {_fmt(go_bar, unit)}"
+                )
+            else:
+                hold.append(f"{name} {_fmt(value, unit)} > GO bar {_fmt(go_bar, unit)}")
     if no_go:
         return Judgement(Verdict.NO_GO, tuple(no_go + hold), measured, metrics.request_count)
     if not enough_requests or missing:
@@ -97,23 +126,6 @@ def judge(metrics: CanaryMetrics, policy: Policy) -> Judgement:
     if hold:
         return Judgement(Verdict.HOLD, tuple(hold), measured, metrics.request_count)
     return Judgement(Verdict.GO, ("every GO bar holds",), measured, metrics.request_count)
-
-
-def rule_observations(metrics: CanaryMetrics, policy: Policy) -> dict[str, tuple[Kind, dict[str, Any]]]:
-    """Per rollback rule with data in the recent window: a breach (value > threshold) or a
-    recovery. Rules without data give no observation; canary_down is left to the uptime check.
-    Request-based rules need `min_requests` in the window: one 5xx out of two requests on a
-    quiet canary is noise, not a breach."""
-    found: dict[str, tuple[Kind, dict[str, Any]]] = {}
-    enough_requests = metrics.request_count >= policy.go_bars.min_requests
-    for _name, (attribute, rule, _unit) in MEASURES.items():
-        value = _finite(getattr(metrics, attribute))
-        if rule is None or value is None or (rule in REQUEST_RULES and not enough_requests):
-            continue
-        threshold = policy.rollback_rules[rule].threshold
-        kind = Kind.BREACH if value > threshold else Kind.RECOVERY
-        found[rule] = (kind, {"observed_value": value, "threshold_value": threshold})
-    return found
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,7 @@ class StepAction(StrEnum):
     ADVANCE = "advance"
     PROMOTE = "promote"  # the next step is 100 %
     FREEZE = "freeze"
+    ROLLBACK = "rollback"  # NO_GO on the whole step at the end of its soak
 
 
 @dataclass(frozen=True)
@@ -186,7 +199,9 @@ def next_ramp_step(policy: Policy, percent: int) -> RampStep | None:
 
 
 def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy) -> StepDecision:
-    """Advance one step only on GO after the step's soak time; freeze past the progress deadline."""
+    """At the end of the step's soak the whole-step verdict decides: GO advances one step, NO_GO
+    (a rollback bar crossed on enough requests) rolls back, anything else holds; past the
+    progress deadline a rollout that does not pass freezes."""
     if state.phase is not Phase.RUNNING:
         return StepDecision(StepAction.NONE, f"rollout is {state.phase}")
     if state.rollback_requested:
@@ -209,6 +224,11 @@ def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy)
             f"GO after {on_step.total_seconds() / 60:.0f} min: {target.percent}%",
             policy.ramp.index(target),
             target.percent,
+        )
+    if verdict is Verdict.NO_GO and on_step >= soak:
+        return StepDecision(
+            StepAction.ROLLBACK,
+            f"NO_GO at the end of the {policy.ramp[index].soak_minutes}-min soak at {state.canary_percent}%",
         )
     deadline = timedelta(hours=policy.checkpoint.progress_deadline_hours)
     if on_step > deadline:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.api import distribution_pb2, metric_pb2, monitored_resource_pb2
@@ -20,6 +20,9 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as retries
 from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+if TYPE_CHECKING:
+    from shared.evidence import MinuteMetrics
 
 Distribution = distribution_pb2.Distribution
 Aligner = monitoring_v3.Aggregation.Aligner
@@ -194,6 +197,77 @@ class MonitoringReader(_MonitoringApi):
             cpu_utilization=_max_double(cpu),
         )
 
+    def minute_metrics(
+        self, *, location: str, service: str, start: datetime, end: datetime
+    ) -> dict[str, dict[datetime, MinuteMetrics]]:
+        """Every revision of the service, minute by minute over (start, end] (whole minutes):
+        revision → minute start → what Cloud Monitoring holds for it. Four ListTimeSeries calls
+        however many revisions and minutes (grouped by revision_name), so the canary and the
+        stable revision are read together. A minute without a point is absent, never zero."""
+        _check_window(start, end)
+        from shared.evidence import MinuteMetrics
+
+        resource = (
+            f"resource.type = {_quote(RUN_RESOURCE)}"
+            f" AND resource.labels.location = {_quote(location)}"
+            f" AND resource.labels.service_name = {_quote(service)}"
+        )
+        period = timedelta(seconds=MIN_WINDOW_S)
+        by_revision = "resource.labels.revision_name"
+
+        def query(
+            metric: str, aligner: Aligner, reducer: Reducer, *group: str
+        ) -> list[monitoring_v3.TimeSeries]:
+            return self._list(
+                f"metric.type = {_quote(metric)} AND {resource}",
+                start,
+                end,
+                aligner,
+                reducer,
+                [by_revision, *group],
+                period=period,
+            )
+
+        found: dict[str, dict[datetime, dict[str, Any]]] = {}
+
+        def slot(series: monitoring_v3.TimeSeries, point: monitoring_v3.Point) -> dict[str, Any]:
+            revision = series.resource.labels.get("revision_name", "")
+            minute = _point_end(point) - period
+            return found.setdefault(revision, {}).setdefault(minute, {"requests": 0, "errors": 0})
+
+        for ts in query(
+            REQUEST_COUNT, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM, "metric.labels.response_code_class"
+        ):
+            is_error = ts.metric.labels.get("response_code_class", "") == "5xx"
+            for point in ts.points:
+                values = slot(ts, point)
+                values["requests"] += point.value.int64_value
+                if is_error:
+                    values["errors"] += point.value.int64_value
+        for ts in query(REQUEST_LATENCIES, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM):
+            for point in ts.points:
+                values = slot(ts, point)
+                values.setdefault("latency", []).append(point.value.distribution_value)
+        for name, metric in (("memory", MEMORY_UTILIZATIONS), ("cpu", CPU_UTILIZATIONS)):
+            for ts in query(metric, Aligner.ALIGN_PERCENTILE_99, Reducer.REDUCE_MAX):
+                for point in ts.points:
+                    values = slot(ts, point)
+                    values[name] = max(values.get(name, float("-inf")), point.value.double_value)
+        return {
+            revision: {
+                minute: MinuteMetrics(
+                    minute=minute,
+                    requests=values["requests"],
+                    errors=values["errors"],
+                    latency_p95_ms=percentile(merge_distributions(values.get("latency", [])), 95),
+                    memory=values.get("memory"),
+                    cpu=values.get("cpu"),
+                )
+                for minute, values in minutes.items()
+            }
+            for revision, minutes in found.items()
+        }
+
     def _list(
         self,
         filter_: str,
@@ -285,6 +359,11 @@ def _without_minutes(
         if not any(cut_start < point.interval.end_time <= cut_end for cut_start, cut_end in exclude)
     ]
     return monitoring_v3.TimeSeries(metric=series.metric, resource=series.resource, points=kept)
+
+
+def _point_end(point: monitoring_v3.Point) -> datetime:
+    end = point.interval.end_time
+    return datetime.fromtimestamp(end.timestamp(), UTC).replace(microsecond=0)
 
 
 def _check_window(start: datetime, end: datetime) -> None:

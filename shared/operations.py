@@ -131,7 +131,7 @@ class Operations:
         end = (now or datetime.now(UTC)).replace(second=0, microsecond=0) - timedelta(
             minutes=self.policy.checkpoint.data_lag_minutes
         )
-        start = end - timedelta(minutes=self.policy.checkpoint.recent_window_minutes)
+        start = end - timedelta(minutes=self.policy.evidence.lookback_minutes)
         measured = self.clients.reader.canary_metrics(
             location=service.location,
             service=service.service,

@@ -49,6 +49,24 @@ class GoBars(_Strict):
     memory: float = Field(gt=0, le=1)
     cpu: float = Field(gt=0, le=1)
     min_requests: int = Field(ge=0)
+    error_rate_confidence: float = Field(default=0.95, ge=0.5, lt=1)
+
+
+class JudgeAgainstStable(_Strict):
+    enabled: bool = False
+    error_rate_margin: float = Field(default=0.005, ge=0, le=1)
+    latency_p95_margin_ratio: float = Field(default=0.2, ge=0)
+    memory_margin: float = Field(default=0.05, ge=0, le=1)
+
+
+class EvidenceRules(_Strict):
+    min_requests_per_minute: int = Field(default=20, ge=1)
+    down_error_rate: float = Field(default=0.5, gt=0, le=1)
+    down_min_requests: int = Field(default=10, ge=1)
+    lookback_minutes: int = Field(default=10, ge=2, le=60)
+    settle_seconds: int = Field(default=0, ge=0, le=600)
+    ledger_minutes: int = Field(default=120, ge=10, le=1440)
+    judge_against_stable: JudgeAgainstStable = Field(default_factory=JudgeAgainstStable)
 
 
 class RampStep(_Strict):
@@ -59,7 +77,6 @@ class RampStep(_Strict):
 class Checkpoint(_Strict):
     schedule: str
     time_zone: str
-    recent_window_minutes: int = Field(ge=1, le=60)
     data_lag_minutes: int = Field(ge=0, le=30)
     progress_deadline_hours: int = Field(ge=1)
 
@@ -89,6 +106,7 @@ class RateLimitProbe(_Strict):
 class Policy(_Strict):
     version: Literal[1]
     rollback_rules: dict[RuleName, RollbackRule]
+    evidence: EvidenceRules = Field(default_factory=EvidenceRules)
     alerting: Alerting
     go_bars: GoBars
     ramp: list[RampStep] = Field(min_length=1)
@@ -113,6 +131,9 @@ class Policy(_Strict):
                     f"ramp step {step.percent}% soaks {step.soak_minutes} min, not less than "
                     f"checkpoint.progress_deadline_hours ({deadline_minutes} min): it would always freeze"
                 )
+        limit = max(rule.consecutive for rule in self.rollback_rules.values())
+        if self.evidence.ledger_minutes < self.evidence.lookback_minutes + limit:
+            raise ValueError("evidence.ledger_minutes must hold lookback_minutes plus the longest run limit")
         # A GO bar looser than its rollback bar would let a breaching canary advance.
         for rule in ("error_rate", "latency_p95", "memory"):
             if getattr(self.go_bars, rule) > self.rollback_rules[rule].threshold:

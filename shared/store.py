@@ -1,7 +1,7 @@
 """Rollout state in Firestore. Every transition happens inside a transaction.
 
 Layout:
-  canary_rollouts/{rollout_id}                   the rollout: revisions, phase, step, streaks
+  canary_rollouts/{rollout_id}                   the rollout: revisions, phase, step, evidence ledger
   canary_rollouts/{rollout_id}/applied_events/{event_id}   dedupe markers (same txn as streaks)
   canary_rollouts/{rollout_id}/decisions/{id}    append-only history (status/history read it)
   canary_services/{service_key}                  which rollout is active for a service
@@ -23,17 +23,15 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.core import (
-    IGNORED,
-    Kind,
-    Observation,
+    COUNTING_PHASES,
+    EvidenceDecision,
     Outcome,
     Phase,
     Streak,
-    StreakDecision,
-    StreakState,
-    apply_observation,
-    repeated_notification,
+    apply_evidence,
+    streaks_of,
 )
+from shared.evidence import Evidence, Ledger, minute_key
 from shared.judge import SyntheticTraffic
 
 T = TypeVar("T")
@@ -137,7 +135,7 @@ class Rollout:
     step_started_at: datetime
     started_by: str
     paused: bool = False
-    streaks: Mapping[str, Streak] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=dict)  # rule -> minute -> Evidence
     rollback_requested: bool = False
     rollback_request: Mapping[str, Any] | None = None
     rollback_published: bool = False
@@ -146,14 +144,14 @@ class Rollout:
     redrive_at: datetime | None = None
     last_verdict: Mapping[str, Any] | None = None
     last_load_test: Mapping[str, Any] | None = None
-    last_notified: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rule -> incident, at
     created_at: datetime | None = None  # when canary-guard registered the rollout
     synthetic_traffic: tuple[SyntheticTraffic, ...] = ()  # its load test runs, for the checkpoint
     updated_at: datetime | None = None  # its last write
 
     @property
-    def streak_state(self) -> StreakState:
-        return StreakState(self.phase, self.streaks, self.rollback_requested, self.created_at)
+    def streaks(self) -> dict[str, Streak]:
+        """Each rule's current run of breach minutes (the end of its ledger)."""
+        return streaks_of(self.ledger)
 
     @property
     def rollback_pending(self) -> bool:
@@ -162,9 +160,12 @@ class Rollout:
 
     @classmethod
     def from_doc(cls, doc_id: str, data: Mapping[str, Any]) -> Rollout:
-        streaks = {
-            rule: Streak(int(s.get("count", 0)), _plain(s.get("last_event_time")))
-            for rule, s in (data.get("streaks") or {}).items()
+        ledger = {
+            rule: {
+                entry.minute: entry
+                for entry in (Evidence.from_doc(rule, key, doc) for key, doc in minutes.items())
+            }
+            for rule, minutes in (data.get("ledger") or {}).items()
         }
         return cls(
             id=doc_id,
@@ -176,7 +177,7 @@ class Rollout:
             step_started_at=_plain(data["step_started_at"]),
             started_by=data.get("started_by", ""),
             paused=bool(data.get("paused", False)),
-            streaks=streaks,
+            ledger=ledger,
             rollback_requested=bool(data.get("rollback_requested", False)),
             rollback_request=data.get("rollback_request"),
             rollback_published=bool(data.get("rollback_published", False)),
@@ -185,10 +186,6 @@ class Rollout:
             redrive_at=_plain(data.get("redrive_at")),
             last_verdict=data.get("last_verdict"),
             last_load_test=data.get("last_load_test"),
-            last_notified={
-                rule: {"incident_id": seen.get("incident_id"), "at": _plain(seen.get("at"))}
-                for rule, seen in (data.get("last_notified") or {}).items()
-            },
             created_at=_plain(data.get("created_at")),
             updated_at=_plain(data.get("updated_at")),
             synthetic_traffic=tuple(
@@ -211,8 +208,8 @@ def _plain(moment: datetime | None) -> datetime | None:
     return datetime.fromisoformat(moment.isoformat()).astimezone(UTC)
 
 
-def _streaks_doc(streaks: Mapping[str, Streak]) -> dict[str, Any]:
-    return {rule: {"count": s.count, "last_event_time": s.last_event_time} for rule, s in streaks.items()}
+def _ledger_doc(ledger: Ledger) -> dict[str, Any]:
+    return {rule: {minute_key(m): e.as_doc() for m, e in minutes.items()} for rule, minutes in ledger.items()}
 
 
 def _now() -> datetime:
@@ -368,7 +365,7 @@ class RolloutStore:
                     "created_at": now,
                     "updated_at": now,
                     "paused": False,
-                    "streaks": {},
+                    "ledger": {},
                     "rollback_requested": False,
                     "rollback_published": False,
                 },
@@ -390,84 +387,83 @@ class RolloutStore:
         assert rollout is not None  # written or found by the transaction above
         return rollout
 
-    def apply_observation(
+    def apply_evidence(
         self,
         rid: str,
-        obs: Observation,
+        entries: list[Evidence],
         limits: Mapping[str, int],
-        rollback_request: Mapping[str, Any],
-        same_incident_gap: timedelta = timedelta(0),
-        attribution_grace: Mapping[str, timedelta] | None = None,
-    ) -> tuple[StreakDecision, Rollout] | None:
-        """Dedupe + streak update + history in one transaction. None: no such rollout.
+        rollback_request: Callable[[EvidenceDecision], Mapping[str, Any]],
+        *,
+        keep: timedelta,
+        event_id: str = "",
+        source: str,
+    ) -> tuple[EvidenceDecision, Rollout] | None:
+        """Ledger merge + trip check + history in one transaction. None: no such rollout.
 
-        `rollback_request` is stored with the rollout when this observation trips a rule, so
-        the request can be (re)published until it is confirmed (outbox pattern).
-        `attribution_grace` is passed to the core (see `shared.core.apply_observation`).
+        `event_id` (an alert's Pub/Sub message id) is recorded in the same transaction, so its
+        redelivery is reported as a duplicate (the ledger would not change anyway). When the
+        evidence trips a rule, `rollback_request(decision)` is stored with the rollout, so the
+        request can be (re)published until it is confirmed (outbox pattern).
         """
         rollout_ref = self._rollout_ref(rid)
-        marker_ref = rollout_ref.collection(APPLIED).document(_event_key(obs.event_id))
+        marker_ref = rollout_ref.collection(APPLIED).document(_event_key(event_id)) if event_id else None
         result: dict[str, Any] = {}
 
         def txn_body(txn: firestore.Transaction) -> None:
+            result.clear()
             rollout_snap = rollout_ref.get(transaction=txn)
             if not rollout_snap.exists:
-                result.clear()
                 return
-            marker_snap = marker_ref.get(transaction=txn)
             rollout = Rollout.from_doc(rid, rollout_snap.to_dict())
-            repeated = repeated_notification(obs, rollout.last_notified.get(obs.rule), same_incident_gap)
-            decision = apply_observation(
-                rollout.streak_state,
-                obs,
-                limits,
-                duplicate=marker_snap.exists,
-                repeated=repeated,
-                attribution_grace=attribution_grace,
-            )
-            result.update(decision=decision, rollout=rollout)
-            if decision.outcome is Outcome.DUPLICATE:
+            if marker_ref is not None and marker_ref.get(transaction=txn).exists:
+                duplicate = EvidenceDecision(
+                    Outcome.DUPLICATE, rollout.ledger, (), {}, None, f"event {event_id} was already applied"
+                )
+                result.update(decision=duplicate, rollout=rollout)
                 return
+            decision = apply_evidence(
+                rollout.phase, rollout.ledger, rollout.rollback_requested, entries, limits, keep=keep
+            )
             now = _now()
-            txn.create(marker_ref, {"applied_at": now, "outcome": decision.outcome.value, "rule": obs.rule})
+            if marker_ref is not None:
+                txn.create(marker_ref, {"applied_at": now, "outcome": decision.outcome.value})
+            request = dict(rollback_request(decision)) if decision.request_rollback else None
+            result.update(decision=decision, rollout=rollout, request=request)
+            if decision.outcome in (Outcome.NOT_RUNNING, Outcome.UNCHANGED):
+                return
+            update: dict[str, Any] = {"ledger": _ledger_doc(decision.ledger), "updated_at": now}
+            changed = [
+                {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc()} for e in decision.changed
+            ]
+            history_key = hashlib.sha256(repr((source, changed)).encode()).hexdigest()[:40]
             self._decision(
                 txn,
                 rid,
-                "observation",
+                "evidence",
                 {
-                    "rule": obs.rule,
-                    "observation": obs.kind.value,
-                    "source": obs.source,
-                    "event_id": obs.event_id,
-                    "event_time": obs.event_time,
+                    "source": source,
+                    "event_id": event_id or None,
                     "outcome": decision.outcome.value,
-                    "count": decision.count,
-                    "limit": decision.limit,
                     "message": decision.reason,
-                    "detail": dict(obs.detail),
+                    "entries": changed,
                 },
-                key=f"obs-{obs.event_id}",
+                key=f"ev-{history_key}",
             )
-            if decision.outcome in IGNORED:  # recorded in the history, streaks untouched
-                return
-            update: dict[str, Any] = {
-                "streaks": _streaks_doc(decision.state.streaks),
-                "updated_at": now,
-            }
-            if obs.kind is Kind.RECOVERY:
-                update[f"last_notified.{obs.rule}"] = firestore.DELETE_FIELD
-            elif obs.source == "alert" and obs.detail.get("incident_id"):
-                # What the next message about this incident is compared with (repeated_notification).
-                seen = {"incident_id": obs.detail["incident_id"], "at": obs.event_time}
-                update[f"last_notified.{obs.rule}"] = seen
-            if decision.request_rollback:
-                update |= {"rollback_requested": True, "rollback_request": dict(rollback_request)}
+            if request is not None:
+                assert decision.trip is not None
+                update |= {"rollback_requested": True, "rollback_request": request}
                 self._decision(
                     txn,
                     rid,
                     "rollback_requested",
-                    {"rule": obs.rule, "message": decision.reason, "event_id": obs.event_id},
-                    key=f"req-{obs.event_id}",
+                    {
+                        "rule": decision.trip.rule,
+                        "message": decision.reason,
+                        "event_id": event_id or None,
+                        "minutes": [minute_key(e.minute) for e in decision.trip.tripped],
+                        "evidence": [e.describe() for e in decision.trip.tripped],
+                    },
+                    key=f"req-{rid}",
                 )
             txn.update(rollout_ref, update)
 
@@ -475,23 +471,51 @@ class RolloutStore:
             self._transact(rid, txn_body)
         except gexc.Conflict:
             # The marker was created by a concurrent delivery after our read: that one applied it.
-            return self.apply_observation(
-                rid, obs, limits, rollback_request, same_incident_gap, attribution_grace
+            return self.apply_evidence(
+                rid, entries, limits, rollback_request, keep=keep, event_id=event_id, source=source
             )
         if not result:
             return None
-        decision: StreakDecision = result["decision"]
+        decision: EvidenceDecision = result["decision"]
         rollout: Rollout = result["rollout"]
-        if decision.outcome not in IGNORED:  # what the transaction wrote, without reading it back
+        if decision.outcome not in (Outcome.NOT_RUNNING, Outcome.DUPLICATE):
+            # what the transaction wrote, without reading it back
             rollout = replace(
                 rollout,
-                streaks=decision.state.streaks,
-                rollback_requested=decision.state.rollback_requested,
-                rollback_request=dict(rollback_request)
-                if decision.request_rollback
-                else rollout.rollback_request,
+                ledger=decision.ledger,
+                rollback_requested=rollout.rollback_requested or decision.request_rollback,
+                rollback_request=result.get("request") or rollout.rollback_request,
             )
         return decision, rollout
+
+    def request_rollback(
+        self, rid: str, request: Mapping[str, Any], *, rule: str, message: str
+    ) -> Rollout | None:
+        """Request a rollback that is not a rule's trip (the end-of-soak NO_GO), once per rollout:
+        stored with the rollout (the outbox), in the same transaction as its history entry. None:
+        the rollout no longer serves its canary, or a rollback was requested already."""
+        rollout_ref = self._rollout_ref(rid)
+        found: dict[str, Rollout] = {}
+
+        def txn_body(txn: firestore.Transaction) -> None:
+            found.clear()
+            snap = rollout_ref.get(transaction=txn)
+            if not snap.exists:
+                return
+            rollout = Rollout.from_doc(rid, snap.to_dict())
+            if rollout.phase not in COUNTING_PHASES or rollout.rollback_requested:
+                return
+            txn.update(
+                rollout_ref,
+                {"rollback_requested": True, "rollback_request": dict(request), "updated_at": _now()},
+            )
+            self._decision(
+                txn, rid, "rollback_requested", {"rule": rule, "message": message}, key=f"req-{rid}"
+            )
+            found["rollout"] = replace(rollout, rollback_requested=True, rollback_request=dict(request))
+
+        self._transact(rid, txn_body)
+        return found.get("rollout")
 
     def mark_rollback_published(self, rid: str, message_id: str) -> None:
         now = _now()

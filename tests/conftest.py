@@ -78,6 +78,22 @@ def cloudrun_session() -> Iterator[object]:
     standin.stop()
 
 
+@pytest.fixture(scope="session")
+def monitoring_session() -> Iterator[object]:
+    """The Cloud Monitoring stand-in (gRPC) that the served functions read, once per session."""
+    from infra.monitoring_standin import start_monitoring_standin
+
+    standin = start_monitoring_standin()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def monitoring(monitoring_session: object) -> object:
+    monitoring_session.reset()
+    return monitoring_session
+
+
 @pytest.fixture
 def cloudrun(cloudrun_session: object) -> object:
     cloudrun_session.reset()
@@ -91,12 +107,15 @@ def firestore_clean(emulators: Emulators) -> Emulators:
 
 
 @pytest.fixture(scope="session")
-def function_env(emulators: Emulators, cloudrun_session: object) -> dict[str, str]:
+def function_env(
+    emulators: Emulators, cloudrun_session: object, monitoring_session: object
+) -> dict[str, str]:
     return {
         **emulators.env(),
         "CANARY_SERVICES": ",".join(WATCHED),
         "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
         "CLOUD_RUN_API_ENDPOINT": cloudrun_session.url,
+        "MONITORING_API_ENDPOINT": monitoring_session.target,
     }
 
 
