@@ -208,6 +208,11 @@ def handle_alert(
 
         early = too_early(obs, rollout.created_at, attribution_grace(policy).get(obs.rule))
         if early:
+            store.record(
+                rollout.id,
+                "evidence_ignored",
+                {"rule": obs.rule, "event_id": obs.event_id, "outcome": "too_early", "message": early},
+            )
             return Report("INFO", early, rollout=rollout.id, outcome=Outcome.TOO_EARLY.value, **fields)
         opened = obs.detail.get("incident_started_at")
         failing = obs.kind is Kind.BREACH
