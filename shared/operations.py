@@ -20,6 +20,8 @@ from shared.traffic import plan_canary_share, shares_by_revision
 if TYPE_CHECKING:
     from shared.checkpoint import Clients
 
+METRICS_WINDOW = timedelta(minutes=5)  # `metrics`: the last five complete minutes
+
 
 class OperationError(RuntimeError):
     """The operation cannot be done in the current state; the message says why."""
@@ -131,7 +133,7 @@ class Operations:
         end = (now or datetime.now(UTC)).replace(second=0, microsecond=0) - timedelta(
             minutes=self.policy.checkpoint.data_lag_minutes
         )
-        start = end - timedelta(minutes=self.policy.evidence.lookback_minutes)
+        start = end - METRICS_WINDOW
         measured = self.clients.reader.canary_metrics(
             location=service.location,
             service=service.service,

@@ -27,8 +27,9 @@ from infra.cli import main
 from infra.localstack import PROJECT
 from infra.monitoring_standin import MonitoringStandin, distribution, start_monitoring_standin
 from shared import runtime
-from shared.breach import observe
-from shared.core import Kind, Observation, Phase
+from shared.breach import record_evidence
+from shared.core import Phase
+from shared.evidence import Evidence, EvidenceKind, whole_minute
 from shared.monitoring import CPU_UTILIZATIONS, MEMORY_UTILIZATIONS, REQUEST_COUNT, REQUEST_LATENCIES
 from shared.policy import load_policy
 from shared.store import RolloutStore, rollout_id
@@ -123,19 +124,17 @@ def as_json(result: Result) -> dict:
 
 
 def breach(store: RolloutStore, n: int, rule: str = "error_rate") -> None:
-    """Record `n` consecutive breaches the way the alert path does (same store transaction)."""
+    """Record `n` consecutive breach minutes the way checkpoints and alerts do (same transaction)."""
     policy = load_policy()
+    first = whole_minute(datetime.now(UTC)) - timedelta(minutes=n)
     for i in range(n):
         rollout = store.get(ROLLOUT)
         assert rollout is not None
-        obs = Observation(
-            rule=rule,
-            kind=Kind.BREACH,
-            event_time=datetime.now(UTC) + timedelta(seconds=i),
-            event_id=f"cli-test-{rule}-{i}",
-            source="alert",
+        minute = first + timedelta(minutes=i)
+        entry = Evidence(rule, minute, EvidenceKind.BREACH, "metrics", 0.05, 0.01, 200)
+        record_evidence(
+            rollout, [entry], policy=policy, store=store, source="checkpoint", requested_by="test"
         )
-        assert observe(rollout.service, rollout.canary_revision, obs, policy=policy, store=store) is not None
 
 
 def load_canary_series(monitoring: MonitoringStandin, canary: str = "shop-00002") -> None:
@@ -327,11 +326,19 @@ def test_metrics_shows_values_next_to_the_go_and_rollback_bars(invoke, started, 
     assert rows["latency_p95"].split() == ["latency_p95", "375", "ms", "200", "ms", "500", "ms"]
     assert rows["memory"].split() == ["memory", "49.75%", "85.00%", "85.00%"]
     assert rows["cpu"].split() == ["cpu", "49.80%", "80.00%", "-"]
-    assert rows["verdict"].split(maxsplit=1)[1] == "HOLD: latency_p95 375 ms > GO bar 200 ms"
+    assert rows["verdict"].split(maxsplit=1)[1] == (
+        "HOLD: error_rate 0.50% (upper 95% bound 1.02%) > GO bar 0.50%; latency_p95 375 ms > GO bar 200 ms"
+    )
 
     data = as_json(invoke("--json", "metrics", "shop"))
     assert (data["request_count"], data["error_count"], data["verdict"]) == (1000, 5, "HOLD")
-    assert data["measured"]["error_rate"] == {"value": 0.005, "go_bar": 0.005, "rollback_bar": 0.01}
+    assert data["measured"]["error_rate"] == {
+        "value": 0.005,
+        "go_bar": 0.005,
+        "rollback_bar": 0.01,
+        "upper_bound": pytest.approx(0.0102, abs=5e-5),
+        "confidence": 0.95,
+    }
     assert data["measured"]["latency_p95"]["value"] == pytest.approx(375)
     start, end = (datetime.fromisoformat(data["window"][k]) for k in ("start", "end"))
     assert end - start == timedelta(minutes=5)
@@ -511,11 +518,11 @@ def test_history_lists_entries_in_order_with_limit(invoke, started, store):
     assert lines[1].split() == ["AT", "(UTC)", "KIND", "BY", "MESSAGE"]
     assert [line.split()[2:4] for line in lines[2:]] == [
         ["started", "alice"],
-        ["observation", "alert"],
+        ["evidence", "checkpoint"],
         ["step", "tester"],
         ["paused", "tester"],
     ]
-    assert "error_rate breach 1 of 3" in lines[3]
+    assert "runs error_rate 1/3" in lines[3]
 
     data = as_json(invoke("--json", "history", "shop"))
     assert set(data) == {"rollout", "entries"}

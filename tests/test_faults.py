@@ -14,7 +14,7 @@ from infra.localstack import PROJECT, free_port, serve_function
 from shared.store import RolloutStore, rollout_id
 from tests.conftest import SHOP, ServedFunction, deploy_canary
 from tests.outage_proxy import OutageProxy
-from tests.test_pipeline import alert
+from tests.test_pipeline import ERRORS, MINUTE, T0, alert, serve
 
 pytestmark = pytest.mark.emulators
 CANARY = rollout_id(SHOP, "shop-00002")
@@ -49,14 +49,16 @@ def counter_behind_proxy(function_env, log_dir: Path, firestore_outage):
 
 
 def test_a_brief_firestore_outage_loses_and_doubles_nothing(
-    counter_behind_proxy, firestore_outage, firestore_clean, cloudrun
+    counter_behind_proxy, firestore_outage, firestore_clean, cloudrun, monitoring
 ):
     deploy_canary(cloudrun)
+    serve(monitoring, ERRORS, T0 - MINUTE)
     store = RolloutStore(PROJECT)  # straight to the emulator, not through the proxy
-    assert alert(counter_behind_proxy, seconds=1)[1].status_code == 200
+    assert alert(counter_behind_proxy, opened=T0 - MINUTE)[1].status_code == 200
+    serve(monitoring, ERRORS, T0)
     firestore_outage.down()
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(alert, counter_behind_proxy, seconds=2)
+        in_flight = pool.submit(alert, counter_behind_proxy, opened=T0)
         deadline = time.monotonic() + 20
         while firestore_outage.refused < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -67,6 +69,6 @@ def test_a_brief_firestore_outage_loses_and_doubles_nothing(
     assert response.status_code == 200
     assert store.get(CANARY).streaks["error_rate"].count == 2
     # Pub/Sub may still redeliver it (the ack could have been lost): it counts once.
-    assert alert(counter_behind_proxy, seconds=2, message_id=message_id)[1].status_code == 200
+    assert alert(counter_behind_proxy, opened=T0, message_id=message_id)[1].status_code == 200
     assert store.get(CANARY).streaks["error_rate"].count == 2
     assert counter_behind_proxy.logs_for(event_id=message_id)[-1]["outcome"] == "duplicate"
