@@ -47,6 +47,9 @@ IGNORED = frozenset({Outcome.UNCHANGED, Outcome.DUPLICATE, Outcome.NOT_RUNNING, 
 # The canary still serves traffic in these phases, so its breaches must still trip a rollback
 # (FROZEN only stops the ramp).
 COUNTING_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
+# A canary in these phases holds (or is losing) its share: the service has an active rollout, so
+# another canary may not start (one rollout per service); a new one discovered live supersedes it.
+ACTIVE_PHASES = frozenset({Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceRef, Settings
-from shared.core import Phase
+from shared.core import ACTIVE_PHASES, Phase
 from shared.events import RollbackRequest
 from shared.judge import judge, next_ramp_step, step_for_percent
 from shared.policy import Policy
@@ -67,11 +67,7 @@ class Operations:
         # Refuse before touching traffic: one active rollout per service, and a revision that
         # was rolled out once is not started again (a repeat at the same share only re-applies).
         active = self.clients.store.active(service.name)
-        if (
-            active
-            and active.canary_revision != revision
-            and active.phase in (Phase.RUNNING, Phase.ROLLING_BACK)
-        ):
+        if active and active.canary_revision != revision and active.phase in ACTIVE_PHASES:
             raise OperationError(
                 f"{service.service} already has an active rollout of {active.canary_revision} "
                 f"({active.phase}); roll it back or promote it first"

@@ -23,6 +23,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.core import (
+    ACTIVE_PHASES,
     COUNTING_PHASES,
     EvidenceDecision,
     Outcome,
@@ -339,7 +340,7 @@ class RolloutStore:
             if rollout_snap.exists:
                 return
             # A FROZEN canary still serves its share: it is as active as a RUNNING one.
-            if previous is not None and previous.phase in (Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN):
+            if previous is not None and previous.phase in ACTIVE_PHASES:
                 if refuse_if_active:
                     raise RolloutConflict(
                         f"{service_name} already has an active rollout of {previous.canary_revision} "

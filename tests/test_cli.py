@@ -401,13 +401,17 @@ def test_advance_output_stays_one_json_document_when_cloud_run_retries(invoke, s
     assert "retrying" in result.stderr  # the client's retry log line went to stderr
 
 
-def test_a_frozen_rollout_blocks_a_new_start_and_resume_unfreezes_it(invoke, started, store):
+def test_a_frozen_rollout_blocks_a_new_start_and_resume_unfreezes_it(invoke, started, store, shop):
     assert store.set_phase(ROLLOUT, Phase.FROZEN, "frozen", {"message": "test"}, only_from={Phase.RUNNING})
     frozen_since = store.get(ROLLOUT).step_started_at
+    serving = shop.service(SHOP)["traffic"]
 
     second = invoke("start", "shop", "--revision", "shop-00003", "--percent", "5")
     assert second.exit_code == 1  # a frozen canary still serves its share: still active
     assert "already has an active rollout of shop-00002 (FROZEN)" in second.stderr
+    # Refused before any traffic write: the frozen canary keeps its share and its tag.
+    assert shop.service(SHOP)["traffic"] == serving
+    assert live(shop) == {"shop-00001": 95, "shop-00002": 5}
 
     assert invoke("pause", "shop").exit_code == 1  # nothing to pause: it is not ramping
     resumed = invoke("--as", "erin", "resume", "shop", "--reason", "fixed the slow query")
