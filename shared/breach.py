@@ -103,6 +103,7 @@ def record_evidence(
     source: str,
     requested_by: str,
     event_id: str = "",
+    now: datetime | None = None,
 ) -> tuple[EvidenceDecision, Rollout]:
     applied = store.apply_evidence(
         rollout.id,
@@ -112,6 +113,8 @@ def record_evidence(
         keep=timedelta(minutes=policy.evidence.ledger_minutes),
         event_id=event_id,
         source=source,
+        now=now,
+        promoted_watch=timedelta(hours=policy.checkpoint.watch_after_promotion_hours),
     )
     if applied is None:
         raise RuntimeError(f"rollout {rollout.id} disappeared while recording evidence")
@@ -233,6 +236,7 @@ def handle_alert(
         source="alert",
         requested_by="canary-guard/breach_counter",
         event_id=obs.event_id,
+        now=now,
     )
     message_id = publish_pending_rollback(rollout, store, publisher, settings.rollback_topic)
     run = decision.runs.get(obs.rule)

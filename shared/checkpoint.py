@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.breach import judge_window, lookback_window, publish_pending_rollback, record_evidence
 from shared.config import ServiceRef, Settings
-from shared.core import COUNTING_PHASES, Phase
+from shared.core import COUNTING_PHASES, Phase, watching_promoted
 from shared.judge import (
     Judgement,
     RampState,
@@ -165,6 +165,7 @@ def checkpoint_rollout(
         store=clients.store,
         source="checkpoint",
         requested_by="canary-guard/checkpoint",
+        now=now,
     )
     publish_pending_rollback(rollout, clients.store, clients.publisher, settings.rollback_topic)
     if evidence.request_rollback:
@@ -172,6 +173,17 @@ def checkpoint_rollout(
             f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: "
             f"{evidence.reason}",
             rule=evidence.trip.rule if evidence.trip else None,
+        )
+    if rollout.phase is Phase.PROMOTED:  # the watch window after 100 %: rollback rules only
+        runs = {rule: run.trailing for rule, run in evidence.runs.items() if run.trailing}
+        return Report(
+            "NOTICE" if evidence.request_rollback else "INFO",
+            f"{service.service}: promoted {rollout.canary_revision} under watch: {evidence.reason}",
+            rollout=rollout.id,
+            service=rollout.service,
+            action="watch",
+            evidence=evidence.outcome.value,
+            streaks=runs or None,
         )
 
     # The step's verdict over its whole window so far.
@@ -350,9 +362,13 @@ def _checkpoint_service(
         )
     if rollout is None:
         return Report("INFO", f"{service.service}: no canary", service=service.name, action="none")
-    if (
-        rollout.rollback_requested and rollout.phase in WATCHED_PHASES
-    ) or rollout.phase is Phase.ROLLING_BACK:
+    watched = rollout.phase in WATCHED_PHASES or watching_promoted(
+        rollout.phase,
+        rollout.step_started_at,
+        now,
+        timedelta(hours=policy.checkpoint.watch_after_promotion_hours),
+    )
+    if (rollout.rollback_requested and watched) or rollout.phase is Phase.ROLLING_BACK:
         # A rollback that was requested but has not finished (never published, dead-lettered,
         # or failed half-way): re-send it, with backoff, until the rollback function finishes it.
         due = rollback_redrive_due(
@@ -379,7 +395,7 @@ def _checkpoint_service(
         return Report(
             "WARNING", message, rollout=rollout.id, action="rollback_redriven", rollback_message_id=message_id
         )
-    if rollout.phase not in WATCHED_PHASES:
+    if not watched:
         return Report(
             "INFO", f"{service.service}: rollout is {rollout.phase}", rollout=rollout.id, action="none"
         )

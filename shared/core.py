@@ -82,6 +82,11 @@ def streaks_of(ledger: Ledger) -> dict[str, Streak]:
     return found
 
 
+def watching_promoted(phase: Phase, promoted_at: datetime, now: datetime, watch: timedelta) -> bool:
+    """A PROMOTED revision is still under the rollback rules for `watch` after its promotion."""
+    return phase is Phase.PROMOTED and now < promoted_at + watch
+
+
 def too_early(obs: Observation, created_at: datetime | None, grace: timedelta | None) -> str:
     """Why an alert that names no revision is not counted on a rollout that started moments ago
     (it may be about the previous canary, still tagged and still failing); "" to count it.
@@ -122,19 +127,20 @@ def apply_evidence(
     limits: Mapping[str, int],
     *,
     keep: timedelta,
+    watching_promoted: bool = False,
 ) -> EvidenceDecision:
     """Add `entries` to the rollout's ledger; request a rollback (once per rollout) when a rule
     holds a run of its limit of breach minutes. A rollout that no longer serves a canary
-    (rolled back, promoted, superseded) takes no evidence."""
-    if phase not in COUNTING_PHASES:
+    (rolled back, superseded, or promoted and past its watch window) takes no evidence."""
+    if phase not in COUNTING_PHASES and not (phase is Phase.PROMOTED and watching_promoted):
         return EvidenceDecision(Outcome.NOT_RUNNING, ledger, (), {}, None, f"rollout is {phase}")
     merged, changed = merge(ledger, entries)
-    if merged:
-        newest = max((m for minutes in merged.values() for m in minutes), default=None)
-        if newest is not None:
-            merged = prune(merged, keep=keep, newest=newest)
+    # Runs are looked for before pruning: late evidence older than the horizon still completes one.
     found = runs(merged, limits)
     trip = first_trip(merged, limits)
+    newest = max((m for minutes in merged.values() for m in minutes), default=None)
+    if newest is not None:
+        merged = prune(merged, keep=keep, newest=newest)
     if trip is not None and not rollback_requested:
         minutes = f"{trip.tripped[0].minute:%H:%M}Z–{trip.tripped[-1].minute:%H:%M}Z"
         worst = max(trip.tripped, key=lambda e: e.value if e.value is not None else float("-inf")).describe()

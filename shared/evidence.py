@@ -39,7 +39,18 @@ class EvidenceKind(StrEnum):
     THIN = "thin"  # too few requests to judge: breaks a run
 
 
-_RANK = {EvidenceKind.THIN: 0, EvidenceKind.SKIPPED: 1, EvidenceKind.OK: 2, EvidenceKind.BREACH: 3}
+# A reading that knew the minute was our own load test outranks one that judged its requests
+# as the users' (it must keep bridging the run); a breach outranks everything.
+_RANK = {EvidenceKind.THIN: 0, EvidenceKind.OK: 1, EvidenceKind.SKIPPED: 2, EvidenceKind.BREACH: 3}
+
+
+def _order(entry: Evidence) -> tuple[int, str, float, int, str]:
+    """A total order on readings of one minute: rank first, then a fixed tie-break, so the ledger
+    does not depend on which of two equal readings arrived first."""
+    value = entry.value if entry.value is not None and math.isfinite(entry.value) else float("-inf")
+    return (_RANK[entry.kind], entry.source, value, entry.requests or -1, entry.note)
+
+
 REQUEST_RULES = ("error_rate", "latency_p95", "canary_down")
 
 
@@ -96,8 +107,15 @@ class Evidence:
         at = f"{self.minute:%H:%M}Z"
         if self.value is None or self.threshold is None:
             return f"{self.rule} {self.kind.value} at {at}" + (f" ({self.note})" if self.note else "")
-        op = ">" if self.kind is EvidenceKind.BREACH else "<="
         value, threshold = format_value(self.rule, self.value), format_value(self.rule, self.threshold)
+        if self.kind is EvidenceKind.THIN:
+            return f"{self.rule} {value} at {at} on {self.requests} requests: too few to judge"
+        if self.value > self.threshold:
+            op = ">"
+        elif self.value == self.threshold:
+            op = ">=" if self.kind is EvidenceKind.BREACH else "="
+        else:
+            op = "<="
         text = f"{self.rule} {value} {op} {threshold} at {at}"
         if self.requests is not None:
             text += f" ({self.requests} requests)"
@@ -116,17 +134,18 @@ Ledger = Mapping[str, Mapping[datetime, Evidence]]
 def merge(
     ledger: Ledger, entries: Iterable[Evidence]
 ) -> tuple[dict[str, dict[datetime, Evidence]], list[Evidence]]:
-    """The ledger with `entries` added, and those entries that changed it (new minutes, or a
-    stronger kind for a known minute). Equal-rank readings keep the one already held."""
+    """The ledger with `entries` added, and the entries that changed it (new minutes, or a reading
+    that outranks the one held), one per minute. Readings of one minute are totally ordered
+    (`_order`), so the result is the same whatever order they arrive in."""
     merged = {rule: dict(minutes) for rule, minutes in ledger.items()}
-    changed: list[Evidence] = []
+    changed: dict[tuple[str, datetime], Evidence] = {}
     for entry in entries:
         minutes = merged.setdefault(entry.rule, {})
         held = minutes.get(entry.minute)
-        if held is None or _RANK[entry.kind] > _RANK[held.kind]:
+        if held is None or _order(entry) > _order(held):
             minutes[entry.minute] = entry
-            changed.append(entry)
-    return merged, changed
+            changed[(entry.rule, entry.minute)] = entry
+    return merged, list(changed.values())
 
 
 def prune(ledger: Ledger, *, keep: timedelta, newest: datetime) -> dict[str, dict[datetime, Evidence]]:

@@ -79,6 +79,7 @@ class Checkpoint(_Strict):
     time_zone: str
     data_lag_minutes: int = Field(ge=0, le=30)
     progress_deadline_hours: int = Field(ge=1)
+    watch_after_promotion_hours: float = Field(default=24, ge=0, le=720)
 
 
 class LoadTest(_Strict):

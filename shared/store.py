@@ -31,6 +31,7 @@ from shared.core import (
     Streak,
     apply_evidence,
     streaks_of,
+    watching_promoted,
 )
 from shared.evidence import Evidence, Ledger, minute_key
 from shared.judge import SyntheticTraffic
@@ -398,6 +399,8 @@ class RolloutStore:
         keep: timedelta,
         event_id: str = "",
         source: str,
+        now: datetime | None = None,
+        promoted_watch: timedelta = timedelta(0),
     ) -> tuple[EvidenceDecision, Rollout] | None:
         """Ledger merge + trip check + history in one transaction. None: no such rollout.
 
@@ -422,17 +425,26 @@ class RolloutStore:
                 )
                 result.update(decision=duplicate, rollout=rollout)
                 return
-            decision = apply_evidence(
-                rollout.phase, rollout.ledger, rollout.rollback_requested, entries, limits, keep=keep
+            watching = watching_promoted(
+                rollout.phase, rollout.step_started_at, now or _now(), promoted_watch
             )
-            now = _now()
+            decision = apply_evidence(
+                rollout.phase,
+                rollout.ledger,
+                rollout.rollback_requested,
+                entries,
+                limits,
+                keep=keep,
+                watching_promoted=watching,
+            )
+            written_at = _now()
             if marker_ref is not None:
-                txn.create(marker_ref, {"applied_at": now, "outcome": decision.outcome.value})
+                txn.create(marker_ref, {"applied_at": written_at, "outcome": decision.outcome.value})
             request = dict(rollback_request(decision)) if decision.request_rollback else None
             result.update(decision=decision, rollout=rollout, request=request)
             if decision.outcome in (Outcome.NOT_RUNNING, Outcome.UNCHANGED):
                 return
-            update: dict[str, Any] = {"ledger": _ledger_doc(decision.ledger), "updated_at": now}
+            update: dict[str, Any] = {"ledger": _ledger_doc(decision.ledger), "updated_at": written_at}
             changed = [
                 {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc()} for e in decision.changed
             ]
@@ -473,7 +485,15 @@ class RolloutStore:
         except gexc.Conflict:
             # The marker was created by a concurrent delivery after our read: that one applied it.
             return self.apply_evidence(
-                rid, entries, limits, rollback_request, keep=keep, event_id=event_id, source=source
+                rid,
+                entries,
+                limits,
+                rollback_request,
+                keep=keep,
+                event_id=event_id,
+                source=source,
+                now=now,
+                promoted_watch=promoted_watch,
             )
         if not result:
             return None

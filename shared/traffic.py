@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CANARY_TAG = "canary"
+STABLE_TAG = "stable"
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,15 @@ def plan_rollback(
 def plan_canary_share(
     current: ServiceTraffic, canary_revision: str, stable_revision: str, percent: int
 ) -> list[TrafficSplit] | None:
-    """Canary (tagged `canary`) gets `percent`, stable the rest. None: already there."""
+    """Canary (tagged `canary`) gets `percent`, stable the rest. None: already there.
+
+    At 100 % the previous stable revision is tagged `stable` (0 %): during the watch after
+    promotion a rollback puts it back in one write, and its tag URL stays reachable."""
     if not 0 <= percent <= 100:
         raise TrafficPlanError(f"canary percent must be 0..100, got {percent}")
     shares = {canary_revision: percent, stable_revision: 100 - percent}
-    wanted = _split(
-        current, {rev: share for rev, share in shares.items() if share}, {canary_revision: CANARY_TAG}
-    )
+    tags = {canary_revision: CANARY_TAG}
+    if percent == 100 and stable_revision != canary_revision:
+        tags[stable_revision] = STABLE_TAG
+    wanted = _split(current, {rev: share for rev, share in shares.items() if share}, tags)
     return None if _same_split(current, wanted) else wanted

@@ -753,3 +753,47 @@ def test_a_published_rollback_that_never_finished_is_resent_with_backoff(
     ]
     assert [r["canary_revision"] for r in rollback_requests(expect_at_least=2)] == ["shop-00002"] * 2
     assert clients.store.get(rollout.id).redrive_count == 2
+
+
+def test_a_promoted_revision_stays_under_watch_and_a_trip_restores_the_previous_stable(
+    clients, settings, cloudrun, monitoring, functions, rollback_requests
+):
+    """After 100 % the rollback rules still apply for the watch window; the previous stable keeps a
+    `stable` tag, and the rollback puts it back at 100 % in one traffic write."""
+    deploy_canary(cloudrun)
+    rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    promoted_at = soon()
+    assert step_to(clients, rollout, 100, by="test", now=promoted_at).status == "changed"
+    tags = {t.get("tag"): t["revision"] for t in cloudrun.service(SHOP)["traffic"] if t.get("tag")}
+    assert tags == {"canary": "shop-00002", "stable": "shop-00001"}
+    assert live(cloudrun) == {"shop-00002": 100}
+    t = promoted_at + timedelta(hours=2)
+    serve_minutes(monitoring, [t - LAG - timedelta(minutes=1)], HEALTHY)
+    report = check(clients, settings, t)[CANARY]
+    assert (report.fields["action"], report.fields["evidence"]) == ("watch", "counted")
+    serve_minutes(monitoring, [t - LAG], Minute(requests=200, errors=200))  # down
+    report = check(clients, settings, t + timedelta(minutes=1))[CANARY]
+    assert report.fields["evidence"] == "tripped"
+    [request] = rollback_requests(expect_at_least=1)
+    assert request["rule"] == "canary_down" and request["canary_revision"] == "shop-00002"
+    writes = len([c for c in cloudrun.calls() if c["method"] == "PATCH"])
+    message_id = uuid.uuid4().hex
+    data = cloudevent_data(request, message_id=message_id, topic=ROLLBACK_TOPIC)
+    assert (
+        post_event(functions["rollback"], data, event_id=message_id, topic=ROLLBACK_TOPIC).status_code == 200
+    )
+    assert live(cloudrun) == {"shop-00001": 100}
+    assert len([c for c in cloudrun.calls() if c["method"] == "PATCH"]) == writes + 1  # one write
+    assert clients.store.get(CANARY).phase is Phase.ROLLED_BACK
+
+
+def test_past_the_watch_window_a_promoted_revision_is_left_alone(clients, settings, cloudrun, monitoring):
+    deploy_canary(cloudrun)
+    rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    promoted_at = soon()
+    step_to(clients, rollout, 100, by="test", now=promoted_at)
+    t = promoted_at + timedelta(hours=POLICY.checkpoint.watch_after_promotion_hours, minutes=5)
+    serve_minutes(monitoring, [t - LAG], Minute(requests=200, errors=200))
+    report = check(clients, settings, t)[CANARY]
+    assert report.fields["action"] == "none" and "PROMOTED" in report.message
+    assert not clients.store.get(CANARY).rollback_requested and live(cloudrun) == {"shop-00002": 100}

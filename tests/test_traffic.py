@@ -190,9 +190,12 @@ def test_canary_share_moves_the_canary_tag_to_the_new_revision():
     assert [t.tag for t in plan].count("canary") == 1
 
 
-def test_canary_share_of_100_percent():
+def test_canary_share_of_100_percent_tags_the_previous_stable_for_the_watch():
     plan = plan_canary_share(live((STABLE, 50), (CANARY, 50, "canary")), CANARY, STABLE, 100)
-    assert as_set(plan) == {(CANARY, 100, "canary")}
+    assert as_set(plan) == {(CANARY, 100, "canary"), (STABLE, 0, "stable")}
+    # The rollback during the watch window puts it back in one plan.
+    rolled = plan_rollback(live((CANARY, 100, "canary"), (STABLE, 0, "stable")), STABLE, CANARY)
+    assert as_set(rolled) == {(STABLE, 100, "stable"), (CANARY, 0, "canary")}
 
 
 def test_canary_share_of_0_percent_keeps_the_canary_reachable():
