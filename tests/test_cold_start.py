@@ -7,7 +7,8 @@ import pytest
 from bench.bench_cold_start import probe
 
 EXPECTED = {
-    "breach_counter": ["google.cloud.firestore"],  # Cloud Run and Pub/Sub only when needed
+    # Monitoring: an alert is judged on the canary's minutes; Cloud Run and Pub/Sub only when needed.
+    "breach_counter": ["google.cloud.firestore", "google.cloud.monitoring_v3"],
     "rollback": ["google.cloud.firestore", "google.cloud.run_v2"],
     "emergency_rollback": ["google.cloud.firestore", "google.cloud.run_v2"],
     "checkpoint": ["google.cloud.firestore", "google.cloud.run_v2", "google.cloud.monitoring_v3"],
