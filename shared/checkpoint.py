@@ -22,6 +22,7 @@ from shared.judge import (
     judge,
     next_step,
     rollback_redrive_due,
+    soak_end_rollback,
     synthetic_in,
 )
 from shared.logs import Report, log
@@ -210,7 +211,10 @@ def checkpoint_rollout(
         rollout.paused,
         rollout.rollback_requested,
     )
-    decision = next_step(state, judgement.verdict, now, policy)
+    window_minutes = max((end - step_start).total_seconds() / 60, 0)
+    decision = soak_end_rollback(
+        next_step(state, judgement.verdict, now, policy), judgement, window_minutes, policy
+    )
     previous = (rollout.last_verdict or {}).get("verdict")
     clients.store.record_checkpoint(
         rollout.id,

@@ -243,6 +243,29 @@ def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy)
     return StepDecision(StepAction.HOLD, f"GO, soaking: {left:.0f} min left at {state.canary_percent}%")
 
 
+def soak_end_rollback(
+    decision: StepDecision, judgement: Judgement, window_minutes: float, policy: Policy
+) -> StepDecision:
+    """The end-of-soak NO_GO rolls back only on evidence the per-minute rules would also call
+    enough: memory over its bar, or a request-based bar crossed on at least
+    `evidence.min_requests_per_minute` requests per minute of the window on average. A quiet
+    canary (3 requests a minute) is held instead, as the per-minute rules hold it; it freezes at
+    the progress deadline."""
+    if decision.action is not StepAction.ROLLBACK:
+        return decision
+    memory = judgement.measured.get("memory", {})
+    if memory.get("value") is not None and memory["value"] > (memory.get("rollback_bar") or math.inf):
+        return decision
+    needed = policy.evidence.min_requests_per_minute * max(window_minutes, 1)
+    if judgement.request_count >= needed:
+        return decision
+    return StepDecision(
+        StepAction.HOLD,
+        f"{decision.reason}, but on {judgement.request_count} requests over {window_minutes:.0f} min "
+        f"(< {policy.evidence.min_requests_per_minute}/min): too thin to roll back on, held",
+    )
+
+
 REDRIVE_FIRST_WAIT = timedelta(minutes=5)  # the rollback function's own retries come first
 REDRIVE_MAX_WAIT = timedelta(minutes=60)
 

@@ -797,3 +797,18 @@ def test_past_the_watch_window_a_promoted_revision_is_left_alone(clients, settin
     report = check(clients, settings, t)[CANARY]
     assert report.fields["action"] == "none" and "PROMOTED" in report.message
     assert not clients.store.get(CANARY).rollback_requested and live(cloudrun) == {"shop-00002": 100}
+
+
+def test_a_quiet_canary_with_errors_is_held_not_rolled_back_at_the_end_of_the_soak(
+    clients, settings, cloudrun, monitoring
+):
+    """3 requests a minute, one failing: NO_GO over the step, but as thin as each of its minutes."""
+    deploy_canary(cloudrun)
+    t = datetime.now(UTC)
+    check(clients, settings, t)
+    start = minute(t) + timedelta(minutes=2)
+    serve_minutes(monitoring, [start + timedelta(minutes=n) for n in range(60)], Minute(requests=3, errors=1))
+    report = check(clients, settings, t + timedelta(minutes=60, seconds=30))[CANARY]
+    assert (report.fields["verdict"], report.fields["action"]) == ("NO_GO", "hold")
+    assert "too thin to roll back on" in report.message
+    assert not clients.store.get(CANARY).rollback_requested

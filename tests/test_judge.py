@@ -33,6 +33,7 @@ from shared.judge import (
     Verdict,
     judge,
     next_step,
+    soak_end_rollback,
     step_for_percent,
     synthetic_in,
     wilson_upper,
@@ -963,3 +964,37 @@ def test_a_load_test_touching_the_window_is_in_it(start_s, end_s):
 def test_a_run_in_progress_reaches_to_its_deadline():
     going = load(-120, 400, finished=False)
     assert going.minutes == (minutes_ago(2), T0 + timedelta(minutes=7))
+
+
+# ============================================================== soak_end_rollback (thin steps)
+
+ROLLBACK = StepDecision(StepAction.ROLLBACK, "NO_GO at the end of the 60-min soak at 5%")
+
+
+@pytest.mark.parametrize(
+    ("requests", "errors", "minutes", "action"),
+    [
+        (180, 60, 60, StepAction.HOLD),  # 3 requests a minute, a third failing: too thin
+        (1199, 30, 60, StepAction.HOLD),  # one request short of 20 a minute
+        (1200, 30, 60, StepAction.ROLLBACK),  # 20 a minute: dense enough
+        (12000, 150, 60, StepAction.ROLLBACK),
+    ],
+)
+def test_the_end_of_soak_rollback_needs_the_per_minute_density(requests, errors, minutes, action):
+    j = judge(metrics(request_count=requests, error_count=errors, error_rate=errors / requests), POLICY)
+    assert j.verdict is Verdict.NO_GO
+    decided = soak_end_rollback(ROLLBACK, j, minutes, POLICY)
+    assert decided.action is action
+    if action is StepAction.HOLD:
+        assert "too thin to roll back on" in decided.reason and f"{requests} requests" in decided.reason
+
+
+def test_memory_over_its_bar_rolls_back_at_the_end_of_the_soak_whatever_the_traffic():
+    j = judge(metrics(request_count=10, error_count=0, error_rate=0.0, memory_utilization=0.95), POLICY)
+    assert soak_end_rollback(ROLLBACK, j, 60, POLICY) is ROLLBACK
+
+
+@pytest.mark.parametrize("action", [StepAction.HOLD, StepAction.ADVANCE, StepAction.FREEZE, StepAction.NONE])
+def test_other_decisions_pass_through_untouched(action):
+    decision = StepDecision(action, "x")
+    assert soak_end_rollback(decision, judge(metrics(request_count=1), POLICY), 60, POLICY) is decision
