@@ -1,7 +1,9 @@
 """The main job, locally: a canary goes bad, alerts flow, it is rolled back, and you see how.
 
-Runs on the real Pub/Sub and Firestore emulators, the Cloud Run stand-in and the functions
-served by functions-framework, wired with push subscriptions as Eventarc would wire them:
+Runs on the real Pub/Sub and Firestore emulators, the Cloud Run and Cloud Monitoring stand-ins
+and the functions served by functions-framework, wired with push subscriptions as Eventarc would
+wire them. Each bad minute of the canary is written to the Monitoring stand-in as Cloud Run would
+record it; the alert it raises makes breach_counter judge those minutes:
 
     ./dev demo            (or: .venv/bin/python -m infra.demo)
     ./dev demo --ramp     checkpoints walk a healthy canary 5 % → 100 %, and the operator CLI
@@ -28,10 +30,19 @@ from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
 
 LOCATION = "us-central1"
 SERVICE = f"projects/{PROJECT}/locations/{LOCATION}/services/shop"
-OBSERVED = {"error_rate": ("0.052", "0.01"), "memory": ("0.93", "0.85")}
+OBSERVED = {"error_rate": ("0.06", "0.01"), "memory": ("0.93", "0.85")}
 
 
-def incident(rule: str, revision: str, state: str = "open", number: int = 0) -> dict[str, Any]:
+def bad_minute(rule: str) -> Any:
+    """One minute of the canary's traffic that breaches `rule` (200 requests)."""
+    from infra.metrics_feed import Minute
+
+    return Minute(requests=200, errors=12) if rule == "error_rate" else Minute(requests=200, memory=0.93)
+
+
+def incident(
+    rule: str, revision: str, state: str = "open", number: int = 0, started: datetime | None = None
+) -> dict[str, Any]:
     """A Cloud Monitoring incident (schema 1.2) as the alert policy for `rule` publishes it.
 
     The demo compresses time: in GCP the next breach of an open incident is its renotification
@@ -43,7 +54,7 @@ def incident(rule: str, revision: str, state: str = "open", number: int = 0) -> 
         "incident": {
             "incident_id": f"demo-{rule}-{revision}-{number}",
             "scoping_project_id": PROJECT,
-            "started_at": int(time.time()),
+            "started_at": int((started or datetime.now(UTC)).timestamp()),
             "ended_at": None,
             "state": state,
             "summary": f"canary {rule} above threshold for {revision}",
@@ -88,8 +99,8 @@ def print_timeline(store: Any, rollout_id: str) -> None:
     print(f"\n  timeline of {rollout_id} (from Firestore decisions)")
     for entry in store.history(rollout_id):
         extra = ""
-        if entry["kind"] == "observation":
-            extra = f"  [{entry['source']} {entry['observation']}, streak {entry['count']}/{entry['limit']}]"
+        if entry["kind"] == "evidence":
+            extra = f"  [{entry['source']}]"
         elif entry["kind"] == "rolled_back":
             extra = f"  [{entry['mode']} by {entry['requested_by']}: {show_split(_pcts(entry['after']))}]"
         print(f"    {when(entry['at'])}  {entry['kind']:<18} {entry.get('message', '')}{extra}")
@@ -99,10 +110,15 @@ def _pcts(targets: list[dict[str, Any]]) -> dict[str, int]:
     return {t["revision"]: t["percent"] for t in targets}
 
 
-def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limit: int) -> None:
-    """Publish open incidents for `rule` until the rollback lands, then show how it went."""
+def breach_until_rollback(
+    stack: Any, store: Any, monitoring: Any, rule: str, revision: str, limit: int, start: datetime
+) -> None:
+    """One bad minute of the canary at a time, each followed by the alert it raises, until the
+    rollback lands; then show how it went. (Time is compressed: the minutes are laid out from
+    `start`, in the past, and each alert is the incident opened by its minute.)"""
     from google.cloud import pubsub_v1
 
+    from infra.metrics_feed import feed
     from shared.core import Phase
     from shared.store import rollout_id
 
@@ -110,17 +126,35 @@ def breach_until_rollback(stack: Any, store: Any, rule: str, revision: str, limi
     topic = publisher.topic_path(PROJECT, ALERTS_TOPIC)
     rid = rollout_id(SERVICE, revision)
     sent = time.monotonic()
+    traffic = bad_minute(rule)
     for n in range(1, limit + 1):
+        minute_end = start + timedelta(minutes=n)
+        feed(
+            monitoring,
+            project=PROJECT,
+            location=LOCATION,
+            service="shop",
+            revision=revision,
+            minutes=[minute_end],
+            traffic=traffic,
+        )
         sent = time.monotonic()
-        publisher.publish(topic, json.dumps(incident(rule, revision, number=n)).encode()).result(timeout=30)
+        message = incident(rule, revision, number=n, started=minute_end + timedelta(seconds=20))
+        publisher.publish(topic, json.dumps(message).encode()).result(timeout=30)
 
         def counted(n: int = n) -> bool:
             rollout = store.get(rid)
             return bool(rollout and rollout.streaks.get(rule) and rollout.streaks[rule].count >= n)
 
         wait_for(f"{rule} breach {n}", counted)
+        shown = (
+            f"{traffic.errors / traffic.requests:.0%} 5xx"
+            if rule == "error_rate"
+            else f"memory {traffic.memory:.0%}"
+        )
         print(
-            f"  alert {n}: {rule} incident open for {revision} → streak {n}/{limit} "
+            f"  minute {n} ({minute_end - timedelta(minutes=1):%H:%M}Z): canary serves {shown} → alert → "
+            f"breach_counter judges it from Cloud Monitoring → {rule} {n}/{limit} "
             f"({(time.monotonic() - sent) * 1000:.0f} ms from publish to Firestore)"
         )
 
@@ -216,9 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.ramp:
         print(f"starting the local stack with the checkpoint function; logs in {log_dir}")
         return ramp_demo(log_dir)
-    print(f"starting the local stack (emulators, Cloud Run stand-in, functions); logs in {log_dir}")
+    print(f"starting the local stack (emulators, Cloud Run and Monitoring stand-ins, functions): {log_dir}")
     started = time.monotonic()
-    with local_stack(log_dir, [SERVICE]) as stack:
+    from infra.monitoring_standin import start_monitoring_standin
+
+    monitoring = start_monitoring_standin()
+    extra = {"MONITORING_API_ENDPOINT": monitoring.target}
+    with local_stack(log_dir, [SERVICE], extra_env=extra) as stack:
         from shared.policy import load_policy
         from shared.store import RolloutStore
 
@@ -226,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         store = RolloutStore(PROJECT)
         limits = {rule: spec.consecutive for rule, spec in load_policy().rollback_rules.items()}
 
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
         deploy(stack, "shop-00002", ["shop-00001", "shop-00002"])
-        breach_until_rollback(stack, store, "error_rate", "shop-00002", limits["error_rate"])
+        breach_until_rollback(
+            stack, store, monitoring, "error_rate", "shop-00002", limits["error_rate"], start
+        )
 
         deploy(stack, "shop-00003", ["shop-00001", "shop-00002", "shop-00003"])
-        breach_until_rollback(stack, store, "memory", "shop-00003", limits["memory"])
+        breach_until_rollback(stack, store, monitoring, "memory", "shop-00003", limits["memory"], start)
 
         deploy(stack, "shop-00004", ["shop-00001", "shop-00002", "shop-00003", "shop-00004"], percent=10)
         url = stack.function_urls["emergency_rollback"]
@@ -244,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"\nfinal traffic of shop: {show_split(split(stack))}")
         print(f"function logs (one JSON line per event): {log_dir}")
+    monitoring.stop()
     print("stack stopped")
     return 0
 

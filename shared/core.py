@@ -153,7 +153,7 @@ def apply_evidence(
         return EvidenceDecision(Outcome.UNCHANGED, merged, (), found, None, "no new evidence")
     breaches = [e for e in changed if e.kind is EvidenceKind.BREACH]
     parts = [f"{rule} {run.trailing}/{run.limit}" for rule, run in found.items() if run.trailing]
-    reason = f"{len(changed)} new minute(s) of evidence"
+    reason = f"{len(changed)} new reading(s) over {len({e.minute for e in changed})} minute(s)"
     if breaches:
         reason += "; breach: " + ", ".join(e.describe() for e in breaches[:4])
     if parts:

@@ -230,7 +230,7 @@ def execute_rollback(
         marker=marker("rolled_back", message, rollout),
     )
     if notifier is not None:
-        cause = f"{request.rule} streak" if request.rule else request.reason
+        cause = request.reason  # an automatic request's reason names the rule, minutes and values
         notifier.send(f"canary-guard: {message} ({mode}: {cause})", requested_by=who["requested_by"])
     return RollbackResult(
         "rolled_back", message, **(base | {"before": before.as_dicts()}), after=after.as_dicts()

@@ -155,7 +155,7 @@ def test_first_evidence_is_counted_with_its_runs():
     assert decision.runs["error_rate"] == Run("error_rate", 3, 1, 1)
     assert decision.runs["memory"] == Run("memory", 2, 0, 0)
     assert decision.reason == (
-        "2 new minute(s) of evidence; breach: error_rate 2.00 % > 1.00 % at 12:00Z (200 requests); "
+        "2 new reading(s) over 1 minute(s); breach: error_rate 2.00 % > 1.00 % at 12:00Z (200 requests); "
         "runs error_rate 1/3"
     )
 
@@ -163,7 +163,7 @@ def test_first_evidence_is_counted_with_its_runs():
 def test_counted_reason_without_breaches_or_runs():
     decision = apply([ev(i=0, kind=OK), ev("memory", 0, OK)])
     assert decision.outcome is Outcome.COUNTED
-    assert decision.reason == "2 new minute(s) of evidence"
+    assert decision.reason == "2 new reading(s) over 1 minute(s)"
 
 
 def test_counted_reason_lists_at_most_four_breaches_and_every_trailing_run():
@@ -173,7 +173,7 @@ def test_counted_reason_lists_at_most_four_breaches_and_every_trailing_run():
     assert decision.outcome is Outcome.COUNTED
     assert decision.reason.count(" > ") == 4  # five breaches, four described
     assert decision.reason.startswith(
-        "8 new minute(s) of evidence; breach: error_rate 2.00 % > 1.00 % at 12:00Z"
+        "8 new reading(s) over 5 minute(s); breach: error_rate 2.00 % > 1.00 % at 12:00Z"
     )
     # latency ended on an ok minute: no trailing run; error_rate's run restarted at minute 7
     assert decision.reason.endswith("; runs error_rate 1/3")

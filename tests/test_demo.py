@@ -19,9 +19,16 @@ def run_demo(*args: str) -> str:
 
 def test_demo_rolls_back_after_the_third_error_rate_and_the_second_memory_breach():
     out = run_demo()
-    assert "alert 3: error_rate incident open for shop-00002 → streak 3/3" in out
+    assert (
+        "canary serves 6% 5xx → alert → breach_counter judges it from Cloud Monitoring → error_rate 3/3"
+        in out
+    )
+    assert "error_rate breached on 3 consecutive minutes" in out  # the timeline's rollback request
     assert "rolled back shop: shop-00001 100%, canary shop-00002 0%" in out
-    assert "alert 2: memory incident open for shop-00003 → streak 2/2" in out
+    assert (
+        "canary serves memory 93% → alert → breach_counter judges it from Cloud Monitoring → memory 2/2"
+        in out
+    )
     assert "rolled back shop: shop-00001 100%, canary shop-00003 0%" in out
     assert "emergency_rollback dry_run=True → HTTP 200 dry_run" in out
     assert "final traffic of shop: shop-00001 100%, shop-00004 0%" in out
