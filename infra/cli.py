@@ -490,5 +490,9 @@ def probe(service: str) -> None:
     _run_load_test(service, "probe")
 
 
+from infra.backtest_cli import backtest  # noqa: E402 (a command of its own module)
+
+main.add_command(backtest)
+
 if __name__ == "__main__":
     main()

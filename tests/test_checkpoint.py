@@ -812,3 +812,38 @@ def test_a_quiet_canary_with_errors_is_held_not_rolled_back_at_the_end_of_the_so
     assert (report.fields["verdict"], report.fields["action"]) == ("NO_GO", "hold")
     assert "too thin to roll back on" in report.message
     assert not clients.store.get(CANARY).rollback_requested
+
+
+def test_the_checkpoint_and_the_backtest_agree_on_a_library_scenario(
+    clients, settings, cloudrun, monitoring, rollback_requests
+):
+    """error_spike through the real checkpoint (Monitoring stand-in, a minute visible 3 minutes
+    after it ends) requests the rollback at the same minute as the backtest of the same series."""
+    from infra.backtest_cli import library
+    from shared.backtest import load_scenario, run_scenario
+
+    scenario = load_scenario(next(p for p in library() if p.stem == "error_spike"))
+    expected = run_scenario(scenario, POLICY, lag=3).rollback_minute
+    deploy_canary(cloudrun)
+    t0 = soon()
+    got = None
+    for k in range(1, 30):
+        index = k - 4  # the minute that ends 3 minutes before this checkpoint becomes visible
+        if index >= 0:
+            m = scenario.canary[index]
+            serve_minutes(
+                monitoring,
+                [t0 + timedelta(minutes=index + 1)],
+                Minute(
+                    requests=m.requests,
+                    errors=m.errors,
+                    latency_ms=m.latency_p95_ms,
+                    memory=m.memory,
+                    cpu=m.cpu,
+                ),
+            )
+        report = check(clients, settings, t0 + timedelta(minutes=k))[CANARY]
+        if report.fields["evidence"] == "tripped":
+            got = k
+            break
+    assert got == expected == 16
