@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from shared.backtest import Outcome, Scenario, ScenarioError, load_scenario, run_scenario
-from shared.policy import DEFAULT_POLICY_FILE, PolicyError, load_policy
+if TYPE_CHECKING:  # the core loads only when the command runs: `canary-guard --help` stays fast
+    from shared.backtest import Outcome, Scenario
 
 LIBRARY = Path(__file__).with_name("scenarios")
+BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "shared" / "policy.yaml"
 
 
 def library() -> list[Path]:
@@ -56,7 +58,7 @@ def _summary(outcome: Outcome) -> str:
     "--policy",
     "policy_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=DEFAULT_POLICY_FILE,
+    default=BUNDLED_POLICY,
     show_default="the bundled policy.yaml",
     help="Try another policy file.",
 )
@@ -66,6 +68,9 @@ def backtest(files: tuple[Path, ...], use_library: bool, policy_file: Path, lag:
     """Replay recorded per-minute canary (and stable) series through the decision core on a
     simulated clock: each minute's verdict, streaks, and the rollback or step and its minute.
     Exit 0 when every scenario with an expected outcome meets it, 4 when one does not."""
+    from shared.backtest import ScenarioError, load_scenario, run_scenario
+    from shared.policy import PolicyError, load_policy
+
     paths = [*files, *(library() if use_library else [])]
     if not paths:
         raise click.UsageError("give scenario files (JSON or CSV) or --library")
