@@ -168,7 +168,14 @@ class ServedFunction:
         return lines
 
     def logs_for(self, **match: str) -> list[dict]:
-        return [line for line in self.log_lines() if all(line.get(k) == v for k, v in match.items())]
+        """The log lines with these fields. The process writes its line before it answers, but the
+        file may lag the answer on a loaded machine: an empty result is re-read for up to 3 s."""
+        deadline = time.monotonic() + 3
+        while True:
+            found = [line for line in self.log_lines() if all(line.get(k) == v for k, v in match.items())]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
