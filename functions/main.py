@@ -44,25 +44,74 @@ class _NotJson(ValueError):
     pass
 
 
+class _TooLarge(_NotJson):
+    pass
+
+
 def _json_body(request: Request) -> Any:
     """None for an empty body; the parsed JSON otherwise, whatever the Content-Type (curl -d sends
-    form encoding by default). A body that is not JSON raises: guessing would run the wrong job."""
-    if not request.get_data(cache=True):
+    form encoding by default). A body that is not JSON, too large or too deeply nested raises
+    (the caller answers 400/413): guessing would run the wrong job."""
+    from shared.events import MAX_PAYLOAD_BYTES, MalformedEvent, TooLarge, parse_json
+
+    if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
+        raise _TooLarge(f"the request body is over the {MAX_PAYLOAD_BYTES} byte limit")
+    raw = request.get_data(cache=True)
+    if not raw:
         return None
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        raise _NotJson("the request body is not valid JSON")
-    return body
+    try:
+        return parse_json(raw, "the request body")
+    except TooLarge as exc:
+        raise _TooLarge(str(exc)) from None
+    except MalformedEvent as exc:
+        raise _NotJson(str(exc)) from None
+
+
+def _bad_body(exc: _NotJson, what_to_send: str) -> tuple[dict, int, dict[str, str]]:
+    status = 413 if isinstance(exc, _TooLarge) else 400
+    return _json_response({"error": f"{exc}: send {what_to_send}"}, status)
+
+
+def _permanent(exc: Exception) -> bool:
+    """A failure that no redelivery can fix: a request Google refused as invalid, forbidden or
+    about something that does not exist (a missing grant or topic is fixed by a deploy, and the
+    checkpoint re-sends an unfinished rollback after it). Unavailable, aborted, deadline and
+    quota errors, and the project's own retried-out faults, are transient."""
+    from google.api_core import exceptions as gexc
+
+    from shared.cloudrun import ControlPlaneError
+
+    permanent = (
+        gexc.InvalidArgument,
+        gexc.FailedPrecondition,
+        gexc.PermissionDenied,
+        gexc.Unauthenticated,
+        gexc.NotFound,
+        gexc.OutOfRange,
+    )
+    if isinstance(exc, ControlPlaneError):
+        return exc.status in (400, 401, 403, 404)
+    return isinstance(exc, permanent)
 
 
 @contextmanager
 def _logged_failure(entry_point: str, then: str = "will be retried", **ids: Any) -> Iterator[None]:
     """An unexpected fault (Firestore, Cloud Run, Pub/Sub after their retries) leaves one
     structured ERROR line with the event id before it propagates, so a redelivery loop can be
-    found by its fields and not only by a traceback."""
+    found by its fields and not only by a traceback. For a Pub/Sub event a permanent failure
+    (`_permanent`) is acknowledged instead: redelivering it could only fail again."""
     try:
         yield
     except Exception as exc:
+        if "event_id" in ids and _permanent(exc):
+            log(
+                "ERROR",
+                f"{entry_point} failed for good; the event is acknowledged (no redelivery can fix it): "
+                f"{exc!r}",
+                outcome="dropped",
+                **ids,
+            )
+            return
         outcome = "retry" if "event_id" in ids else "error"  # Pub/Sub redelivers events; HTTP callers decide
         log("ERROR", f"{entry_point} failed and {then}: {exc!r}", outcome=outcome, **ids)
         raise
@@ -86,7 +135,7 @@ def breach_counter(event: CloudEvent) -> None:
             traffic_client=runtime.traffic,
             reader=runtime.reader,
         )
-    report.emit()
+        report.emit()
 
 
 @functions_framework.cloud_event
@@ -104,7 +153,7 @@ def rollback(event: CloudEvent) -> None:
             traffic_client=runtime.traffic(),
             notifier=runtime.notifier(),
         )
-    report.emit()
+        report.emit()
 
 
 @functions_framework.http
@@ -114,15 +163,13 @@ def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
 
     if request.method != "POST":
         return _json_response({"error": "use POST with a JSON body"}, 405)
+    example = '{"service": "my-service", "reason": "...", "dry_run": true}'
     try:
         body = _json_body(request)
-    except _NotJson:
-        body = None
+    except _NotJson as exc:
+        return _bad_body(exc, f"JSON like {example}")
     if body is None:
-        return _json_response(
-            {"error": 'body must be JSON like {"service": "my-service", "reason": "...", "dry_run": true}'},
-            400,
-        )
+        return _json_response({"error": f"body must be JSON like {example}"}, 400)
     with _logged_failure("emergency_rollback", "answers 500; call again"):
         report, status = handle_emergency(
             body,
@@ -150,7 +197,7 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
     try:
         body = _json_body(request)
     except _NotJson as exc:
-        return _json_response({"error": f'{exc}: send no body, {{}} or {{"service": "name"}}'}, 400)
+        return _bad_body(exc, 'no body, {} or {"service": "name"}')
     with _logged_failure("checkpoint", "the next scheduled run tries again"):
         report, status = handle_checkpoint(body, settings=runtime.settings(), policy=runtime.policy())
     report.emit()
@@ -168,9 +215,7 @@ def load_test(request: Request) -> tuple[dict, int, dict[str, str]]:
     try:
         body = _json_body(request)
     except _NotJson as exc:
-        return _json_response(
-            {"error": f'{exc}: send no body, {{}} or {{"mode": "both|load|probe", "service": "name"}}'}, 400
-        )
+        return _bad_body(exc, 'no body, {} or {"mode": "both|load|probe", "service": "name"}')
     settings = runtime.settings()
     with _logged_failure("load_test", "runs again at its next schedule"):
         report, status = handle_load_test(

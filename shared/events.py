@@ -29,6 +29,71 @@ class MalformedEvent(ValueError):
     """The event can never be processed; acknowledge it and log the reason."""
 
 
+class TooLarge(MalformedEvent):
+    """The payload is over its size limit (HTTP callers get a 413)."""
+
+
+# Limits of the decode boundary (README, "Hostile input"): what no real alert, rollback request
+# or operator call comes near, and what keeps every stored field inside Firestore's limits.
+MAX_PAYLOAD_BYTES = 256 * 1024  # a decoded Pub/Sub message's data, or an HTTP body
+MAX_JSON_DEPTH = 32  # a real incident nests 5 levels deep
+MAX_FIELD_CHARS = 512  # a string copied from an event into a record (longer: cut, marked)
+MAX_EXCERPT_CHARS = 200  # of a malformed payload, in its log line
+
+
+def bounded(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
+    """A string cut to `limit` characters (marked as cut); anything else unchanged."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"…[{len(value) - limit} more]"
+    return value
+
+
+def excerpt(raw: bytes | str) -> str:
+    """A bounded, printable excerpt of a payload for a log line."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return bounded(text, MAX_EXCERPT_CHARS)
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of JSON arrays/objects in `text`, strings skipped (a cheap scan that
+    runs before the parser, whose recursion a hostile payload could otherwise exhaust)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """JSON within the boundary's limits, else MalformedEvent (TooLarge) saying what to fix."""
+    size = len(raw)
+    if size > MAX_PAYLOAD_BYTES:
+        raise TooLarge(f"{what} is {size} bytes, over the {MAX_PAYLOAD_BYTES} byte limit")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise MalformedEvent(f"{what} is not JSON (not UTF-8): {exc}") from None
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise MalformedEvent(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedEvent(f"{what} is not valid JSON: {bounded(str(exc), 200)}") from None
+
+
 @dataclass(frozen=True)
 class PubSubMessage:
     message_id: str
@@ -37,10 +102,7 @@ class PubSubMessage:
     attributes: Mapping[str, str]
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MalformedEvent(f"message data is not JSON: {exc}") from None
+        return parse_json(self.data, "message data")
 
 
 def parse_time(value: Any) -> datetime:
@@ -72,6 +134,8 @@ def pubsub_message(data: Any, *, fallback_id: str = "", fallback_time: str = "")
     message_id = str(message.get("messageId") or message.get("message_id") or fallback_id)
     if not message_id:
         raise MalformedEvent("Pub/Sub message has no messageId")
+    if len(message_id) > MAX_FIELD_CHARS:
+        raise MalformedEvent(f"Pub/Sub messageId is {len(message_id)} characters long: not a Pub/Sub id")
     publish_time = parse_time(message.get("publishTime") or message.get("publish_time") or fallback_time)
     raw = message.get("data") or ""
     try:
@@ -113,6 +177,20 @@ class Incident(_Lenient):
     observed_value: str | None = None
     summary: str = ""
     url: str = ""
+
+    @field_validator(
+        "incident_id",
+        "policy_name",
+        "condition_name",
+        "threshold_value",
+        "observed_value",
+        "summary",
+        "url",
+        mode="before",
+    )
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        return bounded(value)
 
     @field_validator("state")
     @classmethod

@@ -99,7 +99,9 @@ def rollout_id(service_name: str, canary_revision: str) -> str:
 
 
 def _event_key(event_id: str) -> str:
-    return hashlib.sha256(event_id.encode()).hexdigest()[:40] if "/" in event_id else event_id
+    """A document id derived from an event id: no input (".", "..", "__x__", "/", 1,500+ bytes)
+    can form an id Firestore refuses."""
+    return hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 @dataclass(frozen=True)
