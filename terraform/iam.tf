@@ -41,7 +41,8 @@ locals {
   }
 
   function_project_roles = {
-    breach_counter     = ["roles/datastore.user"]
+    # An alert is a trigger: breach_counter reads the canary's minutes from Cloud Monitoring.
+    breach_counter     = ["roles/datastore.user", "roles/monitoring.viewer"]
     rollback           = ["roles/datastore.user"]
     emergency_rollback = ["roles/datastore.user"]
     checkpoint         = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter"]

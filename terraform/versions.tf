@@ -4,8 +4,9 @@ terraform {
 
   required_providers {
     google = {
-      source  = "hashicorp/google"
-      version = ">= 6.0, < 8.0"
+      source = "hashicorp/google"
+      # 6.9: alert_strategy.notification_prompts (the CLOSED notification) first appears.
+      version = ">= 6.9, < 8.0"
     }
     archive = {
       source  = "hashicorp/archive"

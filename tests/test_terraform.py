@@ -73,7 +73,7 @@ ALLOWED_PROJECT_ROLES = {
 # the source for the build, which exists only after the first deploy).
 CONDITIONAL_PROJECT_ROLES = {"roles/storage.objectViewer": "projects/_/buckets/gcf-v2-sources-"}
 EXPECTED_PROJECT_ROLES = {
-    "breach_counter": ["roles/datastore.user"],
+    "breach_counter": ["roles/datastore.user", "roles/monitoring.viewer"],
     "rollback": ["roles/datastore.user"],
     "emergency_rollback": ["roles/datastore.user"],
     "checkpoint": ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter"],
@@ -738,8 +738,8 @@ CUTS = [
     pytest.param(
         "iam.tf",
         None,
-        '    breach_counter     = ["roles/datastore.user"]\n',
-        '    breach_counter     = ["roles/datastore.user", "roles/editor"]\n',
+        '    breach_counter     = ["roles/datastore.user", "roles/monitoring.viewer"]\n',
+        '    breach_counter     = ["roles/datastore.user", "roles/monitoring.viewer", "roles/editor"]\n',
         "roles",
         "basic role roles/editor",
         id="project-editor-granted",
