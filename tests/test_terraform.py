@@ -1134,3 +1134,23 @@ def test_checkov_has_no_unskipped_failure():
         "checkov failures (fix them or skip in code with #checkov:skip=ID:reason):\n" + "\n".join(failed)
     )
     assert result.returncode == 0
+
+
+# Pub/Sub's default retry policy on Eventarc's trigger subscriptions (cloud.google.com/eventarc/
+# docs/retry-events): exponential backoff from 10 s up to 600 s between deliveries.
+PUBSUB_MIN_BACKOFF_S, PUBSUB_MAX_BACKOFF_S = 10, 600
+
+
+def retry_budget_s(attempts: int) -> float:
+    """How long a message is redelivered before it is dead-lettered (waits between attempts)."""
+    return sum(min(PUBSUB_MIN_BACKOFF_S * 2**n, PUBSUB_MAX_BACKOFF_S) for n in range(attempts - 1))
+
+
+def test_the_retry_budget_rides_out_a_half_hour_outage(tf):
+    """The README's figure: with the default dead-letter limit a Cloud Run or Firestore outage of
+    half an hour is ridden out before an alert or a rollback request is dead-lettered."""
+    attempts = tf.variables["dead_letter_max_delivery_attempts"]["default"]
+    assert attempts == 10
+    assert retry_budget_s(attempts) == 2430  # 40.5 min
+    assert retry_budget_s(attempts) >= 30 * 60
+    assert "40 minutes" in (ROOT / "README.md").read_text()
