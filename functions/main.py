@@ -78,6 +78,7 @@ def _permanent(exc: Exception) -> bool:
     checkpoint re-sends an unfinished rollback after it). Unavailable, aborted, deadline and
     quota errors, and the project's own retried-out faults, are transient."""
     from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exceptions
 
     from shared.cloudrun import ControlPlaneError
 
@@ -88,6 +89,7 @@ def _permanent(exc: Exception) -> bool:
         gexc.Unauthenticated,
         gexc.NotFound,
         gexc.OutOfRange,
+        auth_exceptions.DefaultCredentialsError,  # a deploy without credentials: fixed by a deploy
     )
     if isinstance(exc, ControlPlaneError):
         return exc.status in (400, 401, 403, 404)
