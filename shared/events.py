@@ -91,7 +91,7 @@ def parse_json(raw: bytes | str, what: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise MalformedEvent(f"{what} is not valid JSON: {bounded(str(exc), 200)}") from None
+        raise MalformedEvent(f"{what} is not JSON: {bounded(str(exc), 200)}") from None
 
 
 @dataclass(frozen=True)

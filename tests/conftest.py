@@ -158,13 +158,19 @@ class ServedFunction:
         self.log_path = log_path
 
     def log_lines(self) -> list[dict]:
+        # The process's stderr (gRPC's C-core logging, werkzeug) shares the file: a JSON line
+        # may follow another writer's unterminated text, so each line is read from its first "{".
         lines = []
+        decoder = json.JSONDecoder()
         for raw in self.log_path.read_text(errors="replace").splitlines():
-            if raw.startswith("{"):
-                try:
-                    lines.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    continue
+            start = raw.find('{"severity"')
+            if start < 0:
+                continue
+            try:
+                entry, _ = decoder.raw_decode(raw, start)
+            except json.JSONDecodeError:
+                continue
+            lines.append(entry)
         return lines
 
     def logs_for(self, **match: str) -> list[dict]:
