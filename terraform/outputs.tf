@@ -18,11 +18,6 @@ output "emergency_rollback_commands" {
       -H 'Content-Type: application/json' \
       -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": false}'
 
-    # The same through gcloud:
-    gcloud functions call ${google_cloudfunctions2_function.function["emergency_rollback"].name} \
-      --project=${var.project_id} --region=${var.region} \
-      --data='{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": true}'
-
     # Or queue a rollback request for the rollback function (Pub/Sub, retried until done):
     gcloud pubsub topics publish ${google_pubsub_topic.rollback.name} --project=${var.project_id} \
       --message='{"service": "${var.service_name}", "reason": "manual: <why>"}'

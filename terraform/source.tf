@@ -52,9 +52,12 @@ resource "google_storage_bucket" "source" {
   }
 
   # Objects are named by content hash; old sources are only needed for a short rollback window.
+  # Only noncurrent versions are deleted: an age rule on live objects would delete the source
+  # the functions were built from, and every later apply would upload it again.
   lifecycle_rule {
     condition {
-      age = 30
+      with_state                 = "ARCHIVED"
+      days_since_noncurrent_time = 30
     }
     action {
       type = "Delete"

@@ -288,10 +288,10 @@ def test_variables_and_outputs_are_documented_and_validated(tf):
     for needle in (
         "curl",
         "gcloud auth print-identity-token",
-        "gcloud functions call",
         "gcloud pubsub topics publish",
     ):
         assert needle in commands
+    assert "gcloud functions call" not in commands  # needs a permission the on-call lacks
     assert "emergency_rollback" in str(tf.outputs["emergency_rollback_url"]["value"])
 
 
@@ -1154,3 +1154,22 @@ def test_the_retry_budget_rides_out_a_half_hour_outage(tf):
     assert retry_budget_s(attempts) == 2430  # 40.5 min
     assert retry_budget_s(attempts) >= 30 * 60
     assert "40 minutes" in (ROOT / "README.md").read_text()
+
+
+def test_the_source_bucket_deletes_only_noncurrent_versions(tf):
+    """An age rule on live objects would delete the source the functions were built from."""
+    [bucket] = [i.body for i in tc.instances(tf, "google_storage_bucket") if i.name == "source"]
+    rules = tc.blocks(bucket, "lifecycle_rule")
+    assert rules
+    for rule in rules:
+        condition = tc.block(rule, "condition") or {}
+        assert condition.get("with_state") == "ARCHIVED", condition
+        assert "age" not in condition
+
+
+def test_the_on_call_commands_need_only_the_invoker_role():
+    """The on-call members hold run.invoker only: `gcloud functions call` would need
+    cloudfunctions.functions.get, so the printed commands are curl and Pub/Sub."""
+    outputs = (TF_DIR / "outputs.tf").read_text()
+    assert "gcloud functions call" not in outputs
+    assert outputs.count("curl -sS -X POST") == 2
