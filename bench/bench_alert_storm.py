@@ -69,7 +69,6 @@ def incident(i: int, opened: datetime, number: int) -> dict:
 
 def expected(pattern: list[Minute], start: datetime) -> bool:
     """Whether judging the minutes in order, one checkpoint each, trips a rule."""
-    from shared.breach import rule_limits
     from shared.core import Phase, apply_evidence
     from shared.evidence import MinuteMetrics, judge_minute
     from shared.policy import load_policy
@@ -85,7 +84,7 @@ def expected(pattern: list[Minute], start: datetime) -> bool:
             ledger,
             False,
             judge_minute(metrics, None, policy),
-            rule_limits(policy),
+            policy.consecutive_limits,
             keep=timedelta(hours=2),
         )
         ledger = decision.ledger

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"stack up in {time.monotonic() - started:.1f} s: {', '.join(stack.function_urls)}")
         store = RolloutStore(PROJECT)
-        limits = {rule: spec.consecutive for rule, spec in load_policy().rollback_rules.items()}
+        limits = load_policy().consecutive_limits
 
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
         deploy(stack, "shop-00002", ["shop-00001", "shop-00002"])

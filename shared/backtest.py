@@ -131,7 +131,7 @@ def simulate(
     `extra_minutes`) or the rollback request. The rollout starts at T0 at `percent`."""
     by_minute = {m.minute: m for m in canary}
     stable_by_minute = {m.minute: m for m in stable}
-    limits = {rule: spec.consecutive for rule, spec in policy.rollback_rules.items()}
+    limits = policy.consecutive_limits
     keep = timedelta(minutes=policy.evidence.ledger_minutes)
     lookback = timedelta(minutes=policy.evidence.lookback_minutes)
     ledger: Ledger = {}

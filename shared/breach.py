@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceRef, Settings
-from shared.core import EvidenceDecision, Kind, Observation, Outcome
+from shared.core import EvidenceDecision, Kind, Observation, Outcome, too_early
 from shared.events import MalformedEvent, decode_alert, pubsub_message
 from shared.evidence import MINUTE, Evidence, judge_minute, minute_key, uptime_evidence, whole_minute
 from shared.logs import Report
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from shared.monitoring import MonitoringReader
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
-
-
-def rule_limits(policy: Policy) -> dict[str, int]:
-    return {rule: spec.consecutive for rule, spec in policy.rollback_rules.items()}
 
 
 def attribution_grace(policy: Policy) -> dict[str, timedelta]:
@@ -108,7 +104,7 @@ def record_evidence(
     applied = store.apply_evidence(
         rollout.id,
         entries,
-        rule_limits(policy),
+        policy.consecutive_limits,
         lambda decision: rollback_request_for(rollout, decision, requested_by),
         keep=timedelta(minutes=policy.evidence.ledger_minutes),
         event_id=event_id,
@@ -207,8 +203,6 @@ def handle_alert(
 
     if obs.inferred_revision:
         # An uptime-check incident is itself the evidence: the canary tag URL failed (or recovered).
-        from shared.core import too_early
-
         early = too_early(obs, rollout.created_at, attribution_grace(policy).get(obs.rule))
         if early:
             store.record(

@@ -43,6 +43,7 @@ class Outcome(StrEnum):
     TOO_EARLY = "too_early"
 
 
+# Outcomes that leave the ledger as it was (what a log reader can filter out).
 IGNORED = frozenset({Outcome.UNCHANGED, Outcome.DUPLICATE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY})
 # The canary still serves traffic in these phases, so its breaches must still trip a rollback
 # (FROZEN only stops the ramp).

@@ -115,6 +115,11 @@ class Policy(_Strict):
     load_test: LoadTest
     rate_limit_probe: RateLimitProbe
 
+    @property
+    def consecutive_limits(self) -> dict[str, int]:
+        """Each rollback rule's run limit: how many breach minutes in a row trip it."""
+        return {rule: spec.consecutive for rule, spec in self.rollback_rules.items()}
+
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
         missing = set(RULE_NAMES) - set(self.rollback_rules)

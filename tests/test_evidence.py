@@ -36,7 +36,7 @@ from shared.evidence import (
 from shared.policy import load_policy
 
 POLICY = load_policy()
-LIMITS: dict[str, int] = {rule: spec.consecutive for rule, spec in POLICY.rollback_rules.items()}
+LIMITS: dict[str, int] = POLICY.consecutive_limits
 KEEP = timedelta(minutes=POLICY.evidence.ledger_minutes)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 B, OK, S, T = EvidenceKind.BREACH, EvidenceKind.OK, EvidenceKind.SKIPPED, EvidenceKind.THIN

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -19,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC
+from infra.metrics_feed import Minute
 from tests.conftest import SHOP, deploy_canary
 from tests.payloads import cloudevent_data, incident_message
-from tests.test_pipeline import post_event
+from tests.test_pipeline import post_event, serve
 
 pytestmark = pytest.mark.emulators
 FUZZ = settings(
@@ -78,6 +80,20 @@ def raw_event(payload: bytes, message_id: str) -> dict:
             "publishTime": "2024-05-01T10:00:00Z",
         },
     }
+
+
+def incident_on_a_bad_minute(monitoring, traffic: Minute) -> dict:
+    """One minute of the canary's `traffic` in the Monitoring stand-in (an hour ago), and the
+    error_rate incident it opened."""
+    opened = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    serve(monitoring, traffic, opened)
+    return incident_message(
+        rule="error_rate",
+        revision="shop-00002",
+        project=PROJECT,
+        location="us-central1",
+        started_at=int(opened.timestamp()),
+    )
 
 
 def post_raw(fn, data: dict, *, event_id: str, topic: str = "canary-alerts") -> requests.Response:
@@ -155,27 +171,7 @@ def test_deeply_nested_json_is_acknowledged_with_its_reason(served, cloudrun):
 @pytest.mark.parametrize("message_id", [".", "..", "__x__", "x" * 1600, "a/b/c"])
 def test_message_ids_firestore_would_refuse_still_work(served, monitoring, message_id):
     """Every document id is derived (a hash), so a hostile message id is a plain event."""
-    from datetime import UTC, datetime, timedelta
-
-    from infra.metrics_feed import Minute, feed
-
-    opened = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
-    feed(
-        monitoring,
-        project=PROJECT,
-        location="us-central1",
-        service="shop",
-        revision="shop-00002",
-        minutes=[opened],
-        traffic=Minute(requests=200, errors=10),
-    )
-    payload = incident_message(
-        rule="error_rate",
-        revision="shop-00002",
-        project=PROJECT,
-        location="us-central1",
-        started_at=int(opened.timestamp()),
-    )
+    payload = incident_on_a_bad_minute(monitoring, Minute(requests=200, errors=10))
     data = cloudevent_data(payload, message_id=message_id)
     answer = post_raw(served["breach_counter"], data, event_id=message_id)
     assert answer.status_code == 200, answer.text[:300]
@@ -258,29 +254,11 @@ def test_a_permanent_failure_is_acknowledged_and_the_outbox_keeps_the_rollback(
     """The rollback topic does not exist (a deploy mistake): Pub/Sub's NotFound is permanent, so
     the alert is acknowledged with an ERROR line instead of being redelivered until dead-lettered;
     the requested rollback stays in Firestore for the checkpoint to re-send."""
-    from datetime import UTC, datetime, timedelta
 
-    from infra.metrics_feed import Minute, feed
     from shared.store import RolloutStore, rollout_id
 
     deploy_canary(cloudrun)
-    opened = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
-    feed(
-        monitoring,
-        project=PROJECT,
-        location="us-central1",
-        service="shop",
-        revision="shop-00002",
-        minutes=[opened],
-        traffic=Minute(requests=40, errors=40),
-    )
-    payload = incident_message(
-        rule="error_rate",
-        revision="shop-00002",
-        project=PROJECT,
-        location="us-central1",
-        started_at=int(opened.timestamp()),
-    )
+    payload = incident_on_a_bad_minute(monitoring, Minute(requests=40, errors=40))
     message_id = uuid.uuid4().hex
     fn = counter_without_rollback_topic
     answer = post_raw(fn, cloudevent_data(payload, message_id=message_id), event_id=message_id)

@@ -280,7 +280,6 @@ def test_a_reordered_duplicated_alert_storm_decides_as_in_time_order(
     """30 minutes of canary data with bad spells, 60 incidents opened along it (each judging the
     minutes before it), delivered 160 times: 30 % twice or three times, in a scrambled order, 8 at
     a time. The ledger and the rollback are what judging every minute in order gives."""
-    from shared.breach import rule_limits
     from shared.core import apply_evidence
     from shared.evidence import MinuteMetrics, judge_minute
     from shared.policy import load_policy
@@ -317,7 +316,12 @@ def test_a_reordered_duplicated_alert_storm_decides_as_in_time_order(
         metrics = MinuteMetrics(end - MINUTE, minute.requests, minute.errors, None, minute.memory, minute.cpu)
         entries = [e for e in judge_minute(metrics, None, policy) if e.rule != "latency_p95"]
         decision = apply_evidence(
-            Phase.RUNNING, expected, trip is not None, entries, rule_limits(policy), keep=2 * 60 * MINUTE
+            Phase.RUNNING,
+            expected,
+            trip is not None,
+            entries,
+            policy.consecutive_limits,
+            keep=2 * 60 * MINUTE,
         )
         expected = decision.ledger
         trip = trip or decision.trip
