@@ -1,9 +1,9 @@
 """The main job, locally: a canary goes bad, alerts flow, it is rolled back, and you see how.
 
 Runs on the real Pub/Sub and Firestore emulators, the Cloud Run and Cloud Monitoring stand-ins
-and the functions served by functions-framework, wired with push subscriptions as Eventarc would
-wire them. Each bad minute of the canary is written to the Monitoring stand-in as Cloud Run would
-record it; the alert it raises makes breach_counter judge those minutes:
+and the functions served by functions-framework, wired with push subscriptions to their URLs as
+terraform/delivery.tf declares them. Each bad minute of the canary is written to the Monitoring
+stand-in as Cloud Run would record it; the alert it raises makes breach_counter judge those minutes:
 
     ./dev demo            (or: .venv/bin/python -m infra.demo)
     ./dev demo --ramp     checkpoints walk a healthy canary 5 % → 100 %, and the operator CLI

@@ -1,6 +1,7 @@
 """The local stack: real Pub/Sub and Firestore emulators, the Cloud Run stand-in, and the
-functions served by functions-framework, wired with Pub/Sub push subscriptions the way
-Eventarc wires them in GCP. Used by the end-to-end tests and by the README's demo.
+functions served by functions-framework, wired with Pub/Sub push subscriptions to each
+function's URL as terraform/delivery.tf declares them in GCP. Used by the end-to-end tests and
+by the README's demo.
 """
 
 from __future__ import annotations
@@ -172,9 +173,10 @@ def serve_function(target: str, port: int, env: Mapping[str, str], log_dir: Path
     return process
 
 
-def push_endpoint(port: int, project: str, topic: str) -> str:
-    """Pushing to /projects/P/topics/T lets functions-framework build the Pub/Sub CloudEvent."""
-    return f"http://127.0.0.1:{port}/projects/{project}/topics/{topic}"
+def push_endpoint(port: int) -> str:
+    """The function's own URL, as Terraform's push subscriptions use it (terraform/delivery.tf):
+    functions-framework builds the Pub/Sub CloudEvent from the push body."""
+    return f"http://127.0.0.1:{port}/"
 
 
 def wire_push(project: str, topic: str, subscription: str, endpoint: str) -> None:
@@ -242,9 +244,7 @@ def local_stack(
             port = free_port()
             stack.callback(serve_function(target, port, env, log_dir).stop)
             urls[target] = f"http://127.0.0.1:{port}"
-            if target in PUSH_TOPICS:  # Pub/Sub-triggered: a push subscription, as Eventarc wires it
+            if target in PUSH_TOPICS:  # Pub/Sub-driven: a push subscription, as delivery.tf declares it
                 topic = PUSH_TOPICS[target]
-                wire_push(
-                    emulators.project, topic, f"{target}-push", push_endpoint(port, emulators.project, topic)
-                )
+                wire_push(emulators.project, topic, f"{target}-push", push_endpoint(port))
         yield Stack(emulators, cloudrun, urls, env, log_dir)

@@ -11,7 +11,7 @@ locals {
   # Key: the function's name in Terraform (google_cloudfunctions2_function.function["KEY"]),
   # its deployed name (${var.prefix}-KEY with "-" for "_") and its runtime service account
   # (google_service_account.function["KEY"], iam.tf).
-  #   pubsub_trigger  Pub/Sub topic + the Eventarc trigger's identity; null = HTTP function.
+  # breach_counter and rollback are delivered by push subscriptions (delivery.tf).
   #   chat_webhook    gets CHAT_WEBHOOK_URL from Secret Manager (when the secret is set).
   functions = {
     # Alert incident (Pub/Sub) -> streak per rule -> rollback request when the limit is reached.
@@ -30,10 +30,6 @@ locals {
         ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
       }
       chat_webhook = false
-      pubsub_trigger = {
-        topic           = google_pubsub_topic.alerts.id
-        service_account = google_service_account.caller["alerts_trigger"].email
-      }
     }
 
     # Rollback request (Pub/Sub) -> stable revision back to 100 % of the traffic.
@@ -49,10 +45,6 @@ locals {
         CANARY_SERVICES      = local.service_fullname
       }
       chat_webhook = true
-      pubsub_trigger = {
-        topic           = google_pubsub_topic.rollback.id
-        service_account = google_service_account.caller["rollback_trigger"].email
-      }
     }
 
     # On-call, by hand (HTTP, IAM-authenticated) -> the same rollback routine, dry_run possible.
@@ -69,8 +61,7 @@ locals {
         GOOGLE_CLOUD_PROJECT = var.project_id
         CANARY_SERVICES      = local.service_fullname
       }
-      chat_webhook   = true
-      pubsub_trigger = null
+      chat_webhook = true
     }
 
     # Cloud Scheduler (policy checkpoint.schedule) -> GO / NO-GO / INCONCLUSIVE -> next step.
@@ -90,8 +81,7 @@ locals {
         CANARY_SERVICES      = local.service_fullname
         ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
       }
-      chat_webhook   = true
-      pubsub_trigger = null
+      chat_webhook = true
     }
 
     # Cloud Scheduler (policy load_test.schedule) -> bounded load + rate-limit probe -> results.
@@ -110,8 +100,7 @@ locals {
         FUNCTION_MEMORY_MB   = local.load_test_memory_mb
         LOAD_TEST_AUTH       = "id_token"
       }
-      chat_webhook   = false
-      pubsub_trigger = null
+      chat_webhook = false
     }
   }
 }
@@ -159,20 +148,9 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
-  dynamic "event_trigger" {
-    for_each = each.value.pubsub_trigger == null ? [] : [each.value.pubsub_trigger]
-    content {
-      trigger_region        = var.region
-      event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-      pubsub_topic          = event_trigger.value.topic
-      retry_policy          = "RETRY_POLICY_RETRY"
-      service_account_email = event_trigger.value.service_account
-    }
-  }
 
-  # The service agents and the build identity's grants must be in force before the build and
-  # the Eventarc trigger (time_sleep, main.tf); its own identity's grants and the database
-  # must exist before the first event arrives.
+  # The build identity's grants must be in force before the build (time_sleep, main.tf); its
+  # own identity's grants and the database must exist before the first event arrives.
   depends_on = [
     time_sleep.propagation,
     google_project_iam_member.build,
@@ -182,7 +160,6 @@ resource "google_cloudfunctions2_function" "function" {
     google_cloud_run_v2_service_iam_member.function_on_target,
     google_service_account_iam_member.traffic_updater_act_as_target_runtime,
     google_secret_manager_secret_iam_member.chat_webhook,
-    google_service_account_iam_member.pubsub_agent_token_creator,
     google_firestore_database.default,
   ]
 }

@@ -6,7 +6,7 @@
 # the project, so roles/datastore.user, roles/monitoring.viewer and
 # roles/monitoring.metricWriter are project-level; owner/editor never appear.
 #
-# The callers of the functions (the two Eventarc triggers, the two Cloud Scheduler jobs and
+# The callers of the functions (the two push subscriptions, the two Cloud Scheduler jobs and
 # the on-call members) get roles/run.invoker on exactly their function's underlying Cloud Run
 # service, nothing at project level.
 #
@@ -15,17 +15,17 @@
 # lack the permissions a function build needs.
 
 locals {
-  # The callers of the functions: one identity per Eventarc trigger / Cloud Scheduler job,
+  # The callers of the functions: one identity per push subscription / Cloud Scheduler job,
   # each with roles/run.invoker on exactly the one function it calls.
   callers = {
     alerts_trigger = {
       account_id  = "trigger-alerts"
-      description = "Eventarc trigger identity: delivers alert incidents to breach_counter."
+      description = "Pub/Sub push identity: delivers alert incidents to breach_counter."
       function    = "breach_counter"
     }
     rollback_trigger = {
       account_id  = "trigger-rollback"
-      description = "Eventarc trigger identity: delivers rollback requests to rollback."
+      description = "Pub/Sub push identity: delivers rollback requests to rollback."
       function    = "rollback"
     }
     checkpoint_scheduler = {
@@ -109,7 +109,7 @@ resource "google_service_account" "build" {
   depends_on = [google_project_service.apis]
 }
 
-# Callers: one identity per trigger / job (local.callers), each allowed to invoke one function.
+# Callers: one identity per push subscription / job (local.callers), each allowed to invoke one function.
 resource "google_service_account" "caller" {
   for_each = local.callers
 
@@ -201,9 +201,9 @@ resource "google_cloud_run_v2_service_iam_member" "caller_invokes_function" {
 }
 
 # Opt-in, for projects whose Pub/Sub service agent was enabled on or before 8 April 2021: the
-# agent signs each push to a Pub/Sub-triggered function with an OIDC token of the trigger's
-# identity, and such old agents lack the permission to (Eventarc docs). Granted on the two
-# trigger identities only, not on the project.
+# agent signs each push (delivery.tf) with an OIDC token of the push identity, and such old
+# agents lack the permission to (Pub/Sub's push authentication docs). Granted on the two push
+# identities only, not on the project.
 resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
   for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger"]) : toset([])
 

@@ -41,7 +41,6 @@ locals {
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
-    "eventarc.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
@@ -72,11 +71,10 @@ resource "google_project_service" "apis" {
   disable_on_destroy = false
 }
 
-# Enabling an API is not the end of it: Eventarc's service agent gets its permissions minutes
-# later, and a Pub/Sub-triggered function created in the same apply fails with "Permission
-# denied while using the Eventarc Service Agent ... may take a few minutes". New IAM grants,
-# such as the build service account's, also take a while to reach Cloud Build. The functions
-# wait for this (on the first apply only: a time_sleep sleeps when it is created).
+# Enabling an API is not the end of it: Cloud Functions' and Cloud Build's service agents get
+# their permissions minutes later, and new IAM grants, such as the build service account's,
+# take a while to reach Cloud Build: a build started at once fails with "permission denied".
+# The functions wait for this (on the first apply only: a time_sleep sleeps when it is created).
 resource "time_sleep" "propagation" {
   create_duration = "120s"
 

@@ -35,7 +35,7 @@ output "alerts_topic" {
 }
 
 output "rollback_topic" {
-  description = "Pub/Sub topic of rollback requests (rollback's trigger)."
+  description = "Pub/Sub topic of rollback requests (pushed to rollback)."
   value       = google_pubsub_topic.rollback.id
 }
 
@@ -47,14 +47,9 @@ output "dead_letter_subscriptions" {
   }
 }
 
-output "breach_counter_trigger" {
-  description = "Eventarc trigger of breach_counter (its Pub/Sub subscription carries the dead-letter policy)."
-  value       = google_cloudfunctions2_function.function["breach_counter"].event_trigger[0].trigger
-}
-
-output "rollback_trigger" {
-  description = "Eventarc trigger of rollback (its Pub/Sub subscription carries the dead-letter policy)."
-  value       = google_cloudfunctions2_function.function["rollback"].event_trigger[0].trigger
+output "push_subscriptions" {
+  description = "The push subscriptions that deliver alerts to breach_counter and rollback requests to rollback (retry and dead-letter policies are theirs)."
+  value       = { for fn, sub in google_pubsub_subscription.push : fn => sub.id }
 }
 
 output "function_service_accounts" {

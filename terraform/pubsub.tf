@@ -1,12 +1,10 @@
 # Pub/Sub: the two topics that carry the pipeline, their dead-letter topics and the
 # subscriptions that keep dead-lettered messages for inspection.
 #
-#   Cloud Monitoring ──▶ alerts topic ──(Eventarc trigger)──▶ breach_counter
-#   breach_counter / checkpoint / on-call ──▶ rollback topic ──(Eventarc trigger)──▶ rollback
+#   Cloud Monitoring ──▶ alerts topic ──(push subscription)──▶ breach_counter
+#   breach_counter / checkpoint / on-call ──▶ rollback topic ──(push subscription)──▶ rollback
 #
-# The subscriptions that deliver to the functions are created and owned by Eventarc (one per
-# trigger, named eventarc-REGION-...): Terraform cannot declare them. The dead-letter topics
-# are attached to them after the functions exist, see dead_letter.tf.
+# The push subscriptions, with their retry and dead-letter policies, are in delivery.tf.
 
 resource "google_pubsub_topic" "alerts" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption is enough for incident notifications; no CMEK key is provisioned for this pipeline.

@@ -12,7 +12,7 @@ variable "project_id" {
 }
 
 variable "region" {
-  description = "Region for the functions, the Eventarc triggers, the Cloud Scheduler jobs and the source bucket, e.g. europe-west1."
+  description = "Region for the functions, the Cloud Scheduler jobs and the source bucket, e.g. europe-west1."
   type        = string
 
   validation {
@@ -71,7 +71,7 @@ variable "uptime_check_authenticated" {
 }
 
 variable "grant_pubsub_agent_token_creator" {
-  description = "Only for projects whose Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) was enabled on or before 8 April 2021: grant it roles/iam.serviceAccountTokenCreator on the two Eventarc trigger service accounts, so that it can sign the OIDC tokens of the authenticated pushes to breach_counter and rollback (Eventarc roles and permissions docs). Newer projects do not need it: leave false."
+  description = "Only for projects whose Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) was enabled on or before 8 April 2021: grant it roles/iam.serviceAccountTokenCreator on the two push subscriptions' service accounts, so that it can sign the OIDC tokens of the authenticated pushes to breach_counter and rollback (Pub/Sub's push authentication docs). Newer projects do not need it: leave false."
   type        = bool
   default     = false
 }
@@ -116,7 +116,7 @@ variable "prefix" {
 }
 
 variable "alerts_topic_name" {
-  description = "Pub/Sub topic the Cloud Monitoring notification channel publishes incidents to (breach_counter's trigger)."
+  description = "Pub/Sub topic the Cloud Monitoring notification channel publishes incidents to (pushed to breach_counter)."
   type        = string
   default     = "canary-alerts"
 
@@ -127,7 +127,7 @@ variable "alerts_topic_name" {
 }
 
 variable "rollback_topic_name" {
-  description = "Pub/Sub topic for rollback requests (rollback's trigger); passed to the functions as ROLLBACK_TOPIC."
+  description = "Pub/Sub topic for rollback requests (pushed to rollback); passed to the functions as ROLLBACK_TOPIC."
   type        = string
   default     = "canary-rollback-requests"
 
@@ -146,12 +146,6 @@ variable "dead_letter_max_delivery_attempts" {
     condition     = var.dead_letter_max_delivery_attempts >= 5 && var.dead_letter_max_delivery_attempts <= 100 && floor(var.dead_letter_max_delivery_attempts) == var.dead_letter_max_delivery_attempts
     error_message = "dead_letter_max_delivery_attempts must be a whole number from 5 to 100."
   }
-}
-
-variable "attach_trigger_dead_letter" {
-  description = "Attach the dead-letter topics to the Pub/Sub subscriptions that Eventarc creates for the two triggers. Terraform cannot manage those subscriptions, so this runs gcloud (must be installed and authenticated where terraform apply runs). false: do it by hand (README)."
-  type        = bool
-  default     = true
 }
 
 variable "python_runtime" {

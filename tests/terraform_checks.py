@@ -38,7 +38,6 @@ from hcl2.utils import SerializationOptions
 # (the default) tell a nested block (a list of dicts marked __is_block__) from a map attribute.
 _OPTIONS = SerializationOptions(strip_string_quotes=True, with_comments=False)
 
-PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
 MONITORING_AGENT_RE = re.compile(
     r"^serviceAccount:service-\$\{local\.project_number\}@gcp-sa-monitoring-notification\.iam\.gserviceaccount\.com$"
 )
@@ -243,7 +242,6 @@ class Instance:
 # that their wiring is checked too (a CHAT_WEBHOOK_URL secret, the dead-letter attachers).
 CHECK_VARIABLES: dict[str, Any] = {
     "chat_webhook_secret_id": "canary-guard-chat-webhook",
-    "attach_trigger_dead_letter": True,
     "grant_pubsub_agent_token_creator": True,
 }
 
@@ -820,7 +818,7 @@ def _to_str(value: Any) -> str:
 
 
 def check_alert_chain(tf: Terraform, *, consumer_entry_point: str = "breach_counter") -> list[str]:
-    """Every alert policy -> a pubsub notification channel -> a topic -> the consumer's trigger."""
+    """Every alert policy -> a pubsub notification channel -> a topic -> the consumer's push subscription."""
     problems: list[str] = []
     channels = tf.of_type("google_monitoring_notification_channel")
     policies = tf.of_type("google_monitoring_alert_policy")
@@ -831,14 +829,13 @@ def check_alert_chain(tf: Terraform, *, consumer_entry_point: str = "breach_coun
     if consumer is None:
         problems.append(f"no function with entry point {consumer_entry_point}")
     else:
-        trigger = block(functions(tf)[consumer], "event_trigger")
-        if not trigger:
-            problems.append(f"{consumer_entry_point} has no event_trigger")
+        subs = [d for d in push_deliveries(tf) if d.function == consumer]
+        if len(subs) != 1:
+            problems.append(f"{consumer_entry_point} has {len(subs)} push subscriptions, expected 1")
+        elif subs[0].topic is None:
+            problems.append(f"{subs[0].label}: topic is not one google_pubsub_topic's .id")
         else:
-            refs = references(trigger.get("pubsub_topic"), "google_pubsub_topic")
-            trigger_topic = next(iter(refs)) if len(refs) == 1 else None
-            if not trigger_topic or not expr(trigger.get("pubsub_topic")).endswith(".id"):
-                problems.append(f"{consumer_entry_point}'s trigger pubsub_topic is not a topic's .id")
+            trigger_topic = subs[0].topic
     for pname, policy in policies.items():
         names = references(policy.get("notification_channels"), "google_monitoring_notification_channel")
         if not names:
@@ -859,7 +856,7 @@ def check_alert_chain(tf: Terraform, *, consumer_entry_point: str = "breach_coun
             if trigger_topic is not None and topic != trigger_topic:
                 problems.append(
                     f"alert policy {pname} -> channel {cname} -> topic {topic}, but "
-                    f"{consumer_entry_point} is triggered by topic {trigger_topic}"
+                    f"{consumer_entry_point}'s push subscription is on topic {trigger_topic}"
                 )
     return problems
 
@@ -1033,24 +1030,100 @@ def _has_literal_number(value: Any) -> bool:
     return bool(re.search(r"\d", outside))
 
 
-def check_pubsub_triggers(tf: Terraform) -> list[str]:
-    """Each Pub/Sub-triggered function: retries on, its own trigger identity with run.invoker
-    on exactly that function."""
+@dataclass(frozen=True)
+class PushDelivery:
+    """One push subscription (an instance of google_pubsub_subscription with a push_config)."""
+
+    label: str
+    address: str
+    body: dict[str, Any]
+    function: str | None  # the function whose service_config[0].uri it pushes to
+    topic: str | None  # the google_pubsub_topic it subscribes to (by its .id)
+    pusher: str | None  # the service account of its OIDC token
+    dead_letter_topic: str | None
+
+
+def _one_topic(value: Any) -> str | None:
+    refs = references(value, "google_pubsub_topic")
+    return next(iter(refs)) if len(refs) == 1 and expr(value).endswith(".id") else None
+
+
+def push_deliveries(tf: Terraform) -> list[PushDelivery]:
+    """Every push subscription, its for_each expanded."""
+    found = []
+    for inst in instances(tf, "google_pubsub_subscription"):
+        push = block(inst.body, "push_config")
+        if not push:
+            continue
+        oidc = block(push, "oidc_token") or {}
+        dead_letter = block(inst.body, "dead_letter_policy") or {}
+        found.append(
+            PushDelivery(
+                label=inst.label,
+                address=inst.address,
+                body=inst.body,
+                function=function_ref(tf, push.get("push_endpoint"), "service_config[0].uri"),
+                topic=_one_topic(inst.body.get("topic")),
+                pusher=sa_ref(oidc.get("service_account_email"), "email"),
+                dead_letter_topic=_one_topic(dead_letter.get("dead_letter_topic")),
+            )
+        )
+    return found
+
+
+def check_push_deliveries(tf: Terraform, consumers: Iterable[str]) -> list[str]:
+    """Each Pub/Sub-driven function (entry points `consumers`) is delivered by exactly one push
+    subscription declared in Terraform: to its own URL, with an OIDC token (audience: that URL)
+    of an identity that may invoke exactly that function, a retry policy with backoff, and an
+    ack deadline that is the function's timeout. No Eventarc trigger, no provisioner."""
     problems: list[str] = []
     grants = invoker_grants(tf)
+    by_entry = function_by_entry(tf)
+    deliveries = push_deliveries(tf)
     for name, body in functions(tf).items():
-        trigger = block(body, "event_trigger")
-        if not trigger:
+        if block(body, "event_trigger") or dynamic_blocks(body, "event_trigger"):
+            problems.append(f"function {name} has an event_trigger: its subscription is not Terraform's")
+    for rtype, name, body in tf.all_resources():
+        if rtype == "terraform_data" or "provisioner" in body:
+            problems.append(
+                f"{rtype}.{name} runs a provisioner or is a terraform_data: "
+                "apply would need more than Terraform"
+            )
+    for fname, text in tf.texts.items():
+        if "local-exec" in text or "remote-exec" in text:
+            problems.append(f"{fname} runs a command during apply")
+    for entry in consumers:
+        fn = by_entry.get(entry)
+        if fn is None:
+            problems.append(f"no function with entry point {entry}")
             continue
-        if trigger.get("event_type") != PUBSUB_EVENT:
-            problems.append(f"function {name}: event_type is {trigger.get('event_type')!r}")
-        if trigger.get("retry_policy") != "RETRY_POLICY_RETRY":
-            problems.append(f"function {name}: Pub/Sub trigger without retry_policy = RETRY_POLICY_RETRY")
-        sa = sa_ref(trigger.get("service_account_email"), "email")
-        if sa is None:
-            problems.append(f"function {name}: trigger has no dedicated service_account_email")
+        mine = [d for d in deliveries if d.function == fn]
+        if len(mine) != 1:
+            problems.append(f"function {fn}: {len(mine)} push subscriptions deliver to it, expected 1")
             continue
-        problems.extend(_invokes_exactly(tf, grants, sa, name, f"trigger of {name}"))
+        d = mine[0]
+        push = block(d.body, "push_config") or {}
+        oidc = block(push, "oidc_token")
+        if d.topic is None:
+            problems.append(f"{d.label}: topic is not one google_pubsub_topic's .id")
+        if not oidc:
+            problems.append(f"{d.label}: pushes to {fn} without an OIDC token")
+        elif oidc.get("audience") != push.get("push_endpoint"):
+            problems.append(f"{d.label}: the OIDC audience is not the function's URL (Cloud Run refuses it)")
+        if d.pusher is None:
+            problems.append(f"{d.label}: no dedicated service account signs its pushes")
+        else:
+            problems.extend(_invokes_exactly(tf, grants, d.pusher, fn, f"pusher of {fn}"))
+        retry = block(d.body, "retry_policy") or {}
+        if not retry.get("minimum_backoff") or not retry.get("maximum_backoff"):
+            problems.append(f"{d.label}: no retry_policy with minimum and maximum backoff")
+        instance = next(i for i in function_instances(tf).values() if fn == i.id)
+        timeout = f'${{local.functions["{instance.key}"].timeout_s}}'
+        if d.body.get("ack_deadline_seconds") != timeout:
+            problems.append(
+                f"{d.label}: ack_deadline_seconds is {d.body.get('ack_deadline_seconds')!r}, not "
+                f"{fn}'s timeout: a slow delivery would be pushed again while it still runs"
+            )
     return problems
 
 
@@ -1075,7 +1148,7 @@ def _sa_member_expr(sa: str) -> str:
 
 
 def check_rollback_chain(tf: Terraform) -> list[str]:
-    """The topic named by ROLLBACK_TOPIC (breach_counter, checkpoint) triggers rollback, and
+    """The topic named by ROLLBACK_TOPIC (breach_counter, checkpoint) is pushed to rollback, and
     the functions that publish to it hold roles/pubsub.publisher on exactly that topic."""
     problems: list[str] = []
     by_entry = function_by_entry(tf)
@@ -1112,11 +1185,10 @@ def check_rollback_chain(tf: Terraform) -> list[str]:
     if rollback is None:
         problems.append("no function with entry point rollback")
     elif rollback_topics:
-        trigger = block(fns[rollback], "event_trigger") or {}
-        trigger_topics = references(trigger.get("pubsub_topic"), "google_pubsub_topic")
+        trigger_topics = {d.topic for d in push_deliveries(tf) if d.function == rollback}
         if trigger_topics != rollback_topics:
             problems.append(
-                f"rollback is triggered by {sorted(trigger_topics)}, "
+                f"rollback's push subscriptions are on {sorted(t or '?' for t in trigger_topics)}, "
                 f"but rollback requests go to {sorted(rollback_topics)}"
             )
     return problems
@@ -1181,8 +1253,8 @@ TOKEN_CREATOR_VARIABLE = "grant_pubsub_agent_token_creator"
 def check_pubsub_agent_token_creator(tf: Terraform) -> list[str]:
     """Opt-in (var.grant_pubsub_agent_token_creator, a bool that defaults to false): Pub/Sub
     service agents enabled on or before 8 April 2021 need roles/iam.serviceAccountTokenCreator
-    to sign authenticated pushes. Switched on, the agent gets it on exactly the identities of
-    the Pub/Sub triggers; switched off, nobody gets it."""
+    to sign authenticated pushes. Switched on, the agent gets it on exactly the identities that
+    sign the push subscriptions' tokens; switched off, nobody gets it."""
     problems: list[str] = []
     variable = tf.variables.get(TOKEN_CREATOR_VARIABLE)
     if variable is None:
@@ -1196,11 +1268,7 @@ def check_pubsub_agent_token_creator(tf: Terraform) -> list[str]:
         )
     if "April 2021" not in str(variable.get("description", "")):
         problems.append(f"var.{TOKEN_CREATOR_VARIABLE}'s description does not say which projects need it")
-    triggers = {}
-    for name, body in functions(tf).items():
-        trigger = block(body, "event_trigger")
-        if trigger and (sa := sa_ref(trigger.get("service_account_email"), "email")):
-            triggers[sa] = name
+    triggers = {d.pusher: d.function for d in push_deliveries(tf) if d.pusher and d.function}
 
     def grants(on: bool) -> list[Instance]:
         return [
@@ -1221,13 +1289,13 @@ def check_pubsub_agent_token_creator(tf: Terraform) -> list[str]:
         if sa not in triggers:
             problems.append(
                 f"{inst.label}: Token Creator on {sa or inst.body.get('service_account_id')!r}, "
-                "not a trigger identity"
+                "not a push identity"
             )
         granted.add(sa)
     for sa, fn in sorted(triggers.items()):
         if sa not in granted:
             problems.append(
-                f"the trigger identity {sa} of {fn}: the Pub/Sub service agent gets no Token Creator on it "
+                f"the push identity {sa} of {fn}: the Pub/Sub service agent gets no Token Creator on it "
                 f"with var.{TOKEN_CREATOR_VARIABLE} = true"
             )
     for inst in grants(False):
@@ -1235,74 +1303,54 @@ def check_pubsub_agent_token_creator(tf: Terraform) -> list[str]:
     return problems
 
 
-def check_dead_letters(tf: Terraform, script: Path) -> list[str]:
-    """Each Pub/Sub trigger's (Eventarc-owned) subscription gets a dead-letter topic: a
-    terraform_data runs the attach script for exactly that trigger and a dead-letter topic
-    that has a subscription and lets Pub/Sub's service agent publish."""
+def check_dead_letters(tf: Terraform) -> list[str]:
+    """Each push subscription dead-letters after var.dead_letter_max_delivery_attempts to a topic
+    of its own that has a subscription keeping what arrives, that Pub/Sub's service agent may
+    publish to; the agent may also acknowledge on the push subscription (it does when it
+    forwards a message)."""
     problems: list[str] = []
-    attachers = instances(tf, "terraform_data")
     if not PUBSUB_AGENT_RE.match(str(tf.locals.get("pubsub_service_agent", ""))):
         problems.append("local.pubsub_service_agent is not the gcp-sa-pubsub service agent")
-    text = script.read_text() if script.is_file() else ""
-    for needle in (
-        "gcloud eventarc triggers describe",
-        "transport.pubsub.subscription",
-        "gcloud pubsub subscriptions update",
-        "--dead-letter-topic",
-        "--max-delivery-attempts",
-        "add-iam-policy-binding",
-        "roles/pubsub.subscriber",
-    ):
-        if needle not in text:
-            problems.append(f"{script.name} does not contain {needle!r}")
-    for name, inst in function_instances(tf).items():
-        body = inst.body
-        if not block(body, "event_trigger"):
+    deliveries = push_deliveries(tf)
+    if not deliveries:
+        problems.append("no push subscription at all")
+    subscribers = instances(tf, "google_pubsub_subscription_iam_member")
+    for d in deliveries:
+        policy = block(d.body, "dead_letter_policy") or {}
+        if d.dead_letter_topic is None:
+            problems.append(f"{d.label}: no dead_letter_policy with one google_pubsub_topic's .id")
             continue
-        trigger_expr = f"${{{inst.address}.event_trigger[0].trigger}}"
-        mine = []
-        for attacher in attachers:
-            for prov in blocks(attacher.body, "provisioner"):  # provisioner "local-exec" { ... }
-                local_exec = prov.get("local-exec")
-                if not isinstance(local_exec, dict):
-                    continue
-                env = local_exec.get("environment") or {}
-                if env.get("TRIGGER") == trigger_expr:
-                    mine.append((attacher.label, attacher.body, local_exec, env))
-        if len(mine) != 1:
-            problems.append(f"function {name}: {len(mine)} dead-letter attachers for its trigger, expected 1")
-            continue
-        aname, attacher, local_exec, env = mine[0]
-        if "scripts/attach_dead_letter.sh" not in str(local_exec.get("command", "")):
-            problems.append(f"{aname} does not run scripts/attach_dead_letter.sh")
-        if trigger_expr not in (attacher.get("triggers_replace") or []):
-            problems.append(f"{aname} is not re-run when {name}'s trigger changes")
-        dlq = references(env.get("DEAD_LETTER_TOPIC"), "google_pubsub_topic")
-        if len(dlq) != 1:
-            problems.append(f"{aname}: DEAD_LETTER_TOPIC is not one google_pubsub_topic")
-            continue
-        dlq_topic = next(iter(dlq))
-        trigger_topic = references(
-            (block(body, "event_trigger") or {}).get("pubsub_topic"), "google_pubsub_topic"
-        )
-        if {dlq_topic} == trigger_topic:
-            problems.append(f"function {name}: dead-letter topic is its own trigger topic")
-        if env.get("PUBSUB_SERVICE_AGENT") != "${local.pubsub_service_agent}":
-            problems.append(f"{aname}: PUBSUB_SERVICE_AGENT is not local.pubsub_service_agent")
+        if policy.get("max_delivery_attempts") != "${var.dead_letter_max_delivery_attempts}":
+            problems.append(f"{d.label}: max_delivery_attempts is not var.dead_letter_max_delivery_attempts")
+        if d.dead_letter_topic == d.topic:
+            problems.append(f"{d.label}: dead-letter topic is its own topic")
         if not any(
-            references(s.get("topic"), "google_pubsub_topic") == {dlq_topic}
+            references(s.get("topic"), "google_pubsub_topic") == {d.dead_letter_topic}
+            and not block(s, "push_config")
             for s in tf.of_type("google_pubsub_subscription").values()
         ):
             problems.append(
-                f"dead-letter topic {dlq_topic} has no subscription: dead letters would be dropped"
+                f"dead-letter topic {d.dead_letter_topic} has no subscription: dead letters would be dropped"
             )
         if not any(
-            references(b.get("topic"), "google_pubsub_topic") == {dlq_topic}
+            references(b.get("topic"), "google_pubsub_topic") == {d.dead_letter_topic}
             and b.get("role") == "roles/pubsub.publisher"
             and b.get("member") == "${local.pubsub_service_agent}"
             for b in tf.of_type("google_pubsub_topic_iam_member").values()
         ):
-            problems.append(f"Pub/Sub's service agent cannot publish to dead-letter topic {dlq_topic}")
+            problems.append(
+                f"Pub/Sub's service agent cannot publish to dead-letter topic {d.dead_letter_topic}"
+            )
+        if not any(
+            i.body.get("subscription") == f"${{{d.address}.name}}"
+            and i.body.get("role") == "roles/pubsub.subscriber"
+            and i.body.get("member") == "${local.pubsub_service_agent}"
+            for i in subscribers
+        ):
+            problems.append(
+                f"Pub/Sub's service agent has no roles/pubsub.subscriber on {d.label}: "
+                "it cannot forward a message to the dead-letter topic"
+            )
     return problems
 
 
@@ -1705,9 +1753,9 @@ def duration_s(value: Any) -> float | None:
 
 def check_first_apply_waits(tf: Terraform, min_seconds: float) -> list[str]:
     """A time_sleep of at least min_seconds starts after google_project_service.apis, and every
-    function depends on it: Eventarc's service agent gets its permissions minutes after the API
-    is enabled, and a Pub/Sub trigger created before that is refused. The time provider is
-    required from hashicorp/time."""
+    function depends on it: Cloud Functions' and Cloud Build's agents, and new grants to the
+    build identity, take minutes to be in force, and a build started before fails. The time
+    provider is required from hashicorp/time."""
     problems: list[str] = []
     time = tf.required_providers.get("time")
     if not isinstance(time, dict) or time.get("source") != "hashicorp/time":
@@ -1731,7 +1779,7 @@ def check_first_apply_waits(tf: Terraform, min_seconds: float) -> list[str]:
         if not set(waits) & set(inst.body.get("depends_on") or []):
             problems.append(
                 f"function {name} does not wait for {' or '.join(w[2:-1] for w in waits)}: "
-                "its trigger may meet an Eventarc service agent without permissions"
+                "its build may start before the grants it needs are in force"
             )
     return problems
 
@@ -1741,10 +1789,7 @@ def check_function_identities(tf: Terraform) -> list[str]:
     problems: list[str] = []
     used: dict[str, str] = {}
     callers = set()
-    for body in functions(tf).values():
-        trigger = block(body, "event_trigger")
-        if trigger and (sa := sa_ref(trigger.get("service_account_email"), "email")):
-            callers.add(sa)
+    callers |= {d.pusher for d in push_deliveries(tf) if d.pusher}
     for job in by_id(tf, "google_cloud_scheduler_job").values():
         oidc = block(block(job, "http_target"), "oidc_token")
         if oidc and (sa := sa_ref(oidc.get("service_account_email"), "email")):

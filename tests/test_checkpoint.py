@@ -186,9 +186,7 @@ def test_bad_canary_is_rolled_back_by_checkpoints_alone(
     """Errors > 1 % on 3 consecutive minutes, each judged by the checkpoint that first sees it
     (data visible LAG after the minute) → rollback request → rollback function → stable."""
     port = int(functions["rollback"].url.rsplit(":", 1)[1])
-    wire_push(
-        PROJECT, ROLLBACK_TOPIC, "test-checkpoint-rollback", push_endpoint(port, PROJECT, ROLLBACK_TOPIC)
-    )
+    wire_push(PROJECT, ROLLBACK_TOPIC, "test-checkpoint-rollback", push_endpoint(port))
     try:
         deploy_canary(cloudrun)
         t = soon()

@@ -347,9 +347,9 @@ def test_foreign_service_is_acknowledged_with_reason(functions, store, canary):
 
 
 def test_push_subscription_delivers_to_breach_counter(functions, store, canary, emulators, monitoring):
-    """The Pub/Sub emulator pushes to functions-framework the way Eventarc would deliver."""
+    """The Pub/Sub emulator pushes to the function's URL, as terraform/delivery.tf's subscription does."""
     port = int(functions["breach_counter"].url.rsplit(":", 1)[1])
-    wire_push(PROJECT, ALERTS_TOPIC, "test-breach-push", push_endpoint(port, PROJECT, ALERTS_TOPIC))
+    wire_push(PROJECT, ALERTS_TOPIC, "test-breach-push", push_endpoint(port))
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(PROJECT, ALERTS_TOPIC)
     serve(monitoring, SLOW, T0 - MINUTE, T0)

@@ -241,7 +241,7 @@ def test_malformed_rollback_messages_are_acknowledged(functions, shop, data, say
 def test_hand_published_request_through_the_push_subscription(functions, store, shop, emulators):
     """What `gcloud pubsub topics publish canary-rollback-requests --message '{...}'` does."""
     port = int(functions["rollback"].url.rsplit(":", 1)[1])
-    wire_push(PROJECT, ROLLBACK_TOPIC, "test-rollback-push", push_endpoint(port, PROJECT, ROLLBACK_TOPIC))
+    wire_push(PROJECT, ROLLBACK_TOPIC, "test-rollback-push", push_endpoint(port))
     publisher = pubsub_v1.PublisherClient()
     try:
         publisher.publish(

@@ -57,7 +57,9 @@ ALLOWED_ROLES = {
     "roles/logging.logWriter",
     "roles/artifactregistry.writer",
     "roles/storage.objectViewer",
-    # Opt-in, to the Pub/Sub service agent on the two trigger identities only (old projects).
+    # To the Pub/Sub service agent on the two push subscriptions: forwarding a dead letter acks.
+    "roles/pubsub.subscriber",
+    # Opt-in, to the Pub/Sub service agent on the two push identities only (old projects).
     "roles/iam.serviceAccountTokenCreator",
 }
 # The build service account writes build logs and pushes images to the gcf-artifacts
@@ -86,8 +88,8 @@ EXPECTED_TARGET_SERVICE_ROLES = {
     "checkpoint": ["roles/run.developer"],
     "load_test": ["roles/run.viewer", "roles/run.invoker"],
 }
-# How long the functions wait after the APIs are enabled: Eventarc's service agent gets its
-# permissions "a few minutes" later (its own error message), IAM grants about as long.
+# How long the functions wait after the APIs are enabled: new IAM grants (the build identity's)
+# and the service agents' own permissions take minutes to be in force.
 FIRST_APPLY_WAIT_S = 120
 
 # Entry points announced in the functions' contract that functions/main.py does not define
@@ -103,6 +105,17 @@ VALIDATED_VARIABLES = (
     "chat_webhook_secret_id",
     "canary_tag_url",
 )
+
+
+def cloud_event_entry_points() -> set[str]:
+    """The entry points functions/main.py declares as CloudEvent functions: Pub/Sub delivers them."""
+    tree = ast.parse(MAIN_PY.read_text())
+    return {
+        n.name
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef)
+        and any(ast.unparse(d) == "functions_framework.cloud_event" for d in n.decorator_list)
+    }
 
 
 def main_py_functions() -> set[str]:
@@ -129,12 +142,12 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "alert_policies": tc.check_alert_policies(t, RULE_NAMES),
         "alert_group_by": tc.check_alert_group_by(t, REVISION_LABELS),
         "thresholds": tc.check_thresholds_from_policy(t, policy),
-        "pubsub_triggers": tc.check_pubsub_triggers(t),
+        "push_deliveries": tc.check_push_deliveries(t, cloud_event_entry_points()),
         "rollback_chain": tc.check_rollback_chain(t),
         "monitoring_publisher": tc.check_monitoring_can_publish(t),
         "monitoring_agent_first": tc.check_monitoring_agent_exists_first(t),
         "token_creator": tc.check_pubsub_agent_token_creator(t),
-        "dead_letters": tc.check_dead_letters(t, t.root / "scripts" / "attach_dead_letter.sh"),
+        "dead_letters": tc.check_dead_letters(t),
         "scheduler": tc.check_scheduler_jobs(t, SCHEDULER_JOBS),
         "scheduler_bodies": tc.check_scheduler_bodies(t, SCHEDULER_BODY_KEYS),
         "entry_points": tc.check_entry_points(t, defined, EXPECTED_ENTRY_POINTS),
@@ -172,8 +185,12 @@ def test_thresholds_and_durations_come_from_the_policy_file(tf, policy):
     assert tc.check_thresholds_from_policy(tf, policy) == []
 
 
-def test_pubsub_triggers_retry_and_invoke_only_their_function(tf):
-    assert tc.check_pubsub_triggers(tf) == []
+def test_cloud_event_functions_are_the_pubsub_ones():
+    assert cloud_event_entry_points() == {"breach_counter", "rollback"}
+
+
+def test_push_subscriptions_retry_and_invoke_only_their_function(tf):
+    assert tc.check_push_deliveries(tf, cloud_event_entry_points()) == []
 
 
 def test_rollback_topic_reaches_rollback(tf):
@@ -192,8 +209,8 @@ def test_old_projects_can_let_the_pubsub_agent_sign_trigger_pushes(tf):
     assert tc.check_pubsub_agent_token_creator(tf) == []
 
 
-def test_pubsub_triggers_get_dead_letter_topics(tf):
-    assert tc.check_dead_letters(tf, TF_DIR / "scripts" / "attach_dead_letter.sh") == []
+def test_push_subscriptions_dead_letter(tf):
+    assert tc.check_dead_letters(tf) == []
 
 
 def test_scheduler_jobs_call_their_function_with_an_oidc_invoker(tf):
@@ -401,6 +418,11 @@ def _fn(key: str) -> tuple[str, str]:
     return ("functions", key)
 
 
+def _push(key: str) -> tuple[str, str]:
+    """The entry of one push delivery in local.push_deliveries (delivery.tf)."""
+    return ("push_deliveries", key)
+
+
 def _caller(key: str) -> tuple[str, str]:
     """The entry of one caller identity in local.callers (iam.tf)."""
     return ("callers", key)
@@ -428,26 +450,26 @@ CUTS = [
         "    topic = google_pubsub_topic.alerts.id",
         "    topic = google_pubsub_topic.rollback.id",
         "alert_chain",
-        "but breach_counter is triggered by topic alerts",
+        "but breach_counter's push subscription is on topic alerts",
         id="channel-to-wrong-topic",
     ),
     pytest.param(
-        "functions.tf",
-        _fn("breach_counter"),
-        "google_pubsub_topic.alerts.id",
-        "google_pubsub_topic.alerts_dead_letter.id",
+        "delivery.tf",
+        _push("breach_counter"),
+        "topic             = google_pubsub_topic.alerts.id",
+        "topic             = google_pubsub_topic.rollback.id",
         "alert_chain",
-        "breach_counter is triggered by topic alerts_dead_letter",
-        id="breach-counter-trigger-on-wrong-topic",
+        "breach_counter's push subscription is on topic rollback",
+        id="breach-counter-pushed-the-wrong-topic",
     ),
     pytest.param(
-        "functions.tf",
-        _fn("rollback"),
-        "topic           = google_pubsub_topic.rollback.id",
-        "topic           = google_pubsub_topic.alerts.id",
+        "delivery.tf",
+        _push("rollback"),
+        "topic             = google_pubsub_topic.rollback.id",
+        "topic             = google_pubsub_topic.alerts.id",
         "rollback_chain",
-        "rollback is triggered by ['alerts']",
-        id="rollback-trigger-on-wrong-topic",
+        "rollback's push subscriptions are on ['alerts']",
+        id="rollback-pushed-the-wrong-topic",
     ),
     pytest.param(
         "functions.tf",
@@ -468,20 +490,11 @@ CUTS = [
         id="breach-counter-cannot-publish-rollback",
     ),
     pytest.param(
-        "functions.tf",
-        FUNCTIONS,
-        '"RETRY_POLICY_RETRY"',
-        '"RETRY_POLICY_DO_NOT_RETRY"',
-        "pubsub_triggers",
-        "without retry_policy",
-        id="trigger-retries-off",
-    ),
-    pytest.param(
         "iam.tf",
         _caller("alerts_trigger"),
         'function    = "breach_counter"',
         'function    = "rollback"',
-        "pubsub_triggers",
+        "push_deliveries",
         "not exactly ['breach_counter']",
         id="alerts-trigger-invokes-wrong-function",
     ),
@@ -520,7 +533,7 @@ CUTS = [
         'toset(["alerts_trigger", "rollback_trigger"])',
         'toset(["alerts_trigger"])',
         "token_creator",
-        "the trigger identity caller[rollback_trigger] of rollback: the Pub/Sub service agent gets no "
+        "the push identity caller[rollback_trigger] of rollback: the Pub/Sub service agent gets no "
         "Token Creator",
         id="token-creator-missing-on-a-trigger-identity",
     ),
@@ -530,7 +543,7 @@ CUTS = [
         'toset(["alerts_trigger", "rollback_trigger"])',
         'toset(["alerts_trigger", "checkpoint_scheduler"])',
         "token_creator",
-        "Token Creator on 'caller[checkpoint_scheduler]', not a trigger identity",
+        "Token Creator on 'caller[checkpoint_scheduler]', not a push identity",
         id="token-creator-on-a-scheduler-identity",
     ),
     pytest.param(
@@ -562,13 +575,23 @@ CUTS = [
         id="token-creator-on-by-default",
     ),
     pytest.param(
-        "dead_letter.tf",
-        None,
-        "TRIGGER               = google_cloudfunctions2_function.function[each.key].",
-        'TRIGGER               = google_cloudfunctions2_function.function["breach_counter"].',
+        "delivery.tf",
+        _push("rollback"),
+        "dead_letter_topic = google_pubsub_topic.rollback_dead_letter.id",
+        "dead_letter_topic = google_pubsub_topic.rollback.id",
         "dead_letters",
-        "function rollback: 0 dead-letter attachers",
-        id="dead-letter-attached-to-wrong-trigger",
+        "push[rollback]: dead-letter topic is its own topic",
+        id="dead-letter-topic-is-the-source-topic",
+    ),
+    pytest.param(
+        "delivery.tf",
+        None,
+        '  role         = "roles/pubsub.subscriber"\n',
+        '  role         = "roles/pubsub.viewer"\n',
+        "dead_letters",
+        "Pub/Sub's service agent has no roles/pubsub.subscriber on "
+        "google_pubsub_subscription.push[breach_counter]",
+        id="pubsub-agent-cannot-forward-dead-letters",
     ),
     pytest.param(
         "pubsub.tf",
@@ -817,27 +840,72 @@ CUTS = [
         "function breach_counter: sets CHAT_WEBHOOK_URL, which breach_counter does not read",
         id="chat-webhook-secret-for-a-function-that-does-not-read-it",
     ),
+    # Delivery (delivery.tf): push subscriptions declared in Terraform, no provisioner.
     pytest.param(
-        "functions.tf",
-        _fn("rollback"),
-        "      pubsub_trigger = {\n"
-        "        topic           = google_pubsub_topic.rollback.id\n"
-        '        service_account = google_service_account.caller["rollback_trigger"].email\n'
-        "      }\n",
-        "      pubsub_trigger = null\n",
+        "delivery.tf",
+        None,
+        "    rollback = {\n"
+        "      topic             = google_pubsub_topic.rollback.id\n"
+        "      dead_letter_topic = google_pubsub_topic.rollback_dead_letter.id\n"
+        '      pusher            = "rollback_trigger"\n'
+        "    }\n",
+        "",
         "rollback_chain",
-        "rollback is triggered by []",
-        id="rollback-without-trigger",
+        "rollback's push subscriptions are on []",
+        id="rollback-never-delivered",
     ),
     pytest.param(
-        "functions.tf",
-        _fn("breach_counter"),
-        'google_service_account.caller["alerts_trigger"].email',
-        'google_service_account.caller["rollback_trigger"].email',
-        "pubsub_triggers",
-        "trigger of breach_counter (caller[rollback_trigger]) may invoke ['rollback'], "
+        "delivery.tf",
+        _push("breach_counter"),
+        'pusher            = "alerts_trigger"',
+        'pusher            = "rollback_trigger"',
+        "push_deliveries",
+        "pusher of breach_counter (caller[rollback_trigger]) may invoke ['rollback'], "
         "not exactly ['breach_counter']",
-        id="trigger-runs-as-another-caller",
+        id="push-signed-by-another-caller",
+    ),
+    pytest.param(
+        "delivery.tf",
+        None,
+        "      audience = google_cloudfunctions2_function.function[each.key].service_config[0].uri\n",
+        "",
+        "push_deliveries",
+        "the OIDC audience is not the function's URL",
+        id="push-token-without-audience",
+    ),
+    pytest.param(
+        "delivery.tf",
+        None,
+        "  ack_deadline_seconds       = local.functions[each.key].timeout_s\n",
+        "  ack_deadline_seconds       = 10\n",
+        "push_deliveries",
+        "ack_deadline_seconds is 10, not breach_counter's timeout",
+        id="push-deadline-shorter-than-the-function",
+    ),
+    pytest.param(
+        "delivery.tf",
+        None,
+        "  retry_policy {\n"
+        "    minimum_backoff = local.push_min_backoff\n"
+        "    maximum_backoff = local.push_max_backoff\n"
+        "  }\n",
+        "",
+        "push_deliveries",
+        "no retry_policy with minimum and maximum backoff",
+        id="push-without-backoff",
+    ),
+    pytest.param(
+        "delivery.tf",
+        None,
+        "# Forwarding a message",
+        'resource "terraform_data" "attach" {\n'
+        '  provisioner "local-exec" {\n'
+        '    command = "gcloud pubsub subscriptions update x"\n'
+        "  }\n"
+        "}\n\n# Forwarding a message",
+        "push_deliveries",
+        "terraform_data.attach runs a provisioner",
+        id="provisioner-during-apply",
     ),
     pytest.param(
         "functions.tf",
@@ -930,7 +998,7 @@ CUTS = [
         'create_duration = "10s"',
         "first_apply_waits",
         "time_sleep.propagation waits '10s' after the APIs, less than 120s",
-        id="wait-too-short-for-the-eventarc-agent",
+        id="wait-too-short-for-the-build-grants",
     ),
     pytest.param(
         "main.tf",
@@ -951,13 +1019,16 @@ CUTS = [
         id="time-provider-not-required",
     ),
     pytest.param(
-        "dead_letter.tf",
+        "delivery.tf",
         None,
-        "for_each = var.attach_trigger_dead_letter ? local.trigger_dead_letter_topics : {}",
-        "for_each = var.attach_trigger_dead_letter ? {} : local.trigger_dead_letter_topics",
+        "  dead_letter_policy {\n"
+        "    dead_letter_topic     = each.value.dead_letter_topic\n"
+        "    max_delivery_attempts = var.dead_letter_max_delivery_attempts\n"
+        "  }\n",
+        "",
         "dead_letters",
-        "function breach_counter: 0 dead-letter attachers",
-        id="dead-letters-never-attached",
+        "push[breach_counter]: no dead_letter_policy",
+        id="push-without-dead-letters",
     ),
 ]
 
@@ -1015,7 +1086,6 @@ def test_optional_features_switch_their_instances_off(tf):
         "emergency_rollback",
         "checkpoint",
     }
-    assert {i.key for i in tc.instances(tf, "terraform_data")} == {"breach_counter", "rollback"}
     token_creators = {
         i.key
         for i in tc.instances(tf, "google_service_account_iam_member")
@@ -1024,11 +1094,9 @@ def test_optional_features_switch_their_instances_off(tf):
     assert token_creators == {"alerts_trigger", "rollback_trigger"}
     off = {
         "chat_webhook_secret_id": "",
-        "attach_trigger_dead_letter": False,
         "grant_pubsub_agent_token_creator": False,
     }
     assert all(not tc.secret_env_keys(body) for body in tc.functions(tf, off).values())
-    assert tc.instances(tf, "terraform_data", off) == []
     assert [
         i
         for i in tc.instances(tf, "google_service_account_iam_member", off)
@@ -1136,23 +1204,25 @@ def test_checkov_has_no_unskipped_failure():
     assert result.returncode == 0
 
 
-# Pub/Sub's default retry policy on Eventarc's trigger subscriptions (cloud.google.com/eventarc/
-# docs/retry-events): exponential backoff from 10 s up to 600 s between deliveries.
-PUBSUB_MIN_BACKOFF_S, PUBSUB_MAX_BACKOFF_S = 10, 600
-
-
-def retry_budget_s(attempts: int) -> float:
-    """How long a message is redelivered before it is dead-lettered (waits between attempts)."""
-    return sum(min(PUBSUB_MIN_BACKOFF_S * 2**n, PUBSUB_MAX_BACKOFF_S) for n in range(attempts - 1))
+def retry_budget_s(attempts: int, min_backoff_s: float, max_backoff_s: float) -> float:
+    """How long a message is redelivered before it is dead-lettered: Pub/Sub's exponential
+    backoff doubles the wait between deliveries from the minimum up to the maximum."""
+    return sum(min(min_backoff_s * 2**n, max_backoff_s) for n in range(attempts - 1))
 
 
 def test_the_retry_budget_rides_out_a_half_hour_outage(tf):
-    """The README's figure: with the default dead-letter limit a Cloud Run or Firestore outage of
-    half an hour is ridden out before an alert or a rollback request is dead-lettered."""
+    """The README's figure: with the default dead-letter limit and the push subscriptions' retry
+    policy, a Cloud Run or Firestore outage of half an hour is ridden out before an alert or a
+    rollback request is dead-lettered."""
     attempts = tf.variables["dead_letter_max_delivery_attempts"]["default"]
+    budget = retry_budget_s(
+        attempts,
+        tc.duration_s(tf.locals["push_min_backoff"]),
+        tc.duration_s(tf.locals["push_max_backoff"]),
+    )
     assert attempts == 10
-    assert retry_budget_s(attempts) == 2430  # 40.5 min
-    assert retry_budget_s(attempts) >= 30 * 60
+    assert budget == 2430  # 40.5 min
+    assert budget >= 30 * 60
     assert "40 minutes" in (ROOT / "README.md").read_text()
 
 
