@@ -330,7 +330,7 @@ def handle_emergency(
         if exc.status in (400, 403, 404):  # retrying will not help: say what to fix
             message = (
                 f"Cloud Run refused the rollback (HTTP {exc.status}): {exc}. Traffic is unchanged; check "
-                "canary-guard's permissions on the service (run.developer, iam.serviceAccountUser)"
+                "canary-guard's permissions on the service (its traffic_updater role, iam.serviceAccountUser)"
             )
             return Report("ERROR", message, outcome="control_plane_refused", service=request.service), 502
         message = f"Cloud Run did not accept the rollback ({exc}); traffic is unchanged, call again"

@@ -4,7 +4,8 @@
 # the narrowest resource the API allows: the target Cloud Run service, its runtime service
 # account, one topic, one secret. Firestore and Cloud Monitoring have no finer grant than
 # the project, so roles/datastore.user, roles/monitoring.viewer and
-# roles/monitoring.metricWriter are project-level; owner/editor never appear.
+# roles/monitoring.metricWriter are project-level, like reading Cloud Run operations (a custom
+# role with run.operations.get only); owner/editor never appear.
 #
 # The callers of the functions (the two push subscriptions, the two Cloud Scheduler jobs and
 # the on-call members) get roles/run.invoker on exactly their function's underlying Cloud Run
@@ -40,23 +41,50 @@ locals {
     }
   }
 
+  # Roles per function. "roles/..." is a predefined role; "custom/NAME" is the custom role
+  # local.custom_roles[NAME] below, made of exactly the permissions the code uses.
   function_project_roles = {
     # An alert is a trigger: breach_counter reads the canary's minutes from Cloud Monitoring.
     breach_counter     = ["roles/datastore.user", "roles/monitoring.viewer"]
-    rollback           = ["roles/datastore.user"]
-    emergency_rollback = ["roles/datastore.user"]
-    checkpoint         = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter"]
+    rollback           = ["roles/datastore.user", "custom/operation_reader"]
+    emergency_rollback = ["roles/datastore.user", "custom/operation_reader"]
+    checkpoint         = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter", "custom/operation_reader"]
     load_test          = ["roles/datastore.user", "roles/monitoring.metricWriter"]
   }
 
-  # Roles on the Cloud Run service under release. run.developer = read + update traffic;
-  # run.viewer = read the service (revisions, tags, traffic); run.invoker = send it requests.
+  # Roles on the Cloud Run service under release: read it, update its traffic, send it requests.
+  # Never roles/run.developer: it could also delete the service or deploy a new revision.
   function_target_service_roles = {
-    breach_counter     = ["roles/run.viewer"]
-    rollback           = ["roles/run.developer"]
-    emergency_rollback = ["roles/run.developer"]
-    checkpoint         = ["roles/run.developer"]
-    load_test          = ["roles/run.viewer", "roles/run.invoker"]
+    breach_counter     = ["custom/service_reader"]
+    rollback           = ["custom/traffic_updater"]
+    emergency_rollback = ["custom/traffic_updater"]
+    checkpoint         = ["custom/traffic_updater"]
+    load_test          = ["custom/service_reader", "roles/run.invoker"]
+  }
+
+  # The custom roles: each permission with the code that needs it (terraform/README.md).
+  custom_roles = {
+    service_reader = {
+      title       = "canary-guard Cloud Run service reader"
+      description = "Reads the service under release: its revisions, tags and traffic split."
+      # shared/cloudrun.py CloudRunTraffic.get (GET service): which revision is the canary.
+      permissions = ["run.services.get"]
+    }
+    traffic_updater = {
+      title       = "canary-guard Cloud Run traffic updater"
+      description = "Reads the service under release and updates its traffic split (ramp steps, rollbacks)."
+      # CloudRunTraffic.update_traffic: GET the service (and again while waiting for the
+      # update to be served), then PATCH its traffic (update_mask traffic, with the etag read).
+      permissions = ["run.services.get", "run.services.update"]
+    }
+    operation_reader = {
+      title       = "canary-guard Cloud Run operation reader"
+      description = "Reads the long-running operation of a traffic update canary-guard made."
+      # CloudRunTraffic.update_traffic: operation.result() polls the update's operation.
+      # Operations are not children of a service, so this is granted on the project; without
+      # it the code falls back to reading the service until it serves the new split.
+      permissions = ["run.operations.get"]
+    }
   }
 
   # The build service account writes build logs and pushes the function images to the
@@ -123,11 +151,22 @@ resource "google_service_account" "caller" {
 
 # --- Function identities ---------------------------------------------------------------
 
+resource "google_project_iam_custom_role" "canary_guard" {
+  for_each = local.custom_roles
+
+  project     = var.project_id
+  role_id     = "${var.prefix}_${each.key}"
+  title       = each.value.title
+  description = each.value.description
+  permissions = each.value.permissions
+  stage       = "GA"
+}
+
 resource "google_project_iam_member" "function" {
   for_each = local.function_project_grants
 
   project = var.project_id
-  role    = each.value.role
+  role    = startswith(each.value.role, "custom/") ? google_project_iam_custom_role.canary_guard[trimprefix(each.value.role, "custom/")].name : each.value.role
   member  = google_service_account.function[each.value.fn].member
 }
 
@@ -137,7 +176,7 @@ resource "google_cloud_run_v2_service_iam_member" "function_on_target" {
   project  = var.project_id
   location = local.service_location
   name     = var.service_name
-  role     = each.value.role
+  role     = startswith(each.value.role, "custom/") ? google_project_iam_custom_role.canary_guard[trimprefix(each.value.role, "custom/")].name : each.value.role
   member   = google_service_account.function[each.value.fn].member
 }
 

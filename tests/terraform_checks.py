@@ -1565,6 +1565,13 @@ def check_no_public_access(tf: Terraform) -> list[str]:
     return problems
 
 
+CUSTOM_ROLE = "custom/"  # "custom/NAME" in a role list: local.custom_roles[NAME] (iam.tf)
+CUSTOM_ROLE_EXPR = (
+    'startswith(each.value.role, "custom/") ? google_project_iam_custom_role.canary_guard'
+    '[trimprefix(each.value.role, "custom/")].name : each.value.role'
+)
+
+
 def granted_roles(tf: Terraform) -> list[tuple[str, str, str]]:
     """(resource type, resource name, role) of every IAM grant, for_each roles resolved from
     the literal locals the for_each is built from."""
@@ -1591,7 +1598,7 @@ def _roles_from_locals(tf: Terraform, for_each: Any, seen: set[str] | None = Non
             continue
         seen.add(local)
         value = tf.locals[local]
-        roles.extend(s for s in strings(value) if s.startswith("roles/"))
+        roles.extend(s for s in strings(value) if s.startswith(("roles/", CUSTOM_ROLE)))
         roles.extend(_roles_from_locals(tf, value, seen))
     return roles
 
@@ -1649,11 +1656,40 @@ def check_roles(
                 f"google_service_account_iam_member.{name}: serviceAccountTokenCreator for someone other "
                 "than the Pub/Sub service agent"
             )
-    for name, body in tf.of_type("google_cloud_run_v2_service_iam_member").items():
-        if body.get("role") == "roles/run.developer" and body.get("name") != "${var.service_name}":
-            problems.append(
-                f"google_cloud_run_v2_service_iam_member.{name}: run.developer not on the target service"
-            )
+    return problems
+
+
+def check_custom_roles(tf: Terraform, allowed_permissions: Mapping[str, str]) -> list[str]:
+    """The custom roles (local.custom_roles, one google_project_iam_custom_role per entry) hold
+    only permissions in `allowed_permissions` (permission -> the code that uses it); every
+    "custom/NAME" granted names one of them, through the one expression that turns it into the
+    role's name; each is granted somewhere."""
+    problems: list[str] = []
+    defined = tf.locals.get("custom_roles")
+    if not isinstance(defined, dict) or not defined:
+        return ["no local.custom_roles: the functions would need predefined Cloud Run roles"]
+    resources = tf.of_type("google_project_iam_custom_role")
+    if [(n, b.get("for_each"), b.get("permissions")) for n, b in resources.items()] != [
+        ("canary_guard", "${local.custom_roles}", "${each.value.permissions}")
+    ]:
+        problems.append(
+            "the custom roles are not exactly one google_project_iam_custom_role over local.custom_roles"
+        )
+    for name, role in defined.items():
+        for permission in role.get("permissions") or []:
+            if permission not in allowed_permissions:
+                problems.append(f"custom role {name}: permission {permission} is not one the code uses")
+    used = set()
+    for rtype, name, role in granted_roles(tf):
+        if not role.startswith(CUSTOM_ROLE):
+            continue
+        used.add(role.removeprefix(CUSTOM_ROLE))
+        if role.removeprefix(CUSTOM_ROLE) not in defined:
+            problems.append(f"{rtype}.{name}: {role} is not in local.custom_roles")
+        if tf.resource(rtype, name).get("role") != "${" + CUSTOM_ROLE_EXPR + "}":
+            problems.append(f"{rtype}.{name}: its role does not turn custom/NAME into the custom role")
+    for name in sorted(set(defined) - used):
+        problems.append(f"custom role {name} is granted to nobody")
     return problems
 
 

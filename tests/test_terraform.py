@@ -48,9 +48,11 @@ ALLOWED_ROLES = {
     "roles/datastore.user",
     "roles/monitoring.viewer",
     "roles/monitoring.metricWriter",
-    "roles/run.viewer",
-    "roles/run.developer",
     "roles/run.invoker",
+    # Custom roles (iam.tf local.custom_roles) of the permissions in CODE_PERMISSIONS only.
+    "custom/service_reader",
+    "custom/traffic_updater",
+    "custom/operation_reader",
     "roles/iam.serviceAccountUser",
     "roles/pubsub.publisher",
     "roles/secretmanager.secretAccessor",
@@ -67,6 +69,7 @@ ALLOWED_ROLES = {
 BUILD_PROJECT_ROLES = ["roles/logging.logWriter", "roles/artifactregistry.writer"]
 ALLOWED_PROJECT_ROLES = {
     "roles/datastore.user",
+    "custom/operation_reader",  # Cloud Run operations are not children of a service
     "roles/monitoring.viewer",
     "roles/monitoring.metricWriter",
     *BUILD_PROJECT_ROLES,
@@ -76,17 +79,28 @@ ALLOWED_PROJECT_ROLES = {
 CONDITIONAL_PROJECT_ROLES = {"roles/storage.objectViewer": "projects/_/buckets/gcf-v2-sources-"}
 EXPECTED_PROJECT_ROLES = {
     "breach_counter": ["roles/datastore.user", "roles/monitoring.viewer"],
-    "rollback": ["roles/datastore.user"],
-    "emergency_rollback": ["roles/datastore.user"],
-    "checkpoint": ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter"],
+    "rollback": ["roles/datastore.user", "custom/operation_reader"],
+    "emergency_rollback": ["roles/datastore.user", "custom/operation_reader"],
+    "checkpoint": [
+        "roles/datastore.user",
+        "roles/monitoring.viewer",
+        "roles/monitoring.metricWriter",
+        "custom/operation_reader",
+    ],
     "load_test": ["roles/datastore.user", "roles/monitoring.metricWriter"],
 }
 EXPECTED_TARGET_SERVICE_ROLES = {
-    "breach_counter": ["roles/run.viewer"],
-    "rollback": ["roles/run.developer"],
-    "emergency_rollback": ["roles/run.developer"],
-    "checkpoint": ["roles/run.developer"],
-    "load_test": ["roles/run.viewer", "roles/run.invoker"],
+    "breach_counter": ["custom/service_reader"],
+    "rollback": ["custom/traffic_updater"],
+    "emergency_rollback": ["custom/traffic_updater"],
+    "checkpoint": ["custom/traffic_updater"],
+    "load_test": ["custom/service_reader", "roles/run.invoker"],
+}
+# The Cloud Run permissions the code uses, and where (terraform/README.md lists the same).
+CODE_PERMISSIONS = {
+    "run.services.get": "shared/cloudrun.py CloudRunTraffic.get / _fetch",
+    "run.services.update": "shared/cloudrun.py CloudRunTraffic.update_traffic (update_service)",
+    "run.operations.get": "shared/cloudrun.py CloudRunTraffic.update_traffic (operation.result)",
 }
 # How long the functions wait after the APIs are enabled: new IAM grants (the build identity's)
 # and the service agents' own permissions take minutes to be in force.
@@ -156,6 +170,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "source_archive": tc.check_source_archive(t),
         "public": tc.check_no_public_access(t),
         "roles": tc.check_roles(t, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES, CONDITIONAL_PROJECT_ROLES),
+        "custom_roles": tc.check_custom_roles(t, CODE_PERMISSIONS),
         "build_identity": tc.check_build_identity(t, BUILD_PROJECT_ROLES),
         "first_apply_waits": tc.check_first_apply_waits(t, FIRST_APPLY_WAIT_S),
         "identities": tc.check_function_identities(t),
@@ -265,6 +280,15 @@ def test_no_public_principals(tf):
 
 def test_only_allowed_roles_and_never_project_wide_power(tf):
     assert tc.check_roles(tf, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES, CONDITIONAL_PROJECT_ROLES) == []
+
+
+def test_custom_roles_hold_only_what_the_code_uses(tf):
+    assert tc.check_custom_roles(tf, CODE_PERMISSIONS) == []
+    permissions = {p for r in tf.locals["custom_roles"].values() for p in r["permissions"]}
+    assert permissions == set(CODE_PERMISSIONS)
+    readme = (TF_DIR / "README.md").read_text()
+    for permission in CODE_PERMISSIONS:
+        assert f"`{permission}`" in readme
 
 
 def test_per_function_roles_are_exactly_the_documented_ones(tf):
@@ -770,11 +794,47 @@ CUTS = [
     pytest.param(
         "iam.tf",
         None,
-        '"roles/monitoring.metricWriter"]\n  }\n\n  # Roles on the Cloud Run',
-        '"roles/monitoring.metricWriter", "roles/run.developer"]\n  }\n\n  # Roles on the Cloud Run',
+        '    rollback           = ["custom/traffic_updater"]\n',
+        '    rollback           = ["roles/run.developer"]\n',
         "roles",
-        "roles/run.developer granted on the whole project",
-        id="run-developer-project-wide",
+        "role roles/run.developer is not in the allowed list",
+        id="run-developer-on-the-target",
+    ),
+    pytest.param(
+        "iam.tf",
+        None,
+        'permissions = ["run.services.get", "run.services.update"]',
+        'permissions = ["run.services.get", "run.services.update", "run.services.delete"]',
+        "custom_roles",
+        "custom role traffic_updater: permission run.services.delete is not one the code uses",
+        id="custom-role-may-delete-the-service",
+    ),
+    pytest.param(
+        "iam.tf",
+        None,
+        '"roles/datastore.user", "custom/operation_reader"]\n    emergency_rollback',
+        '"roles/datastore.user", "custom/traffic_updater"]\n    emergency_rollback',
+        "roles",
+        "custom/traffic_updater granted on the whole project",
+        id="traffic-updater-on-the-whole-project",
+    ),
+    pytest.param(
+        "iam.tf",
+        _res("google_cloud_run_v2_service_iam_member", "function_on_target"),
+        "  role     = startswith(",
+        "  role     = each.value.role\n  # startswith(",
+        "custom_roles",
+        "function_on_target: its role does not turn custom/NAME into the custom role",
+        id="custom-role-marker-granted-as-written",
+    ),
+    pytest.param(
+        "iam.tf",
+        None,
+        '    load_test          = ["custom/service_reader", "roles/run.invoker"]',
+        '    load_test          = ["custom/service_writer", "roles/run.invoker"]',
+        "custom_roles",
+        "custom/service_writer is not in local.custom_roles",
+        id="custom-role-that-does-not-exist",
     ),
     pytest.param(
         "iam.tf",
