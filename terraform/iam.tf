@@ -262,9 +262,8 @@ resource "google_cloud_run_v2_service_iam_member" "oncall_invokes_emergency_roll
   member   = each.value
 }
 
-# The canary uptime check authenticates as the Monitoring service agent (OIDC token). The
-# agent is created with the project's first Pub/Sub notification channel (see pubsub.tf), hence
-# the depends_on: a grant to an agent that does not exist yet is refused.
+# The canary uptime check authenticates as the Monitoring service agent (OIDC token). A grant
+# to an agent that does not exist yet is refused: it waits for time_sleep.monitoring_agent.
 resource "google_cloud_run_v2_service_iam_member" "uptime_check_invokes_target" {
   count = var.canary_tag_url != "" && var.uptime_check_authenticated ? 1 : 0
 
@@ -274,5 +273,5 @@ resource "google_cloud_run_v2_service_iam_member" "uptime_check_invokes_target" 
   role     = "roles/run.invoker"
   member   = local.monitoring_notification_agent
 
-  depends_on = [google_monitoring_notification_channel.alerts]
+  depends_on = [time_sleep.monitoring_agent]
 }

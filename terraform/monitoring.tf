@@ -52,6 +52,18 @@ resource "google_monitoring_notification_channel" "alerts" {
   depends_on = [google_project_service.apis]
 }
 
+# Cloud Monitoring creates its notification service agent
+# (service-NUMBER@gcp-sa-monitoring-notification) when the project's first Pub/Sub channel is
+# created, asynchronously: a grant to it made at once can be refused because the principal
+# does not exist yet. The google provider (GA) cannot create that identity explicitly
+# (google_project_service_identity is google-beta only), so every grant to the agent waits
+# for this sleep, which starts once the channel exists. Only the first apply sleeps.
+resource "time_sleep" "monitoring_agent" {
+  create_duration = "60s"
+
+  depends_on = [google_monitoring_notification_channel.alerts]
+}
+
 resource "google_monitoring_alert_policy" "error_rate" {
   project      = var.project_id
   display_name = "canary-guard ${var.service_name}: error rate (5xx / all)"

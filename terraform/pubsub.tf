@@ -78,15 +78,16 @@ resource "google_pubsub_subscription" "rollback_dead_letter" {
 
 # --- Who may publish -------------------------------------------------------------------
 
-# Cloud Monitoring publishes incidents through its notification service agent. The agent is
-# created with the project's first Pub/Sub notification channel, hence the depends_on.
+# Cloud Monitoring publishes incidents through its notification service agent, which exists
+# only a while after the project's first Pub/Sub notification channel: see
+# time_sleep.monitoring_agent (monitoring.tf).
 resource "google_pubsub_topic_iam_member" "alerts_publisher_monitoring" {
   project = var.project_id
   topic   = google_pubsub_topic.alerts.name
   role    = "roles/pubsub.publisher"
   member  = local.monitoring_notification_agent
 
-  depends_on = [google_monitoring_notification_channel.alerts]
+  depends_on = [time_sleep.monitoring_agent]
 }
 
 # A streak that reaches its limit, or a checkpoint NO-GO that does, becomes a rollback request.

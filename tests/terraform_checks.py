@@ -1221,25 +1221,38 @@ def check_monitoring_can_publish(tf: Terraform) -> list[str]:
     return problems
 
 
-def check_monitoring_agent_exists_first(tf: Terraform) -> list[str]:
-    """Every grant to Cloud Monitoring's notification service agent depends on a Pub/Sub
-    notification channel: the agent is created with the project's first one, and a grant to a
-    principal that does not exist yet is refused."""
+def check_monitoring_agent_exists_first(tf: Terraform, min_wait_s: float) -> list[str]:
+    """Every grant to Cloud Monitoring's notification service agent depends on a time_sleep of
+    at least min_wait_s that starts after a Pub/Sub notification channel exists: the agent is
+    created asynchronously after the project's first such channel, and a grant to a principal
+    that does not exist yet is refused."""
     problems: list[str] = []
     channels = {
         f"${{google_monitoring_notification_channel.{name}}}"
         for name, body in tf.of_type("google_monitoring_notification_channel").items()
         if body.get("type") == "pubsub"
     }
+    waits = set()
+    for name, body in tf.of_type("time_sleep").items():
+        if channels & set(body.get("depends_on") or []):
+            seconds = duration_s(body.get("create_duration"))
+            if seconds is None or seconds < min_wait_s:
+                problems.append(
+                    f"time_sleep.{name} waits {body.get('create_duration')!r} for the Monitoring agent, "
+                    f"less than {min_wait_s:g}s"
+                )
+            waits.add(f"${{time_sleep.{name}}}")
+    if not waits:
+        problems.append("no time_sleep waits for the Monitoring agent after its notification channel")
     grants = 0
     for rtype, name, body in tf.all_resources():
         if "_iam_" not in rtype or body.get("member") != "${local.monitoring_notification_agent}":
             continue
         grants += 1
-        if not channels & set(body.get("depends_on") or []):
+        if not waits & set(body.get("depends_on") or []):
             problems.append(
-                f"{rtype}.{name} grants to the Monitoring notification agent without depends_on "
-                "a Pub/Sub notification channel (the agent may not exist yet)"
+                f"{rtype}.{name} grants to the Monitoring notification agent without waiting for it "
+                "(depends_on a time_sleep after the notification channel)"
             )
     if not grants:
         problems.append("nothing is granted to the Monitoring notification agent")

@@ -105,6 +105,8 @@ CODE_PERMISSIONS = {
 # How long the functions wait after the APIs are enabled: new IAM grants (the build identity's)
 # and the service agents' own permissions take minutes to be in force.
 FIRST_APPLY_WAIT_S = 120
+# How long grants to the Monitoring notification agent wait after its first Pub/Sub channel.
+MONITORING_AGENT_WAIT_S = 60
 
 # Entry points announced in the functions' contract that functions/main.py does not define
 # yet (other engineers are writing them). Their test below SKIPS, saying so, until main.py
@@ -159,7 +161,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "push_deliveries": tc.check_push_deliveries(t, cloud_event_entry_points()),
         "rollback_chain": tc.check_rollback_chain(t),
         "monitoring_publisher": tc.check_monitoring_can_publish(t),
-        "monitoring_agent_first": tc.check_monitoring_agent_exists_first(t),
+        "monitoring_agent_first": tc.check_monitoring_agent_exists_first(t, MONITORING_AGENT_WAIT_S),
         "token_creator": tc.check_pubsub_agent_token_creator(t),
         "dead_letters": tc.check_dead_letters(t),
         "scheduler": tc.check_scheduler_jobs(t, SCHEDULER_JOBS),
@@ -217,7 +219,7 @@ def test_monitoring_agent_may_publish_to_the_alerts_topic(tf):
 
 
 def test_monitoring_agent_grants_wait_for_its_notification_channel(tf):
-    assert tc.check_monitoring_agent_exists_first(tf) == []
+    assert tc.check_monitoring_agent_exists_first(tf, MONITORING_AGENT_WAIT_S) == []
 
 
 def test_old_projects_can_let_the_pubsub_agent_sign_trigger_pushes(tf):
@@ -534,22 +536,40 @@ CUTS = [
     pytest.param(
         "iam.tf",
         _res(RUN_IAM, "uptime_check_invokes_target"),
+        "\n  depends_on = [time_sleep.monitoring_agent]\n",
         "\n  depends_on = [google_monitoring_notification_channel.alerts]\n",
-        "\n",
         "monitoring_agent_first",
         "google_cloud_run_v2_service_iam_member.uptime_check_invokes_target grants to the Monitoring "
-        "notification agent without depends_on",
+        "notification agent without waiting for it",
         id="uptime-invoker-granted-before-the-agent-exists",
     ),
     pytest.param(
         "pubsub.tf",
         _res("google_pubsub_topic_iam_member", "alerts_publisher_monitoring"),
-        "\n  depends_on = [google_monitoring_notification_channel.alerts]\n",
+        "\n  depends_on = [time_sleep.monitoring_agent]\n",
         "\n",
         "monitoring_agent_first",
         "google_pubsub_topic_iam_member.alerts_publisher_monitoring grants to the Monitoring "
-        "notification agent without depends_on",
+        "notification agent without waiting for it",
         id="alerts-publisher-granted-before-the-agent-exists",
+    ),
+    pytest.param(
+        "monitoring.tf",
+        _res("time_sleep", "monitoring_agent"),
+        'create_duration = "60s"',
+        'create_duration = "5s"',
+        "monitoring_agent_first",
+        "time_sleep.monitoring_agent waits '5s' for the Monitoring agent, less than 60s",
+        id="monitoring-agent-wait-too-short",
+    ),
+    pytest.param(
+        "monitoring.tf",
+        _res("time_sleep", "monitoring_agent"),
+        "  depends_on = [google_monitoring_notification_channel.alerts]\n",
+        "",
+        "monitoring_agent_first",
+        "no time_sleep waits for the Monitoring agent after its notification channel",
+        id="monitoring-agent-wait-starts-too-early",
     ),
     pytest.param(
         "iam.tf",
