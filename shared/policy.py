@@ -35,12 +35,31 @@ class UptimeCheck(_Strict):
     timeout_s: int = Field(ge=1, le=60)
 
 
+class MetricCondition(_Strict):
+    """How Cloud Monitoring measures one metric rule (Terraform builds its alert policy)."""
+
+    title: str = Field(min_length=1, max_length=80)
+    filter: str = Field(pattern=r'^metric\.type = "[a-z0-9_./-]+"')
+    denominator_filter: str = Field(default="", pattern=r'^$|^metric\.type = "[a-z0-9_./-]+"')
+    per_series_aligner: str = Field(pattern=r"^ALIGN_[A-Z0-9_]+$")
+    cross_series_reducer: str = Field(pattern=r"^REDUCE_[A-Z0-9_]+$")
+
+
 class Alerting(_Strict):
     alignment_period_s: int = Field(ge=60, multiple_of=60)
     duration_s: int = Field(ge=0, multiple_of=60)
     renotify_interval_s: int = Field(ge=60)
     auto_close_s: int = Field(ge=1800)
     uptime_check: UptimeCheck
+    # Rule -> its Cloud Monitoring condition. Only Terraform reads these (the functions judge
+    # minutes themselves); validated here so a typo fails the tests, not a plan.
+    metric_conditions: dict[RuleName, MetricCondition] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_metric_canary_down(self) -> Alerting:
+        if "canary_down" in self.metric_conditions:
+            raise ValueError("alerting.metric_conditions: canary_down is observed by the uptime check")
+        return self
 
 
 class GoBars(_Strict):

@@ -2,9 +2,9 @@
 # notification channel that carries their incidents to breach_counter, the canary uptime
 # check and the dashboard.
 #
-# Every threshold, duration, renotify interval and auto-close comes from shared/policy.yaml
-# (local.rules / local.alerting, main.tf). Each policy carries the user label `canary_rule`:
-# that label, not the display name, maps an incident to a rule in breach_counter.
+# Every metric, aligner, threshold, duration, renotify interval and auto-close comes from
+# shared/policy.yaml (local.rules / local.alerting, main.tf). Each policy carries the user label
+# `canary_rule`: that label, not the display name, maps an incident to a rule in breach_counter.
 #
 # The canary revision changes with every release, so the metric policies filter on the
 # service and GROUP BY revision_name: each revision is its own time series and its incident
@@ -12,8 +12,9 @@
 # are not the current canary. A cross-series reducer aggregates away every resource label
 # not in group_by_fields, and the incident keeps only what is left: service_name and
 # location are grouped by too, so the incident names the full service (shared/events.py).
-# Each open incident is renotified every renotify_interval_s (one more breach observation)
-# and its close is notified too (a recovery).
+# An alert is a trigger, not evidence: each opened or renotified incident makes breach_counter
+# read the canary's recent minutes from Cloud Monitoring and judge each of them (shared/breach.py),
+# so a repeated or reordered notification cannot count twice; a closed one changes nothing.
 
 locals {
   alignment_period = "${local.alerting.alignment_period_s}s"
@@ -31,8 +32,8 @@ locals {
 
   alert_documentation = <<-EOT
     canary-guard observes this rule for the canary revision of Cloud Run service `${var.service_name}` (${local.service_location}).
-    Each notification of an open incident is one breach observation; the breach_counter function counts them per rule and
-    requests a rollback when the streak limit in shared/policy.yaml is reached. A closed incident is a recovery.
+    Each notification makes the breach_counter function judge the canary's recent minutes from Cloud Monitoring; it
+    requests a rollback when a rule's run of breach minutes reaches its limit in shared/policy.yaml.
 
     On-call: the rollback is automatic. To roll back by hand now, or to see what would change (dry_run), call the
     emergency rollback function: `terraform output -raw emergency_rollback_commands` in the canary-guard terraform/ directory.
@@ -64,40 +65,50 @@ resource "time_sleep" "monitoring_agent" {
   depends_on = [google_monitoring_notification_channel.alerts]
 }
 
-resource "google_monitoring_alert_policy" "error_rate" {
+# One alert policy per entry of the policy file's alerting.metric_conditions (rule -> metric,
+# aligner, reducer, optional ratio denominator): adding a metric rule is a policy change.
+resource "google_monitoring_alert_policy" "metric_rule" {
+  for_each = local.alerting.metric_conditions
+
   project      = var.project_id
-  display_name = "canary-guard ${var.service_name}: error rate (5xx / all)"
+  display_name = "canary-guard ${var.service_name}: ${each.value.title}"
   combiner     = "OR"
   severity     = "ERROR"
 
   conditions {
-    display_name = "5xx ratio per revision above the policy threshold"
+    display_name = "${each.value.title} per revision above the policy threshold"
 
     condition_threshold {
-      filter     = "metric.type = \"run.googleapis.com/request_count\" AND ${local.run_revision_filter} AND metric.labels.response_code_class = \"5xx\""
+      filter     = "${each.value.filter} AND ${local.run_revision_filter}"
       comparison = "COMPARISON_GT"
-      # rollback_rules.error_rate.threshold is a fraction (0.01 = 1 %), like the ratio.
-      threshold_value = local.rules.error_rate.threshold
+      # In the metric's own unit, like the rule's threshold: a fraction for ratios and
+      # utilisation (0.01 = 1 %), milliseconds for request_latencies.
+      threshold_value = local.rules[each.key].threshold
       duration        = local.alert_duration
 
       aggregations {
         alignment_period     = local.alignment_period
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
+        per_series_aligner   = each.value.per_series_aligner
+        cross_series_reducer = each.value.cross_series_reducer
         group_by_fields      = local.revision_group_by
       }
 
-      denominator_filter = "metric.type = \"run.googleapis.com/request_count\" AND ${local.run_revision_filter}"
+      # A ratio (error_rate: 5xx / all) divides by the same metric without the numerator's
+      # label filter, aggregated the same way.
+      denominator_filter = each.value.denominator_filter == "" ? null : "${each.value.denominator_filter} AND ${local.run_revision_filter}"
 
-      denominator_aggregations {
-        alignment_period     = local.alignment_period
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = local.revision_group_by
+      dynamic "denominator_aggregations" {
+        for_each = each.value.denominator_filter == "" ? [] : [each.value]
+        content {
+          alignment_period     = local.alignment_period
+          per_series_aligner   = denominator_aggregations.value.per_series_aligner
+          cross_series_reducer = denominator_aggregations.value.cross_series_reducer
+          group_by_fields      = local.revision_group_by
+        }
       }
 
-      # No requests, no ratio: the condition goes inactive (no breach is counted without
-      # evidence, and an open incident closes: a recovery).
+      # No data, no evaluation: the condition goes inactive (an alert is only a trigger to judge
+      # minutes, and an open incident closes).
       evaluation_missing_data = "EVALUATION_MISSING_DATA_INACTIVE"
     }
   }
@@ -116,118 +127,12 @@ resource "google_monitoring_alert_policy" "error_rate" {
 
   user_labels = {
     app            = "canary-guard"
-    canary_rule    = "error_rate"
+    canary_rule    = each.key
     canary_service = var.service_name
   }
 
   documentation {
-    subject   = "canary-guard: ${var.service_name} canary error rate above the rollback threshold"
-    content   = local.alert_documentation
-    mime_type = "text/markdown"
-  }
-}
-
-resource "google_monitoring_alert_policy" "latency_p95" {
-  project      = var.project_id
-  display_name = "canary-guard ${var.service_name}: P95 latency"
-  combiner     = "OR"
-  severity     = "ERROR"
-
-  conditions {
-    display_name = "P95 request latency per revision above the policy threshold (ms)"
-
-    condition_threshold {
-      filter     = "metric.type = \"run.googleapis.com/request_latencies\" AND ${local.run_revision_filter}"
-      comparison = "COMPARISON_GT"
-      # request_latencies is in milliseconds, like rollback_rules.latency_p95.threshold.
-      threshold_value = local.rules.latency_p95.threshold
-      duration        = local.alert_duration
-
-      # Merge the revision's latency distributions (all response codes), then take their
-      # 95th percentile: the revision's real P95, not the worst per-code P95.
-      aggregations {
-        alignment_period     = local.alignment_period
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_PERCENTILE_95"
-        group_by_fields      = local.revision_group_by
-      }
-
-      evaluation_missing_data = "EVALUATION_MISSING_DATA_INACTIVE"
-    }
-  }
-
-  notification_channels = [google_monitoring_notification_channel.alerts.name]
-
-  alert_strategy {
-    auto_close           = "${local.alerting.auto_close_s}s"
-    notification_prompts = ["OPENED", "CLOSED"]
-
-    notification_channel_strategy {
-      notification_channel_names = [google_monitoring_notification_channel.alerts.name]
-      renotify_interval          = "${local.alerting.renotify_interval_s}s"
-    }
-  }
-
-  user_labels = {
-    app            = "canary-guard"
-    canary_rule    = "latency_p95"
-    canary_service = var.service_name
-  }
-
-  documentation {
-    subject   = "canary-guard: ${var.service_name} canary P95 latency above the rollback threshold"
-    content   = local.alert_documentation
-    mime_type = "text/markdown"
-  }
-}
-
-resource "google_monitoring_alert_policy" "memory" {
-  project      = var.project_id
-  display_name = "canary-guard ${var.service_name}: memory utilisation"
-  combiner     = "OR"
-  severity     = "ERROR"
-
-  conditions {
-    display_name = "Container memory utilisation per revision above the policy threshold"
-
-    condition_threshold {
-      filter          = "metric.type = \"run.googleapis.com/container/memory/utilizations\" AND ${local.run_revision_filter}"
-      comparison      = "COMPARISON_GT"
-      threshold_value = local.rules.memory.threshold
-      duration        = local.alert_duration
-
-      # Near-peak utilisation of each instance, then the worst instance of the revision.
-      aggregations {
-        alignment_period     = local.alignment_period
-        per_series_aligner   = "ALIGN_PERCENTILE_99"
-        cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = local.revision_group_by
-      }
-
-      evaluation_missing_data = "EVALUATION_MISSING_DATA_INACTIVE"
-    }
-  }
-
-  notification_channels = [google_monitoring_notification_channel.alerts.name]
-
-  alert_strategy {
-    auto_close           = "${local.alerting.auto_close_s}s"
-    notification_prompts = ["OPENED", "CLOSED"]
-
-    notification_channel_strategy {
-      notification_channel_names = [google_monitoring_notification_channel.alerts.name]
-      renotify_interval          = "${local.alerting.renotify_interval_s}s"
-    }
-  }
-
-  user_labels = {
-    app            = "canary-guard"
-    canary_rule    = "memory"
-    canary_service = var.service_name
-  }
-
-  documentation {
-    subject   = "canary-guard: ${var.service_name} canary memory utilisation above the rollback threshold"
+    subject   = "canary-guard: ${var.service_name} canary ${each.value.title} above the rollback threshold"
     content   = local.alert_documentation
     mime_type = "text/markdown"
   }
@@ -350,9 +255,9 @@ resource "google_monitoring_dashboard" "canary" {
     service_name             = var.service_name
     alerts_dead_letter_sub   = google_pubsub_subscription.alerts_dead_letter.name
     rollback_dead_letter_sub = google_pubsub_subscription.rollback_dead_letter.name
-    error_rate_policy        = google_monitoring_alert_policy.error_rate.name
-    latency_p95_policy       = google_monitoring_alert_policy.latency_p95.name
-    memory_policy            = google_monitoring_alert_policy.memory.name
+    error_rate_policy        = google_monitoring_alert_policy.metric_rule["error_rate"].name
+    latency_p95_policy       = google_monitoring_alert_policy.metric_rule["latency_p95"].name
+    memory_policy            = google_monitoring_alert_policy.metric_rule["memory"].name
   })
 
   depends_on = [google_project_service.apis]

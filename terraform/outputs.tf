@@ -60,11 +60,7 @@ output "function_service_accounts" {
 output "alert_policies" {
   description = "Alert policy resource names by canary_rule."
   value = merge(
-    {
-      error_rate  = google_monitoring_alert_policy.error_rate.name
-      latency_p95 = google_monitoring_alert_policy.latency_p95.name
-      memory      = google_monitoring_alert_policy.memory.name
-    },
+    { for rule, policy in google_monitoring_alert_policy.metric_rule : rule => policy.name },
     local.canary_uptime_enabled ? { canary_down = google_monitoring_alert_policy.canary_down[0].name } : {},
   )
 }

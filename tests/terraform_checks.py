@@ -821,7 +821,7 @@ def check_alert_chain(tf: Terraform, *, consumer_entry_point: str = "breach_coun
     """Every alert policy -> a pubsub notification channel -> a topic -> the consumer's push subscription."""
     problems: list[str] = []
     channels = tf.of_type("google_monitoring_notification_channel")
-    policies = tf.of_type("google_monitoring_alert_policy")
+    policies = alert_policies(tf)
     if not policies:
         return ["no google_monitoring_alert_policy at all"]
     consumer = function_by_entry(tf).get(consumer_entry_point)
@@ -861,11 +861,16 @@ def check_alert_chain(tf: Terraform, *, consumer_entry_point: str = "breach_coun
     return problems
 
 
+def alert_policies(tf: Terraform, variables: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every alert policy instance (for_each expanded), by its label."""
+    return {inst.label: inst.body for inst in instances(tf, "google_monitoring_alert_policy", variables)}
+
+
 def check_alert_policies(tf: Terraform, rule_names: Iterable[str]) -> list[str]:
     """canary_rule labels, renotify + close notifications (streak semantics), one per rule."""
     problems: list[str] = []
     seen: dict[str, str] = {}
-    for pname, policy in tf.of_type("google_monitoring_alert_policy").items():
+    for pname, policy in alert_policies(tf).items():
         rule = (policy.get("user_labels") or {}).get("canary_rule")
         if rule not in set(rule_names):
             problems.append(f"alert policy {pname} has canary_rule={rule!r}, not one of {sorted(rule_names)}")
@@ -906,7 +911,7 @@ def check_alert_group_by(tf: Terraform, labels: Iterable[str]) -> list[str]:
     problems: list[str] = []
     needed = [f"resource.label.{label}" for label in labels]
     ev = Evaluator(tf)
-    for pname, policy in tf.of_type("google_monitoring_alert_policy").items():
+    for pname, policy in alert_policies(tf).items():
         for cond in blocks(policy, "conditions"):
             threshold = block(cond, "condition_threshold") or {}
             # Cloud Run metrics are written against cloud_run_revision (the uptime check's are not).
@@ -955,7 +960,7 @@ def check_thresholds_from_policy(
         "renotify_interval": f"{alerting['renotify_interval_s']}s",
         "auto_close": f"{alerting['auto_close_s']}s",
     }
-    for pname, body in tf.of_type("google_monitoring_alert_policy").items():
+    for pname, body in alert_policies(tf, variables).items():
         rule = (body.get("user_labels") or {}).get("canary_rule")
         for cond in blocks(body, "conditions"):
             threshold = block(cond, "condition_threshold") or {}

@@ -422,3 +422,29 @@ def test_resolve_an_unwatched_service_is_a_lookup_error(name):
 def test_resolve_a_malformed_full_name_is_a_value_error():
     with pytest.raises(ValueError, match="is not a service name"):
         settings_with().resolve_service("projects/demo-project/services/shop")
+
+
+def test_the_alert_conditions_are_the_three_metric_rules(policy):
+    conditions = policy.alerting.metric_conditions
+    assert set(conditions) == {"error_rate", "latency_p95", "memory"}
+    assert conditions["error_rate"].denominator_filter  # a ratio: 5xx / all
+    assert not conditions["latency_p95"].denominator_filter
+
+
+def test_an_alert_condition_for_canary_down_is_refused(tmp_path):
+    memory = RAW["alerting"]["metric_conditions"]["memory"]
+    raw = mutated(alerting__metric_conditions__canary_down=memory)
+    assert "canary_down is observed by the uptime check" in refused(tmp_path, raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("filter", 'resource.type = "cloud_run_revision"'),  # must start with the metric type
+        ("per_series_aligner", "RATE"),
+        ("cross_series_reducer", "SUM"),
+    ],
+)
+def test_a_malformed_alert_condition_is_refused(tmp_path, field, value):
+    raw = mutated(**{f"alerting__metric_conditions__memory__{field}": value})
+    assert f"alerting.metric_conditions.memory.{field}" in refused(tmp_path, raw)

@@ -380,7 +380,7 @@ def test_policy_change_flows_into_the_alert_policies(tmp_path, policy):
     (copy / "shared" / "policy.yaml").write_text(yaml.safe_dump(changed))
     t = tc.load(copy / "terraform")
     ev = tc.Evaluator(t)
-    body = t.resource("google_monitoring_alert_policy", "error_rate")
+    body = tc.alert_policies(t)["google_monitoring_alert_policy.metric_rule[error_rate]"]
     raw = tc.block(tc.block(body, "conditions"), "condition_threshold")["threshold_value"]
     assert ev.value(raw) == 0.042
     assert tc.check_thresholds_from_policy(t, changed) == []
@@ -433,6 +433,7 @@ def _res(rtype: str, name: str) -> str:
 
 
 POLICY = "google_monitoring_alert_policy"
+METRIC_RULE_POLICY = _res(POLICY, "metric_rule")
 RUN_IAM = "google_cloud_run_v2_service_iam_member"
 FUNCTIONS = _res("google_cloudfunctions2_function", "function")
 SCHEDULER_JOBS_RESOURCE = _res("google_cloud_scheduler_job", "job")
@@ -463,7 +464,7 @@ def _job(key: str) -> tuple[str, str]:
 CUTS = [
     pytest.param(
         "monitoring.tf",
-        _res(POLICY, "memory"),
+        METRIC_RULE_POLICY,
         "  notification_channels = [google_monitoring_notification_channel.alerts.name]\n",
         "",
         "alert_chain",
@@ -688,8 +689,8 @@ CUTS = [
     ),
     pytest.param(
         "monitoring.tf",
-        _res(POLICY, "memory"),
-        "threshold_value = local.rules.memory.threshold",
+        METRIC_RULE_POLICY,
+        "threshold_value = local.rules[each.key].threshold",
         "threshold_value = 0.85",
         "thresholds",
         "is typed here, not read from the policy file",
@@ -697,8 +698,8 @@ CUTS = [
     ),
     pytest.param(
         "monitoring.tf",
-        _res(POLICY, "latency_p95"),
-        "threshold_value = local.rules.latency_p95.threshold",
+        METRIC_RULE_POLICY,
+        "threshold_value = local.rules[each.key].threshold",
         "threshold_value = local.rules.error_rate.threshold",
         "thresholds",
         "policy file says 500",
@@ -706,7 +707,7 @@ CUTS = [
     ),
     pytest.param(
         "monitoring.tf",
-        _res(POLICY, "error_rate"),
+        METRIC_RULE_POLICY,
         'notification_prompts = ["OPENED", "CLOSED"]',
         'notification_prompts = ["OPENED"]',
         "alert_policies",
@@ -719,32 +720,40 @@ CUTS = [
         '    "resource.label.location",\n',
         "",
         "alert_group_by",
-        "alert policy error_rate denominator_aggregations aggregates away resource.label.location",
+        "alert policy google_monitoring_alert_policy.metric_rule[error_rate] denominator_aggregations "
+        "aggregates away resource.label.location",
         id="location-aggregated-away",
     ),
     pytest.param(
         "monitoring.tf",
-        _res(POLICY, "memory"),
-        "group_by_fields      = local.revision_group_by",
-        'group_by_fields      = ["resource.label.revision_name"]',
+        METRIC_RULE_POLICY,
+        "        cross_series_reducer = each.value.cross_series_reducer\n"
+        "        group_by_fields      = local.revision_group_by\n",
+        "        cross_series_reducer = each.value.cross_series_reducer\n"
+        '        group_by_fields      = ["resource.label.revision_name"]\n',
         "alert_group_by",
-        "alert policy memory aggregations aggregates away resource.label.service_name, "
-        "resource.label.location",
+        "alert policy google_monitoring_alert_policy.metric_rule[memory] aggregations aggregates away "
+        "resource.label.service_name, resource.label.location",
         id="grouped-by-revision-only",
     ),
     pytest.param(
         "monitoring.tf",
-        _res(POLICY, "error_rate"),
-        '        cross_series_reducer = "REDUCE_SUM"\n'
-        "        group_by_fields      = local.revision_group_by\n"
-        "      }\n\n"
-        "      # No requests",
-        '        cross_series_reducer = "REDUCE_SUM"\n'
-        '        group_by_fields      = ["resource.label.revision_name", "resource.label.service_name"]\n'
-        "      }\n\n"
-        "      # No requests",
+        METRIC_RULE_POLICY,
+        "          group_by_fields      = local.revision_group_by\n",
+        '          group_by_fields      = ["resource.label.service_name", "resource.label.location", '
+        '"resource.label.revision_name", "resource.label.project_id"]\n',
         "alert_group_by",
-        "alert policy error_rate: numerator and denominator group by different fields",
+        "metric_rule[error_rate]: numerator and denominator group by different fields",
+        id="ratio-denominator-grouped-differently",
+    ),
+    # The rule set is the policy file's: a metric rule left out of it has no alert policy.
+    pytest.param(
+        "../shared/policy.yaml",
+        None,
+        "    memory:\n      # container/memory/utilizations",
+        "    memory_old:\n      # container/memory/utilizations",
+        "alert_policies",
+        "no alert policy for rule(s) ['memory']",
         id="ratio-denominator-grouped-differently",
     ),
     pytest.param(
