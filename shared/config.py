@@ -30,9 +30,17 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "FUNCTION_TIMEOUT_S": "540",
     "FUNCTION_MEMORY_MB": "512",
     "LOAD_TEST_AUTH": "none",  # "id_token": call the target with the function's identity token
+    # Days a decision record is kept (Firestore TTL on expires_at); 0: kept for ever.
+    "DECISION_RETENTION_DAYS": "0",
 }
 
-_COMMON = ("GOOGLE_CLOUD_PROJECT", "CANARY_SERVICES", "CANARY_POLICY_FILE", "CLOUD_RUN_API_ENDPOINT")
+_COMMON = (
+    "GOOGLE_CLOUD_PROJECT",
+    "CANARY_SERVICES",
+    "CANARY_POLICY_FILE",
+    "CLOUD_RUN_API_ENDPOINT",
+    "DECISION_RETENTION_DAYS",
+)
 ENV_BY_FUNCTION: dict[str, tuple[str, ...]] = {
     "breach_counter": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT"),
     "rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
@@ -84,6 +92,7 @@ class Settings:
     function_timeout_s: float
     function_memory_mb: int
     load_test_auth: str = "none"
+    decision_retention_days: int = 0  # 0: decision records are kept for ever
 
     def resolve_service(self, name: str) -> ServiceRef:
         """A full service name or a short name that is unambiguous among the watched services.
@@ -135,6 +144,13 @@ def _whole_number(env: Mapping[str, str], name: str) -> int:
     return int(value)
 
 
+def _days(env: Mapping[str, str], name: str) -> int:
+    raw = _read(env, name)
+    if not re.fullmatch(r"\d{1,5}", raw):
+        raise ConfigError(f"environment variable {name}={raw!r} must be a whole number of days (0: for ever)")
+    return int(raw)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     services: list[ServiceRef] = []
@@ -164,4 +180,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chat_webhook_url=_read(env, "CHAT_WEBHOOK_URL") or None,
         function_timeout_s=_number(env, "FUNCTION_TIMEOUT_S"),
         function_memory_mb=_whole_number(env, "FUNCTION_MEMORY_MB"),
+        decision_retention_days=_days(env, "DECISION_RETENTION_DAYS"),
     )

@@ -31,9 +31,12 @@ def policy() -> Policy:
 
 @cache
 def store() -> RolloutStore:
+    from datetime import timedelta
+
     from shared.store import RolloutStore
 
-    return RolloutStore(settings().project)
+    days = settings().decision_retention_days
+    return RolloutStore(settings().project, decision_retention=timedelta(days=days) if days else None)
 
 
 @cache

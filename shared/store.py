@@ -6,6 +6,10 @@ Layout:
   canary_rollouts/{rollout_id}/decisions/{id}    append-only history (status/history read it)
   canary_services/{service_key}                  which rollout is active for a service
   canary_rollback_messages/{message_id}          rollback requests (Pub/Sub) already carried out
+
+The dedupe markers carry `expires_at` (MARKER_TTL after they are written) and the decisions
+`expires_at` when a retention is configured: Firestore's TTL policy on that field
+(terraform/firestore.tf) deletes them after it. Rollouts and service pointers stay.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ SERVICES = "canary_services"
 APPLIED = "applied_events"
 DECISIONS = "decisions"
 ROLLBACK_MESSAGES = "canary_rollback_messages"
+EXPIRES_AT = "expires_at"  # the TTL field (terraform/firestore.tf)
+# A marker must outlive every redelivery of its message: Pub/Sub keeps an unacknowledged
+# message at most 7 days (and the topics retain published ones for 1 day for a seek), so 30
+# days is far past the last delivery; an expired marker is no longer needed.
+MARKER_TTL = timedelta(days=30)
 # Concurrent deliveries for one rollout contend on one document. The client re-runs a
 # transaction that lost the race (keeping its place in line on Firestore); between such
 # rounds we back off with jitter so lock-timeout storms settle, and past the deadline the
@@ -125,6 +134,7 @@ class RollbackMarker:
             "rollout": self.rollout,
             "canary_revision": self.canary_revision,
             "at": now,
+            EXPIRES_AT: now + MARKER_TTL,
         }
 
 
@@ -221,8 +231,22 @@ def _now() -> datetime:
 
 
 class RolloutStore:
-    def __init__(self, project: str, client: firestore.Client | None = None) -> None:
+    def __init__(
+        self,
+        project: str,
+        client: firestore.Client | None = None,
+        *,
+        decision_retention: timedelta | None = None,
+    ) -> None:
+        """decision_retention: how long a decision record is kept (None: for ever)."""
         self._db = client or firestore.Client(project=project)
+        self._decision_retention = decision_retention
+
+    def _decision_doc(self, now: datetime, kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        doc = {"at": now, "kind": kind, **data}
+        if self._decision_retention is not None:
+            doc[EXPIRES_AT] = now + self._decision_retention
+        return doc
 
     # -- reads ---------------------------------------------------------------------------
     def _rollout_ref(self, rid: str) -> firestore.DocumentReference:
@@ -272,7 +296,8 @@ class RolloutStore:
             .order_by("at", direction=firestore.Query.DESCENDING)
             .limit(limit)
         )
-        return list(reversed([snap.to_dict() for snap in query.stream()]))
+        entries = ({k: v for k, v in snap.to_dict().items() if k != EXPIRES_AT} for snap in query.stream())
+        return list(reversed(list(entries)))
 
     def _transact(self, key: str, body: Callable[[firestore.Transaction], T]) -> T:
         """Run `body` in a transaction, serialised per rollout within this process and retrying
@@ -308,7 +333,7 @@ class RolloutStore:
         """Append one history entry; a deterministic key makes a redelivered write land on the same doc."""
         decisions = self._rollout_ref(rid).collection(DECISIONS)
         ref = decisions.document(_event_key(key)) if key else decisions.document()
-        txn.set(ref, {"at": _now(), "kind": kind, **data})
+        txn.set(ref, self._decision_doc(_now(), kind, data))
 
     # -- writes --------------------------------------------------------------------------
     def register(
@@ -441,7 +466,14 @@ class RolloutStore:
             )
             written_at = _now()
             if marker_ref is not None:
-                txn.create(marker_ref, {"applied_at": written_at, "outcome": decision.outcome.value})
+                txn.create(
+                    marker_ref,
+                    {
+                        "applied_at": written_at,
+                        "outcome": decision.outcome.value,
+                        EXPIRES_AT: written_at + MARKER_TTL,
+                    },
+                )
             request = dict(rollback_request(decision)) if decision.request_rollback else None
             result.update(decision=decision, rollout=rollout, request=request)
             if decision.outcome in (Outcome.NOT_RUNNING, Outcome.UNCHANGED):
@@ -597,7 +629,9 @@ class RolloutStore:
         `marker` (a rollback request carried out) in the same batch."""
         now = _now()
         batch = self._db.batch()
-        batch.set(self._rollout_ref(rid).collection(DECISIONS).document(), {"at": now, "kind": kind, **data})
+        batch.set(
+            self._rollout_ref(rid).collection(DECISIONS).document(), self._decision_doc(now, kind, data)
+        )
         if marker is not None:
             batch.set(self._marker_ref(marker.message_id), marker.as_doc(now))
         batch.commit()
@@ -634,7 +668,7 @@ class RolloutStore:
         rollout_ref = self._rollout_ref(rid)
         batch = self._db.batch()
         batch.update(rollout_ref, {field_name: {"at": now, **data}, "updated_at": now, **(extra or {})})
-        batch.set(rollout_ref.collection(DECISIONS).document(), {"at": now, "kind": kind, **data})
+        batch.set(rollout_ref.collection(DECISIONS).document(), self._decision_doc(now, kind, data))
         batch.commit()
 
     def step_change_allowed(self, rid: str, from_percent: int, *, respect_pause: bool = True) -> bool:

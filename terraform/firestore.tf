@@ -17,3 +17,30 @@ resource "google_firestore_database" "default" {
 
   depends_on = [google_project_service.apis]
 }
+
+# Firestore deletes a document some time (typically within 24 h) after the timestamp in its
+# TTL field. The functions write `expires_at` (shared/store.py EXPIRES_AT):
+#   applied_events, canary_rollback_messages  dedupe markers: MARKER_TTL (30 days) after they
+#       are written, far past Pub/Sub's last redelivery (7 days of retention at most);
+#   decisions  the decision history: var.decision_retention_days after the decision (0: the
+#       field is not written and the history is kept for ever).
+# Rollouts and the per-service pointers are small and stay. Each field is exempt from
+# single-field indexing (index_config {}): a timestamp written in order would hot-spot an index
+# that no query uses.
+locals {
+  ttl_collection_groups = toset(["applied_events", "canary_rollback_messages", "decisions"])
+}
+
+resource "google_firestore_field" "expires_at" {
+  for_each = local.ttl_collection_groups
+
+  project    = var.project_id
+  database   = "(default)"
+  collection = each.value
+  field      = "expires_at"
+
+  index_config {}
+  ttl_config {}
+
+  depends_on = [google_firestore_database.default, google_project_service.apis]
+}

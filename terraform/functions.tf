@@ -25,9 +25,10 @@ locals {
       max_instances = 5
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        CANARY_SERVICES      = local.service_fullname
-        ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
+        ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
       }
       chat_webhook = false
     }
@@ -41,8 +42,9 @@ locals {
       max_instances = 2
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        CANARY_SERVICES      = local.service_fullname
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
       }
       chat_webhook = true
     }
@@ -58,8 +60,9 @@ locals {
       max_instances = 2
       ingress       = "ALLOW_ALL"
       environment = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        CANARY_SERVICES      = local.service_fullname
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
       }
       chat_webhook = true
     }
@@ -77,9 +80,10 @@ locals {
       max_instances = 1
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        CANARY_SERVICES      = local.service_fullname
-        ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
+        ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
       }
       chat_webhook = true
     }
@@ -94,11 +98,12 @@ locals {
       max_instances = 1
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        CANARY_SERVICES      = local.service_fullname
-        FUNCTION_TIMEOUT_S   = local.load_test_timeout_s
-        FUNCTION_MEMORY_MB   = local.load_test_memory_mb
-        LOAD_TEST_AUTH       = "id_token"
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
+        FUNCTION_TIMEOUT_S      = local.load_test_timeout_s
+        FUNCTION_MEMORY_MB      = local.load_test_memory_mb
+        LOAD_TEST_AUTH          = "id_token"
       }
       chat_webhook = false
     }

@@ -148,6 +148,17 @@ variable "dead_letter_max_delivery_attempts" {
   }
 }
 
+variable "decision_retention_days" {
+  description = "Days each decision record (a rollout's history: steps, verdicts, rollbacks and who asked) is kept before Firestore's TTL deletes it; 0 keeps the history for ever. Dedupe markers always expire 30 days after they are written."
+  type        = number
+  default     = 400
+
+  validation {
+    condition     = var.decision_retention_days >= 0 && floor(var.decision_retention_days) == var.decision_retention_days && var.decision_retention_days <= 36500
+    error_message = "decision_retention_days must be a whole number of days from 0 (keep for ever) to 36500."
+  }
+}
+
 variable "python_runtime" {
   description = "Cloud Functions Python runtime."
   type        = string

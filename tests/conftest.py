@@ -50,6 +50,10 @@ def deploy_canary(
     cloudrun.put_service(service, list(dict.fromkeys((*revisions, stable, canary))), traffic)
 
 
+# The functions under test keep decision records this long (Terraform's default).
+DECISION_RETENTION_DAYS = 400
+
+
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack-logs")
@@ -116,6 +120,7 @@ def function_env(
         "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
         "CLOUD_RUN_API_ENDPOINT": cloudrun_session.url,
         "MONITORING_API_ENDPOINT": monitoring_session.target,
+        "DECISION_RETENTION_DAYS": str(DECISION_RETENTION_DAYS),
     }
 
 

@@ -1477,7 +1477,7 @@ def check_environment(
     env_by_function: Mapping[str, Iterable[str]],
     *,
     local_only: Iterable[str] = ("CLOUD_RUN_API_ENDPOINT", "MONITORING_API_ENDPOINT"),
-    always_set: Iterable[str] = ("ROLLBACK_TOPIC",),
+    always_set: Iterable[str] = ("ROLLBACK_TOPIC", "DECISION_RETENTION_DAYS"),
     secret_only: Iterable[str] = ("CHAT_WEBHOOK_URL",),
 ) -> list[str]:
     problems: list[str] = []
@@ -1503,6 +1503,31 @@ def check_environment(
             problems.append(f"function {name}: {var} must come from Secret Manager, not a plain variable")
         for var in sorted(set(secret_only) & reads - secrets):
             problems.append(f"function {name}: {var} is read but no secret_environment_variables provides it")
+    return problems
+
+
+def check_expiry(
+    tf: Terraform, collection_groups: Iterable[str], field_name: str, marker_ttl_s: float
+) -> list[str]:
+    """A Firestore TTL policy on `field_name` for each collection group the code writes it in,
+    and no Pub/Sub topic or subscription keeps a message longer than a dedupe marker lives (a
+    redelivery after its marker expired would be carried out twice)."""
+    problems: list[str] = []
+    fields = instances(tf, "google_firestore_field")
+    for group in collection_groups:
+        mine = [f for f in fields if f.body.get("collection") == group and f.body.get("field") == field_name]
+        if len(mine) != 1:
+            problems.append(f"collection group {group}: {len(mine)} TTL fields on {field_name}, expected 1")
+        elif not isinstance(mine[0].body.get("ttl_config"), list | dict):
+            problems.append(f"{mine[0].label}: no ttl_config block, nothing would expire")
+    for rtype in ("google_pubsub_topic", "google_pubsub_subscription"):
+        for inst in instances(tf, rtype):
+            retention = duration_s(inst.body.get("message_retention_duration"))
+            if retention is not None and retention >= marker_ttl_s:
+                problems.append(
+                    f"{inst.label} keeps messages {inst.body.get('message_retention_duration')}, "
+                    f"not less than a dedupe marker lives ({marker_ttl_s:g}s)"
+                )
     return problems
 
 

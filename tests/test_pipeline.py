@@ -19,8 +19,8 @@ from google.cloud import pubsub_v1
 from infra.localstack import ALERTS_TOPIC, PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
 from infra.metrics_feed import HEALTHY, Minute, feed
 from shared.core import Phase
-from shared.store import RolloutStore, rollout_id
-from tests.conftest import FOREIGN, LOCATION, SHOP, deploy_canary
+from shared.store import APPLIED, DECISIONS, EXPIRES_AT, MARKER_TTL, ROLLOUTS, RolloutStore, rollout_id
+from tests.conftest import DECISION_RETENTION_DAYS, FOREIGN, LOCATION, SHOP, deploy_canary
 from tests.payloads import DROP, cloudevent_data, incident_message
 from tests.test_events import CATALOGUE
 
@@ -143,6 +143,25 @@ def test_an_incident_on_three_bad_minutes_requests_one_rollback(
     log = fn.logs_for(event_id=trip_id)
     assert log and log[-1]["severity"] == "NOTICE" and log[-1]["outcome"] == "tripped"
     assert log[-1]["rollout"] == canary and log[-1]["rule"] == "error_rate" and log[-1]["minutes_judged"] == 3
+
+
+def test_dedupe_markers_and_decisions_carry_their_expiry(functions, store, canary, monitoring):
+    """Firestore's TTL policies (terraform/firestore.tf) delete on expires_at: every applied-event
+    marker expires MARKER_TTL after it is written, and a decision after DECISION_RETENTION_DAYS."""
+    from google.cloud import firestore
+
+    serve(monitoring, ERRORS, *minutes_before(T0, 3))
+    alert(functions["breach_counter"], opened=T0 + timedelta(seconds=20))
+    rollout_ref = firestore.Client(project=PROJECT).collection(ROLLOUTS).document(canary)
+    markers = [snap.to_dict() for snap in rollout_ref.collection(APPLIED).stream()]
+    assert markers
+    for marker in markers:
+        assert marker[EXPIRES_AT] - marker["applied_at"] == MARKER_TTL
+    decisions = [snap.to_dict() for snap in rollout_ref.collection(DECISIONS).stream()]
+    assert decisions
+    for decision in decisions:
+        assert decision[EXPIRES_AT] - decision["at"] == timedelta(days=DECISION_RETENTION_DAYS)
+    assert all(EXPIRES_AT not in entry for entry in store.history(canary))  # not part of the record
 
 
 def test_an_incident_whose_minutes_are_healthy_counts_no_breach(functions, store, canary, monitoring):

@@ -362,6 +362,17 @@ def test_a_non_finite_or_truncated_number_is_refused_by_name(name, value):
         settings_with(**{name: value})
 
 
+@pytest.mark.parametrize(("raw", "days"), [(None, 0), ("0", 0), ("400", 400)])
+def test_decision_retention_is_whole_days_and_0_keeps_for_ever(raw, days):
+    assert settings_with(DECISION_RETENTION_DAYS=raw).decision_retention_days == days
+
+
+@pytest.mark.parametrize("raw", ["-1", "1.5", "a year", "999999"])
+def test_a_malformed_decision_retention_is_refused(raw):
+    with pytest.raises(ConfigError, match="DECISION_RETENTION_DAYS"):
+        settings_with(DECISION_RETENTION_DAYS=raw)
+
+
 def test_the_environment_contract():
     assert ENV_DEFAULTS["GOOGLE_CLOUD_PROJECT"] is None
     assert ENV_DEFAULTS["CANARY_SERVICES"] is None

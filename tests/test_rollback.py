@@ -18,7 +18,7 @@ from google.cloud import firestore, pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, wire_push
 from shared.core import Phase
-from shared.store import ROLLBACK_MESSAGES, Rollout, RolloutStore, rollout_id
+from shared.store import EXPIRES_AT, MARKER_TTL, ROLLBACK_MESSAGES, Rollout, RolloutStore, rollout_id
 from tests.conftest import API, API_EU, FOREIGN, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
 from tests.test_pipeline import post_event
@@ -470,3 +470,18 @@ def test_a_late_delivery_rolls_back_a_canary_registered_late(
     assert line["outcome"] == "rolled_back" and line["rollout"] == fresh.id
     assert live(shop) == {"shop-00001": 100, "shop-00003": 0}
     assert fresh.phase is Phase.ROLLED_BACK
+
+
+def test_a_carried_out_request_is_remembered_for_the_marker_ttl(functions, store, shop):
+    """The rollback-message marker expires (Firestore TTL on expires_at) MARKER_TTL after it is
+    written: long after Pub/Sub's last redelivery of that message."""
+    store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    body = {"service": SHOP, "canary_revision": "shop-00002", "reason": "manual: bad canary"}
+    message_id, response = publish_request(functions["rollback"], body)
+    assert response.status_code == 200 and live(shop) == AFTER
+    [marker] = [
+        doc
+        for snap in firestore.Client(project=PROJECT).collection(ROLLBACK_MESSAGES).stream()
+        if (doc := snap.to_dict())["message_id"] == message_id
+    ]
+    assert marker[EXPIRES_AT] - marker["at"] == MARKER_TTL

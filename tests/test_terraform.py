@@ -23,6 +23,7 @@ from shared.config import ENV_BY_FUNCTION, ENV_DEFAULTS
 from shared.events import REVISION_LABELS
 from shared.loadtest import BODY_KEYS as LOAD_TEST_BODY_KEYS
 from shared.policy import RULE_NAMES, load_policy
+from shared.store import APPLIED, DECISIONS, EXPIRES_AT, MARKER_TTL, ROLLBACK_MESSAGES
 
 try:
     from tests import terraform_checks as tc
@@ -113,7 +114,11 @@ MONITORING_AGENT_WAIT_S = 60
 # defines them; delete a name from this set once it does.
 PENDING_ENTRY_POINTS: set[str] = set()
 
+# The collection groups whose documents the code gives an expires_at (shared/store.py).
+TTL_GROUPS = (APPLIED, ROLLBACK_MESSAGES, DECISIONS)
+
 VALIDATED_VARIABLES = (
+    "decision_retention_days",
     "project_id",
     "region",
     "service_name",
@@ -169,6 +174,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "entry_points": tc.check_entry_points(t, defined, EXPECTED_ENTRY_POINTS),
         "environment": tc.check_environment(t, ENV_DEFAULTS, ENV_BY_FUNCTION),
         "load_test_limits": tc.check_load_test_limits(t),
+        "expiry": tc.check_expiry(t, TTL_GROUPS, EXPIRES_AT, MARKER_TTL.total_seconds()),
         "source_archive": tc.check_source_archive(t),
         "public": tc.check_no_public_access(t),
         "roles": tc.check_roles(t, ALLOWED_ROLES, ALLOWED_PROJECT_ROLES, CONDITIONAL_PROJECT_ROLES),
@@ -258,6 +264,10 @@ def test_every_deployed_entry_point_exists(tf):
 
 def test_environment_matches_the_functions_contract(tf):
     assert tc.check_environment(tf, ENV_DEFAULTS, ENV_BY_FUNCTION) == []
+
+
+def test_markers_and_decisions_expire_and_outlive_every_redelivery(tf):
+    assert tc.check_expiry(tf, TTL_GROUPS, EXPIRES_AT, MARKER_TTL.total_seconds()) == []
 
 
 def test_load_test_limits_are_its_service_config(tf):
@@ -501,7 +511,7 @@ CUTS = [
     pytest.param(
         "functions.tf",
         _fn("breach_counter"),
-        "        ROLLBACK_TOPIC       = google_pubsub_topic.rollback.name\n",
+        "        ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name\n",
         "",
         "environment",
         "ROLLBACK_TOPIC is read but not set",
@@ -795,8 +805,8 @@ CUTS = [
     pytest.param(
         "functions.tf",
         _fn("load_test"),
-        "FUNCTION_TIMEOUT_S   = local.load_test_timeout_s",
-        "FUNCTION_TIMEOUT_S   = 300",
+        "FUNCTION_TIMEOUT_S      = local.load_test_timeout_s",
+        "FUNCTION_TIMEOUT_S      = 300",
         "load_test_limits",
         "FUNCTION_TIMEOUT_S",
         id="load-test-timeout-mismatch",
@@ -804,9 +814,9 @@ CUTS = [
     pytest.param(
         "functions.tf",
         _fn("rollback"),
-        "        CANARY_SERVICES      = local.service_fullname\n",
-        "        CANARY_SERVICES      = local.service_fullname\n"
-        '        CLOUD_RUN_API_ENDPOINT = "http://127.0.0.1:8090"\n',
+        "        CANARY_SERVICES         = local.service_fullname\n",
+        "        CANARY_SERVICES         = local.service_fullname\n"
+        '        CLOUD_RUN_API_ENDPOINT  = "http://127.0.0.1:8090"\n',
         "environment",
         "CLOUD_RUN_API_ENDPOINT is for the local stand-ins only",
         id="local-stand-in-endpoint-set",
@@ -864,6 +874,43 @@ CUTS = [
         "custom_roles",
         "custom/service_writer is not in local.custom_roles",
         id="custom-role-that-does-not-exist",
+    ),
+    # State expires (firestore.tf): markers outlive every redelivery, decisions their retention.
+    pytest.param(
+        "firestore.tf",
+        None,
+        '["applied_events", "canary_rollback_messages", "decisions"]',
+        '["applied_events", "decisions"]',
+        "expiry",
+        "collection group canary_rollback_messages: 0 TTL fields on expires_at",
+        id="rollback-markers-never-expire",
+    ),
+    pytest.param(
+        "firestore.tf",
+        None,
+        "  ttl_config {}\n",
+        "",
+        "expiry",
+        "no ttl_config block, nothing would expire",
+        id="ttl-field-without-ttl-config",
+    ),
+    pytest.param(
+        "delivery.tf",
+        None,
+        'message_retention_duration = "604800s"',
+        'message_retention_duration = "2678400s"',
+        "expiry",
+        "keeps messages 2678400s, not less than a dedupe marker lives",
+        id="subscription-outlives-the-markers",
+    ),
+    pytest.param(
+        "functions.tf",
+        _fn("checkpoint"),
+        "        DECISION_RETENTION_DAYS = var.decision_retention_days\n",
+        "",
+        "environment",
+        "function checkpoint: DECISION_RETENTION_DAYS is read but not set",
+        id="checkpoint-keeps-decisions-for-ever",
     ),
     pytest.param(
         "iam.tf",
