@@ -87,9 +87,13 @@ locals {
     }
   }
 
-  # The build service account writes build logs and pushes the function images to the
-  # gcf-artifacts repository, which Cloud Functions creates on the first deploy: neither has a
-  # finer grant that exists before the first build.
+  # What a first build needs, checked against Google's "Custom service account for Cloud Build"
+  # page for Cloud Run functions: Logs Writer (build logs), Artifact Registry Writer (the images
+  # and the buildpacks cache go to the gcf-artifacts repository, which Cloud Functions creates
+  # on the first deploy, so no finer grant exists before it) and read access to the source.
+  # Google's Cloud Run variant of that page suggests Storage Object Admin "to retrieve the
+  # source": a build only reads it, so objectViewer on exactly the two places the zip lives
+  # (below) is granted instead; nothing is written to Cloud Storage by the build.
   build_project_roles = ["roles/logging.logWriter", "roles/artifactregistry.writer"]
 
   # Cloud Functions copies storage_source into its own bucket gcf-v2-sources-NUMBER-REGION
