@@ -1531,6 +1531,81 @@ def check_expiry(
     return problems
 
 
+# The oldest google provider that has every argument the configuration uses:
+# alert_strategy.notification_prompts first appears in 6.9.0.
+GOOGLE_PROVIDER_FLOOR = (6, 9)
+
+
+def _version_bounds(constraint: str) -> tuple[tuple[int, ...] | None, bool]:
+    """(the lowest version a constraint admits, whether it has an upper bound)."""
+    lower, upper = None, False
+    for part in (p.strip() for p in constraint.split(",")):
+        m = re.fullmatch(r"(>=|>|<=|<|~>|=)?\s*(\d+(?:\.\d+)*)", part)
+        if not m:
+            continue
+        op, version = m.group(1) or "=", tuple(int(n) for n in m.group(2).split("."))
+        if op in (">=", ">", "~>", "="):
+            lower = version
+        if op in ("<", "<=", "~>", "="):
+            upper = True
+    return lower, upper
+
+
+def check_provider_pins(tf: Terraform) -> list[str]:
+    """Every provider is pinned from below and above; google from GOOGLE_PROVIDER_FLOOR on
+    (an older one fails at plan on an argument it does not know)."""
+    problems: list[str] = []
+    for name, spec in tf.required_providers.items():
+        constraint = str((spec or {}).get("version", "")) if isinstance(spec, dict) else ""
+        lower, upper = _version_bounds(constraint)
+        if lower is None or not upper:
+            problems.append(f"provider {name}: version {constraint!r} is not bounded below and above")
+        if name == "google" and (lower is None or lower[:2] < GOOGLE_PROVIDER_FLOOR):
+            problems.append(
+                f"provider google: version {constraint!r} admits versions before "
+                f"{'.'.join(map(str, GOOGLE_PROVIDER_FLOOR))}, which lack alert_strategy.notification_prompts"
+            )
+    if "google" not in tf.required_providers:
+        problems.append("the google provider is not in required_providers")
+    return problems
+
+
+def check_source_lifecycle(tf: Terraform) -> list[str]:
+    """The source bucket deletes only noncurrent (archived) versions: an age rule on live
+    objects would delete the zip the functions were built from, and every later apply would
+    upload it again."""
+    problems: list[str] = []
+    for inst in instances(tf, "google_storage_bucket"):
+        for rule in blocks(inst.body, "lifecycle_rule"):
+            condition = block(rule, "condition") or {}
+            if condition.get("with_state") != "ARCHIVED":
+                problems.append(
+                    f"{inst.label}: a lifecycle rule applies to live objects (with_state is not ARCHIVED)"
+                )
+            if "age" in condition:
+                problems.append(
+                    f"{inst.label}: a lifecycle rule counts age, not time since the version was replaced"
+                )
+    return problems
+
+
+def check_oncall_commands(tf: Terraform) -> list[str]:
+    """What the on-call is told to run needs only what the on-call is granted: run.invoker on
+    emergency_rollback (curl with an identity token) and publisher on the rollback topic.
+    `gcloud functions call` would also need cloudfunctions.functions.get."""
+    problems: list[str] = []
+    for name, output in tf.outputs.items():
+        text = str(output.get("value", ""))
+        if "gcloud functions call" in text:
+            problems.append(f"output {name} prints gcloud functions call, which the on-call may not run")
+    commands = str((tf.outputs.get("emergency_rollback_commands") or {}).get("value", ""))
+    if commands.count("curl -sS -X POST") != 2:
+        problems.append(
+            "output emergency_rollback_commands does not print the dry run and the rollback as curl"
+        )
+    return problems
+
+
 def check_load_test_limits(tf: Terraform) -> list[str]:
     """load_test's FUNCTION_TIMEOUT_S / FUNCTION_MEMORY_MB are its own service_config values."""
     name = function_by_entry(tf).get("load_test")

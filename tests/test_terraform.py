@@ -174,6 +174,9 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "entry_points": tc.check_entry_points(t, defined, EXPECTED_ENTRY_POINTS),
         "environment": tc.check_environment(t, ENV_DEFAULTS, ENV_BY_FUNCTION),
         "load_test_limits": tc.check_load_test_limits(t),
+        "provider_pins": tc.check_provider_pins(t),
+        "source_lifecycle": tc.check_source_lifecycle(t),
+        "oncall_commands": tc.check_oncall_commands(t),
         "expiry": tc.check_expiry(t, TTL_GROUPS, EXPIRES_AT, MARKER_TTL.total_seconds()),
         "source_archive": tc.check_source_archive(t),
         "public": tc.check_no_public_access(t),
@@ -875,6 +878,44 @@ CUTS = [
         "custom/service_writer is not in local.custom_roles",
         id="custom-role-that-does-not-exist",
     ),
+    # Review fixes: each reverted is reported.
+    pytest.param(
+        "versions.tf",
+        None,
+        'version = ">= 6.9, < 8.0"',
+        'version = ">= 6.0"',
+        "provider_pins",
+        "provider google: version '>= 6.0' admits versions before 6.9",
+        id="google-provider-floor-too-low",
+    ),
+    pytest.param(
+        "versions.tf",
+        None,
+        'version = ">= 6.9, < 8.0"',
+        'version = ">= 6.9"',
+        "provider_pins",
+        "provider google: version '>= 6.9' is not bounded below and above",
+        id="google-provider-without-upper-bound",
+    ),
+    pytest.param(
+        "source.tf",
+        None,
+        '      with_state                 = "ARCHIVED"\n      days_since_noncurrent_time = 30\n',
+        "      age = 30\n",
+        "source_lifecycle",
+        "a lifecycle rule applies to live objects",
+        id="source-bucket-deletes-the-live-source",
+    ),
+    pytest.param(
+        "outputs.tf",
+        None,
+        "    # Or queue a rollback request",
+        "    gcloud functions call ${var.prefix}-emergency-rollback --data='{}'\n"
+        "    # Or queue a rollback request",
+        "oncall_commands",
+        "prints gcloud functions call",
+        id="on-call-told-to-run-what-it-may-not",
+    ),
     # State expires (firestore.tf): markers outlive every redelivery, decisions their retention.
     pytest.param(
         "firestore.tf",
@@ -1363,19 +1404,12 @@ def test_the_retry_budget_rides_out_a_half_hour_outage(tf):
 
 
 def test_the_source_bucket_deletes_only_noncurrent_versions(tf):
-    """An age rule on live objects would delete the source the functions were built from."""
-    [bucket] = [i.body for i in tc.instances(tf, "google_storage_bucket") if i.name == "source"]
-    rules = tc.blocks(bucket, "lifecycle_rule")
-    assert rules
-    for rule in rules:
-        condition = tc.block(rule, "condition") or {}
-        assert condition.get("with_state") == "ARCHIVED", condition
-        assert "age" not in condition
+    assert tc.check_source_lifecycle(tf) == []
 
 
-def test_the_on_call_commands_need_only_the_invoker_role():
-    """The on-call members hold run.invoker only: `gcloud functions call` would need
-    cloudfunctions.functions.get, so the printed commands are curl and Pub/Sub."""
-    outputs = (TF_DIR / "outputs.tf").read_text()
-    assert "gcloud functions call" not in outputs
-    assert outputs.count("curl -sS -X POST") == 2
+def test_providers_are_pinned_to_what_the_configuration_needs(tf):
+    assert tc.check_provider_pins(tf) == []
+
+
+def test_the_on_call_commands_need_only_the_invoker_role(tf):
+    assert tc.check_oncall_commands(tf) == []
