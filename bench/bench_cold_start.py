@@ -26,8 +26,8 @@ CLIENT_LIBRARIES = (
 # What each entry point imports and builds on its first call, before talking to any API.
 FIRST_CALL = {
     "breach_counter": "import shared.breach; runtime.store(); runtime.publisher(); runtime.reader()",
-    "rollback": "import shared.rollback; runtime.store(); runtime.traffic(); runtime.notifier()",
-    "emergency_rollback": "import shared.rollback; runtime.store(); runtime.traffic(); runtime.notifier()",
+    "rollback": "import shared.rollback; runtime.store(); runtime.traffic()",
+    "emergency_rollback": "import shared.rollback; runtime.store(); runtime.traffic()",
     "checkpoint": "import shared.checkpoint; shared.checkpoint.runtime_clients()",
     "load_test": "import shared.loadtest; runtime.store(); runtime.traffic(); runtime.writer()",
 }

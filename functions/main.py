@@ -153,7 +153,23 @@ def rollback(event: CloudEvent) -> None:
             settings=runtime.settings(),
             store=runtime.store(),
             traffic_client=runtime.traffic(),
-            notifier=runtime.notifier(),
+        )
+        report.emit()
+
+
+@functions_framework.cloud_event
+def notify(event: CloudEvent) -> None:
+    """Notification (Pub/Sub, NOTIFY_TOPIC) → the chat webhook. A webhook that refuses, stalls or
+    answers garbage fails this delivery only: Pub/Sub retries it with backoff."""
+    from shared.notify import handle_notification
+
+    with _logged_failure("notify", event_id=event["id"]):
+        report = handle_notification(
+            event.data,
+            event_id=event["id"],
+            event_time=event.get("time") or "",
+            settings=runtime.notify_settings(),
+            store=runtime.store(),
         )
         report.emit()
 
@@ -179,7 +195,6 @@ def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
             settings=runtime.settings(),
             store=runtime.store(),
             traffic_client=runtime.traffic(),
-            notifier=runtime.notifier(),
         )
     report.emit()
     payload = report.as_dict()

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "canary-guard-local"
 ALERTS_TOPIC = "canary-alerts"
 ROLLBACK_TOPIC = "canary-rollback-requests"
-PUSH_TOPICS = {"breach_counter": ALERTS_TOPIC, "rollback": ROLLBACK_TOPIC}  # function -> its trigger topic
+NOTIFY_TOPIC = "canary-notifications"
+# function -> the topic pushed to it
+PUSH_TOPICS = {"breach_counter": ALERTS_TOPIC, "rollback": ROLLBACK_TOPIC, "notify": NOTIFY_TOPIC}
 
 
 def free_port() -> int:
@@ -179,6 +181,16 @@ def push_endpoint(port: int) -> str:
     return f"http://127.0.0.1:{port}/"
 
 
+def ensure_topic(project: str, topic: str) -> None:
+    """Create `topic` on the emulator if it is not there (PUBSUB_EMULATOR_HOST must be set)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    with suppress(gexc.AlreadyExists):
+        publisher.create_topic(name=publisher.topic_path(project, topic))
+
+
 def wire_push(project: str, topic: str, subscription: str, endpoint: str) -> None:
     """Topic + push subscription on the emulator (PUBSUB_EMULATOR_HOST must be set)."""
     from google.api_core import exceptions as gexc
@@ -235,10 +247,12 @@ def local_stack(
             **emulators.env(),
             "CANARY_SERVICES": ",".join(services),
             "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
+            "NOTIFY_TOPIC": NOTIFY_TOPIC,
             "CLOUD_RUN_API_ENDPOINT": cloudrun.url,
             **(extra_env or {}),
         }
         os.environ.update(emulators.env())  # this process publishes and wires subscriptions too
+        ensure_topic(emulators.project, NOTIFY_TOPIC)  # decisions notify even when nobody listens
         urls: dict[str, str] = {}
         for target in functions:
             port = free_port()

@@ -26,6 +26,7 @@ from shared.judge import (
     synthetic_in,
 )
 from shared.logs import Report, log
+from shared.notify import republish_notifications
 from shared.policy import Policy
 from shared.store import Rollout, rollout_id
 from shared.traffic import discover_canary, plan_canary_share
@@ -33,7 +34,6 @@ from shared.traffic import discover_canary, plan_canary_share
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
     from shared.monitoring import MetricWriter, MonitoringReader
-    from shared.notify import Notifier
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -52,7 +52,9 @@ class Clients:
     reader: MonitoringReader
     writer: MetricWriter | None
     publisher: Publisher
-    notifier: Notifier
+    # Not used since notifications are published from the store's outbox (NOTIFY_TOPIC); kept
+    # so that callers that pass one keep working.
+    notifier: object | None = None
 
 
 def _minute(moment: datetime) -> datetime:
@@ -75,7 +77,6 @@ def change_step(
     reason: str,
     store: RolloutStore,
     traffic: CloudRunTraffic,
-    notifier: Notifier,
     now: datetime | None = None,
     respect_pause: bool = True,
 ) -> StepResult:
@@ -120,7 +121,6 @@ def change_step(
     message = (
         f"{ServiceRef.parse(rollout.service).service}: canary {rollout.canary_revision} {verb} ({reason})"
     )
-    notifier.send(f"canary-guard: {message}", by=by)
     return StepResult("changed", message, before.as_dicts(), after.as_dicts())
 
 
@@ -169,12 +169,6 @@ def checkpoint_rollout(
         now=now,
     )
     publish_pending_rollback(rollout, clients.store, clients.publisher, settings.rollback_topic)
-    if evidence.request_rollback:
-        clients.notifier.send(
-            f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: "
-            f"{evidence.reason}",
-            rule=evidence.trip.rule if evidence.trip else None,
-        )
     if rollout.phase is Phase.PROMOTED:  # the watch window after 100 %: rollback rules only
         runs = {rule: run.trailing for rule, run in evidence.runs.items() if run.trailing}
         return Report(
@@ -222,6 +216,9 @@ def checkpoint_rollout(
         {
             "action": decision.action.value,
             "message": decision.reason,
+            "canary_percent": rollout.canary_percent,
+            # The channel hears of a hold when its verdict changes, not every minute.
+            "notify": decision.action is StepAction.HOLD and judgement.verdict.value != previous,
             "evidence": {
                 "outcome": evidence.outcome.value,
                 "minutes": len(evidence.changed),
@@ -241,7 +238,6 @@ def checkpoint_rollout(
             reason=decision.reason,
             store=clients.store,
             traffic=clients.traffic,
-            notifier=clients.notifier,
             now=now,
             respect_pause=True,
         )
@@ -259,24 +255,14 @@ def checkpoint_rollout(
         requested = clients.store.request_rollback(rollout.id, request, rule="step_verdict", message=reason)
         if requested is not None:
             publish_pending_rollback(requested, clients.store, clients.publisher, settings.rollback_topic)
-            clients.notifier.send(
-                f"canary-guard: rolling back {service.service} canary {rollout.canary_revision}: {reason}",
-                rule="step_verdict",
-            )
     elif decision.action is StepAction.FREEZE:
-        frozen = clients.store.set_phase(
-            rollout.id, Phase.FROZEN, "frozen", {"message": decision.reason}, only_from={Phase.RUNNING}
-        )
-        if frozen:  # an overlapping run froze it already, or a rollback started: say nothing twice
-            clients.notifier.send(
-                f"canary-guard: {service.service} canary {rollout.canary_revision} FROZEN at "
-                f"{rollout.canary_percent}%: {decision.reason}. It stays under watch: breaches still "
-                "roll it back"
-            )
-    elif decision.action is StepAction.HOLD and judgement.verdict.value != previous:
-        clients.notifier.send(
-            f"canary-guard: {service.service} canary {rollout.canary_revision} holds at "
-            f"{rollout.canary_percent}%: {judgement.verdict.value} ({'; '.join(judgement.reasons)})"
+        # Only the run that moves it to FROZEN records (and so notifies) it.
+        clients.store.set_phase(
+            rollout.id,
+            Phase.FROZEN,
+            "frozen",
+            {"message": decision.reason, "canary_percent": rollout.canary_percent},
+            only_from={Phase.RUNNING},
         )
 
     return Report(
@@ -330,6 +316,14 @@ def run_checkpoints(
     """One checkpoint for each watched service's live canary (or just `only`'s). A service whose
     checkpoint fails is reported as ERROR (and logged); the others still run."""
     reports = []
+    if settings.notify_topic:  # notifications committed but never published: send them now
+        try:
+            # Wall-clock time, not the checkpoint's: the outbox is stamped when it was written.
+            republish_notifications(
+                clients.store, clients.publisher, settings.notify_topic, datetime.now(UTC)
+            )
+        except Exception as exc:  # the next run tries again; judging the canaries comes first
+            log("WARNING", f"unpublished notifications not re-sent: {exc!r}")
     for service in [only] if only else settings.services:
         try:
             reports.append(
@@ -395,7 +389,6 @@ def _checkpoint_service(
             f"{service.service}: rollback of {rollout.canary_revision} not finished; request re-sent "
             f"(attempt {rollout.redrive_count + 1})"
         )
-        clients.notifier.send(f"canary-guard: {message}")
         return Report(
             "WARNING", message, rollout=rollout.id, action="rollback_redriven", rollback_message_id=message_id
         )
@@ -431,7 +424,6 @@ def runtime_clients() -> Clients:
         reader=runtime.reader(),
         writer=runtime.writer(),
         publisher=runtime.publisher(),
-        notifier=runtime.notifier(),
     )
 
 

@@ -26,7 +26,12 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "CANARY_POLICY_FILE": str(DEFAULT_POLICY_FILE),
     "CLOUD_RUN_API_ENDPOINT": "",
     "MONITORING_API_ENDPOINT": "",
+    # Decisions the chat channel should hear of are published here (empty: no notifications);
+    # the notify function, pushed this topic, posts them to CHAT_WEBHOOK_URL in CHAT_FORMAT.
+    "NOTIFY_TOPIC": "",
     "CHAT_WEBHOOK_URL": "",
+    "CHAT_FORMAT": "slack",  # slack (incoming webhook) or google_chat
+    "DASHBOARD_URL": "",  # linked from each message
     "FUNCTION_TIMEOUT_S": "540",
     "FUNCTION_MEMORY_MB": "512",
     "LOAD_TEST_AUTH": "none",  # "id_token": call the target with the function's identity token
@@ -42,17 +47,19 @@ _COMMON = (
     "DECISION_RETENTION_DAYS",
 )
 ENV_BY_FUNCTION: dict[str, tuple[str, ...]] = {
-    "breach_counter": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT"),
-    "rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
-    "emergency_rollback": (*_COMMON, "CHAT_WEBHOOK_URL"),
-    "checkpoint": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "CHAT_WEBHOOK_URL"),
+    "breach_counter": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "NOTIFY_TOPIC"),
+    "rollback": (*_COMMON, "NOTIFY_TOPIC"),
+    "emergency_rollback": (*_COMMON, "NOTIFY_TOPIC"),
+    "checkpoint": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "NOTIFY_TOPIC"),
     "load_test": (
         *_COMMON,
         "MONITORING_API_ENDPOINT",
         "FUNCTION_TIMEOUT_S",
         "FUNCTION_MEMORY_MB",
         "LOAD_TEST_AUTH",
+        "NOTIFY_TOPIC",
     ),
+    "notify": (*_COMMON, "CHAT_WEBHOOK_URL", "CHAT_FORMAT", "DASHBOARD_URL"),
 }
 
 
@@ -93,6 +100,9 @@ class Settings:
     function_memory_mb: int
     load_test_auth: str = "none"
     decision_retention_days: int = 0  # 0: decision records are kept for ever
+    notify_topic: str | None = None  # None: decisions notify nobody
+    chat_format: str = "slack"
+    dashboard_url: str = ""
 
     def resolve_service(self, name: str) -> ServiceRef:
         """A full service name or a short name that is unambiguous among the watched services.
@@ -166,6 +176,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     policy_file = Path(_read(env, "CANARY_POLICY_FILE"))
     if not policy_file.is_file():
         raise ConfigError(f"environment variable CANARY_POLICY_FILE={policy_file}: no such file")
+    chat_format = _read(env, "CHAT_FORMAT")
+    if chat_format not in ("slack", "google_chat"):
+        raise ConfigError(f"environment variable CHAT_FORMAT={chat_format!r} must be slack or google_chat")
     load_test_auth = _read(env, "LOAD_TEST_AUTH")
     if load_test_auth not in ("none", "id_token"):
         raise ConfigError(f"environment variable LOAD_TEST_AUTH={load_test_auth!r} must be none or id_token")
@@ -178,6 +191,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cloud_run_endpoint=_read(env, "CLOUD_RUN_API_ENDPOINT") or None,
         monitoring_endpoint=_read(env, "MONITORING_API_ENDPOINT") or None,
         chat_webhook_url=_read(env, "CHAT_WEBHOOK_URL") or None,
+        notify_topic=_read(env, "NOTIFY_TOPIC") or None,
+        chat_format=chat_format,
+        dashboard_url=_read(env, "DASHBOARD_URL"),
         function_timeout_s=_number(env, "FUNCTION_TIMEOUT_S"),
         function_memory_mb=_whole_number(env, "FUNCTION_MEMORY_MB"),
         decision_retention_days=_days(env, "DECISION_RETENTION_DAYS"),

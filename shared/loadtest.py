@@ -18,6 +18,7 @@ from shared.judge import SyntheticTraffic
 from shared.loadgen import (
     FUNCTION_MARGIN_S,
     TargetResult,
+    Verdict,
     judge_load,
     judge_probe,
     least_target_s,
@@ -136,6 +137,7 @@ def run_service_tests(
     now: datetime | None = None,
     deadline: float | None = None,
     services_left: int = 1,
+    requested_by: str = "canary-guard/load_test",
 ) -> Report:
     """Load test and/or probe one service's canary and stable sides. Refuses (ValueError) a
     configuration that cannot fit the function's timeout or memory before sending anything.
@@ -189,6 +191,8 @@ def run_service_tests(
     verdicts: dict[str, str] = {}
     probe_s = _probe_s(policy) if mode in ("probe", "both") else 0.0
     load: dict[str, TargetResult] = {}
+    judged: dict[str, Verdict] = {}
+    probe_verdict: Verdict | None = None
     if mode in ("load", "both"):
         load = run_load_test(
             sides,
@@ -217,11 +221,11 @@ def run_service_tests(
                 headers={**policy.load_test.headers, **headers},
             )
         )
-        verdict = judge_probe(probe, policy.rate_limit_probe)
+        probe_verdict = judge_probe(probe, policy.rate_limit_probe)
         record["probe"] = {side: result.as_dict() for side, result in probe.items()} | {
-            "verdict": verdict.as_dict()
+            "verdict": probe_verdict.as_dict()
         }
-        verdicts["probe"] = verdict.status
+        verdicts["probe"] = probe_verdict.status
 
     if "FAIL" in verdicts.values():
         overall = "FAIL"
@@ -231,9 +235,19 @@ def run_service_tests(
         overall = "INCONCLUSIVE"
     summary = ", ".join(f"{name} {status}" for name, status in verdicts.items())
     message = f"{service.service}: load test {overall} ({summary})"
+    # What failed, and by how much, in the message itself (the CLI and the channel show it).
+    failing = [
+        f"load {side}: {'; '.join(verdict.reasons)}"
+        for side, verdict in judged.items()
+        if verdict.status == "FAIL"
+    ]
+    if probe_verdict is not None and probe_verdict.status == "FAIL":
+        failing.append(f"probe: {'; '.join(probe_verdict.reasons)}")
+    if failing:
+        message += ": " + " | ".join(failing)
     store.record_load_test(
         rollout.id,
-        record | {"verdict": overall, "verdicts": verdicts, "message": message},
+        record | {"verdict": overall, "verdicts": verdicts, "message": message, "requested_by": requested_by},
         # A request the client gave up on may still finish on the server up to its timeout later.
         (
             run_id,

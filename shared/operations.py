@@ -93,10 +93,6 @@ class Operations:
             )
         except RolloutConflict as exc:  # another start won the race after our check
             raise OperationError(str(exc)) from None
-        self.clients.notifier.send(
-            f"canary-guard: {service.service} canary {revision} started at {percent}% (stable {stable})",
-            by=self.operator,
-        )
         return {
             "rollout": rollout.id,
             "canary": revision,
@@ -168,7 +164,6 @@ class Operations:
             reason=reason,
             store=self.clients.store,
             traffic=self.clients.traffic,
-            notifier=self.clients.notifier,
             respect_pause=False,  # the release owner decides, paused or not
         )
         if result.status != "changed":
@@ -206,7 +201,6 @@ class Operations:
             mode="manual",
             store=self.clients.store,
             traffic_client=self.clients.traffic,
-            notifier=self.clients.notifier,
         )
         if result.status == "no_canary":
             raise OperationError(result.message)
@@ -227,6 +221,7 @@ class Operations:
                 traffic=self.clients.traffic,
                 writer=self.clients.writer,
                 auth=self.settings.load_test_auth,
+                requested_by=self.operator,
             )
         except ValueError as exc:  # the configuration cannot fit one run
             raise OperationError(str(exc)) from None
@@ -257,8 +252,14 @@ def describe(rollout: Rollout, policy: Policy) -> dict[str, Any]:
             health, why = "PAUSED", "paused by hand"
         else:
             health, why = "HEALTHY", "; ".join(verdict.get("reasons", [])) or "no breach seen"
+    elif rollout.phase is Phase.ROLLED_BACK:
+        reason = (rollout.rollback_request or {}).get("reason")
+        health = rollout.phase.value
+        why = f"rolled back from {rollout.canary_percent}%" + (f": {reason}" if reason else "")
     else:
         health, why = rollout.phase.value, ""
+    # A rolled-back canary serves nothing, whatever share it had when it was pulled.
+    share = 0 if rollout.phase is Phase.ROLLED_BACK else rollout.canary_percent
     return {
         "health": health,
         "why": why,
@@ -266,7 +267,7 @@ def describe(rollout: Rollout, policy: Policy) -> dict[str, Any]:
         "phase": rollout.phase.value,
         "canary_revision": rollout.canary_revision,
         "stable_revision": rollout.stable_revision,
-        "canary_percent": rollout.canary_percent,
+        "canary_percent": share,
         "step": f"{step_for_percent(policy, rollout.canary_percent) + 1}/{len(policy.ramp)}",
         "step_started_at": rollout.step_started_at,
         "paused": rollout.paused,

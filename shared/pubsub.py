@@ -25,8 +25,16 @@ class Publisher:
             self._client = pubsub_v1.PublisherClient()
         return self._client
 
-    def publish_json(self, topic_id: str, payload: Mapping[str, Any], **attributes: str) -> str:
-        """Publish and wait for the server's message id; raises if Pub/Sub did not take it."""
+    def publish_json(
+        self,
+        topic_id: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout_s: float = PUBLISH_TIMEOUT_S,
+        **attributes: str,
+    ) -> str:
+        """Publish and wait (at most timeout_s) for the server's message id; raises if Pub/Sub
+        did not take it."""
         topic = self.client.topic_path(self._project, topic_id)
         data = json.dumps(payload, default=str, separators=(",", ":")).encode()
-        return self.client.publish(topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT_S)
+        return self.client.publish(topic, data, **attributes).result(timeout=timeout_s)

@@ -29,7 +29,6 @@ from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targe
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
-    from shared.notify import Notifier
     from shared.store import RolloutStore
 
 # Statuses, and the HTTP code the emergency endpoint answers with.
@@ -106,7 +105,6 @@ def execute_rollback(
     mode: str,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
-    notifier: Notifier | None = None,
     message_id: str | None = None,
 ) -> RollbackResult:
     """Roll the service back to its stable revision. Cloud Run and Firestore faults raise.
@@ -208,9 +206,21 @@ def execute_rollback(
         only_from=ROLLBACK_FROM - {Phase.ROLLING_BACK},
     )
     # Re-plan on every attempt: a conflicting writer may have changed the split meanwhile.
-    before, after = traffic_client.update_traffic(
-        service.name, lambda live: plan_rollback(live, rollout.stable_revision, only)
-    )
+    try:
+        before, after = traffic_client.update_traffic(
+            service.name, lambda live: plan_rollback(live, rollout.stable_revision, only)
+        )
+    except ControlPlaneError as exc:
+        # The channel hears of a failure nothing will fix by itself (a refusal), or of a
+        # manual one (the caller is told too); a transient one is redelivered, and a
+        # checkpoint re-sends a rollback that stays unfinished.
+        if mode == "manual" or exc.status in (400, 401, 403, 404):
+            store.record(
+                rollout.id,
+                "rollback_failed",
+                {"message": f"Cloud Run did not take the rollback: {exc}", "status": exc.status, **who},
+            )
+        raise
     message = (
         f"rolled back {service.service}: {rollout.stable_revision} 100%, canary {rollout.canary_revision} 0%"
     )
@@ -229,9 +239,6 @@ def execute_rollback(
         only_from=ROLLBACK_FROM | {Phase.ROLLED_BACK, Phase.SUPERSEDED},
         marker=marker("rolled_back", message, rollout),
     )
-    if notifier is not None:
-        cause = request.reason  # an automatic request's reason names the rule, minutes and values
-        notifier.send(f"canary-guard: {message} ({mode}: {cause})", requested_by=who["requested_by"])
     return RollbackResult(
         "rolled_back", message, **(base | {"before": before.as_dicts()}), after=after.as_dicts()
     )
@@ -242,7 +249,6 @@ def _requested(
     settings: Settings,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
-    notifier: Notifier | None = None,
     *,
     mode: str,
     event_id: str | None = None,
@@ -261,7 +267,6 @@ def _requested(
         mode=mode,
         store=store,
         traffic_client=traffic_client,
-        notifier=notifier,
         message_id=message_id,
     )
     severity = "NOTICE" if result.status == "rolled_back" else "INFO"
@@ -285,7 +290,6 @@ def handle_rollback_message(
     settings: Settings,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
-    notifier: Notifier | None = None,
 ) -> Report:
     """A request from the rollback topic (breach counter, checkpoint, or published by hand)."""
     try:
@@ -299,7 +303,6 @@ def handle_rollback_message(
         settings,
         store,
         traffic_client,
-        notifier,
         mode=mode,
         event_id=message.message_id,
         message_id=message.message_id,
@@ -314,7 +317,6 @@ def handle_emergency(
     settings: Settings,
     store: RolloutStore,
     traffic_client: CloudRunTraffic,
-    notifier: Notifier | None = None,
 ) -> tuple[Report, int]:
     """The on-call engineer's HTTP call: 400 bad input, 403 not watched, 409 nothing to roll back,
     503 Cloud Run kept failing (safe to call again), 200 with traffic before and after."""
@@ -325,7 +327,7 @@ def handle_emergency(
     caller = caller_identity(authorization)
     request = request.model_copy(update={"requested_by": caller})
     try:
-        return _requested(request, settings, store, traffic_client, notifier, mode="manual")
+        return _requested(request, settings, store, traffic_client, mode="manual")
     except ControlPlaneError as exc:
         if exc.status in (400, 403, 404):  # retrying will not help: say what to fix
             message = (

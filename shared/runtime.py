@@ -15,7 +15,7 @@ from shared.policy import Policy, cached_policy
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
     from shared.monitoring import MetricWriter, MonitoringReader
-    from shared.notify import Notifier
+    from shared.notify import NotifySettings
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -36,7 +36,14 @@ def store() -> RolloutStore:
     from shared.store import RolloutStore
 
     days = settings().decision_retention_days
-    return RolloutStore(settings().project, decision_retention=timedelta(days=days) if days else None)
+    sink = None
+    if settings().notify_topic:  # decisions the channel should hear of are published there
+        from shared.notify import notification_sink
+
+        sink = notification_sink(publisher(), settings().notify_topic)
+    return RolloutStore(
+        settings().project, decision_retention=timedelta(days=days) if days else None, notifications=sink
+    )
 
 
 @cache
@@ -68,7 +75,10 @@ def writer() -> MetricWriter:
 
 
 @cache
-def notifier() -> Notifier:
-    from shared.notify import Notifier
+def notify_settings() -> NotifySettings:
+    """The notify function's webhook (None without CHAT_WEBHOOK_URL) and links."""
+    from shared.notify import NotifySettings, Webhook
 
-    return Notifier(settings().chat_webhook_url)
+    s = settings()
+    webhook = Webhook(s.chat_webhook_url, s.chat_format) if s.chat_webhook_url else None  # type: ignore[arg-type]
+    return NotifySettings(webhook, s.dashboard_url)

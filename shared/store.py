@@ -6,6 +6,8 @@ Layout:
   canary_rollouts/{rollout_id}/decisions/{id}    append-only history (status/history read it)
   canary_services/{service_key}                  which rollout is active for a service
   canary_rollback_messages/{message_id}          rollback requests (Pub/Sub) already carried out
+  canary_notifications/{decision_id}             the notification outbox: one per decision the chat
+                                                 channel hears about, written with that decision
 
 The dedupe markers carry `expires_at` (MARKER_TTL after they are written) and the decisions
 `expires_at` when a retention is configured: Firestore's TTL policy on that field
@@ -18,7 +20,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -39,6 +41,8 @@ from shared.core import (
 )
 from shared.evidence import Evidence, Ledger, minute_key
 from shared.judge import SyntheticTraffic
+from shared.logs import log
+from shared.notifications import Notification, should_notify
 
 T = TypeVar("T")
 
@@ -47,7 +51,11 @@ SERVICES = "canary_services"
 APPLIED = "applied_events"
 DECISIONS = "decisions"
 ROLLBACK_MESSAGES = "canary_rollback_messages"
+NOTIFICATIONS = "canary_notifications"
 EXPIRES_AT = "expires_at"  # the TTL field (terraform/firestore.tf)
+# How long one notify delivery holds a notification: a concurrent delivery of the same message
+# meanwhile is answered "busy" (and retried), so one post is in flight at a time.
+NOTIFICATION_LEASE = timedelta(seconds=60)
 # A marker must outlive every redelivery of its message: Pub/Sub keeps an unacknowledged
 # message at most 7 days (and the topics retain published ones for 1 day for a seek), so 30
 # days is far past the last delivery; an expired marker is no longer needed.
@@ -230,6 +238,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# Called after a write commits with the notifications it enqueued (shared/notify.py publishes).
+NotificationSink = Callable[["RolloutStore", Sequence[Notification]], None]
+
+
+def _jsonable(value: Any) -> Any:
+    """A decision's data as JSON (datetimes as RFC 3339), for the notification message."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
 class RolloutStore:
     def __init__(
         self,
@@ -237,16 +262,104 @@ class RolloutStore:
         client: firestore.Client | None = None,
         *,
         decision_retention: timedelta | None = None,
+        notifications: NotificationSink | None = None,
     ) -> None:
-        """decision_retention: how long a decision record is kept (None: for ever)."""
+        """decision_retention: how long a decision record is kept (None: for ever).
+        notifications: where the notifications of committed decisions go (None: none are made)."""
         self._db = client or firestore.Client(project=project)
         self._decision_retention = decision_retention
+        self._sink = notifications
+        self._queued = threading.local()  # the notifications of the write under way, per thread
 
     def _decision_doc(self, now: datetime, kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
         doc = {"at": now, "kind": kind, **data}
         if self._decision_retention is not None:
             doc[EXPIRES_AT] = now + self._decision_retention
         return doc
+
+    # -- the notification outbox ------------------------------------------------------------
+    def _queue(self) -> list[Notification]:
+        if not hasattr(self._queued, "notes"):
+            self._queued.notes = []
+        return self._queued.notes
+
+    def _enqueue(
+        self, writer: Any, decision_id: str, rid: str, kind: str, now: datetime, data: Mapping[str, Any]
+    ) -> None:
+        """With the decision (same transaction or batch `writer`), its notification, if the
+        channel should hear of it: a crash after the commit loses nothing (checkpoints re-send)."""
+        if self._sink is None or not should_notify(kind, data):
+            return
+        note = Notification(decision_id, rid, kind, now.isoformat(), _jsonable(dict(data)))
+        writer.set(
+            self._db.collection(NOTIFICATIONS).document(decision_id),
+            {
+                "rollout": rid,
+                "kind": kind,
+                "at": now,
+                "message": note.as_message(),
+                "published": False,
+                "delivered": False,
+                EXPIRES_AT: now + MARKER_TTL,
+            },
+        )
+        self._queue().append(note)
+
+    def _flush(self) -> None:
+        """Hand the committed write's notifications to the sink; a sink failure is only logged
+        (the notifications stay in the outbox, unpublished, for the next checkpoint)."""
+        notes, self._queued.notes = list(self._queue()), []
+        if not notes or self._sink is None:
+            return
+        try:
+            self._sink(self, notes)
+        except Exception as exc:  # never let a notification change an operation's answer
+            log("WARNING", f"notifications not published now (a checkpoint re-sends them): {exc!r}")
+
+    def mark_notification_published(self, nid: str) -> None:
+        self._db.collection(NOTIFICATIONS).document(nid).update({"published": True, "published_at": _now()})
+
+    def unpublished_notifications(self, *, older_than: datetime, limit: int = 50) -> list[Notification]:
+        """Notifications whose decision committed before `older_than` but that were never
+        published (the process stopped in between, or Pub/Sub refused)."""
+        query = self._db.collection(NOTIFICATIONS).where(
+            filter=firestore.FieldFilter("published", "==", False)
+        )
+        found = []
+        for snap in query.limit(limit * 4).stream():
+            doc = snap.to_dict()
+            if doc.get("at") and doc["at"] < older_than:
+                found.append(Notification.from_message(doc["message"]))
+        return found[:limit]
+
+    def claim_notification(self, nid: str, *, lease: timedelta = NOTIFICATION_LEASE) -> str:
+        """'claimed' (post it now), 'delivered' (already posted), 'busy' (another delivery holds
+        it) or 'unknown' (no outbox entry: expired, or published by hand)."""
+        ref = self._db.collection(NOTIFICATIONS).document(nid)
+
+        def txn_body(txn: firestore.Transaction) -> str:
+            snap = ref.get(transaction=txn)
+            if not snap.exists:
+                return "unknown"
+            doc = snap.to_dict()
+            if doc.get("delivered"):
+                return "delivered"
+            now = _now()
+            if doc.get("lease_until") and doc["lease_until"] > now:
+                return "busy"
+            txn.update(ref, {"lease_until": now + lease, "attempts": firestore.Increment(1)})
+            return "claimed"
+
+        return self._transact(f"notification/{nid}", txn_body)
+
+    def release_notification(self, nid: str) -> None:
+        """The post failed: the next delivery may try at once."""
+        self._db.collection(NOTIFICATIONS).document(nid).update({"lease_until": None})
+
+    def mark_notification_delivered(self, nid: str) -> None:
+        self._db.collection(NOTIFICATIONS).document(nid).update(
+            {"delivered": True, "delivered_at": _now(), "lease_until": None}
+        )
 
     # -- reads ---------------------------------------------------------------------------
     def _rollout_ref(self, rid: str) -> firestore.DocumentReference:
@@ -303,12 +416,23 @@ class RolloutStore:
         """Run `body` in a transaction, serialised per rollout within this process and retrying
         cross-instance contention with jittered backoff."""
         with _rollout_locks(key):
-            return self._transact_unlocked(body)
+            try:
+                result = self._transact_unlocked(body)
+            except BaseException:
+                self._queue().clear()  # nothing committed: its notifications never happened
+                raise
+        self._flush()
+        return result
 
     def _transact_unlocked(self, body: Callable[[firestore.Transaction], T]) -> T:
         deadline = time.monotonic() + TXN_DEADLINE_S
         pause, max_pause = TXN_BACKOFF_S
-        wrapped = firestore.transactional(body)
+
+        def attempt(txn: firestore.Transaction) -> T:
+            self._queue().clear()  # a retried attempt enqueues its notifications again
+            return body(txn)
+
+        wrapped = firestore.transactional(attempt)
         while True:
             try:
                 return wrapped(self._db.transaction(max_attempts=TXN_ATTEMPTS))
@@ -333,7 +457,25 @@ class RolloutStore:
         """Append one history entry; a deterministic key makes a redelivered write land on the same doc."""
         decisions = self._rollout_ref(rid).collection(DECISIONS)
         ref = decisions.document(_event_key(key)) if key else decisions.document()
-        txn.set(ref, self._decision_doc(_now(), kind, data))
+        now = _now()
+        txn.set(ref, self._decision_doc(now, kind, data))
+        self._enqueue(txn, ref.id, rid, kind, now, data)
+
+    def _batch_decision(
+        self, batch: firestore.WriteBatch, rid: str, kind: str, now: datetime, data: Mapping[str, Any]
+    ) -> None:
+        self._queue().clear()
+        ref = self._rollout_ref(rid).collection(DECISIONS).document()
+        batch.set(ref, self._decision_doc(now, kind, data))
+        self._enqueue(batch, ref.id, rid, kind, now, data)
+
+    def _commit(self, batch: firestore.WriteBatch) -> None:
+        try:
+            batch.commit()
+        except BaseException:
+            self._queue().clear()
+            raise
+        self._flush()
 
     # -- writes --------------------------------------------------------------------------
     def register(
@@ -629,12 +771,10 @@ class RolloutStore:
         `marker` (a rollback request carried out) in the same batch."""
         now = _now()
         batch = self._db.batch()
-        batch.set(
-            self._rollout_ref(rid).collection(DECISIONS).document(), self._decision_doc(now, kind, data)
-        )
+        self._batch_decision(batch, rid, kind, now, data)
         if marker is not None:
             batch.set(self._marker_ref(marker.message_id), marker.as_doc(now))
-        batch.commit()
+        self._commit(batch)
 
     def record_checkpoint(self, rid: str, verdict: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
         """The last verdict on the rollout (what `status` shows) plus its history entry."""
@@ -668,8 +808,8 @@ class RolloutStore:
         rollout_ref = self._rollout_ref(rid)
         batch = self._db.batch()
         batch.update(rollout_ref, {field_name: {"at": now, **data}, "updated_at": now, **(extra or {})})
-        batch.set(rollout_ref.collection(DECISIONS).document(), self._decision_doc(now, kind, data))
-        batch.commit()
+        self._batch_decision(batch, rid, kind, now, data)
+        self._commit(batch)
 
     def step_change_allowed(self, rid: str, from_percent: int, *, respect_pause: bool = True) -> bool:
         """Still RUNNING at `from_percent` with no rollback requested (and not paused, for the

@@ -1,4 +1,4 @@
-# Delivery of Pub/Sub messages to the two Pub/Sub-driven functions, declared entirely here.
+# Delivery of Pub/Sub messages to the three Pub/Sub-driven functions, declared entirely here.
 #
 # Each function is an HTTP function to Cloud Functions (no event_trigger): a push subscription
 # of our own delivers to its Cloud Run URL with an OIDC token of a dedicated identity (which
@@ -24,6 +24,11 @@ locals {
       topic             = google_pubsub_topic.rollback.id
       dead_letter_topic = google_pubsub_topic.rollback_dead_letter.id
       pusher            = "rollback_trigger"
+    }
+    notify = {
+      topic             = google_pubsub_topic.notifications.id
+      dead_letter_topic = google_pubsub_topic.notifications_dead_letter.id
+      pusher            = "notify_push"
     }
   }
 
@@ -77,6 +82,7 @@ resource "google_pubsub_subscription" "push" {
     google_service_account_iam_member.pubsub_agent_token_creator,
     google_pubsub_topic_iam_member.alerts_dead_letter_publisher,
     google_pubsub_topic_iam_member.rollback_dead_letter_publisher,
+    google_pubsub_topic_iam_member.notifications_dead_letter_publisher,
   ]
 }
 

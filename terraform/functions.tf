@@ -3,7 +3,8 @@
 # are the contract in shared/config.py (ENV_DEFAULTS, ENV_BY_FUNCTION). CLOUD_RUN_API_ENDPOINT
 # and MONITORING_API_ENDPOINT are for the local stand-ins only and are deliberately never set
 # here: the functions then use Google's APIs. CHAT_WEBHOOK_URL comes from Secret Manager when
-# var.chat_webhook_secret_id is set, for the functions with chat_webhook = true.
+# var.chat_webhook_secret_id is set, for notify only (chat_webhook = true): every other function
+# publishes its decisions' notifications to NOTIFY_TOPIC and never talks to the webhook.
 
 locals {
   function_labels = { app = "canary-guard" }
@@ -28,6 +29,7 @@ locals {
         GOOGLE_CLOUD_PROJECT    = var.project_id
         CANARY_SERVICES         = local.service_fullname
         DECISION_RETENTION_DAYS = var.decision_retention_days
+        NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
       }
       chat_webhook = false
@@ -45,8 +47,9 @@ locals {
         GOOGLE_CLOUD_PROJECT    = var.project_id
         CANARY_SERVICES         = local.service_fullname
         DECISION_RETENTION_DAYS = var.decision_retention_days
+        NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
       }
-      chat_webhook = true
+      chat_webhook = false
     }
 
     # On-call, by hand (HTTP, IAM-authenticated) -> the same rollback routine, dry_run possible.
@@ -63,8 +66,9 @@ locals {
         GOOGLE_CLOUD_PROJECT    = var.project_id
         CANARY_SERVICES         = local.service_fullname
         DECISION_RETENTION_DAYS = var.decision_retention_days
+        NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
       }
-      chat_webhook = true
+      chat_webhook = false
     }
 
     # Cloud Scheduler (policy checkpoint.schedule) -> GO / NO-GO / INCONCLUSIVE -> next step.
@@ -83,7 +87,27 @@ locals {
         GOOGLE_CLOUD_PROJECT    = var.project_id
         CANARY_SERVICES         = local.service_fullname
         DECISION_RETENTION_DAYS = var.decision_retention_days
+        NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
+      }
+      chat_webhook = false
+    }
+
+    # Notification (Pub/Sub, pushed from the notifications topic) -> the chat webhook. The only
+    # function with the webhook secret; a webhook that misbehaves fails its deliveries only.
+    notify = {
+      entry_point   = "notify"
+      description   = "canary-guard: posts decisions (start, steps, freezes, rollbacks) to the team's chat webhook."
+      memory        = "256Mi"
+      timeout_s     = 60 # the webhook gets 10 s; a stalled one is retried by Pub/Sub
+      max_instances = 2
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      environment = {
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
+        CHAT_FORMAT             = var.chat_format
+        DASHBOARD_URL           = local.dashboard_url
       }
       chat_webhook = true
     }
@@ -101,6 +125,7 @@ locals {
         GOOGLE_CLOUD_PROJECT    = var.project_id
         CANARY_SERVICES         = local.service_fullname
         DECISION_RETENTION_DAYS = var.decision_retention_days
+        NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         FUNCTION_TIMEOUT_S      = local.load_test_timeout_s
         FUNCTION_MEMORY_MB      = local.load_test_memory_mb
         LOAD_TEST_AUTH          = "id_token"

@@ -29,6 +29,11 @@ locals {
       description = "Pub/Sub push identity: delivers rollback requests to rollback."
       function    = "rollback"
     }
+    notify_push = {
+      account_id  = "push-notify"
+      description = "Pub/Sub push identity: delivers notifications to notify."
+      function    = "notify"
+    }
     checkpoint_scheduler = {
       account_id  = "sched-checkpoint"
       description = "Cloud Scheduler OIDC identity: calls the checkpoint function."
@@ -50,6 +55,8 @@ locals {
     emergency_rollback = ["roles/datastore.user", "custom/operation_reader"]
     checkpoint         = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter", "custom/operation_reader"]
     load_test          = ["roles/datastore.user", "roles/monitoring.metricWriter"]
+    # Reads the rollout for the message, and its outbox entry (delivered once).
+    notify = ["roles/datastore.user"]
   }
 
   # Roles on the Cloud Run service under release: read it, update its traffic, send it requests.
@@ -60,6 +67,7 @@ locals {
     emergency_rollback = ["custom/traffic_updater"]
     checkpoint         = ["custom/traffic_updater"]
     load_test          = ["custom/service_reader", "roles/run.invoker"]
+    notify             = []
   }
 
   # The custom roles: each permission with the code that needs it (terraform/README.md).
@@ -248,7 +256,7 @@ resource "google_cloud_run_v2_service_iam_member" "caller_invokes_function" {
 # agents lack the permission to (Pub/Sub's push authentication docs). Granted on the two push
 # identities only, not on the project.
 resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
-  for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger"]) : toset([])
+  for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger", "notify_push"]) : toset([])
 
   service_account_id = google_service_account.caller[each.key].name
   role               = "roles/iam.serviceAccountTokenCreator"

@@ -249,6 +249,11 @@ resource "google_monitoring_alert_policy" "canary_down" {
 
 # --- Dashboard: canary vs stable ---------------------------------------------------------
 
+locals {
+  # Linked from every chat notification (notify's DASHBOARD_URL) and printed by `terraform output`.
+  dashboard_url = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.canary.id), length(split("/", google_monitoring_dashboard.canary.id)) - 1)}?project=${var.project_id}"
+}
+
 resource "google_monitoring_dashboard" "canary" {
   project = var.project_id
   dashboard_json = templatefile("${path.module}/../infra/dashboard.json", {

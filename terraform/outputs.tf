@@ -67,5 +67,5 @@ output "alert_policies" {
 
 output "dashboard_url" {
   description = "Cloud Monitoring dashboard: canary vs stable."
-  value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.canary.id), length(split("/", google_monitoring_dashboard.canary.id)) - 1)}?project=${var.project_id}"
+  value       = local.dashboard_url
 }

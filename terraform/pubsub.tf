@@ -28,6 +28,27 @@ resource "google_pubsub_topic" "rollback" {
   depends_on = [google_project_service.apis]
 }
 
+# Notifications of decisions (start, steps, freezes, rollbacks...), published by every function
+# once the decision is committed, pushed to notify (delivery.tf).
+resource "google_pubsub_topic" "notifications" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption is enough for chat notifications; no CMEK key is provisioned for this pipeline.
+  project                    = var.project_id
+  name                       = var.notify_topic_name
+  labels                     = { app = "canary-guard" }
+  message_retention_duration = "86400s"
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "notifications_dead_letter" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption is enough for dead-lettered notifications; no CMEK key is provisioned for this pipeline.
+  project = var.project_id
+  name    = "${var.notify_topic_name}-dead-letter"
+  labels  = { app = "canary-guard" }
+
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_pubsub_topic" "alerts_dead_letter" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption is enough for dead-lettered incidents; no CMEK key is provisioned for this pipeline.
   project = var.project_id
@@ -59,6 +80,20 @@ resource "google_pubsub_subscription" "alerts_dead_letter" {
 
   expiration_policy {
     ttl = "" # never expires, even when nobody pulls for a month
+  }
+}
+
+resource "google_pubsub_subscription" "notifications_dead_letter" {
+  project                    = var.project_id
+  name                       = "${var.notify_topic_name}-dead-letter"
+  topic                      = google_pubsub_topic.notifications_dead_letter.id
+  labels                     = { app = "canary-guard" }
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  retain_acked_messages      = false
+
+  expiration_policy {
+    ttl = ""
   }
 }
 
@@ -128,4 +163,26 @@ resource "google_pubsub_topic_iam_member" "rollback_dead_letter_publisher" {
   topic   = google_pubsub_topic.rollback_dead_letter.name
   role    = "roles/pubsub.publisher"
   member  = local.pubsub_service_agent
+}
+
+resource "google_pubsub_topic_iam_member" "notifications_dead_letter_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.notifications_dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = local.pubsub_service_agent
+}
+
+# The functions that commit decisions publish their notifications (NOTIFY_TOPIC); notify only
+# reads them.
+locals {
+  notification_publishers = toset(["breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test"])
+}
+
+resource "google_pubsub_topic_iam_member" "notifications_publisher" {
+  for_each = local.notification_publishers
+
+  project = var.project_id
+  topic   = google_pubsub_topic.notifications.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function[each.key].member
 }

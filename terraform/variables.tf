@@ -94,7 +94,7 @@ variable "emergency_rollback_members" {
 }
 
 variable "chat_webhook_secret_id" {
-  description = "Optional Secret Manager secret ID (in this project) whose latest version is the chat webhook URL; it becomes CHAT_WEBHOOK_URL for rollback, emergency_rollback and checkpoint. Empty: no chat notifications."
+  description = "Optional Secret Manager secret ID (in this project) whose latest version is the chat webhook URL; it becomes CHAT_WEBHOOK_URL of the notify function, the only one that talks to the webhook. Empty: notifications are published but not posted."
   type        = string
   default     = ""
 
@@ -134,6 +134,28 @@ variable "rollback_topic_name" {
   validation {
     condition     = can(regex("^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", var.rollback_topic_name)) && !startswith(lower(var.rollback_topic_name), "goog")
     error_message = "rollback_topic_name must be a Pub/Sub topic ID: 3-255 characters, starting with a letter, not with \"goog\"."
+  }
+}
+
+variable "notify_topic_name" {
+  description = "Pub/Sub topic the functions publish their decisions' notifications to (pushed to notify); passed to them as NOTIFY_TOPIC."
+  type        = string
+  default     = "canary-notifications"
+
+  validation {
+    condition     = can(regex("^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", var.notify_topic_name)) && !startswith(lower(var.notify_topic_name), "goog")
+    error_message = "notify_topic_name must be a Pub/Sub topic ID: 3-255 characters, starting with a letter, not with \"goog\"."
+  }
+}
+
+variable "chat_format" {
+  description = "How notify formats messages for the webhook in chat_webhook_secret_id: slack (Slack incoming webhook) or google_chat (Google Chat space webhook)."
+  type        = string
+  default     = "slack"
+
+  validation {
+    condition     = contains(["slack", "google_chat"], var.chat_format)
+    error_message = "chat_format must be slack or google_chat."
   }
 }
 

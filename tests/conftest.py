@@ -17,9 +17,11 @@ from google.cloud import pubsub_v1
 
 from infra.localstack import (
     ALERTS_TOPIC,
+    NOTIFY_TOPIC,
     PROJECT,
     ROLLBACK_TOPIC,
     Emulators,
+    ensure_topic,
     free_port,
     serve_function,
     start_emulators,
@@ -64,6 +66,7 @@ def emulators(log_dir: Path) -> Iterator[Emulators]:
     started = start_emulators(log_dir)
     saved = {key: os.environ.get(key) for key in started.env()}
     os.environ.update(started.env())
+    ensure_topic(PROJECT, NOTIFY_TOPIC)  # the functions publish their notifications there
     yield started
     started.stop()
     for key, value in saved.items():
@@ -121,6 +124,7 @@ def function_env(
         "CLOUD_RUN_API_ENDPOINT": cloudrun_session.url,
         "MONITORING_API_ENDPOINT": monitoring_session.target,
         "DECISION_RETENTION_DAYS": str(DECISION_RETENTION_DAYS),
+        "NOTIFY_TOPIC": NOTIFY_TOPIC,
     }
 
 
@@ -211,6 +215,7 @@ __all__ = [
     "API_EU",
     "FOREIGN",
     "LOCATION",
+    "NOTIFY_TOPIC",
     "PROJECT",
     "ROLLBACK_TOPIC",
     "SHOP",

@@ -1199,6 +1199,45 @@ def check_rollback_chain(tf: Terraform) -> list[str]:
     return problems
 
 
+def check_notification_chain(tf: Terraform, env_by_function: Mapping[str, Iterable[str]]) -> list[str]:
+    """Every function that reads NOTIFY_TOPIC sets it to one topic's .name and may publish there,
+    and that topic is pushed to the function with entry point notify."""
+    problems: list[str] = []
+    by_entry = function_by_entry(tf)
+    fns = functions(tf)
+    grants = instances(tf, "google_pubsub_topic_iam_member")
+    topics = set()
+    for entry, reads in env_by_function.items():
+        if "NOTIFY_TOPIC" not in reads or entry not in by_entry:
+            continue
+        name = by_entry[entry]
+        value = env_of(fns[name]).get("NOTIFY_TOPIC")
+        refs = references(value, "google_pubsub_topic")
+        if len(refs) != 1 or not expr(value).endswith(".name"):
+            problems.append(f"{entry}: NOTIFY_TOPIC is not one google_pubsub_topic's .name")
+            continue
+        topic = next(iter(refs))
+        topics.add(topic)
+        sa = sa_ref((block(fns[name], "service_config") or {}).get("service_account_email"), "email")
+        if not any(
+            references(g.body.get("topic"), "google_pubsub_topic") == {topic}
+            and g.body.get("role") == "roles/pubsub.publisher"
+            and sa is not None
+            and g.body.get("member") == _sa_member_expr(sa)
+            for g in grants
+        ):
+            problems.append(f"{entry} cannot publish to the notifications topic {topic}")
+    notify = by_entry.get("notify")
+    pushed = {d.topic for d in push_deliveries(tf) if d.function == notify}
+    if notify is None:
+        problems.append("no function with entry point notify")
+    elif topics and pushed != topics:
+        problems.append(
+            f"notify is pushed {sorted(t or '?' for t in pushed)}, notifications go to {sorted(topics)}"
+        )
+    return problems
+
+
 def check_monitoring_can_publish(tf: Terraform) -> list[str]:
     """Cloud Monitoring's notification service agent may publish to the channel's topic."""
     problems: list[str] = []
@@ -1477,7 +1516,7 @@ def check_environment(
     env_by_function: Mapping[str, Iterable[str]],
     *,
     local_only: Iterable[str] = ("CLOUD_RUN_API_ENDPOINT", "MONITORING_API_ENDPOINT"),
-    always_set: Iterable[str] = ("ROLLBACK_TOPIC", "DECISION_RETENTION_DAYS"),
+    always_set: Iterable[str] = ("ROLLBACK_TOPIC", "DECISION_RETENTION_DAYS", "NOTIFY_TOPIC"),
     secret_only: Iterable[str] = ("CHAT_WEBHOOK_URL",),
 ) -> list[str]:
     problems: list[str] = []

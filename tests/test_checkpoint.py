@@ -4,13 +4,11 @@ end-of-soak decision, the advance/rollback race, holds, freezes, and the chat no
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -26,7 +24,7 @@ from shared.core import Phase
 from shared.events import RollbackRequest
 from shared.judge import SyntheticTraffic, judge
 from shared.monitoring import MonitoringReader
-from shared.notify import Notifier
+from shared.notifications import Context, Notification, plain_text
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
 from shared.pubsub import Publisher
 from shared.rollback import execute_rollback
@@ -41,26 +39,22 @@ POLICY = load_policy()
 LAG = timedelta(minutes=POLICY.checkpoint.data_lag_minutes)
 
 
-class ChatReceiver:
-    """A local Slack-compatible webhook that keeps what it was told."""
+class ChatCapture:
+    """The store's notification sink, in process: what the channel would read (rendered as the
+    notify function renders it). The Pub/Sub → notify → webhook path is tests/test_notify.py."""
 
     def __init__(self) -> None:
         self.messages: list[str] = []
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.messages.append(body["text"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+    def sink(self, store: RolloutStore, notes: list[Notification]) -> None:
+        for note in notes:
+            rollout = store.get(note.rollout)
+            ctx = (
+                Context(rollout.service, rollout.canary_revision, rollout.stable_revision)
+                if rollout
+                else Context()
+            )
+            self.messages.append(plain_text(note, ctx))
 
     def said(self, text: str) -> list[str]:
         return [m for m in self.messages if text in m]
@@ -68,9 +62,7 @@ class ChatReceiver:
 
 @pytest.fixture
 def chat():
-    receiver = ChatReceiver()
-    yield receiver
-    receiver.server.shutdown()
+    return ChatCapture()
 
 
 @pytest.fixture
@@ -82,12 +74,11 @@ def settings(function_env):
 def clients(firestore_clean, cloudrun, monitoring, chat):
     monitoring.reset()
     return Clients(
-        store=RolloutStore(PROJECT),
+        store=RolloutStore(PROJECT, notifications=chat.sink),
         traffic=CloudRunTraffic(cloudrun.url, sleep=lambda _s: None),
         reader=MonitoringReader(PROJECT, monitoring.target),
         writer=None,  # simulated clocks run days ahead; Monitoring refuses such points (checked below)
         publisher=Publisher(PROJECT),
-        notifier=Notifier(chat.url),
     )
 
 
@@ -140,7 +131,6 @@ def step_to(clients, rollout, percent: int, *, by: str, **options):
         reason=f"{by} says so",
         store=clients.store,
         traffic=clients.traffic,
-        notifier=clients.notifier,
         **options,
     )
 
@@ -358,7 +348,6 @@ def test_rollback_wins_over_a_step_change_in_flight(clients, cloudrun):
             reason="race",
             store=clients.store,
             traffic=clients.traffic,
-            notifier=clients.notifier,
         )
 
     stepper = threading.Thread(target=advance)
@@ -448,19 +437,26 @@ def test_hold_between_bars_and_inconclusive_never_advance(clients, settings, clo
     assert live(cloudrun)["shop-00002"] == 5
 
 
-def test_chat_failure_never_blocks_a_rollback(clients, cloudrun):
+def test_a_notification_that_cannot_be_published_never_blocks_a_rollback(clients, cloudrun):
+    """Pub/Sub refusing the notification changes nothing for the rollback; the notification
+    stays in the outbox, unpublished, for the next checkpoint to re-send."""
     deploy_canary(cloudrun)
-    clients.notifier = Notifier(f"http://127.0.0.1:{free_port()}/nobody-listens")
+
+    def refused(store: RolloutStore, notes: list[Notification]) -> None:
+        raise RuntimeError("Pub/Sub is down")
+
+    store = RolloutStore(PROJECT, notifications=refused)
     request = RollbackRequest(service=SHOP, reason="webhook down", requested_by="oncall")
     result = execute_rollback(
-        request,
-        SERVICE_REF,
-        mode="manual",
-        store=clients.store,
-        traffic_client=clients.traffic,
-        notifier=clients.notifier,
+        request, SERVICE_REF, mode="manual", store=store, traffic_client=clients.traffic
     )
     assert result.status == "rolled_back" and live(cloudrun) == {"shop-00001": 100}
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    # The rollout found by the rollback was registered ("started") and rolled back: both wait.
+    assert sorted(n.kind for n in store.unpublished_notifications(older_than=later)) == [
+        "rolled_back",
+        "started",
+    ]
 
 
 @pytest.fixture(scope="module")

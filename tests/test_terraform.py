@@ -37,7 +37,14 @@ POLICY_FILE = ROOT / "shared" / "policy.yaml"
 DASHBOARD = ROOT / "infra" / "dashboard.json"
 
 # The functions' contract (the issue and shared/config.py): what Terraform must deploy.
-EXPECTED_ENTRY_POINTS = ("breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test")
+EXPECTED_ENTRY_POINTS = (
+    "breach_counter",
+    "rollback",
+    "emergency_rollback",
+    "checkpoint",
+    "load_test",
+    "notify",
+)
 SCHEDULER_JOBS = {"checkpoint": "checkpoint", "load_test": "load_test"}  # job -> entry point
 # The body keys each scheduled function's handler takes (shared/checkpoint.py handle_checkpoint,
 # shared/loadtest.py handle_load_test); any other key is answered 400.
@@ -89,6 +96,7 @@ EXPECTED_PROJECT_ROLES = {
         "custom/operation_reader",
     ],
     "load_test": ["roles/datastore.user", "roles/monitoring.metricWriter"],
+    "notify": ["roles/datastore.user"],
 }
 EXPECTED_TARGET_SERVICE_ROLES = {
     "breach_counter": ["custom/service_reader"],
@@ -96,6 +104,7 @@ EXPECTED_TARGET_SERVICE_ROLES = {
     "emergency_rollback": ["custom/traffic_updater"],
     "checkpoint": ["custom/traffic_updater"],
     "load_test": ["custom/service_reader", "roles/run.invoker"],
+    "notify": [],
 }
 # The Cloud Run permissions the code uses, and where (terraform/README.md lists the same).
 CODE_PERMISSIONS = {
@@ -165,6 +174,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "thresholds": tc.check_thresholds_from_policy(t, policy),
         "push_deliveries": tc.check_push_deliveries(t, cloud_event_entry_points()),
         "rollback_chain": tc.check_rollback_chain(t),
+        "notification_chain": tc.check_notification_chain(t, ENV_BY_FUNCTION),
         "monitoring_publisher": tc.check_monitoring_can_publish(t),
         "monitoring_agent_first": tc.check_monitoring_agent_exists_first(t, MONITORING_AGENT_WAIT_S),
         "token_creator": tc.check_pubsub_agent_token_creator(t),
@@ -212,11 +222,15 @@ def test_thresholds_and_durations_come_from_the_policy_file(tf, policy):
 
 
 def test_cloud_event_functions_are_the_pubsub_ones():
-    assert cloud_event_entry_points() == {"breach_counter", "rollback"}
+    assert cloud_event_entry_points() == {"breach_counter", "rollback", "notify"}
 
 
 def test_push_subscriptions_retry_and_invoke_only_their_function(tf):
     assert tc.check_push_deliveries(tf, cloud_event_entry_points()) == []
+
+
+def test_notifications_reach_notify_from_every_function_that_decides(tf):
+    assert tc.check_notification_chain(tf, ENV_BY_FUNCTION) == []
 
 
 def test_rollback_topic_reaches_rollback(tf):
@@ -588,8 +602,8 @@ CUTS = [
     pytest.param(
         "iam.tf",
         _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
-        'toset(["alerts_trigger", "rollback_trigger"])',
-        'toset(["alerts_trigger"])',
+        'toset(["alerts_trigger", "rollback_trigger", "notify_push"])',
+        'toset(["alerts_trigger", "notify_push"])',
         "token_creator",
         "the push identity caller[rollback_trigger] of rollback: the Pub/Sub service agent gets no "
         "Token Creator",
@@ -598,8 +612,8 @@ CUTS = [
     pytest.param(
         "iam.tf",
         _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
-        'toset(["alerts_trigger", "rollback_trigger"])',
-        'toset(["alerts_trigger", "checkpoint_scheduler"])',
+        'toset(["alerts_trigger", "rollback_trigger", "notify_push"])',
+        'toset(["alerts_trigger", "notify_push", "checkpoint_scheduler"])',
         "token_creator",
         "Token Creator on 'caller[checkpoint_scheduler]', not a push identity",
         id="token-creator-on-a-scheduler-identity",
@@ -1001,11 +1015,11 @@ CUTS = [
     ),
     pytest.param(
         "functions.tf",
-        _fn("rollback"),
+        _fn("notify"),
         "chat_webhook = true",
         "chat_webhook = false",
         "environment",
-        "function rollback: CHAT_WEBHOOK_URL is read but no secret_environment_variables provides it",
+        "function notify: CHAT_WEBHOOK_URL is read but no secret_environment_variables provides it",
         id="chat-webhook-secret-dropped",
     ),
     pytest.param(
@@ -1016,6 +1030,25 @@ CUTS = [
         "environment",
         "function breach_counter: sets CHAT_WEBHOOK_URL, which breach_counter does not read",
         id="chat-webhook-secret-for-a-function-that-does-not-read-it",
+    ),
+    # Notifications: every deciding function publishes to the topic pushed to notify.
+    pytest.param(
+        "pubsub.tf",
+        None,
+        '["breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test"]',
+        '["breach_counter", "rollback", "emergency_rollback", "load_test"]',
+        "notification_chain",
+        "checkpoint cannot publish to the notifications topic notifications",
+        id="checkpoint-cannot-publish-notifications",
+    ),
+    pytest.param(
+        "delivery.tf",
+        _push("notify"),
+        "topic             = google_pubsub_topic.notifications.id",
+        "topic             = google_pubsub_topic.rollback.id",
+        "notification_chain",
+        "notify is pushed ['rollback'], notifications go to ['notifications']",
+        id="notify-pushed-the-wrong-topic",
     ),
     # Delivery (delivery.tf): push subscriptions declared in Terraform, no provisioner.
     pytest.param(
@@ -1091,7 +1124,7 @@ CUTS = [
         'entry_point     = "rollback"',
         "entry_points",
         "no function deployed for entry point(s) "
-        "['breach_counter', 'checkpoint', 'emergency_rollback', 'load_test']",
+        "['breach_counter', 'checkpoint', 'emergency_rollback', 'load_test', 'notify']",
         id="every-function-built-with-one-entry-point",
     ),
     pytest.param(
@@ -1258,17 +1291,13 @@ def test_optional_features_switch_their_instances_off(tf):
     """The checks expand for_each / dynamic blocks with the optional features on
     (tc.CHECK_VARIABLES); switched off, the same expressions make nothing."""
     on = tc.functions(tf)
-    assert {fn for fn, body in on.items() if tc.secret_env_keys(body)} == {
-        "rollback",
-        "emergency_rollback",
-        "checkpoint",
-    }
+    assert {fn for fn, body in on.items() if tc.secret_env_keys(body)} == {"notify"}
     token_creators = {
         i.key
         for i in tc.instances(tf, "google_service_account_iam_member")
         if i.name == "pubsub_agent_token_creator"
     }
-    assert token_creators == {"alerts_trigger", "rollback_trigger"}
+    assert token_creators == {"alerts_trigger", "rollback_trigger", "notify_push"}
     off = {
         "chat_webhook_secret_id": "",
         "grant_pubsub_agent_token_creator": False,
