@@ -479,7 +479,8 @@ def test_rollback_dry_run_changes_nothing_then_rollback_moves_traffic_to_stable(
 
     status = invoke("status", "shop")
     assert status.exit_code == 4
-    assert status.stdout.startswith("shop  ROLLED_BACK")
+    assert status.stdout.startswith("shop  ROLLED_BACK  rolled back from 5%")
+    assert "shop-00002 at 0%" in status.stdout  # it serves nothing now, whatever it had
 
     again = invoke("rollback", "shop", "--reason", "again")
     assert again.exit_code == 0

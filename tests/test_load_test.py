@@ -340,6 +340,7 @@ def test_cli_probe_and_load_test_show_and_record_results(function_env, shop, tar
         "CANARY_POLICY_FILE": str(small_policy(tmp_path)),
         "MONITORING_API_ENDPOINT": monitoring.target,
         "FUNCTION_TIMEOUT_S": "60",
+        "USER": "tester",  # who runs them: recorded with each result
     }
 
     def cli(*args: str):
@@ -353,7 +354,8 @@ def test_cli_probe_and_load_test_show_and_record_results(function_env, shop, tar
     result = cli("probe", "shop")
     assert result.exit_code == 4, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("shop: load test FAIL (probe FAIL)")
+    # Why it failed, per side, in the line itself (not only in --json).
+    assert lines[0].startswith("shop: load test FAIL (probe FAIL): probe: canary:"), lines[0]
     canary_row = next(line.split() for line in lines if line.startswith("probe") and " canary " in line)
     assert canary_row[2] == "20" and int(canary_row[6]) > 0  # REQ, 429
 
@@ -365,6 +367,8 @@ def test_cli_probe_and_load_test_show_and_record_results(function_env, shop, tar
     shown = [" ".join(line.split()) for line in status.output.splitlines()]
     expected = "load test shop: load test PASS (load_canary PASS, load_stable PASS)"
     assert any(line.startswith(expected) for line in shown), status.output
+    history = json.loads(cli("--json", "history", "shop").output)["entries"]
+    assert {e["requested_by"] for e in history if e["kind"] == "load_test"} == {"tester"}
 
 
 def test_policy_method_and_headers_reach_the_target():
