@@ -241,22 +241,83 @@ def ramp_demo(log_dir: Path) -> int:
     return 0
 
 
+def load_test_demo(log_dir: Path) -> int:
+    """The load test and the rate-limit probe, by hand, against two local sample targets: the
+    canary rate-limits at 1 request/s (the probe sends 2/s), the stable side does not."""
+    from infra.monitoring_standin import start_monitoring_standin
+    from infra.target_server import start_target_server
+
+    canary, stable = start_target_server(latency_ms=20), start_target_server(latency_ms=20)
+    monitoring = start_monitoring_standin()  # the results are written as custom metrics too
+    policy = yaml_policy(log_dir, load_test={"requests": 200, "concurrency": 8})
+    extra = {"CANARY_POLICY_FILE": str(policy), "MONITORING_API_ENDPOINT": monitoring.target}
+    try:
+        with local_stack(log_dir, [SERVICE], functions=(), extra_env=extra) as stack:
+            stack.cloudrun.put_service(
+                SERVICE,
+                ["shop-00001", "shop-00002"],
+                [
+                    {"revision": "shop-00001", "percent": 95},
+                    {"revision": "shop-00002", "percent": 5, "tag": "canary"},
+                ],
+                uri=stable.url,
+                tag_uris={"canary": canary.url},
+            )
+            print(f"\n▶ sample targets: canary {canary.url} (rate limit 1/s), stable {stable.url}")
+            canary.configure(latency_ms=20, rate_limit_rps=1, rate_limit_burst=1)
+            cli(stack, "start", "shop", "--revision", "shop-00002", "--percent", "5")
+            cli(stack, "probe", "shop")
+            canary.configure(latency_ms=20)
+            cli(stack, "load-test", "shop", "--mode", "load")
+            cli(stack, "history", "shop", "--limit", "3")
+    finally:
+        canary.stop()
+        stable.stop()
+        monitoring.stop()
+    return 0
+
+
+def yaml_policy(log_dir: Path, **sections: dict[str, Any]) -> Path:
+    """The bundled policy with some fields of some sections changed, written to log_dir."""
+    import yaml
+
+    from shared.policy import DEFAULT_POLICY_FILE
+
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    for section, changes in sections.items():
+        policy[section].update(changes)
+    path = log_dir / "policy-demo.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=Path, help="keep the stack's logs here (default: a temp dir)")
     parser.add_argument("--ramp", action="store_true", help="show the checkpoint ramp and the CLI instead")
+    parser.add_argument(
+        "--load-test",
+        action="store_true",
+        help="run the load test and the probe against local sample targets",
+    )
     args = parser.parse_args(argv)
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="canary-guard-demo-"))
+    if args.load_test:
+        print(f"starting the local stack and two sample targets; logs in {log_dir}")
+        return load_test_demo(log_dir)
     if args.ramp:
         print(f"starting the local stack with the checkpoint function; logs in {log_dir}")
         return ramp_demo(log_dir)
     print(f"starting the local stack (emulators, Cloud Run and Monitoring stand-ins, functions): {log_dir}")
     started = time.monotonic()
+    from infra.chat_webhook import ChatWebhook
     from infra.monitoring_standin import start_monitoring_standin
 
     monitoring = start_monitoring_standin()
-    extra = {"MONITORING_API_ENDPOINT": monitoring.target}
-    with local_stack(log_dir, [SERVICE], extra_env=extra) as stack:
+    channel = ChatWebhook()  # the team's chat channel, locally: what notify posts lands here
+    extra = {"MONITORING_API_ENDPOINT": monitoring.target, "CHAT_WEBHOOK_URL": channel.url}
+    functions = ("breach_counter", "rollback", "emergency_rollback", "notify")
+    with local_stack(log_dir, [SERVICE], functions=functions, extra_env=extra) as stack:
         from shared.policy import load_policy
         from shared.store import RolloutStore
 
@@ -284,8 +345,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{show_split(_pcts(result['before']))} → {show_split(_pcts(result['after']))}"
             )
         print(f"\nfinal traffic of shop: {show_split(split(stack))}")
+        channel.wait_for("ROLLED BACK canary shop-00004", timeout_s=20)
+        print("\nwhat the team's chat channel read (notify → webhook):")
+        for text in channel.texts():
+            print(f"  {text}")
         print(f"function logs (one JSON line per event): {log_dir}")
     monitoring.stop()
+    channel.stop()
     print("stack stopped")
     return 0
 
