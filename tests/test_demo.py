@@ -32,6 +32,12 @@ def test_demo_rolls_back_after_the_third_error_rate_and_the_second_memory_breach
     assert "rolled back shop: shop-00001 100%, canary shop-00003 0%" in out
     assert "emergency_rollback dry_run=True → HTTP 200 dry_run" in out
     assert "final traffic of shop: shop-00001 100%, shop-00004 0%" in out
+    # What the channel read came through the notify function and the local webhook.
+    channel = out.split("what the team's chat channel read")[1]
+    assert (
+        "shop: ROLLED BACK canary shop-00002 (auto): error_rate breached on 3 consecutive minutes" in channel
+    )
+    assert "shop: ROLLED BACK canary shop-00004 (manual): on-call: checkout errors" in channel
     assert out.rstrip().endswith("stack stopped")
 
 
@@ -40,3 +46,10 @@ def test_demo_ramp_walks_a_healthy_canary_to_promoted():
     assert "shop: canary shop-00005 promoted to 100%" in out
     assert "shop  PROMOTED" in out
     assert "verdict  GO: every GO bar holds" in out
+
+
+def test_demo_load_test_shows_why_the_probe_fails_and_who_ran_it():
+    out = run_demo("--load-test")
+    assert "shop: load test FAIL (probe FAIL): probe: canary: " in out  # and its success rate
+    assert "shop: load test PASS (load_canary PASS, load_stable PASS)" in out
+    assert "load_test release-owner shop: load test FAIL" in " ".join(out.split("history of")[1].split())
