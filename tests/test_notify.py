@@ -13,22 +13,26 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
+import yaml
 from click.testing import CliRunner, Result
 
 from infra.chat_webhook import ChatWebhook
 from infra.cli import main
 from infra.localstack import NOTIFY_TOPIC, PROJECT, free_port, push_endpoint, serve_function, wire_push
+from infra.metrics_feed import HEALTHY, feed, rewind_step
 from shared import runtime
 from shared.core import Phase
 from shared.notifications import Context, Notification, render, should_notify
 from shared.notify import republish_notifications
+from shared.policy import DEFAULT_POLICY_FILE
 from shared.pubsub import Publisher
 from shared.store import RolloutStore, rollout_id
-from tests.conftest import SHOP, deploy_canary
+from tests.conftest import LOCATION, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
 from tests.test_pipeline import post_event
 
@@ -49,12 +53,23 @@ def webhook() -> Iterator[ChatWebhook]:
 
 
 @pytest.fixture(scope="module")
-def served(function_env, log_dir, webhook) -> Iterator[dict[str, str]]:
-    """rollback, emergency_rollback and notify; NOTIFY_TOPIC pushed to notify (retry 1-10 s)."""
-    env = {**function_env, "CHAT_WEBHOOK_URL": webhook.url, "DASHBOARD_URL": "https://example.com/dash"}
+def served(function_env, log_dir, webhook, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """rollback, emergency_rollback, checkpoint (soak 0) and notify; NOTIFY_TOPIC pushed to
+    notify (retry 1-10 s)."""
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    for step in policy["ramp"]:
+        step["soak_minutes"] = 0
+    policy_file = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    env = {
+        **function_env,
+        "CHAT_WEBHOOK_URL": webhook.url,
+        "DASHBOARD_URL": "https://example.com/dash",
+        "CANARY_POLICY_FILE": str(policy_file),
+    }
     processes, urls = [], {}
     try:
-        for target in ("rollback", "emergency_rollback", "notify"):
+        for target in ("rollback", "emergency_rollback", "checkpoint", "notify"):
             port = free_port()
             processes.append(serve_function(target, port, env, log_dir))
             urls[target] = f"http://127.0.0.1:{port}"
@@ -123,8 +138,25 @@ AUTO_REQUEST = {
 }
 
 
+def checkpoint_step(served: dict[str, str], monitoring: object) -> requests.Response:
+    """A scheduled checkpoint that finds a healthy, soaked canary and takes its next step."""
+    end = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    minutes = [end - timedelta(minutes=m) for m in range(20)]
+    feed(
+        monitoring,
+        project=PROJECT,
+        location=LOCATION,
+        service="shop",
+        revision="shop-00002",
+        minutes=minutes,
+        traffic=HEALTHY,
+    )
+    rewind_step(PROJECT, CANARY, timedelta(minutes=10))  # as if the step had soaked
+    return requests.post(served["checkpoint"], json={"service": "shop"}, timeout=60)
+
+
 def operations(
-    served: dict[str, str], run: Callable[..., Result], cloudrun: object
+    served: dict[str, str], run: Callable[..., Result], cloudrun: object, monitoring: object
 ) -> dict[str, tuple[Any, float]]:
     """Every kind of operation once, from a fresh canary: (what it answered, seconds)."""
     deploy_canary(cloudrun, percent=0)
@@ -133,6 +165,8 @@ def operations(
     out["start"] = ((result.exit_code, "started canary shop-00002 at 5%" in result.output), took)
     result, took = timed(lambda: run("advance", "shop", "--reason", "looks fine"))
     out["advance"] = ((result.exit_code, "5% → 10%" in result.output), took)
+    answer, took = timed(lambda: checkpoint_step(served, monitoring))
+    out["checkpoint_step"] = ((answer.status_code, answer.json()["rollouts"][0].get("step")), took)
     answer, took = timed(
         lambda: requests.post(
             served["emergency_rollback"] + "/",
@@ -148,20 +182,22 @@ def operations(
 
 
 def test_every_operation_answers_alike_whatever_the_webhook_does(
-    served, hook, cloudrun, function_env, firestore_clean
+    served, hook, cloudrun, function_env, firestore_clean, monitoring
 ):
     run = cli(function_env)
-    healthy = operations(served, run, cloudrun)
+    healthy = operations(served, run, cloudrun, monitoring)
     assert {name: answer for name, (answer, _) in healthy.items()} == {
         "start": (0, True),
         "advance": (0, True),
+        "checkpoint_step": (200, "changed"),
         "emergency_rollback": (200, "rolled_back"),
         "alert_rollback": (200,),
     }
     for mode in BAD_MODES:
         firestore_clean.reset_firestore()
         hook.mode = mode
-        misbehaving = operations(served, run, cloudrun)
+        monitoring.reset()
+        misbehaving = operations(served, run, cloudrun, monitoring)
         for name, (answer, took) in misbehaving.items():
             assert answer == healthy[name][0], (mode, name, answer)
             assert took < healthy[name][1] + SLACK_S, (mode, name, took, healthy[name][1])
@@ -235,8 +271,6 @@ def test_a_notification_that_was_never_published_is_sent_by_the_next_checkpoint(
 ):
     """A process that stopped between its commit and its publish: the outbox keeps the
     notification and republish_notifications (every checkpoint) sends it."""
-    from datetime import UTC, datetime, timedelta
-
     deploy_canary(cloudrun)
     crashed = RolloutStore(PROJECT, notifications=lambda store, notes: None)  # never publishes
     crashed.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="alice")
