@@ -7,7 +7,7 @@
 # roles/monitoring.metricWriter are project-level, like reading Cloud Run operations (a custom
 # role with run.operations.get only); owner/editor never appear.
 #
-# The callers of the functions (the two push subscriptions, the two Cloud Scheduler jobs and
+# The callers of the functions (the three push subscriptions, the two Cloud Scheduler jobs and
 # the on-call members) get roles/run.invoker on exactly their function's underlying Cloud Run
 # service, nothing at project level.
 #
@@ -253,7 +253,7 @@ resource "google_cloud_run_v2_service_iam_member" "caller_invokes_function" {
 
 # Opt-in, for projects whose Pub/Sub service agent was enabled on or before 8 April 2021: the
 # agent signs each push (delivery.tf) with an OIDC token of the push identity, and such old
-# agents lack the permission to (Pub/Sub's push authentication docs). Granted on the two push
+# agents lack the permission to (Pub/Sub's push authentication docs). Granted on the three push
 # identities only, not on the project.
 resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
   for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger", "notify_push"]) : toset([])

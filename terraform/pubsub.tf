@@ -1,8 +1,9 @@
-# Pub/Sub: the two topics that carry the pipeline, their dead-letter topics and the
+# Pub/Sub: the three topics that carry the pipeline, their dead-letter topics and the
 # subscriptions that keep dead-lettered messages for inspection.
 #
 #   Cloud Monitoring ──▶ alerts topic ──(push subscription)──▶ breach_counter
 #   breach_counter / checkpoint / on-call ──▶ rollback topic ──(push subscription)──▶ rollback
+#   every deciding function ──▶ notifications topic ──(push subscription)──▶ notify ──▶ chat
 #
 # The push subscriptions, with their retry and dead-letter policies, are in delivery.tf.
 

@@ -71,7 +71,7 @@ variable "uptime_check_authenticated" {
 }
 
 variable "grant_pubsub_agent_token_creator" {
-  description = "Only for projects whose Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) was enabled on or before 8 April 2021: grant it roles/iam.serviceAccountTokenCreator on the two push subscriptions' service accounts, so that it can sign the OIDC tokens of the authenticated pushes to breach_counter and rollback (Pub/Sub's push authentication docs). Newer projects do not need it: leave false."
+  description = "Only for projects whose Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) was enabled on or before 8 April 2021: grant it roles/iam.serviceAccountTokenCreator on the three push subscriptions' service accounts, so that it can sign the OIDC tokens of the authenticated pushes to breach_counter, rollback and notify (Pub/Sub's push authentication docs). Newer projects do not need it: leave false."
   type        = bool
   default     = false
 }
