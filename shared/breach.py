@@ -85,7 +85,8 @@ def rollback_request_for(rollout: Rollout, decision: EvidenceDecision, requested
         "rule": trip.rule,
         "trigger_event_id": f"{trip.rule}-{minute_key(trip.tripped[-1].minute)}",
         "observations": [
-            {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc()} for e in trip.tripped
+            {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc(), "describe": e.describe()}
+            for e in trip.tripped
         ],
     }
 

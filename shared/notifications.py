@@ -137,7 +137,8 @@ def headline(note: Notification, ctx: Context) -> str:
     elif kind == "rollback_redriven":
         text = f"{svc}: rollback of canary {canary} not finished; request re-sent"
     elif kind == "load_test":
-        text = f"{svc}: load test {d.get('verdict', '?')} on canary {canary}: {why}"
+        result = why.removeprefix(f"{svc}: ").removeprefix("load test ")  # the message names both
+        text = f"{svc}: load test of canary {canary}: {result}"
     elif kind == "checkpoint":
         reasons = "; ".join(str(r) for r in d.get("reasons") or []) or why
         text = f"{svc}: canary {canary} holds at {pct}%: {d.get('verdict', '?')} ({reasons})"
@@ -160,7 +161,9 @@ def details(note: Notification, ctx: Context) -> list[tuple[str, str]]:
         rows.append(("Observed", "\n".join(str(e) for e in evidence[:6])))
     observations = d.get("observations")
     if not evidence and isinstance(observations, Sequence) and observations:
-        described = [str(o.get("describe") or o) for o in observations[:6] if isinstance(o, Mapping)]
+        described = [
+            str(o["describe"]) for o in observations[:6] if isinstance(o, Mapping) and o.get("describe")
+        ]
         if described:
             rows.append(("Observed", "\n".join(described)))
     if isinstance(d.get("minutes"), Sequence) and d.get("minutes"):
@@ -170,9 +173,6 @@ def details(note: Notification, ctx: Context) -> list[tuple[str, str]]:
         rows.append(("Traffic before", _split(d["before"])))
     if d.get("after"):
         rows.append(("Traffic after", _split(d["after"])))
-    who = d.get("by") or d.get("requested_by") or d.get("started_by")
-    if who:
-        rows.append(("Decided by", str(who)))
     if note.kind == "load_test":
         for side in ("canary", "stable"):
             reason = d.get(f"{side}_reason")

@@ -220,7 +220,8 @@ def test_the_rollback_message_reaches_a_webhook_that_was_down_once_it_is_back(se
     assert fields["Rule"] == "error_rate"
     assert fields["Traffic before"] == "shop-00001 95%, shop-00002 5%"
     assert fields["Traffic after"] == "shop-00001 100%"
-    assert fields["Decided by"] == "canary-guard/breach_counter"
+    assert fields["Observed"] == "error_rate 7.34 % > 1.00 % at 11:59Z"
+    assert said.endswith("— by canary-guard/breach_counter") or "— by canary-guard/breach_counter\n" in said
     assert "console.cloud.google.com/run/detail/us-central1/shop/revisions" in fields["Revision shop-00002"]
     time.sleep(2)
     assert len(hook.wait_for("ROLLED BACK canary shop-00002 (auto)")) == 1  # once, not once per retry
@@ -326,7 +327,7 @@ def test_slack_and_google_chat_bodies_carry_the_same_facts():
     assert slack["attachments"][0]["color"] == "danger"
     widgets = chat["cardsV2"][0]["card"]["sections"][0]["widgets"]
     labels = [w["decoratedText"]["topLabel"] for w in widgets if "decoratedText" in w]
-    assert labels == ["Rule", "Traffic before", "Traffic after", "Decided by", "Rollout"]
+    assert labels == ["Rule", "Traffic before", "Traffic after", "Rollout"]
     buttons = next(w for w in widgets if "buttonList" in w)["buttonList"]["buttons"]
     assert [b["text"] for b in buttons] == ["Revision shop-00002", "Dashboard"]
 
