@@ -23,7 +23,7 @@ from shared.events import (
     decode_rollback_request,
     pubsub_message,
 )
-from shared.logs import Report
+from shared.logs import Report, log
 from shared.store import RollbackMarker, Rollout, StoreError, rollout_id
 from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
 
@@ -215,11 +215,14 @@ def execute_rollback(
         # manual one (the caller is told too); a transient one is redelivered, and a
         # checkpoint re-sends a rollback that stays unfinished.
         if mode == "manual" or exc.status in (400, 401, 403, 404):
-            store.record(
-                rollout.id,
-                "rollback_failed",
-                {"message": f"Cloud Run did not take the rollback: {exc}", "status": exc.status, **who},
-            )
+            try:
+                store.record(
+                    rollout.id,
+                    "rollback_failed",
+                    {"message": f"Cloud Run did not take the rollback: {exc}", "status": exc.status, **who},
+                )
+            except Exception as record_exc:  # the caller must see Cloud Run's refusal, not this
+                log("WARNING", f"rollback failure not recorded: {record_exc!r}", rollout=rollout.id)
         raise
     message = (
         f"rolled back {service.service}: {rollout.stable_revision} 100%, canary {rollout.canary_revision} 0%"

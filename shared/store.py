@@ -350,7 +350,8 @@ class RolloutStore:
             txn.update(ref, {"lease_until": now + lease, "attempts": firestore.Increment(1)})
             return "claimed"
 
-        return self._transact(f"notification/{nid}", txn_body)
+        # Not serialised per key in this process (that lock table is per rollout): the lease does it.
+        return self._transact_unlocked(txn_body)
 
     def release_notification(self, nid: str) -> None:
         """The post failed: the next delivery may try at once."""

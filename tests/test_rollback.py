@@ -286,6 +286,9 @@ def test_permission_refusal_answers_502_saying_what_to_fix(functions, store, sho
     assert response.status_code == 502
     assert "permissions" in response.json()["error"]
     assert live(shop) == BEFORE
+    # The failure is on the record (and so in the channel: rollback_failed notifies).
+    [failed] = [e for e in store.history(CANARY) if e["kind"] == "rollback_failed"]
+    assert failed["status"] == 403 and failed["mode"] == "manual" and "missing role" in failed["reason"]
 
 
 def test_a_superseded_canary_still_serving_has_only_its_share_rolled_back(functions, store, shop):
