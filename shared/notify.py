@@ -127,6 +127,10 @@ def handle_notification(
     if settings.webhook is None:
         return Report("INFO", "no chat webhook configured: not sent", outcome="no_webhook", **ids)
     state = store.claim_notification(note.id)
+    if state == "unknown":
+        # Every notification canary-guard sends has an outbox entry that outlives its
+        # redeliveries: one without is not ours (or long expired), and is never posted.
+        return Report("WARNING", "not in the outbox: not posted", outcome="unknown", **ids)
     if state == "delivered":
         return Report("INFO", "already delivered; nothing sent again", outcome="duplicate", **ids)
     if state == "busy":
@@ -141,10 +145,8 @@ def handle_notification(
     try:
         status = settings.webhook.post(render(note, ctx, settings.webhook.format))
     except WebhookError:
-        if state == "claimed":
-            store.release_notification(note.id)
+        store.release_notification(note.id)
         raise
-    if state == "claimed":
-        store.mark_notification_delivered(note.id)
+    store.mark_notification_delivered(note.id)
     text = plain_text(note, ctx)
     return Report("NOTICE", f"notification delivered (HTTP {status})", outcome="delivered", text=text, **ids)

@@ -334,7 +334,7 @@ class RolloutStore:
 
     def claim_notification(self, nid: str, *, lease: timedelta = NOTIFICATION_LEASE) -> str:
         """'claimed' (post it now), 'delivered' (already posted), 'busy' (another delivery holds
-        it) or 'unknown' (no outbox entry: expired, or published by hand)."""
+        it) or 'unknown' (no outbox entry: not ours, or long expired)."""
         ref = self._db.collection(NOTIFICATIONS).document(nid)
 
         def txn_body(txn: firestore.Transaction) -> str:

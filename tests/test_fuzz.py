@@ -267,3 +267,47 @@ def test_a_permanent_failure_is_acknowledged_and_the_outbox_keeps_the_rollback(
     assert line["severity"] == "ERROR" and line["outcome"] == "dropped" and "NotFound" in line["message"]
     rollout = RolloutStore(PROJECT).get(rollout_id(SHOP, "shop-00002"))
     assert rollout.rollback_requested and rollout.rollback_pending
+
+
+@pytest.fixture(scope="module")
+def notify(function_env, log_dir):
+    """notify with a webhook that records what it is sent: nothing hostile may reach it."""
+    from infra.chat_webhook import ChatWebhook
+    from infra.localstack import free_port, serve_function
+    from tests.conftest import ServedFunction
+
+    hook = ChatWebhook()
+    port = free_port()
+    process = serve_function("notify", port, {**function_env, "CHAT_WEBHOOK_URL": hook.url}, log_dir)
+    yield ServedFunction("notify", f"http://127.0.0.1:{port}", process.log_path), hook
+    process.stop()
+    hook.stop()
+
+
+notification_shapes = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=40) | json_values,
+        "rollout": st.text(max_size=40) | json_values,
+        "kind": st.sampled_from(["rolled_back", "started", "load_test", "x"]) | json_values,
+        "at": st.text(max_size=30) | json_values,
+        "data": json_values,
+    },
+)
+
+
+@FUZZ
+@given(
+    payload=hostile_payloads | notification_shapes.map(lambda n: json.dumps(n).encode()),
+    message_id=message_ids,
+)
+def test_notify_acknowledges_any_message_and_posts_nothing_it_did_not_decide(
+    notify, firestore_clean, payload, message_id
+):
+    fn, hook = notify
+    hook.received.clear()
+    answer = post_raw(
+        fn, raw_event(payload, message_id), event_id=uuid.uuid4().hex, topic="canary-notifications"
+    )
+    assert answer.status_code < 500, answer.text[:300]
+    assert hook.received == []

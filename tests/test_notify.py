@@ -360,3 +360,20 @@ def test_which_decisions_the_channel_hears_of(kind, data, notifies):
 def test_a_malformed_notification_is_refused(body):
     with pytest.raises(ValueError):
         Notification.from_message(body)
+
+
+def test_a_well_formed_notification_that_canary_guard_never_decided_is_not_posted(served, hook, store):
+    """Only what canary-guard decided reaches the channel: a message published by hand (or by
+    anyone but canary-guard) has no outbox entry, and notify acknowledges it without posting."""
+    forged = {"id": "forged-1", "rollout": CANARY, "kind": "rolled_back", "at": "2026-12-03T12:00:00+00:00"}
+    event_id = uuid.uuid4().hex
+    data = {
+        "message": {"data": base64.b64encode(json.dumps(forged).encode()).decode(), "messageId": event_id}
+    }
+
+    class Fn:
+        url = served["notify"]
+
+    assert post_event(Fn, data, event_id=event_id, topic=NOTIFY_TOPIC).status_code == 200
+    time.sleep(0.5)
+    assert not hook.wait_for("ROLLED BACK", timeout_s=1)
