@@ -26,7 +26,7 @@ from shared.judge import (
     synthetic_in,
 )
 from shared.logs import Report, log
-from shared.notify import republish_notifications
+from shared.notify import REPUBLISH_AFTER
 from shared.policy import Policy
 from shared.store import Rollout, rollout_id
 from shared.traffic import discover_canary, plan_canary_share
@@ -316,14 +316,11 @@ def run_checkpoints(
     """One checkpoint for each watched service's live canary (or just `only`'s). A service whose
     checkpoint fails is reported as ERROR (and logged); the others still run."""
     reports = []
-    if settings.notify_topic:  # notifications committed but never published: send them now
-        try:
-            # Wall-clock time, not the checkpoint's: the outbox is stamped when it was written.
-            republish_notifications(
-                clients.store, clients.publisher, settings.notify_topic, datetime.now(UTC)
-            )
-        except Exception as exc:  # the next run tries again; judging the canaries comes first
-            log("WARNING", f"unpublished notifications not re-sent: {exc!r}")
+    try:  # notifications committed but never sent on (the process stopped): send them now
+        # Wall-clock time, not the checkpoint's: the outbox is stamped when it was written.
+        clients.store.resend_notifications(older_than=datetime.now(UTC) - REPUBLISH_AFTER)
+    except Exception as exc:  # the next run tries again; judging the canaries comes first
+        log("WARNING", f"unsent notifications not re-sent: {exc!r}")
     for service in [only] if only else settings.services:
         try:
             reports.append(

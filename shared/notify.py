@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.events import MalformedEvent, pubsub_message
@@ -31,6 +31,10 @@ WEBHOOK_TIMEOUT_S = 10.0  # well inside the notify function's timeout: a stalled
 PUBLISH_TIMEOUT_S = 5.0  # an operation waits at most this for Pub/Sub; the outbox keeps the rest
 # A committed notification not published after this long is re-sent by a checkpoint.
 REPUBLISH_AFTER = timedelta(seconds=60)
+# Without NOTIFY_TOPIC (a local run), the deciding process posts in the background and keeps
+# retrying a failing webhook this long, backing off up to BACKGROUND_MAX_BACKOFF_S.
+BACKGROUND_GIVE_UP_S = 1800.0
+BACKGROUND_MAX_BACKOFF_S = 60.0
 
 
 class WebhookError(RuntimeError):
@@ -55,17 +59,6 @@ def notification_sink(publisher: Publisher, topic: str) -> Any:
             store.mark_notification_published(note.id)
 
     return publish
-
-
-def republish_notifications(store: RolloutStore, publisher: Publisher, topic: str, now: datetime) -> int:
-    """Publish the outbox's notifications that committed but were never published (the process
-    stopped in between, or Pub/Sub refused): the checkpoint calls this every run."""
-    sent = 0
-    for note in store.unpublished_notifications(older_than=now - REPUBLISH_AFTER):
-        publisher.publish_json(topic, note.as_message(), timeout_s=PUBLISH_TIMEOUT_S, kind=note.kind)
-        store.mark_notification_published(note.id)
-        sent += 1
-    return sent
 
 
 # --- Delivering side: the notify function --------------------------------------------------
@@ -126,13 +119,26 @@ def handle_notification(
     ids = {"event_id": event_id, "notification": note.id, "rollout": note.rollout, "kind": note.kind}
     if settings.webhook is None:
         return Report("INFO", "no chat webhook configured: not sent", outcome="no_webhook", **ids)
-    state = store.claim_notification(note.id)
-    if state == "unknown":
+    outcome, text = deliver(note, store, settings.webhook, settings.dashboard_url)
+    if outcome == "unknown":
         # Every notification canary-guard sends has an outbox entry that outlives its
         # redeliveries: one without is not ours (or long expired), and is never posted.
         return Report("WARNING", "not in the outbox: not posted", outcome="unknown", **ids)
-    if state == "delivered":
+    if outcome == "duplicate":
         return Report("INFO", "already delivered; nothing sent again", outcome="duplicate", **ids)
+    return Report("NOTICE", "notification delivered", outcome="delivered", text=text, **ids)
+
+
+def deliver(
+    note: Notification, store: RolloutStore, webhook: Webhook, dashboard_url: str = ""
+) -> tuple[str, str]:
+    """Post one notification at most once as far as the outbox can tell: ('delivered', text),
+    ('duplicate' | 'unknown', ''), or WebhookError / NotificationBusy (try again later)."""
+    state = store.claim_notification(note.id)
+    if state == "unknown":
+        return "unknown", ""
+    if state == "delivered":
+        return "duplicate", ""
     if state == "busy":
         raise NotificationBusy(f"notification {note.id} is being delivered by another attempt")
     rollout = store.get(note.rollout)
@@ -140,13 +146,71 @@ def handle_notification(
         service=rollout.service if rollout else "",
         canary_revision=rollout.canary_revision if rollout else "",
         stable_revision=rollout.stable_revision if rollout else "",
-        dashboard_url=settings.dashboard_url,
+        dashboard_url=dashboard_url,
     )
     try:
-        status = settings.webhook.post(render(note, ctx, settings.webhook.format))
+        webhook.post(render(note, ctx, webhook.format))
     except WebhookError:
         store.release_notification(note.id)
         raise
     store.mark_notification_delivered(note.id)
-    text = plain_text(note, ctx)
-    return Report("NOTICE", f"notification delivered (HTTP {status})", outcome="delivered", text=text, **ids)
+    return "delivered", plain_text(note, ctx)
+
+
+class BackgroundDelivery:
+    """The store's sink when there is a chat webhook but no NOTIFY_TOPIC (the documented local
+    setup of earlier versions: CHAT_WEBHOOK_URL on the deciding functions). A daemon thread of
+    the deciding process posts each notification, retrying a failing webhook with backoff for
+    BACKGROUND_GIVE_UP_S; the operation never waits for it. What the process does not live to
+    post stays unpublished in the outbox, for the next checkpoint's resend. In GCP, where a
+    function's CPU stops with its answer, use NOTIFY_TOPIC and the notify function (Terraform
+    does)."""
+
+    def __init__(self, webhook: Webhook, dashboard_url: str = "", sleep: Any = None) -> None:
+        import queue
+        import threading
+        import time
+
+        self._webhook = webhook
+        self._dashboard_url = dashboard_url
+        self._queue: queue.Queue[tuple[RolloutStore, Notification]] = queue.Queue()
+        self._sleep = sleep or time.sleep
+        self._monotonic = time.monotonic
+        self._thread = threading.Thread(target=self._run, name="canary-guard-notify", daemon=True)
+        self._started = False
+        self._lock = threading.Lock()
+
+    def __call__(self, store: RolloutStore, notes: Sequence[Notification]) -> None:
+        for note in notes:
+            self._queue.put((store, note))
+        with self._lock:
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def _run(self) -> None:
+        from shared.logs import log
+
+        while True:
+            store, note = self._queue.get()
+            give_up = self._monotonic() + BACKGROUND_GIVE_UP_S
+            backoff = 1.0
+            while True:
+                try:
+                    outcome, _ = deliver(note, store, self._webhook, self._dashboard_url)
+                    if outcome in ("delivered", "duplicate"):
+                        store.mark_notification_published(note.id)
+                    break
+                except (WebhookError, NotificationBusy) as exc:
+                    if self._monotonic() > give_up:
+                        log(
+                            "WARNING",
+                            f"notification not delivered, left in the outbox: {exc}",
+                            notification=note.id,
+                        )
+                        break
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKGROUND_MAX_BACKOFF_S)
+                except Exception as exc:  # Firestore trouble: leave it to the next checkpoint's resend
+                    log("WARNING", f"notification not delivered now: {exc!r}", notification=note.id)
+                    break

@@ -41,6 +41,10 @@ def store() -> RolloutStore:
         from shared.notify import notification_sink
 
         sink = notification_sink(publisher(), settings().notify_topic)
+    elif settings().chat_webhook_url:  # no topic (a local run): this process posts in the background
+        from shared.notify import BackgroundDelivery
+
+        sink = BackgroundDelivery(notify_settings().webhook, settings().dashboard_url)  # type: ignore[arg-type]
     return RolloutStore(
         settings().project, decision_retention=timedelta(days=days) if days else None, notifications=sink
     )

@@ -316,6 +316,16 @@ class RolloutStore:
         except Exception as exc:  # never let a notification change an operation's answer
             log("WARNING", f"notifications not published now (a checkpoint re-sends them): {exc!r}")
 
+    def resend_notifications(self, *, older_than: datetime) -> int:
+        """Hand the sink again the notifications committed before `older_than` that it never
+        took (the process stopped in between, or Pub/Sub refused); every checkpoint calls it."""
+        if self._sink is None:
+            return 0
+        notes = self.unpublished_notifications(older_than=older_than)
+        if notes:
+            self._sink(self, notes)
+        return len(notes)
+
     def mark_notification_published(self, nid: str) -> None:
         self._db.collection(NOTIFICATIONS).document(nid).update({"published": True, "published_at": _now()})
 

@@ -28,7 +28,7 @@ from infra.metrics_feed import HEALTHY, feed, rewind_step
 from shared import runtime
 from shared.core import Phase
 from shared.notifications import Context, Notification, render, should_notify
-from shared.notify import republish_notifications
+from shared.notify import notification_sink
 from shared.policy import DEFAULT_POLICY_FILE
 from shared.pubsub import Publisher
 from shared.store import RolloutStore, rollout_id
@@ -271,17 +271,18 @@ def test_a_notification_that_was_never_published_is_sent_by_the_next_checkpoint(
     served, hook, cloudrun, store
 ):
     """A process that stopped between its commit and its publish: the outbox keeps the
-    notification and republish_notifications (every checkpoint) sends it."""
+    notification and the next checkpoint's store (resend_notifications) sends it."""
     deploy_canary(cloudrun)
     crashed = RolloutStore(PROJECT, notifications=lambda store, notes: None)  # never publishes
     crashed.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="alice")
     time.sleep(1)
     assert hook.texts() == []
+    checkpoint = RolloutStore(PROJECT, notifications=notification_sink(Publisher(PROJECT), NOTIFY_TOPIC))
     later = datetime.now(UTC) + timedelta(minutes=2)
-    assert republish_notifications(crashed, Publisher(PROJECT), NOTIFY_TOPIC, later) == 1
+    assert checkpoint.resend_notifications(older_than=later) == 1
     [said] = hook.wait_for("started at 5%", timeout_s=20)
     assert "shop: canary shop-00002 started at 5% (stable shop-00001)" in said
-    assert republish_notifications(crashed, Publisher(PROJECT), NOTIFY_TOPIC, later) == 0  # published now
+    assert checkpoint.resend_notifications(older_than=later) == 0  # published now
 
 
 def _outbox(store: RolloutStore) -> list[dict]:
@@ -377,3 +378,39 @@ def test_a_well_formed_notification_that_canary_guard_never_decided_is_not_poste
     assert post_event(Fn, data, event_id=event_id, topic=NOTIFY_TOPIC).status_code == 200
     time.sleep(0.5)
     assert not hook.wait_for("ROLLED BACK", timeout_s=1)
+
+
+# --- Without NOTIFY_TOPIC: CHAT_WEBHOOK_URL on the deciding functions (a local run) -----------
+
+
+@pytest.fixture(scope="module")
+def posting_in_background(function_env, log_dir, webhook) -> Iterator[dict[str, str]]:
+    """rollback and emergency_rollback given the webhook itself and no NOTIFY_TOPIC."""
+    env = {k: v for k, v in function_env.items() if k != "NOTIFY_TOPIC"} | {"CHAT_WEBHOOK_URL": webhook.url}
+    processes, urls = [], {}
+    try:
+        for target in ("rollback", "emergency_rollback"):
+            port = free_port()
+            processes.append(serve_function(target, port, env, log_dir))
+            urls[target] = f"http://127.0.0.1:{port}"
+        yield urls
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def test_without_a_topic_the_deciding_process_posts_in_the_background(
+    posting_in_background, hook, cloudrun, store
+):
+    deploy_canary(cloudrun)
+    hook.mode = "down"  # a webhook that is down changes nothing for the rollback
+    answer, took = timed(lambda: rollback_request(posting_in_background, AUTO_REQUEST))
+    assert answer.status_code == 200 and took < SLACK_S
+    assert store.get(CANARY).phase is Phase.ROLLED_BACK
+    time.sleep(3)
+    assert not hook.wait_for("ROLLED BACK canary shop-00002", timeout_s=0)
+    hook.mode = "ok"  # back: the background sender's next try gets through
+    [said] = hook.wait_for("shop: ROLLED BACK canary shop-00002 (auto)", timeout_s=60)
+    assert "7.34 % > 1.00 %" in said
+    time.sleep(2)
+    assert len(hook.wait_for("shop: ROLLED BACK canary shop-00002 (auto)")) == 1
