@@ -257,12 +257,13 @@ locals {
 resource "google_monitoring_dashboard" "canary" {
   project = var.project_id
   dashboard_json = templatefile("${path.module}/../infra/dashboard.json", {
-    service_name             = var.service_name
-    alerts_dead_letter_sub   = google_pubsub_subscription.alerts_dead_letter.name
-    rollback_dead_letter_sub = google_pubsub_subscription.rollback_dead_letter.name
-    error_rate_policy        = google_monitoring_alert_policy.metric_rule["error_rate"].name
-    latency_p95_policy       = google_monitoring_alert_policy.metric_rule["latency_p95"].name
-    memory_policy            = google_monitoring_alert_policy.metric_rule["memory"].name
+    service_name                  = var.service_name
+    alerts_dead_letter_sub        = google_pubsub_subscription.alerts_dead_letter.name
+    rollback_dead_letter_sub      = google_pubsub_subscription.rollback_dead_letter.name
+    notifications_dead_letter_sub = google_pubsub_subscription.notifications_dead_letter.name
+    error_rate_policy             = google_monitoring_alert_policy.metric_rule["error_rate"].name
+    latency_p95_policy            = google_monitoring_alert_policy.metric_rule["latency_p95"].name
+    memory_policy                 = google_monitoring_alert_policy.metric_rule["memory"].name
   })
 
   depends_on = [google_project_service.apis]

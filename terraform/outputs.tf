@@ -42,8 +42,9 @@ output "rollback_topic" {
 output "dead_letter_subscriptions" {
   description = "Pull subscriptions holding dead-lettered messages: gcloud pubsub subscriptions pull SUB --limit=10."
   value = {
-    alerts   = google_pubsub_subscription.alerts_dead_letter.id
-    rollback = google_pubsub_subscription.rollback_dead_letter.id
+    alerts        = google_pubsub_subscription.alerts_dead_letter.id
+    rollback      = google_pubsub_subscription.rollback_dead_letter.id
+    notifications = google_pubsub_subscription.notifications_dead_letter.id
   }
 }
 
