@@ -193,11 +193,21 @@ def test_every_operation_answers_alike_whatever_the_webhook_does(
         "emergency_rollback": (200, "rolled_back"),
         "alert_rollback": (200,),
     }
-    for mode in BAD_MODES:
+
+    def under(mode: str) -> dict[str, tuple[Any, float]]:
         firestore_clean.reset_firestore()
         hook.mode = mode
         monitoring.reset()
-        misbehaving = operations(served, run, cloudrun, monitoring)
+        return operations(served, run, cloudrun, monitoring)
+
+    for mode in BAD_MODES:
+        misbehaving = under(mode)
+        slow = [name for name, (_, took) in misbehaving.items() if took >= healthy[name][1] + SLACK_S]
+        if slow:  # a hiccup of a loaded machine, or the webhook on the path? Once more decides.
+            again = under(mode)
+            misbehaving = {
+                name: (answer, min(took, again[name][1])) for name, (answer, took) in misbehaving.items()
+            }
         for name, (answer, took) in misbehaving.items():
             assert answer == healthy[name][0], (mode, name, answer)
             assert took < healthy[name][1] + SLACK_S, (mode, name, took, healthy[name][1])
