@@ -542,6 +542,12 @@ class CloudRunStandin:
     def calls(self) -> list[dict[str, Any]]:
         return self._server.state.call_log()
 
+    def faults_left(self) -> int:
+        """Injected faults not yet taken: 0 once the last one's request has arrived (and, with a
+        delay, is being held)."""
+        with self._server.state._lock:
+            return sum(fault.count for fault in self._server.state.faults)
+
     def reset(self) -> None:
         self._server.state.reset()
 

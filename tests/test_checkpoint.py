@@ -352,7 +352,11 @@ def test_rollback_wins_over_a_step_change_in_flight(clients, cloudrun):
 
     stepper = threading.Thread(target=advance)
     stepper.start()
-    time.sleep(0.3)  # the advance's PATCH is in flight
+    # The rollback starts only once the advance's PATCH is in flight: the stand-in holds it.
+    deadline = time.monotonic() + 10
+    while cloudrun.faults_left() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cloudrun.faults_left() == 0, "the advance never sent its traffic write"
     request = RollbackRequest(service=SHOP, reason="race", requested_by="oncall")
     result = execute_rollback(
         request, SERVICE_REF, mode="manual", store=clients.store, traffic_client=clients.traffic
