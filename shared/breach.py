@@ -194,12 +194,8 @@ def handle_alert(
                 outcome="not_canary",
                 **fields,
             )
-        rollout = store.get(rollout_id(service.name, revision)) or store.register(
-            service.name,
-            split.canary_revision,
-            split.stable_revision,
-            canary_percent=split.canary_percent,
-            started_by="discovered from the live service",
+        rollout = store.rollout_of_live_canary(
+            service.name, split, found_by="discovered from the live service"
         )
 
     if obs.inferred_revision:

@@ -28,7 +28,7 @@ from shared.judge import (
 from shared.logs import Report, log
 from shared.notify import REPUBLISH_AFTER
 from shared.policy import Policy
-from shared.store import Rollout, rollout_id
+from shared.store import Rollout
 from shared.traffic import discover_canary, plan_canary_share
 
 if TYPE_CHECKING:
@@ -346,14 +346,8 @@ def _checkpoint_service(
     split = discover_canary(clients.traffic.get(service.name))
     rollout = clients.store.active(service.name)
     if split is not None and (rollout is None or rollout.canary_revision != split.canary_revision):
-        rollout = clients.store.get(
-            rollout_id(service.name, split.canary_revision)
-        ) or clients.store.register(
-            service.name,
-            split.canary_revision,
-            split.stable_revision,
-            canary_percent=split.canary_percent,
-            started_by="discovered by checkpoint",
+        rollout = clients.store.rollout_of_live_canary(
+            service.name, split, found_by="discovered by checkpoint"
         )
     if rollout is None:
         return Report("INFO", f"{service.service}: no canary", service=service.name, action="none")

@@ -29,7 +29,6 @@ from shared.loadgen import (
 )
 from shared.logs import Report
 from shared.policy import Policy
-from shared.store import rollout_id
 from shared.traffic import CANARY_TAG, discover_canary
 
 if TYPE_CHECKING:
@@ -162,14 +161,7 @@ def run_service_tests(
     stable_url = live.tag_uris.get(STABLE_TAG) or live.uri
     sides = {"canary": canary_url, "stable": stable_url}
     headers = _auth_headers(auth, live.uri)
-    rid = rollout_id(service.name, split.canary_revision)
-    rollout = store.get(rid) or store.register(
-        service.name,
-        split.canary_revision,
-        split.stable_revision,
-        canary_percent=split.canary_percent,
-        started_by="discovered by load_test",
-    )
+    rollout = store.rollout_of_live_canary(service.name, split, found_by="discovered by load_test")
     # Again after the Cloud Run read (with its retries), the token and Firestore: their time is spent.
     if skipped := _out_of_time(service, need_s, deadline):
         return skipped

@@ -83,16 +83,7 @@ def _find_rollout(
         # Named and live, but no event has registered it yet: register it from the live split.
     if split is not None:
         # The live canary wins over stored state: it may be newer than any event seen so far.
-        known = store.get(rollout_id(service.name, split.canary_revision))
-        if known is not None:
-            return known
-        return store.register(
-            service.name,
-            split.canary_revision,
-            split.stable_revision,
-            canary_percent=split.canary_percent,
-            started_by="discovered by rollback",
-        )
+        return store.rollout_of_live_canary(service.name, split, found_by="discovered by rollback")
     # No live canary: already rolled back, or promoted (rolling back then undoes the promotion).
     rollout = store.active(service.name)
     return rollout if rollout is not None and rollout.phase is not Phase.SUPERSEDED else None

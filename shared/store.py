@@ -43,6 +43,7 @@ from shared.evidence import Evidence, Ledger, minute_key
 from shared.judge import SyntheticTraffic
 from shared.logs import log
 from shared.notifications import Notification, should_notify
+from shared.traffic import CanarySplit
 
 T = TypeVar("T")
 
@@ -489,6 +490,18 @@ class RolloutStore:
         self._flush()
 
     # -- writes --------------------------------------------------------------------------
+    def rollout_of_live_canary(self, service_name: str, split: CanarySplit, *, found_by: str) -> Rollout:
+        """The rollout of the canary the live service serves: stored, or registered now (an
+        event or run that is the first to see a canary deployed outside the CLI). Every caller
+        that learns the canary from Cloud Run comes here."""
+        return self.get(rollout_id(service_name, split.canary_revision)) or self.register(
+            service_name,
+            split.canary_revision,
+            split.stable_revision,
+            canary_percent=split.canary_percent,
+            started_by=found_by,
+        )
+
     def register(
         self,
         service_name: str,
