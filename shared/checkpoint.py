@@ -25,6 +25,7 @@ from shared.judge import (
     soak_end_rollback,
     synthetic_in,
 )
+from shared.lifecycle import Action, phases_allowing
 from shared.logs import Report, log
 from shared.notify import REPUBLISH_AFTER
 from shared.policy import Policy
@@ -262,7 +263,7 @@ def checkpoint_rollout(
             Phase.FROZEN,
             "frozen",
             {"message": decision.reason, "canary_percent": rollout.canary_percent},
-            only_from={Phase.RUNNING},
+            only_from=phases_allowing(Action.FREEZE),
         )
 
     return Report(

@@ -15,15 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.evidence import Evidence, EvidenceKind, Ledger, Run, first_trip, merge, prune, runs
-
-
-class Phase(StrEnum):
-    RUNNING = "RUNNING"
-    ROLLING_BACK = "ROLLING_BACK"
-    ROLLED_BACK = "ROLLED_BACK"
-    PROMOTED = "PROMOTED"
-    FROZEN = "FROZEN"
-    SUPERSEDED = "SUPERSEDED"  # a newer canary of the same service took over
+from shared.lifecycle import Action, Phase, phases_allowing
 
 
 class Kind(StrEnum):
@@ -46,11 +38,11 @@ class Outcome(StrEnum):
 # Outcomes that leave the ledger as it was (what a log reader can filter out).
 IGNORED = frozenset({Outcome.UNCHANGED, Outcome.DUPLICATE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY})
 # The canary still serves traffic in these phases, so its breaches must still trip a rollback
-# (FROZEN only stops the ramp).
-COUNTING_PHASES = frozenset({Phase.RUNNING, Phase.FROZEN})
+# (FROZEN only stops the ramp). From the lifecycle table (shared/lifecycle.py).
+COUNTING_PHASES = phases_allowing(Action.COUNT)
 # A canary in these phases holds (or is losing) its share: the service has an active rollout, so
 # another canary may not start (one rollout per service); a new one discovered live supersedes it.
-ACTIVE_PHASES = frozenset({Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN})
+ACTIVE_PHASES = phases_allowing(Action.SUPERSEDE)
 
 
 @dataclass(frozen=True)

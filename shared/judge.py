@@ -16,6 +16,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from shared.core import Phase
+from shared.lifecycle import Action, allows
 from shared.policy import Policy, RampStep
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy)
     """At the end of the step's soak the whole-step verdict decides: GO advances one step, NO_GO
     (a rollback bar crossed on enough requests) rolls back, anything else holds; past the
     progress deadline a rollout that does not pass freezes."""
-    if state.phase is not Phase.RUNNING:
+    if not allows(state.phase, Action.STEP):
         return StepDecision(StepAction.NONE, f"rollout is {state.phase}")
     if state.rollback_requested:
         return StepDecision(StepAction.HOLD, "a rollback was requested")

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceRef, Settings
-from shared.core import ACTIVE_PHASES, Phase
+from shared.core import Phase
 from shared.events import RollbackRequest
 from shared.judge import judge, next_ramp_step, step_for_percent
+from shared.lifecycle import Action, allows, transition
 from shared.policy import Policy
 from shared.rollback import execute_rollback
 from shared.store import Rollout, RolloutConflict, rollout_id
@@ -67,7 +68,7 @@ class Operations:
         # Refuse before touching traffic: one active rollout per service, and a revision that
         # was rolled out once is not started again (a repeat at the same share only re-applies).
         active = self.clients.store.active(service.name)
-        if active and active.canary_revision != revision and active.phase in ACTIVE_PHASES:
+        if active and active.canary_revision != revision and allows(active.phase, Action.SUPERSEDE):
             raise OperationError(
                 f"{service.service} already has an active rollout of {active.canary_revision} "
                 f"({active.phase}); roll it back or promote it first"
@@ -149,9 +150,9 @@ class Operations:
 
         service = self.service(name)
         rollout = self.rollout(service)
-        if rollout.phase is not Phase.RUNNING:
+        if not (step := transition(rollout.phase, Action.STEP)).allowed:
             raise OperationError(
-                f"rollout of {rollout.canary_revision} is {rollout.phase}: nothing to advance"
+                f"rollout of {rollout.canary_revision} is {rollout.phase}: nothing to advance ({step.reason})"
             )
         target = next_ramp_step(self.policy, rollout.canary_percent)
         if target is None:

@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 
 from shared.cloudrun import ControlPlaneError
 from shared.config import ServiceRef, Settings
-from shared.core import Phase
+from shared.core import ACTIVE_PHASES, Phase
 from shared.events import (
     MalformedEvent,
     RollbackRequest,
@@ -23,6 +23,7 @@ from shared.events import (
     decode_rollback_request,
     pubsub_message,
 )
+from shared.lifecycle import Action, phases_allowing, transition
 from shared.logs import Report, log
 from shared.store import RollbackMarker, Rollout, StoreError, rollout_id
 from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
@@ -40,7 +41,11 @@ HTTP_STATUS = {
     "duplicate": 200,
     "no_canary": 409,
 }
-ROLLBACK_FROM = {Phase.RUNNING, Phase.ROLLING_BACK, Phase.FROZEN, Phase.PROMOTED}
+# From the lifecycle table: where a rollback may start (and move the phase), and finish.
+STARTS_ROLLBACK = frozenset(
+    phase for phase in phases_allowing(Action.START_ROLLBACK) if transition(phase, Action.START_ROLLBACK).to
+)
+FINISHES_ROLLBACK = phases_allowing(Action.FINISH_ROLLBACK)
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def execute_rollback(
             Phase.ROLLED_BACK,
             "rolled_back",
             {"message": f"canary {rollout.canary_revision} has no traffic left", "reason": request.reason},
-            only_from={Phase.RUNNING, Phase.FROZEN, Phase.ROLLING_BACK},
+            only_from=ACTIVE_PHASES,  # it held (or was losing) its share until now
             marker=marker("already_rolled_back", message, rollout),
         )
         return RollbackResult("already_rolled_back", message, after=current.as_dicts(), **base)
@@ -194,7 +199,7 @@ def execute_rollback(
         Phase.ROLLING_BACK,
         "rollback_started",
         {"message": f"rolling back to {rollout.stable_revision}", **who},
-        only_from=ROLLBACK_FROM - {Phase.ROLLING_BACK},
+        only_from=STARTS_ROLLBACK,
     )
     # Re-plan on every attempt: a conflicting writer may have changed the split meanwhile.
     try:
@@ -230,7 +235,7 @@ def execute_rollback(
             "after": after.as_dicts(),
             **who,
         },
-        only_from=ROLLBACK_FROM | {Phase.ROLLED_BACK, Phase.SUPERSEDED},
+        only_from=FINISHES_ROLLBACK,
         marker=marker("rolled_back", message, rollout),
     )
     return RollbackResult(

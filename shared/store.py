@@ -29,8 +29,6 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.core import (
-    ACTIVE_PHASES,
-    COUNTING_PHASES,
     EvidenceDecision,
     Outcome,
     Phase,
@@ -41,6 +39,7 @@ from shared.core import (
 )
 from shared.evidence import Evidence, Ledger, minute_key
 from shared.judge import SyntheticTraffic
+from shared.lifecycle import Action, allows, transition
 from shared.logs import log
 from shared.notifications import Notification, should_notify
 from shared.traffic import CanarySplit
@@ -534,7 +533,7 @@ class RolloutStore:
             if rollout_snap.exists:
                 return
             # A FROZEN canary still serves its share: it is as active as a RUNNING one.
-            if previous is not None and previous.phase in ACTIVE_PHASES:
+            if previous is not None and allows(previous.phase, Action.SUPERSEDE):
                 if refuse_if_active:
                     raise RolloutConflict(
                         f"{service_name} already has an active rollout of {previous.canary_revision} "
@@ -724,7 +723,7 @@ class RolloutStore:
             if not snap.exists:
                 return
             rollout = Rollout.from_doc(rid, snap.to_dict())
-            if rollout.phase not in COUNTING_PHASES or rollout.rollback_requested:
+            if not allows(rollout.phase, Action.REQUEST_ROLLBACK) or rollout.rollback_requested:
                 return
             txn.update(
                 rollout_ref,
@@ -842,7 +841,7 @@ class RolloutStore:
         rollout = self.get(rid)
         return bool(
             rollout
-            and rollout.phase is Phase.RUNNING
+            and allows(rollout.phase, Action.STEP)
             and not rollout.rollback_requested
             and rollout.canary_percent == from_percent
             and not (respect_pause and rollout.paused)
@@ -868,20 +867,17 @@ class RolloutStore:
             if not snap.exists:
                 return False
             rollout = Rollout.from_doc(rid, snap.to_dict())
-            if (
-                rollout.phase is not Phase.RUNNING
-                or rollout.rollback_requested
-                or rollout.canary_percent != from_percent
-            ):
-                return False
             promoted = to_percent == 100
+            step = transition(rollout.phase, Action.PROMOTE if promoted else Action.STEP)
+            if not step.allowed or rollout.rollback_requested or rollout.canary_percent != from_percent:
+                return False
             update: dict[str, Any] = {
                 "canary_percent": to_percent,
                 "step_started_at": at,
                 "updated_at": _now(),
             }
-            if promoted:
-                update["phase"] = Phase.PROMOTED.value
+            if step.to is not None:
+                update["phase"] = step.to.value
             txn.update(rollout_ref, update)
             self._decision(
                 txn,
@@ -901,20 +897,19 @@ class RolloutStore:
 
         def txn_body(txn: firestore.Transaction) -> bool:
             snap = rollout_ref.get(transaction=txn)
-            phase = Phase(snap.get("phase")) if snap.exists else None
-            if phase is Phase.FROZEN and not paused and not snap.get("rollback_requested"):
+            if not snap.exists:
+                return False
+            move = transition(Phase(snap.get("phase")), Action.PAUSE if paused else Action.RESUME)
+            if not move.allowed:
+                return False
+            if move.to is not None:  # a FROZEN one resumed: ramping again, with a fresh step clock
+                if snap.get("rollback_requested"):
+                    return False
                 now = _now()
-                update = {
-                    "phase": Phase.RUNNING.value,
-                    "paused": False,
-                    "step_started_at": now,
-                    "updated_at": now,
-                }
+                update = {"phase": move.to.value, "paused": False, "step_started_at": now, "updated_at": now}
                 txn.update(rollout_ref, update)
                 self._decision(txn, rid, "unfrozen", {"message": reason, "by": by})
                 return True
-            if phase is not Phase.RUNNING:
-                return False
             txn.update(rollout_ref, {"paused": paused, "updated_at": _now()})
             self._decision(txn, rid, "paused" if paused else "resumed", {"message": reason, "by": by})
             return True
