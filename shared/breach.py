@@ -25,7 +25,7 @@ from shared.traffic import discover_canary
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
-    from shared.monitoring import MonitoringReader
+    from shared.metrics_source import MetricsSource
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -52,7 +52,7 @@ def judge_window(
     end: datetime,
     now: datetime,
     policy: Policy,
-    reader: MonitoringReader,
+    reader: MetricsSource,
 ) -> list[Evidence]:
     """Every whole minute of the canary's data in (start, end] that has arrived, judged on its
     own (the stable revision's same minute beside it). canary-guard's own load-test minutes are
@@ -154,7 +154,7 @@ def handle_alert(
     store: RolloutStore,
     publisher: Publisher,
     traffic_client: Callable[[], CloudRunTraffic],
-    reader: Callable[[], MonitoringReader],
+    reader: Callable[[], MetricsSource],
     now: datetime | None = None,
 ) -> Report:
     """One Pub/Sub-delivered incident. Malformed or foreign events come back as WARNING reports

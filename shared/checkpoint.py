@@ -34,7 +34,8 @@ from shared.traffic import discover_canary, plan_canary_share
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
-    from shared.monitoring import MetricWriter, MonitoringReader
+    from shared.metrics_source import MetricsSource
+    from shared.monitoring import MetricWriter
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -50,7 +51,7 @@ class Clients:
 
     store: RolloutStore
     traffic: CloudRunTraffic
-    reader: MonitoringReader
+    reader: MetricsSource  # shared/monitoring.py MonitoringReader, or any other source
     writer: MetricWriter | None
     publisher: Publisher
     # Not used since notifications are published from the store's outbox (NOTIFY_TOPIC); kept
