@@ -27,7 +27,7 @@ EXPECTED = {
     "rollback": ["google.cloud.firestore", "google.cloud.run_v2"],
     "emergency_rollback": ["google.cloud.firestore", "google.cloud.run_v2"],
     "checkpoint": ["google.cloud.firestore"],
-    "load_test": ["google.cloud.firestore", "httptools"],
+    "load_test": ["httptools"],
     "notify": ["google.cloud.firestore"],
 }
 PUBSUB_DRIVEN = ("breach_counter", "rollback", "notify")
