@@ -30,6 +30,7 @@ FIRST_CALL = {
     "emergency_rollback": "import shared.rollback; runtime.store(); runtime.traffic()",
     "checkpoint": "import shared.checkpoint; shared.checkpoint.runtime_clients()",
     "load_test": "import shared.loadtest; runtime.store(); runtime.traffic(); runtime.writer()",
+    "notify": "import shared.notify; runtime.notify_settings(); runtime.store()",
 }
 ENV = {
     "GOOGLE_CLOUD_PROJECT": "cold-start",
@@ -50,14 +51,22 @@ def probe(entry_point: str) -> dict:
         f"loaded = [m for m in {CLIENT_LIBRARIES!r} if m in sys.modules]; "
         "print(json.dumps({'ms': elapsed * 1000, 'loaded': loaded}))"
     )
+    return run_fresh(code)
+
+
+def run_fresh(code: str) -> dict:
+    """Run `code` in a fresh interpreter (ENV: clients are built, never reach a server) and
+    return the JSON object its last output line prints."""
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
         env={**os.environ, **ENV},
         capture_output=True,
         text=True,
-        check=True,
+        timeout=120,
     )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.notifications import CHAT_FORMATS
 from shared.policy import DEFAULT_POLICY_FILE
 
 SERVICE_NAME_RE = re.compile(r"^projects/([a-z0-9-]+)/locations/([a-z0-9-]+)/services/([a-z0-9-]+)$")
@@ -177,8 +178,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not policy_file.is_file():
         raise ConfigError(f"environment variable CANARY_POLICY_FILE={policy_file}: no such file")
     chat_format = _read(env, "CHAT_FORMAT")
-    if chat_format not in ("slack", "google_chat"):
-        raise ConfigError(f"environment variable CHAT_FORMAT={chat_format!r} must be slack or google_chat")
+    if chat_format not in CHAT_FORMATS:
+        raise ConfigError(
+            f"environment variable CHAT_FORMAT={chat_format!r} must be one of {', '.join(CHAT_FORMATS)}"
+        )
     load_test_auth = _read(env, "LOAD_TEST_AUTH")
     if load_test_auth not in ("none", "id_token"):
         raise ConfigError(f"environment variable LOAD_TEST_AUTH={load_test_auth!r} must be none or id_token")

@@ -27,7 +27,6 @@ _LEVEL: dict[str, str] = {
     "superseded": "info",
     "frozen": "warning",
     "rollback_requested": "danger",
-    "rollback_started": "warning",
     "rolled_back": "danger",
     "rollback_failed": "danger",
     "rollback_redriven": "warning",
@@ -41,13 +40,12 @@ _SLACK_COLOUR = {"info": "#439FE0", "good": "good", "warning": "warning", "dange
 def should_notify(kind: str, data: Mapping[str, Any]) -> bool:
     """Whether a decision of `kind` with `data` is worth a chat message. Every start, step,
     freeze and rollback is; a load test only when it failed; a checkpoint only when its
-    verdict asked for it (a HOLD whose verdict changed); evidence and dry runs never."""
+    verdict asked for it (a HOLD whose verdict changed); evidence, dry runs and a rollback's
+    start (its end follows within seconds) never."""
     if kind == "load_test":
         return str(data.get("verdict", "")).upper() == "FAIL"
     if kind == "checkpoint":
         return bool(data.get("notify"))
-    if kind == "rollback_started":
-        return False  # "rolled_back" or "rollback_failed" follows within seconds
     return kind in _LEVEL
 
 
@@ -173,11 +171,6 @@ def details(note: Notification, ctx: Context) -> list[tuple[str, str]]:
         rows.append(("Traffic before", _split(d["before"])))
     if d.get("after"):
         rows.append(("Traffic after", _split(d["after"])))
-    if note.kind == "load_test":
-        for side in ("canary", "stable"):
-            reason = d.get(f"{side}_reason")
-            if reason:
-                rows.append((f"{side.capitalize()}", str(reason)))
     rows.append(("Rollout", note.rollout))
     return [(title, value) for title, value in rows if value]
 

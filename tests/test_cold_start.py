@@ -9,14 +9,9 @@ up front) is loaded by then; the clients a call builds only when it needs them a
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from bench.bench_cold_start import CLIENT_LIBRARIES, ENV, ROOT
+from bench.bench_cold_start import CLIENT_LIBRARIES, ROOT, run_fresh
 
 # What each entry point has loaded once it has refused a malformed input: the clients every
 # call pays for. Monitoring and Pub/Sub are loaded only by a call that uses them (and Cloud Run
@@ -51,16 +46,7 @@ else:
 loaded = [m for m in {CLIENT_LIBRARIES!r} if m in sys.modules]
 print(json.dumps({{"status": answer.status_code, "loaded": loaded}}))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **ENV},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_fresh(code)
 
 
 @pytest.mark.parametrize("entry_point", sorted(EXPECTED))
