@@ -25,8 +25,14 @@ PROJECT = "canary-guard-local"
 ALERTS_TOPIC = "canary-alerts"
 ROLLBACK_TOPIC = "canary-rollback-requests"
 NOTIFY_TOPIC = "canary-notifications"
+CHECKPOINT_TOPIC = "canary-checkpoints"
 # function -> the topic pushed to it
-PUSH_TOPICS = {"breach_counter": ALERTS_TOPIC, "rollback": ROLLBACK_TOPIC, "notify": NOTIFY_TOPIC}
+PUSH_TOPICS = {
+    "breach_counter": ALERTS_TOPIC,
+    "rollback": ROLLBACK_TOPIC,
+    "notify": NOTIFY_TOPIC,
+    "checkpoint_worker": CHECKPOINT_TOPIC,
+}
 
 
 def free_port() -> int:
@@ -249,6 +255,8 @@ def local_stack(
             "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
             "NOTIFY_TOPIC": NOTIFY_TOPIC,
             "CLOUD_RUN_API_ENDPOINT": cloudrun.url,
+            # The checkpoint fans out only when a worker is there to take the messages.
+            **({"CHECKPOINT_TOPIC": CHECKPOINT_TOPIC} if "checkpoint_worker" in functions else {}),
             **(extra_env or {}),
         }
         os.environ.update(emulators.env())  # this process publishes and wires subscriptions too

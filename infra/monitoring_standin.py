@@ -5,25 +5,28 @@ that (de)serialises the client's own protobuf messages. Reach it with
 `shared.monitoring.MonitoringReader(project, endpoint="127.0.0.1:PORT")` (or MetricWriter).
 
 Answered the way the API reference describes (TimeInterval, Aggregation, Monitoring filters):
-- filter: `field = "string"` clauses joined by AND; fields metric.type (exactly one),
-  resource.type, metric.labels.KEY, resource.labels.KEY (`label.KEY` too). Anything else,
-  including valid Cloud Monitoring syntax this stand-in lacks, is INVALID_ARGUMENT.
+- filter: `field = "string"` or `field = one_of("a", "b")` clauses joined by AND; fields
+  metric.type (exactly one), resource.type, metric.labels.KEY, resource.labels.KEY
+  (`label.KEY` too). Anything else, including valid Cloud Monitoring syntax this stand-in
+  lacks, is INVALID_ARGUMENT.
 - interval (start, end]: a point is read when its end time is after start and not after end.
 - aggregation: alignment_period >= 60 s, periods ending at the interval end time (⚠ assumed);
   aligners ALIGN_NONE/DELTA/SUM/MEAN/MAX/PERCENTILE_95/PERCENTILE_99 and reducers
   REDUCE_NONE/SUM/MEAN/MAX with group_by_fields, each only on the metric kinds and value types
   the reference allows (else INVALID_ARGUMENT). Percentiles interpolate within a bucket.
 - only series with points in the interval; points newest first; view HEADERS drops the points.
+- paging: at most page_size series per page (PAGE_SIZE when unset, ⚠ the API's unit and
+  default are not documented this precisely), next_page_token while more remain.
 - CreateTimeSeries: 1..200 series, one point each, user-defined metric types only
   (custom.googleapis.com/, external.googleapis.com/), GAUGE, a metric's value type fixed by
   its first write, each point at least 1 ms after the series' last one, end time within
   25 h past / 5 min future. Valid series are written even when others fail; the call then
   fails with INVALID_ARGUMENT naming each failed timeSeries[i].
-Not modelled (UNIMPLEMENTED where a request needs it): paging (one page), other aligners and
+Not modelled (UNIMPLEMENTED where a request needs it): other aligners and
 reducers, CUMULATIVE metrics, BOOL/STRING values, DELTA interval contiguity, write rate limits.
 
 Test control, Python only: `add_points` loads built-in metrics (Cloud Run's DELTA series,
-which nobody can write through the API), `series`, `reset`, `fail_next`.
+which nobody can write through the API), `series`, `reset`, `fail_next`, `calls`.
 
 Run it: python -m infra.monitoring_standin --port 9002
 """
@@ -35,7 +38,7 @@ import bisect
 import re
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
@@ -50,6 +53,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from shared.monitoring import Distribution, bucket_bounds, merge_distributions, percentile
 
 _SERVICE = "google.monitoring.v3.MetricService"
+PAGE_SIZE = 1000  # series per page when the request sets none
 _ListRequest = monitoring_v3.ListTimeSeriesRequest.pb()
 _ListResponse = monitoring_v3.ListTimeSeriesResponse.pb()
 _CreateRequest = monitoring_v3.CreateTimeSeriesRequest.pb()
@@ -72,7 +76,9 @@ _USER_METRIC_PREFIXES = ("custom.googleapis.com/", "external.googleapis.com/")
 _WRITE_MAX_AGE_NS = 25 * 3600 * _NS_PER_S
 _WRITE_MAX_AHEAD_NS = 5 * 60 * _NS_PER_S
 
-_CLAUSE = re.compile(r'\s*(?P<field>[\w.]+)\s*=\s*"(?P<value>(?:[^"\\]|\\.)*)"\s*')
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_ONE_OF = rf"one_of\(\s*(?P<values>{_STRING}(?:\s*,\s*{_STRING})*)\s*\)"
+_CLAUSE = re.compile(rf"\s*(?P<field>[\w.]+)\s*=\s*(?:(?P<value>{_STRING})|{_ONE_OF})\s*")
 _AND = re.compile(r"AND\b")
 _LABEL_FIELD = re.compile(r"(?P<source>metric|resource)\.labels?\.(?P<key>\w+)")
 
@@ -328,15 +334,17 @@ def _project(name: str) -> str:
     return match[1]
 
 
-def _parse_filter(text: str) -> list[tuple[str, str]]:
-    """[(field, value)] from `field = "value" AND ...`; label fields become metric.labels.KEY."""
-    clauses: list[tuple[str, str]] = []
+def _parse_filter(text: str) -> list[tuple[str, frozenset[str]]]:
+    """[(field, accepted values)] from `field = "value" AND field = one_of("a", "b") ...`;
+    label fields become metric.labels.KEY."""
+    clauses: list[tuple[str, frozenset[str]]] = []
     position = 0
     while True:
         clause = _CLAUSE.match(text, position)
         if clause is None:
             raise _invalid(
-                f'unsupported filter near {text[position:][:40]!r}: only field = "string" joined by AND'
+                f"unsupported filter near {text[position:][:40]!r}:"
+                ' only field = "string" or field = one_of("a", ...) joined by AND'
             )
         name = clause["field"]
         label = _LABEL_FIELD.fullmatch(name)
@@ -344,7 +352,8 @@ def _parse_filter(text: str) -> list[tuple[str, str]]:
             name = f"{label['source']}.labels.{label['key']}"
         elif name not in ("metric.type", "resource.type"):
             raise _invalid(f"unsupported filter field {name!r}")
-        clauses.append((name, re.sub(r"\\(.)", r"\1", clause["value"])))
+        literals = [clause["value"]] if clause["value"] else re.findall(_STRING, clause["values"])
+        clauses.append((name, frozenset(re.sub(r"\\(.)", r"\1", literal[1:-1]) for literal in literals)))
         position = clause.end()
         if position == len(text):
             break
@@ -357,11 +366,11 @@ def _parse_filter(text: str) -> list[tuple[str, str]]:
     return clauses
 
 
-def _matches(series: _Series, clauses: list[tuple[str, str]]) -> bool:
+def _matches(series: _Series, clauses: list[tuple[str, frozenset[str]]]) -> bool:
     fields = {"metric.type": series.metric_type, "resource.type": series.resource_type}
     fields.update({f"metric.labels.{k}": v for k, v in series.metric_labels.items()})
     fields.update({f"resource.labels.{k}": v for k, v in series.resource_labels.items()})
-    return all(fields.get(name) == value for name, value in clauses)
+    return all(fields.get(name) in values for name, values in clauses)
 
 
 def _nanos(delta: timedelta) -> int:
@@ -442,6 +451,7 @@ class MonitoringStandin:
         # (project, metric type) -> (kind, value type), fixed by the first write like a metric descriptor
         self._descriptors: dict[tuple[str, str], tuple[int, int]] = {}
         self._faults: dict[str, list[grpc.StatusCode]] = defaultdict(list)
+        self.calls: Counter[str] = Counter()  # answered or failed, by method (pages count one each)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         handlers = {
             "ListTimeSeries": grpc.unary_unary_rpc_method_handler(
@@ -475,6 +485,7 @@ class MonitoringStandin:
             self._series.clear()
             self._descriptors.clear()
             self._faults.clear()
+            self.calls.clear()
 
     def fail_next(
         self, method: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, times: int = 1
@@ -550,6 +561,7 @@ class MonitoringStandin:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 with self._lock:
+                    self.calls[method] += 1
                     fault = self._faults[method].pop(0) if self._faults[method] else None
                 if fault is not None:
                     raise _RpcError(fault, f"injected fault: {fault.name}")
@@ -580,7 +592,17 @@ class MonitoringStandin:
         except ValueError as error:  # e.g. distributions in different bucket layouts
             raise _unimplemented(str(error)) from None
         with_points = request.view != _HEADERS
-        return _ListResponse(time_series=[_to_proto(s, with_points=with_points) for s in result if s.samples])
+        result = [s for s in result if s.samples]
+        try:
+            first = int(request.page_token or 0)
+        except ValueError:
+            raise _invalid(f"page_token {request.page_token!r} was not returned by this server") from None
+        page = result[first : first + (request.page_size or PAGE_SIZE)]
+        following = first + len(page)
+        return _ListResponse(
+            time_series=[_to_proto(s, with_points=with_points) for s in page],
+            next_page_token=str(following) if following < len(result) else "",
+        )
 
     def _create_time_series(self, request: Any) -> Any:
         project = _project(request.name)

@@ -8,6 +8,8 @@ etag, so a rollback that starts meanwhile always wins (see `change_step`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -307,6 +309,43 @@ def _write_metrics(
         log("WARNING", f"custom metrics not written: {exc}", rollout=rollout.id)
 
 
+# The longest window one batched read covers: a step soaks 60 minutes at most (policy) plus the
+# Monitoring lag; a rollout held on its step longer has its step verdict read on its own.
+MAX_BATCHED_READ = timedelta(minutes=90)
+# Services checked at once by one process (Cloud Run reads and Firestore transactions stay per
+# rollout); with CHECKPOINT_TOPIC set the work is spread over checkpoint_worker instances instead.
+CHECKPOINT_CONCURRENCY = 16
+
+
+def read_minutes(
+    services: Sequence[ServiceRef],
+    rollouts: Mapping[str, Rollout | None],
+    *,
+    now: datetime,
+    policy: Policy,
+    reader: MetricsSource,
+) -> MetricsSource:
+    """The minute's metrics for every service in one batched read (`platform_minutes`), over
+    the lookback window and every watched rollout's step window so far. A reader without a
+    batched read, or a batched read that fails, leaves each rollout to read its own."""
+    batched = getattr(reader, "platform_minutes", None)
+    if batched is None or not services:
+        return reader
+    from shared.minutes import RecordedMinutes
+
+    start, end = lookback_window(now, policy)
+    for rollout in rollouts.values():
+        if rollout is not None and rollout.phase in WATCHED_PHASES:
+            start = min(start, _step_window(rollout, now, policy)[0])
+    start = max(start, end - MAX_BATCHED_READ)
+    try:
+        revisions = batched([(s.location, s.service) for s in services], start=start, end=end)
+    except Exception as exc:  # Monitoring failing: each rollout's own read retries, or fails alone
+        log("WARNING", f"batched metrics read failed, each rollout reads its own: {exc}")
+        return reader
+    return RecordedMinutes(revisions, start=start, end=end, fallback=reader)
+
+
 def run_checkpoints(
     *,
     now: datetime,
@@ -315,29 +354,38 @@ def run_checkpoints(
     clients: Clients,
     only: ServiceRef | None = None,
 ) -> list[Report]:
-    """One checkpoint for each watched service's live canary (or just `only`'s). A service whose
-    checkpoint fails is reported as ERROR (and logged); the others still run."""
-    reports = []
+    """One checkpoint for each watched service's live canary (or just `only`'s), in this
+    process: Monitoring read once for all, then the services checked CHECKPOINT_CONCURRENCY at
+    a time. A service whose checkpoint fails is reported as ERROR (and logged); the others
+    still run."""
+    _resend_notifications(clients)
+    services = [only] if only else list(settings.services)
+    rollouts = clients.store.active_many([s.name for s in services])
+    source = read_minutes(services, rollouts, now=now, policy=policy, reader=clients.reader)
+    minute_clients = replace(clients, reader=source)
+
+    def check(service: ServiceRef) -> Report:
+        try:
+            return _checkpoint_service(
+                service, now=now, settings=settings, policy=policy, clients=minute_clients
+            )
+        except Exception as exc:  # one service's fault must not stop the others' checkpoints
+            return Report(
+                "ERROR", f"{service.service}: checkpoint failed: {exc}", service=service.name, action="error"
+            )
+
+    if len(services) == 1:
+        return [check(services[0])]
+    with ThreadPoolExecutor(min(CHECKPOINT_CONCURRENCY, len(services)), "checkpoint") as pool:
+        return list(pool.map(check, services))
+
+
+def _resend_notifications(clients: Clients) -> None:
     try:  # notifications committed but never sent on (the process stopped): send them now
         # Wall-clock time, not the checkpoint's: the outbox is stamped when it was written.
         clients.store.resend_notifications(older_than=datetime.now(UTC) - REPUBLISH_AFTER)
     except Exception as exc:  # the next run tries again; judging the canaries comes first
         log("WARNING", f"unsent notifications not re-sent: {exc!r}")
-    for service in [only] if only else settings.services:
-        try:
-            reports.append(
-                _checkpoint_service(service, now=now, settings=settings, policy=policy, clients=clients)
-            )
-        except Exception as exc:  # one service's fault must not stop the others' checkpoints
-            reports.append(
-                Report(
-                    "ERROR",
-                    f"{service.service}: checkpoint failed: {exc}",
-                    service=service.name,
-                    action="error",
-                )
-            )
-    return reports
 
 
 def _checkpoint_service(
@@ -389,7 +437,19 @@ def _checkpoint_service(
         return Report(
             "INFO", f"{service.service}: rollout is {rollout.phase}", rollout=rollout.id, action="none"
         )
-    return checkpoint_rollout(rollout, now=now, settings=settings, policy=policy, clients=clients)
+    lease = timedelta(seconds=settings.function_timeout_s)
+    token = clients.store.claim_checkpoint(rollout.id, _minute(now), lease=lease)
+    if token is None:
+        held = clients.store.checkpoint_lease(rollout.id) or {}
+        message = (
+            f"{service.service}: minute {_minute(now):%H:%M}Z not judged: the checkpoint of "
+            f"{held.get('minute', 'an earlier minute')} is still running (the next minute catches up)"
+        )
+        return Report("WARNING", message, rollout=rollout.id, action="in_flight")
+    try:
+        return checkpoint_rollout(rollout, now=now, settings=settings, policy=policy, clients=clients)
+    finally:
+        clients.store.release_checkpoint(rollout.id, token)
 
 
 def _redrive_rollback(rollout: Rollout, *, settings: Settings, clients: Clients) -> str:
@@ -430,7 +490,8 @@ def handle_checkpoint(
 ) -> tuple[Report, int]:
     """The HTTP adapter's core: 400/403 on a bad body, 503 when Cloud Run or Monitoring kept
     failing for some service (the next scheduled run tries again), 200 with one entry per
-    rollout otherwise."""
+    rollout otherwise. With CHECKPOINT_TOPIC set (and no single service asked for), the
+    services are sent to checkpoint_worker instances instead (shared/fanout.py)."""
     only = None
     if body not in (None, {}):
         if not isinstance(body, dict) or set(body) - {"service"} or not isinstance(body.get("service"), str):
@@ -441,13 +502,13 @@ def handle_checkpoint(
             return Report("WARNING", str(exc), outcome="forbidden"), 403
         except ValueError as exc:
             return Report("WARNING", str(exc), outcome="bad_request"), 400
-    reports = run_checkpoints(
-        now=now or datetime.now(UTC),
-        settings=settings,
-        policy=policy,
-        clients=clients or runtime_clients(),
-        only=only,
-    )
+    at, clients = now or datetime.now(UTC), clients or runtime_clients()
+    if settings.checkpoint_topic and only is None:  # fan out: one checkpoint_worker per service
+        from shared.fanout import dispatch_checkpoints
+
+        reports = dispatch_checkpoints(now=at, settings=settings, policy=policy, clients=clients)
+    else:
+        reports = run_checkpoints(now=at, settings=settings, policy=policy, clients=clients, only=only)
     summary = "; ".join(report.message for report in reports) or "no watched service"
     rollouts = [report.as_dict() for report in reports]
     if any(report.severity == "ERROR" for report in reports):

@@ -38,6 +38,10 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "LOAD_TEST_AUTH": "none",  # "id_token": call the target with the function's identity token
     # Days a decision record is kept (Firestore TTL on expires_at); 0: kept for ever.
     "DECISION_RETENTION_DAYS": "0",
+    # Set: the scheduled checkpoint reads Monitoring once and publishes one message per watched
+    # service here; checkpoint_worker instances (pushed this topic) judge them in parallel.
+    # Empty: the checkpoint judges every service itself.
+    "CHECKPOINT_TOPIC": "",
 }
 
 _COMMON = (
@@ -51,7 +55,21 @@ ENV_BY_FUNCTION: dict[str, tuple[str, ...]] = {
     "breach_counter": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "NOTIFY_TOPIC"),
     "rollback": (*_COMMON, "NOTIFY_TOPIC"),
     "emergency_rollback": (*_COMMON, "NOTIFY_TOPIC"),
-    "checkpoint": (*_COMMON, "ROLLBACK_TOPIC", "MONITORING_API_ENDPOINT", "NOTIFY_TOPIC"),
+    "checkpoint": (
+        *_COMMON,
+        "ROLLBACK_TOPIC",
+        "MONITORING_API_ENDPOINT",
+        "NOTIFY_TOPIC",
+        "CHECKPOINT_TOPIC",
+        "FUNCTION_TIMEOUT_S",
+    ),
+    "checkpoint_worker": (
+        *_COMMON,
+        "ROLLBACK_TOPIC",
+        "MONITORING_API_ENDPOINT",
+        "NOTIFY_TOPIC",
+        "FUNCTION_TIMEOUT_S",
+    ),
     "load_test": (
         *_COMMON,
         "MONITORING_API_ENDPOINT",
@@ -104,6 +122,7 @@ class Settings:
     notify_topic: str | None = None  # None: decisions notify nobody
     chat_format: str = "slack"
     dashboard_url: str = ""
+    checkpoint_topic: str | None = None  # None: the checkpoint judges every service itself
 
     def resolve_service(self, name: str) -> ServiceRef:
         """A full service name or a short name that is unambiguous among the watched services.
@@ -200,4 +219,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         function_timeout_s=_number(env, "FUNCTION_TIMEOUT_S"),
         function_memory_mb=_whole_number(env, "FUNCTION_MEMORY_MB"),
         decision_retention_days=_days(env, "DECISION_RETENTION_DAYS"),
+        checkpoint_topic=_read(env, "CHECKPOINT_TOPIC") or None,
     )

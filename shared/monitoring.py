@@ -2,29 +2,33 @@
 
 `MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics;
 `MetricWriter` writes canary-guard's own custom metrics (load-test and probe results).
-The distribution helpers at the bottom are also what the local stand-in
-(infra/monitoring_standin.py) aggregates with, so a percentile is computed one way only.
+Percentiles come from shared/distributions.py, which the local stand-in
+(infra/monitoring_standin.py) aggregates with too, so a percentile is computed one way only.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.api import distribution_pb2, metric_pb2, monitored_resource_pb2
+from google.api import metric_pb2, monitored_resource_pb2
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as retries
 from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
+from shared.distributions import Distribution, bucket_bounds, merge_distributions, percentile
+
 if TYPE_CHECKING:
     from shared.evidence import MinuteMetrics
+    from shared.minutes import MinuteSample
 
-Distribution = distribution_pb2.Distribution
+__all__ = ["Distribution", "bucket_bounds", "merge_distributions", "percentile"]  # re-exported
+
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
 
@@ -36,6 +40,7 @@ CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
 CUSTOM_METRIC_PREFIX = "custom.googleapis.com/canary_guard/"
 MAX_SERIES_PER_WRITE = 200  # CreateTimeSeries limit
 MIN_WINDOW_S = 60  # the smallest alignment period Cloud Monitoring accepts
+MAX_ONE_OF = 100  # services named in one filter; beyond, the project's Cloud Run revisions are read
 CALL_TIMEOUT_S = 20.0  # per API call, retries included; a checkpoint makes eight reads (see functions.tf)
 
 # The client retries ListTimeSeries only on UNAVAILABLE by default. Reads are idempotent, so a
@@ -201,71 +206,94 @@ class MonitoringReader(_MonitoringApi):
         self, *, location: str, service: str, start: datetime, end: datetime
     ) -> dict[str, dict[datetime, MinuteMetrics]]:
         """Every revision of the service, minute by minute over (start, end] (whole minutes):
-        revision → minute start → what Cloud Monitoring holds for it. Four ListTimeSeries calls
-        however many revisions and minutes (grouped by revision_name), so the canary and the
-        stable revision are read together. A minute without a point is absent, never zero."""
+        revision → minute start → what Cloud Monitoring holds for it. A minute without a point
+        is absent, never zero. The four calls of `platform_minutes`, for one service."""
+        revisions = self.platform_minutes([(location, service)], start=start, end=end)[(location, service)]
+        return {
+            revision: {minute: sample.metrics() for minute, sample in minutes.items()}
+            for revision, minutes in revisions.items()
+        }
+
+    def platform_minutes(
+        self, services: Sequence[tuple[str, str]], *, start: datetime, end: datetime
+    ) -> dict[tuple[str, str], dict[str, dict[datetime, MinuteSample]]]:
+        """Every revision of every (location, service), minute by minute over (start, end]:
+        (location, service) → revision → minute start → sample; every requested service has
+        an entry, empty without data. Four ListTimeSeries calls however many services and
+        revisions (grouped by location, service and revision; the client pages through long
+        answers), so one checkpoint minute reads Monitoring a fixed number of times."""
         _check_window(start, end)
-        from shared.evidence import MinuteMetrics
+        from shared.minutes import MinuteSample
 
-        resource = (
-            f"resource.type = {_quote(RUN_RESOURCE)}"
-            f" AND resource.labels.location = {_quote(location)}"
-            f" AND resource.labels.service_name = {_quote(service)}"
-        )
+        wanted = set(services)
+        names = sorted({service for _, service in wanted})
+        resource = f"resource.type = {_quote(RUN_RESOURCE)}"
+        if len(wanted) == 1:
+            ((location, service),) = wanted
+            resource += (
+                f" AND resource.labels.location = {_quote(location)}"
+                f" AND resource.labels.service_name = {_quote(service)}"
+            )
+        elif len(names) <= MAX_ONE_OF:
+            resource += f" AND resource.labels.service_name = one_of({', '.join(map(_quote, names))})"
+        # else: the whole project's Cloud Run revisions, the unwatched ones dropped below (a
+        # filter naming hundreds of services is longer than Monitoring accepts).
         period = timedelta(seconds=MIN_WINDOW_S)
-        by_revision = "resource.labels.revision_name"
+        group = ["resource.labels.location", "resource.labels.service_name", "resource.labels.revision_name"]
+        found: dict[tuple[str, str], dict[str, dict[datetime, dict[str, Any]]]] = {key: {} for key in wanted}
 
-        def query(
-            metric: str, aligner: Aligner, reducer: Reducer, *group: str
-        ) -> list[monitoring_v3.TimeSeries]:
-            return self._list(
+        def points(metric: str, *extra_group: str) -> Iterator[tuple[Any, dict[str, Any], Any]]:
+            """(raw series, the minute's slot, raw point) for each point of a watched service."""
+            for series in self._list(
                 f"metric.type = {_quote(metric)} AND {resource}",
                 start,
                 end,
-                aligner,
-                reducer,
-                [by_revision, *group],
+                Aligner.ALIGN_DELTA,
+                Reducer.REDUCE_SUM,
+                [*group, *extra_group],
                 period=period,
-            )
+            ):
+                raw = monitoring_v3.TimeSeries.pb(series)  # plain protobuf: fast on long answers
+                labels = raw.resource.labels
+                revisions = found.get((labels["location"], labels["service_name"]))
+                if revisions is None:
+                    continue
+                minutes = revisions.setdefault(labels["revision_name"], {})
+                for point in raw.points:
+                    minute = datetime.fromtimestamp(point.interval.end_time.seconds, UTC) - period
+                    yield raw, minutes.setdefault(minute, {"requests": 0, "errors": 0}), point
 
-        found: dict[str, dict[datetime, dict[str, Any]]] = {}
-
-        def slot(series: monitoring_v3.TimeSeries, point: monitoring_v3.Point) -> dict[str, Any]:
-            revision = series.resource.labels.get("revision_name", "")
-            minute = _point_end(point) - period
-            return found.setdefault(revision, {}).setdefault(minute, {"requests": 0, "errors": 0})
-
-        for ts in query(
-            REQUEST_COUNT, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM, "metric.labels.response_code_class"
+        # Request counts are DELTA int64 per response class; latencies and utilisations DELTA
+        # distributions, merged (REDUCE_SUM) so the minute's percentiles come from all its samples.
+        for raw, values, point in points(REQUEST_COUNT, "metric.labels.response_code_class"):
+            values["requests"] += point.value.int64_value
+            if raw.metric.labels.get("response_code_class") == "5xx":
+                values["errors"] += point.value.int64_value
+        for name, metric in (
+            ("latency", REQUEST_LATENCIES),
+            ("memory", MEMORY_UTILIZATIONS),
+            ("cpu", CPU_UTILIZATIONS),
         ):
-            is_error = ts.metric.labels.get("response_code_class", "") == "5xx"
-            for point in ts.points:
-                values = slot(ts, point)
-                values["requests"] += point.value.int64_value
-                if is_error:
-                    values["errors"] += point.value.int64_value
-        for ts in query(REQUEST_LATENCIES, Aligner.ALIGN_DELTA, Reducer.REDUCE_SUM):
-            for point in ts.points:
-                values = slot(ts, point)
-                values.setdefault("latency", []).append(point.value.distribution_value)
-        for name, metric in (("memory", MEMORY_UTILIZATIONS), ("cpu", CPU_UTILIZATIONS)):
-            for ts in query(metric, Aligner.ALIGN_PERCENTILE_99, Reducer.REDUCE_MAX):
-                for point in ts.points:
-                    values = slot(ts, point)
-                    values[name] = max(values.get(name, float("-inf")), point.value.double_value)
+            for _raw, values, point in points(metric):
+                values.setdefault(name, []).append(point.value.distribution_value)
         return {
-            revision: {
-                minute: MinuteMetrics(
-                    minute=minute,
-                    requests=values["requests"],
-                    errors=values["errors"],
-                    latency_p95_ms=percentile(merge_distributions(values.get("latency", [])), 95),
-                    memory=values.get("memory"),
-                    cpu=values.get("cpu"),
-                )
-                for minute, values in minutes.items()
+            key: {
+                revision: {
+                    minute: MinuteSample(
+                        minute=minute,
+                        requests=values["requests"],
+                        errors=values["errors"],
+                        **{
+                            name: merge_distributions(values[name])
+                            for name in ("latency", "memory", "cpu")
+                            if name in values
+                        },
+                    )
+                    for minute, values in minutes.items()
+                }
+                for revision, minutes in revisions.items()
             }
-            for revision, minutes in found.items()
+            for key, revisions in found.items()
         }
 
     def _list(
@@ -385,74 +413,3 @@ def _int_total(series: monitoring_v3.TimeSeries) -> int:
 
 def _max_double(series: Sequence[monitoring_v3.TimeSeries]) -> float | None:
     return max((point.value.double_value for ts in series for point in ts.points), default=None)
-
-
-# --- Distributions (google.api.Distribution), shared with the local stand-in ---------------
-
-
-def bucket_bounds(options: Distribution.BucketOptions) -> list[float]:
-    """The finite bucket boundaries b0 < b1 < ... < bN of a bucket layout.
-
-    Bucket 0 is the underflow (-inf, b0), bucket i is [b(i-1), b(i)), bucket N+1 the overflow
-    [bN, +inf): N+2 buckets in all (N+1 for explicit bounds, which list the boundaries).
-    """
-    kind = options.WhichOneof("options")
-    if kind == "explicit_buckets":
-        return list(options.explicit_buckets.bounds)
-    if kind == "exponential_buckets":
-        exp = options.exponential_buckets
-        return [exp.scale * exp.growth_factor**i for i in range(exp.num_finite_buckets + 1)]
-    if kind == "linear_buckets":
-        lin = options.linear_buckets
-        return [lin.offset + lin.width * i for i in range(lin.num_finite_buckets + 1)]
-    raise ValueError("distribution has no bucket options")
-
-
-def percentile(distribution: Distribution, q: float) -> float | None:
-    """The q-th percentile (0..100) estimated from bucket counts; None for an empty distribution.
-
-    As cloud.google.com/monitoring/api/v3/distribution-metrics describes: find the bucket that
-    holds rank q% of the count and interpolate linearly between its bounds by the rank's place
-    inside the bucket. The open-ended under/overflow buckets have one finite bound: use it (⚠ not
-    documented).
-    """
-    if distribution.count == 0:
-        return None
-    bounds = bucket_bounds(distribution.bucket_options)
-    rank = q / 100 * distribution.count
-    below = 0
-    for index, count in enumerate(distribution.bucket_counts):
-        if count and below + count >= rank:
-            if index == 0:
-                return bounds[0]
-            if index >= len(bounds):
-                return bounds[-1]
-            lower, upper = bounds[index - 1], bounds[index]
-            return lower + (rank - below) / count * (upper - lower)
-        below += count
-    raise ValueError(f"bucket counts add up to {below}, not to the distribution count {distribution.count}")
-
-
-def merge_distributions(distributions: Sequence[Distribution]) -> Distribution:
-    """The sum of distributions with one bucket layout: what ALIGN_DELTA/REDUCE_SUM make of them."""
-    parts = [d for d in distributions if d.count]
-    if not parts:
-        return Distribution()
-    options = parts[0].bucket_options
-    if any(d.bucket_options != options for d in parts):
-        raise ValueError("cannot merge distributions with different bucket options")
-    count = sum(d.count for d in parts)
-    mean = sum(d.mean * d.count for d in parts) / count
-    # Chan et al.: each part's squared deviation plus its mean's offset from the merged mean.
-    deviation = sum(d.sum_of_squared_deviation + d.count * (d.mean - mean) ** 2 for d in parts)
-    buckets = [0] * max(len(d.bucket_counts) for d in parts)
-    for d in parts:
-        for index, value in enumerate(d.bucket_counts):
-            buckets[index] += value
-    return Distribution(
-        count=count,
-        mean=mean,
-        sum_of_squared_deviation=deviation,
-        bucket_options=options,
-        bucket_counts=buckets,
-    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,3 +38,15 @@ class Publisher:
         topic = self.client.topic_path(self._project, topic_id)
         data = json.dumps(payload, default=str, separators=(",", ":")).encode()
         return self.client.publish(topic, data, **attributes).result(timeout=timeout_s)
+
+    def publish_many(
+        self, topic_id: str, payloads: Sequence[Mapping[str, Any]], *, timeout_s: float = PUBLISH_TIMEOUT_S
+    ) -> list[str]:
+        """Publish all at once (the client batches them), then wait for every message id; raises
+        the first failure after all were tried."""
+        topic = self.client.topic_path(self._project, topic_id)
+        futures = [
+            self.client.publish(topic, json.dumps(payload, default=str, separators=(",", ":")).encode())
+            for payload in payloads
+        ]
+        return [future.result(timeout=timeout_s) for future in futures]

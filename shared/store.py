@@ -8,6 +8,7 @@ Layout:
   canary_rollback_messages/{message_id}          rollback requests (Pub/Sub) already carried out
   canary_notifications/{decision_id}             the notification outbox: one per decision the chat
                                                  channel hears about, written with that decision
+  canary_checkpoint_leases/{rollout_id}          a checkpoint run judging the rollout right now
 
 The dedupe markers carry `expires_at` (MARKER_TTL after they are written) and the decisions
 `expires_at` when a retention is configured: Firestore's TTL policy on that field
@@ -16,6 +17,7 @@ The dedupe markers carry `expires_at` (MARKER_TTL after they are written) and th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import threading
@@ -52,6 +54,7 @@ APPLIED = "applied_events"
 DECISIONS = "decisions"
 ROLLBACK_MESSAGES = "canary_rollback_messages"
 NOTIFICATIONS = "canary_notifications"
+CHECKPOINT_LEASES = "canary_checkpoint_leases"
 EXPIRES_AT = "expires_at"  # the TTL field (terraform/firestore.tf)
 # How long one notify delivery holds a notification: a concurrent delivery of the same message
 # meanwhile is answered "busy" (and retried), so one post is in flight at a time.
@@ -412,6 +415,52 @@ class RolloutStore:
         snap = self._service_ref(service_name).get()
         rid = (snap.to_dict() or {}).get("active_rollout") if snap.exists else None
         return self.get(rid) if rid else None
+
+    def active_many(self, service_names: Sequence[str]) -> dict[str, Rollout | None]:
+        """`active` for many services in two batched reads (whatever their number)."""
+        pointers = self._db.get_all([self._service_ref(name) for name in service_names])
+        by_key = {snap.id: (snap.to_dict() or {}).get("active_rollout") for snap in pointers if snap.exists}
+        rids = {name: by_key.get(_key(name)) for name in service_names}
+        wanted = sorted({rid for rid in rids.values() if rid})
+        found = {
+            snap.id: Rollout.from_doc(snap.id, snap.to_dict())
+            for snap in (self._db.get_all([self._rollout_ref(rid) for rid in wanted]) if wanted else [])
+            if snap.exists
+        }
+        return {name: found.get(rid) if rid else None for name, rid in rids.items()}
+
+    # -- checkpoint leases: one run at a time judges a rollout --------------------------------
+    def claim_checkpoint(self, rid: str, minute: datetime, *, lease: timedelta) -> Any | None:
+        """Take the rollout's checkpoint lease for `minute`: a token for `release_checkpoint`, or
+        None while another run holds an unexpired one (its minute is still in flight). A lease
+        left by a crashed run expires after `lease` and is taken over."""
+        ref = self._db.collection(CHECKPOINT_LEASES).document(rid)
+        now = _now()
+        doc = {"minute": minute, "until": now + lease, EXPIRES_AT: now + lease + MARKER_TTL}
+        try:
+            return ref.create(doc).update_time
+        except gexc.Conflict:  # AlreadyExists: held, or left behind
+            pass
+        snap = ref.get()
+        if snap.exists and snap.get("until") > now:
+            return None
+        try:
+            if not snap.exists:
+                return ref.create(doc).update_time
+            unchanged = self._db.write_option(last_update_time=snap.update_time)
+            return ref.update(doc, option=unchanged).update_time
+        except (gexc.Conflict, gexc.FailedPrecondition):  # another run took it over first
+            return None
+
+    def checkpoint_lease(self, rid: str) -> dict[str, Any] | None:
+        snap = self._db.collection(CHECKPOINT_LEASES).document(rid).get()
+        return snap.to_dict() if snap.exists else None
+
+    def release_checkpoint(self, rid: str, token: Any) -> None:
+        """Give the lease back, unless it expired and another run took it over meanwhile."""
+        ref = self._db.collection(CHECKPOINT_LEASES).document(rid)
+        with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+            ref.delete(option=self._db.write_option(last_update_time=token))
 
     def history(self, rid: str, limit: int = 200) -> list[dict[str, Any]]:
         query = (

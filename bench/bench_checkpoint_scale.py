@@ -1,0 +1,176 @@
+"""One minute's checkpoint over many rollouts: N services, each with a canary at 5 %, on the
+real Firestore and Pub/Sub emulators and the Cloud Run / Monitoring stand-ins, every Google API
+call delayed by a latency proxy (infra/latency_proxy.py) as it would be in GCP.
+
+For each N it runs two checkpoint minutes through the documented in-process call
+(`shared.checkpoint.run_checkpoints`, which is also what the scheduled function runs when it has
+no CHECKPOINT_TOPIC): the first discovers and registers the N rollouts, the second is a steady
+minute. It prints each run's wall time, whether every rollout was judged and recorded, and the
+calls per rollout by kind.
+
+    .venv/bin/python -m bench.bench_checkpoint_scale [--rollouts 1 10 100 300] [--latency-ms 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from infra.cloudrun_standin import start_cloudrun_standin
+from infra.latency_proxy import LatencyProxy
+from infra.localstack import PROJECT, ROLLBACK_TOPIC, ensure_topic, start_emulators
+from infra.metrics_feed import HEALTHY, feed
+from infra.monitoring_standin import start_monitoring_standin
+
+LOCATION = "us-central1"
+
+
+def service_name(index: int) -> str:
+    return f"projects/{PROJECT}/locations/{LOCATION}/services/svc-{index:03d}"
+
+
+def stand_up(count: int, cloudrun, monitoring, now: datetime) -> list[str]:
+    """`count` services with a canary at 5 %, and 40 healthy minutes of both revisions."""
+    services = [service_name(i) for i in range(count)]
+    stamps = [now - timedelta(minutes=m) for m in range(40)]
+    for index, name in enumerate(services):
+        short = f"svc-{index:03d}"
+        stable, canary = f"{short}-00001", f"{short}-00002"
+        cloudrun.put_service(
+            name,
+            [stable, canary],
+            [{"revision": stable, "percent": 95}, {"revision": canary, "percent": 5, "tag": "canary"}],
+        )
+        for revision in (stable, canary):
+            feed(
+                monitoring,
+                project=PROJECT,
+                location=LOCATION,
+                service=short,
+                revision=revision,
+                minutes=stamps,
+                traffic=HEALTHY,
+            )
+    return services
+
+
+def run_minute(now: datetime, services: list[str], proxies: dict[str, LatencyProxy], cloudrun) -> dict:
+    from shared.checkpoint import Clients, run_checkpoints
+    from shared.cloudrun import CloudRunTraffic
+    from shared.config import load_settings
+    from shared.monitoring import MonitoringReader
+    from shared.policy import load_policy
+    from shared.pubsub import Publisher
+    from shared.store import RolloutStore
+
+    env = dict(os.environ) | {
+        "CANARY_SERVICES": ",".join(services),
+        "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
+        "CLOUD_RUN_API_ENDPOINT": proxies["cloudrun"].url,
+        "MONITORING_API_ENDPOINT": proxies["monitoring"].host,
+    }
+    settings = load_settings(env)
+    clients = Clients(
+        store=RolloutStore(PROJECT),  # FIRESTORE_EMULATOR_HOST points at the proxy
+        traffic=CloudRunTraffic(proxies["cloudrun"].url, sleep=lambda _s: None),
+        reader=MonitoringReader(PROJECT, proxies["monitoring"].host),
+        writer=None,
+        publisher=Publisher(PROJECT),
+    )
+    for proxy in proxies.values():
+        proxy.reset_count()
+    cloudrun_before = len(cloudrun.calls())
+    started = time.perf_counter()
+    reports = run_checkpoints(now=now, settings=settings, policy=load_policy(settings.policy_file), clients=clients)
+    wall = time.perf_counter() - started
+    calls = Counter({name: proxy.reset_count() for name, proxy in proxies.items() if name != "cloudrun"})
+    calls["cloudrun"] = len(cloudrun.calls()) - cloudrun_before
+    actions = Counter(str(report.fields.get("action")) for report in reports)
+    return {"wall_s": wall, "calls": calls, "actions": actions, "reports": len(reports)}
+
+
+def recorded(services: list[str], now: datetime, store) -> int:
+    """How many of the services' rollouts hold the step verdict of the minute at `now` (read
+    past the proxy)."""
+    from shared.policy import load_policy
+
+    end = now - timedelta(minutes=load_policy().checkpoint.data_lag_minutes)
+    count = 0
+    for name in services:
+        rollout = store.active(name)
+        window = ((rollout.last_verdict or {}) if rollout else {}).get("window") or {}
+        count += window.get("end") == end
+    return count
+
+
+def soak_half_done(store, services: list[str]) -> None:
+    """Move each rollout's step start 30 minutes back (past the proxy), as if half its soak had
+    passed: the steady minute then judges a step window of whole minutes, as most minutes do."""
+    for name in services:
+        rollout = store.active(name)
+        if rollout is not None:
+            store._rollout_ref(rollout.id).update(
+                {"step_started_at": rollout.step_started_at - timedelta(minutes=30)}
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rollouts", type=int, nargs="+", default=[1, 10, 100, 300])
+    parser.add_argument("--latency-ms", type=float, default=150.0)
+    args = parser.parse_args()
+
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
+    emulators = start_emulators(log_dir)
+    cloudrun = start_cloudrun_standin()
+    monitoring = start_monitoring_standin()
+    delay = args.latency_ms / 1000
+    proxies = {
+        "firestore": LatencyProxy(emulators.firestore_host, delay),
+        "pubsub": LatencyProxy(emulators.pubsub_host, delay),
+        "monitoring": LatencyProxy(monitoring.target, delay),
+        "cloudrun": LatencyProxy(cloudrun.url.removeprefix("http://"), delay),
+    }
+    os.environ.update(emulators.env())
+    ensure_topic(PROJECT, ROLLBACK_TOPIC)
+    from shared.store import RolloutStore
+
+    direct = RolloutStore(PROJECT)  # built before the proxies go into the environment
+    os.environ["FIRESTORE_EMULATOR_HOST"] = proxies["firestore"].host
+    os.environ["PUBSUB_EMULATOR_HOST"] = proxies["pubsub"].host
+    print(f"latency {args.latency_ms:.0f} ms on every Firestore, Pub/Sub, Monitoring and Cloud Run call")
+    print(f"{'rollouts':>8}  {'run':<8} {'wall s':>7}  {'judged':>9}  calls per rollout")
+    try:
+        for count in args.rollouts:
+            emulators.reset_firestore()
+            cloudrun.reset()
+            monitoring.reset()
+            now = datetime.now(UTC).replace(second=0, microsecond=0)
+            services = stand_up(count, cloudrun, monitoring, now)
+            for label, at in (("first", now), ("steady", now + timedelta(minutes=1))):
+                if label == "steady":  # mid-soak: the step's window holds half an hour of minutes
+                    soak_half_done(direct, services)
+                result = run_minute(at, services, proxies, cloudrun)
+                judged = recorded(services, at, direct)
+                per = "  ".join(f"{kind} {n / count:.1f}" for kind, n in sorted(result["calls"].items()))
+                errors = result["actions"].get("error", 0)
+                print(
+                    f"{count:>8}  {label:<8} {result['wall_s']:>7.1f}  {judged:>4}/{count:<4}  {per}"
+                    + (f"  ({errors} failed)" if errors else ""),
+                    flush=True,
+                )
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        monitoring.stop()
+        cloudrun.stop()
+        emulators.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The checkpoint spread over instances: with CHECKPOINT_TOPIC set, the scheduled checkpoint is a
+dispatcher and `checkpoint_worker` judges one service per message.
+
+The dispatcher reads Monitoring once for every watched service (shared/minutes.py), and
+publishes one message per service carrying that service's minutes; Pub/Sub pushes each to a
+checkpoint_worker instance, which runs the same per-service checkpoint as the in-process path
+(`shared.checkpoint._checkpoint_service`) on those minutes. Cloud Functions scales the workers
+out, so a minute over hundreds of rollouts takes about as long as a few.
+
+At-least-once delivery is harmless: a minute is judged into the evidence ledger (a join: the
+same minute twice is one entry), a step is taken only from the percentage it was judged at, and
+the rollout's checkpoint lease keeps two minutes from judging one rollout at once. A message
+older than the rollout's last verdict is acknowledged without judging (a later minute already
+spoke).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.checkpoint import (
+    Clients,
+    _checkpoint_service,
+    _resend_notifications,
+    _step_window,
+    read_minutes,
+)
+from shared.config import ServiceRef, Settings
+from shared.events import MAX_PAYLOAD_BYTES, MalformedEvent, parse_time, pubsub_message
+from shared.logs import Report
+from shared.policy import Policy
+
+if TYPE_CHECKING:
+    from shared.metrics_source import MetricsSource
+
+
+def checkpoint_message(service: ServiceRef, now: datetime, source: MetricsSource) -> dict[str, Any]:
+    """One worker's message: the service, the checkpoint's time, and the service's minutes
+    (left out when the batched read failed or they would not fit: the worker then reads its own)."""
+    from shared.minutes import RecordedMinutes, revisions_json
+
+    message: dict[str, Any] = {"service": service.name, "now": now.isoformat()}
+    if isinstance(source, RecordedMinutes):
+        minutes = revisions_json(source.revisions.get((service.location, service.service), {}))
+        with_minutes = message | {
+            "read": {"start": source.start.isoformat(), "end": source.end.isoformat()},
+            "minutes": minutes,
+        }
+        if len(json.dumps(with_minutes, separators=(",", ":"))) <= MAX_PAYLOAD_BYTES:
+            message = with_minutes
+    return message
+
+
+def dispatch_checkpoints(
+    *, now: datetime, settings: Settings, policy: Policy, clients: Clients
+) -> list[Report]:
+    """The minute's batched read, then one message per watched service to CHECKPOINT_TOPIC."""
+    assert settings.checkpoint_topic, "dispatch needs CHECKPOINT_TOPIC"
+    _resend_notifications(clients)
+    services = list(settings.services)
+    rollouts = clients.store.active_many([s.name for s in services])
+    source = read_minutes(services, rollouts, now=now, policy=policy, reader=clients.reader)
+    messages = [checkpoint_message(service, now, source) for service in services]
+    message_ids = clients.publisher.publish_many(settings.checkpoint_topic, messages)
+    return [
+        Report(
+            "INFO",
+            f"{service.service}: checkpoint sent to a worker"
+            + ("" if "minutes" in message else " (it reads its own metrics)"),
+            service=service.name,
+            action="dispatched",
+            message_id=message_id,
+        )
+        for service, message, message_id in zip(services, messages, message_ids, strict=True)
+    ]
+
+
+def handle_checkpoint_message(
+    data: Any,
+    *,
+    event_id: str,
+    settings: Settings,
+    policy: Policy,
+    clients: Clients,
+) -> Report:
+    """Judge one service's minute from a dispatcher's message. A malformed message, or one for
+    a service not watched, is acknowledged with the reason; a Firestore or Cloud Run failure
+    raises, so Pub/Sub redelivers it."""
+    try:
+        message = pubsub_message(data, fallback_id=event_id)
+        body = message.json()
+        if not isinstance(body, dict):
+            raise MalformedEvent("message data must be a JSON object")
+        name = str(body.get("service", ""))
+        now = parse_time(body.get("now"))
+    except (MalformedEvent, ValueError) as exc:
+        return Report("WARNING", f"checkpoint message dropped: {exc}", event_id=event_id, outcome="malformed")
+    try:
+        service = settings.resolve_service(name)
+    except (LookupError, ValueError) as exc:
+        return Report(
+            "WARNING", f"checkpoint message ignored: {exc}", event_id=event_id, outcome="not_watched"
+        )
+    try:
+        source = _message_minutes(body, service, clients.reader)
+    except (MalformedEvent, ValueError, TypeError, KeyError, IndexError) as exc:
+        return Report(
+            "WARNING",
+            f"checkpoint message dropped: its minutes are malformed: {exc!r}",
+            event_id=event_id,
+            outcome="malformed",
+        )
+
+    rollout = clients.store.active(service.name)
+    if rollout is not None and _judged_later(rollout.last_verdict, _step_window(rollout, now, policy)[1]):
+        return Report(
+            "INFO",
+            f"{service.service}: minute {now:%H:%M}Z already superseded by a later checkpoint",
+            rollout=rollout.id,
+            event_id=event_id,
+            action="superseded",
+        )
+    report = _checkpoint_service(
+        service, now=now, settings=settings, policy=policy, clients=replace(clients, reader=source)
+    )
+    report.fields["event_id"] = event_id
+    return report
+
+
+def _judged_later(last_verdict: dict[str, Any] | None, end: datetime) -> bool:
+    window_end = ((last_verdict or {}).get("window") or {}).get("end")
+    return isinstance(window_end, datetime) and window_end > end
+
+
+def _message_minutes(body: dict[str, Any], service: ServiceRef, reader: MetricsSource) -> MetricsSource:
+    if "minutes" not in body:
+        return reader
+    from shared.minutes import RecordedMinutes, revisions_from_json
+
+    read = body.get("read")
+    if not isinstance(read, dict):
+        raise MalformedEvent("minutes come with their read window: {'start', 'end'}")
+    start, end = parse_time(read.get("start")), parse_time(read.get("end"))
+    revisions = revisions_from_json(body["minutes"])
+    return RecordedMinutes(
+        {(service.location, service.service): revisions}, start=start, end=end, fallback=reader
+    )

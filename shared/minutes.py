@@ -1,0 +1,253 @@
+"""One batched read of Cloud Monitoring, judged many times. Pure, no I/O.
+
+A checkpoint minute reads every watched service's revisions minute by minute in one go
+(`MonitoringReader.platform_minutes`: four ListTimeSeries calls however many rollouts). What a
+minute holds is kept whole (`MinuteSample`: request counts and the latency, memory and CPU
+distributions), so any window of whole minutes can be judged from it exactly as Cloud Monitoring
+would aggregate it: counts add up, distributions merge, percentiles come from the merged buckets.
+
+`RecordedMinutes` serves those samples through the `MetricsSource` seam, so the per-rollout rules
+(the evidence ledger, the step verdict) run on them unchanged; the samples travel as JSON in a
+checkpoint worker's message. A window outside what was read goes to the fallback source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.distributions import Distribution, merge_distributions, percentile
+from shared.evidence import MinuteMetrics
+
+if TYPE_CHECKING:
+    from shared.metrics_source import MetricsSource
+    from shared.monitoring import CanaryMetrics
+
+MINUTE = timedelta(minutes=1)
+MAX_BUCKETS = 4096  # Cloud Monitoring's distributions hold far fewer; a bound for hostile input
+ServiceKey = tuple[str, str]  # (location, service)
+Revisions = dict[str, dict[datetime, "MinuteSample"]]  # revision -> minute start -> sample
+
+
+@dataclass(frozen=True)
+class MinuteSample:
+    """What Cloud Monitoring holds for one revision in one minute (the point ending at minute + 1)."""
+
+    minute: datetime  # start of the minute
+    requests: int = 0
+    errors: int = 0  # 5xx
+    latency: Distribution | None = None  # request_latencies, ms
+    memory: Distribution | None = None  # container/memory/utilizations, 0..1
+    cpu: Distribution | None = None  # container/cpu/utilizations, 0..1
+
+    def metrics(self) -> MinuteMetrics:
+        return MinuteMetrics(
+            minute=self.minute,
+            requests=self.requests,
+            errors=self.errors,
+            latency_p95_ms=percentile(self.latency, 95) if self.latency else None,
+            memory=percentile(self.memory, 99) if self.memory else None,
+            cpu=percentile(self.cpu, 99) if self.cpu else None,
+        )
+
+    def as_json(self, layouts: list[dict[str, Any]]) -> dict[str, Any]:
+        """JSON; each distribution's bucket layout goes into `layouts` once and is named by its
+        index (a message of 90 minutes would otherwise repeat it hundreds of times)."""
+        data: dict[str, Any] = {"minute": f"{self.minute:%Y-%m-%dT%H:%MZ}"}
+        if self.requests:
+            data |= {"requests": self.requests, "errors": self.errors}
+        for name in ("latency", "memory", "cpu"):
+            if (value := getattr(self, name)) is not None:
+                data[name] = _distribution_json(value, layouts)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], layouts: Sequence[Mapping[str, Any]]) -> MinuteSample:
+        """Raises ValueError / KeyError / TypeError / IndexError on a malformed sample."""
+        requests, errors = int(data.get("requests", 0)), int(data.get("errors", 0))
+        if not 0 <= errors <= requests:
+            raise ValueError(f"errors {errors} must be between 0 and requests {requests}")
+        return cls(
+            minute=datetime.strptime(str(data["minute"]), "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC),
+            requests=requests,
+            errors=errors,
+            **{
+                name: _distribution_from_json(data[name], layouts)
+                for name in ("latency", "memory", "cpu")
+                if data.get(name) is not None
+            },
+        )
+
+
+def _distribution_json(value: Distribution, layouts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sparse buckets: a latency layout has ~240 buckets, a minute fills a handful."""
+    from google.protobuf import json_format
+
+    layout = json_format.MessageToDict(value.bucket_options)
+    if layout not in layouts:
+        layouts.append(layout)
+    return {
+        "count": value.count,
+        "mean": value.mean,
+        "ssd": value.sum_of_squared_deviation,
+        "layout": layouts.index(layout),
+        "buckets": [[index, count] for index, count in enumerate(value.bucket_counts) if count],
+        "size": len(value.bucket_counts),
+    }
+
+
+def _distribution_from_json(data: Mapping[str, Any], layouts: Sequence[Mapping[str, Any]]) -> Distribution:
+    from google.protobuf import json_format
+
+    size = int(data["size"])
+    if not 0 <= size <= MAX_BUCKETS:
+        raise ValueError(f"a distribution of {size} buckets: at most {MAX_BUCKETS}")
+    counts = [0] * size
+    for index, count in data["buckets"]:
+        if int(count) < 0:
+            raise ValueError("a bucket count is negative")
+        counts[int(index)] = int(count)
+    if sum(counts) != int(data["count"]):
+        raise ValueError("bucket counts do not add up to the distribution's count")
+    options = json_format.ParseDict(layouts[int(data["layout"])], Distribution.BucketOptions())
+    return Distribution(
+        count=int(data["count"]),
+        mean=float(data["mean"]),
+        sum_of_squared_deviation=float(data["ssd"]),
+        bucket_options=options,
+        bucket_counts=counts,
+    )
+
+
+def _in_window(sample: MinuteSample, start: datetime, end: datetime) -> bool:
+    """The minute's point (ending at minute + 1) lies in (start, end]."""
+    return start < sample.minute + MINUTE <= end
+
+
+def _excluded(sample: MinuteSample, exclude: Sequence[tuple[datetime, datetime]]) -> bool:
+    return any(first < sample.minute + MINUTE <= last for first, last in exclude)
+
+
+def window_metrics(
+    samples: Iterable[MinuteSample],
+    *,
+    start: datetime,
+    end: datetime,
+    exclude: Sequence[tuple[datetime, datetime]] = (),
+) -> CanaryMetrics:
+    """One revision over (start, end], as `MonitoringReader.canary_metrics` reads it: request
+    counts and latency leave out the `exclude` spans (canary-guard's own load tests), memory
+    and CPU keep every minute (how the canary holds up under load is its own health)."""
+    from shared.monitoring import CanaryMetrics
+
+    inside = [sample for sample in samples if _in_window(sample, start, end)]
+    served = [sample for sample in inside if not _excluded(sample, exclude)]
+    requests = sum(sample.requests for sample in served)
+    errors = sum(sample.errors for sample in served)
+
+    def merged(name: str, samples: list[MinuteSample]) -> Distribution:
+        return merge_distributions([d for sample in samples if (d := getattr(sample, name)) is not None])
+
+    return CanaryMetrics(
+        window_start=start,
+        window_end=end,
+        request_count=requests,
+        error_count=errors,
+        error_rate=errors / requests if requests else None,
+        latency_p95_ms=percentile(merged("latency", served), 95),
+        memory_utilization=percentile(merged("memory", inside), 99),
+        cpu_utilization=percentile(merged("cpu", inside), 99),
+    )
+
+
+def revisions_json(revisions: Mapping[str, Mapping[datetime, MinuteSample]]) -> dict[str, Any]:
+    """{"layouts": [...], "revisions": {revision: [sample, ...]}}: what a worker's message carries."""
+    layouts: list[dict[str, Any]] = []
+    by_revision = {
+        revision: [minutes[minute].as_json(layouts) for minute in sorted(minutes)]
+        for revision, minutes in revisions.items()
+    }
+    return {"layouts": layouts, "revisions": by_revision}
+
+
+def revisions_from_json(data: Any) -> Revisions:
+    """Raises ValueError / KeyError / TypeError / IndexError on anything but what
+    `revisions_json` writes."""
+    if not isinstance(data, dict) or not isinstance(data.get("revisions"), dict):
+        raise TypeError('minutes must be {"layouts": [...], "revisions": {name: [minute, ...]}}')
+    layouts = data.get("layouts") or []
+    if not isinstance(layouts, list) or not all(isinstance(layout, dict) for layout in layouts):
+        raise TypeError("layouts must be a list of bucket layouts")
+    revisions: Revisions = {}
+    for revision, samples in data["revisions"].items():
+        if not isinstance(samples, list):
+            raise TypeError(f"revision {revision!r}: minutes must be a list")
+        parsed = [MinuteSample.from_json(sample, layouts) for sample in samples]
+        revisions[str(revision)] = {sample.minute: sample for sample in parsed}
+    return revisions
+
+
+class RecordedMinutes:
+    """A `MetricsSource` over one batched read: the services in `revisions` (read, with or
+    without data) over (start, end]. Anything else is asked of `fallback` (the live reader), so
+    a rollout whose step window began before the read still gets its whole window judged."""
+
+    def __init__(
+        self,
+        revisions: Mapping[ServiceKey, Revisions],
+        *,
+        start: datetime,
+        end: datetime,
+        fallback: MetricsSource | None = None,
+    ) -> None:
+        self.revisions = dict(revisions)
+        self.start, self.end = start, end
+        self.fallback = fallback
+        self.fallback_reads = 0  # windows this source could not answer itself
+
+    def covers(self, location: str, service: str, start: datetime, end: datetime) -> bool:
+        return (location, service) in self.revisions and self.start <= start and end <= self.end
+
+    def _source(self, location: str, service: str, start: datetime, end: datetime) -> MetricsSource:
+        if self.fallback is None:
+            raise LookupError(
+                f"{service} ({location}) over {start:%H:%M}-{end:%H:%M}Z was not read"
+                f" (read: {self.start:%H:%M}-{self.end:%H:%M}Z) and there is no reader to ask"
+            )
+        self.fallback_reads += 1
+        return self.fallback
+
+    def minute_metrics(
+        self, *, location: str, service: str, start: datetime, end: datetime
+    ) -> dict[str, dict[datetime, MinuteMetrics]]:
+        if not self.covers(location, service, start, end):
+            source = self._source(location, service, start, end)
+            return source.minute_metrics(location=location, service=service, start=start, end=end)
+        return {
+            revision: {
+                minute: sample.metrics()
+                for minute, sample in minutes.items()
+                if _in_window(sample, start, end)
+            }
+            for revision, minutes in self.revisions[(location, service)].items()
+        }
+
+    def canary_metrics(
+        self,
+        *,
+        location: str,
+        service: str,
+        revision: str,
+        start: datetime,
+        end: datetime,
+        exclude: Sequence[tuple[datetime, datetime]] = (),
+    ) -> CanaryMetrics:
+        if not self.covers(location, service, start, end):
+            source = self._source(location, service, start, end)
+            return source.canary_metrics(
+                location=location, service=service, revision=revision, start=start, end=end, exclude=exclude
+            )
+        samples = self.revisions[(location, service)].get(revision, {}).values()
+        return window_metrics(samples, start=start, end=end, exclude=exclude)
