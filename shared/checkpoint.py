@@ -314,7 +314,7 @@ def _write_metrics(
 MAX_BATCHED_READ = timedelta(minutes=90)
 # Services checked at once by one process (Cloud Run reads and Firestore transactions stay per
 # rollout); with CHECKPOINT_TOPIC set the work is spread over checkpoint_worker instances instead.
-CHECKPOINT_CONCURRENCY = 16
+CHECKPOINT_CONCURRENCY = 32
 
 
 def read_minutes(
@@ -367,7 +367,12 @@ def run_checkpoints(
     def check(service: ServiceRef) -> Report:
         try:
             return _checkpoint_service(
-                service, now=now, settings=settings, policy=policy, clients=minute_clients
+                service,
+                now=now,
+                settings=settings,
+                policy=policy,
+                clients=minute_clients,
+                stored=rollouts.get(service.name),
             )
         except Exception as exc:  # one service's fault must not stop the others' checkpoints
             return Report(
@@ -389,12 +394,19 @@ def _resend_notifications(clients: Clients) -> None:
 
 
 def _checkpoint_service(
-    service: ServiceRef, *, now: datetime, settings: Settings, policy: Policy, clients: Clients
+    service: ServiceRef,
+    *,
+    now: datetime,
+    settings: Settings,
+    policy: Policy,
+    clients: Clients,
+    stored: Rollout | None,
 ) -> Report:
+    """`stored`: the service's rollout as this run read it (`store.active`), a moment ago."""
     # The live service decides which canary to judge: a canary deployed outside the CLI, or
     # after the last rollout ended, is picked up here (a RUNNING predecessor is superseded).
     split = discover_canary(clients.traffic.get(service.name))
-    rollout = clients.store.active(service.name)
+    rollout = stored
     if split is not None and (rollout is None or rollout.canary_revision != split.canary_revision):
         rollout = clients.store.rollout_of_live_canary(
             service.name, split, found_by="discovered by checkpoint"

@@ -124,7 +124,12 @@ def handle_checkpoint_message(
             action="superseded",
         )
     report = _checkpoint_service(
-        service, now=now, settings=settings, policy=policy, clients=replace(clients, reader=source)
+        service,
+        now=now,
+        settings=settings,
+        policy=policy,
+        clients=replace(clients, reader=source),
+        stored=rollout,
     )
     report.fields["event_id"] = event_id
     return report

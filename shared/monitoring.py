@@ -103,7 +103,10 @@ class _MonitoringApi:
             else:
                 # client_options={"api_endpoint": ...} alone still speaks TLS, which a local
                 # plain-text server never answers; a ready channel makes the client skip auth.
-                channel = grpc.insecure_channel(self._endpoint)
+                # Unbounded messages, as the generated transport's own channel has them: a
+                # batched read of hundreds of services is a long answer.
+                unbounded = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+                channel = grpc.insecure_channel(self._endpoint, options=unbounded)
                 transport = MetricServiceGrpcTransport(channel=channel)
                 self._client_instance = monitoring_v3.MetricServiceClient(transport=transport)
         return self._client_instance

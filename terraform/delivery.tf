@@ -1,4 +1,4 @@
-# Delivery of Pub/Sub messages to the three Pub/Sub-driven functions, declared entirely here.
+# Delivery of Pub/Sub messages to the four Pub/Sub-driven functions, declared entirely here.
 #
 # Each function is an HTTP function to Cloud Functions (no event_trigger): a push subscription
 # of our own delivers to its Cloud Run URL with an OIDC token of a dedicated identity (which
@@ -29,6 +29,11 @@ locals {
       topic             = google_pubsub_topic.notifications.id
       dead_letter_topic = google_pubsub_topic.notifications_dead_letter.id
       pusher            = "notify_push"
+    }
+    checkpoint_worker = {
+      topic             = google_pubsub_topic.checkpoints.id
+      dead_letter_topic = google_pubsub_topic.checkpoints_dead_letter.id
+      pusher            = "checkpoint_push"
     }
   }
 

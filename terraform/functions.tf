@@ -1,4 +1,4 @@
-# The five 2nd-gen functions: one entry each in local.functions, one resource for all of them.
+# The seven 2nd-gen functions: one entry each in local.functions, one resource for all of them.
 # Entry points are the top-level functions of functions/main.py; environment variable names
 # are the contract in shared/config.py (ENV_DEFAULTS, ENV_BY_FUNCTION). CLOUD_RUN_API_ENDPOINT
 # and MONITORING_API_ENDPOINT are for the local stand-ins only and are deliberately never set
@@ -89,6 +89,32 @@ locals {
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
+        # Monitoring is read once per minute here; each service is then judged by a worker.
+        CHECKPOINT_TOPIC   = google_pubsub_topic.checkpoints.name
+        FUNCTION_TIMEOUT_S = 360
+      }
+      chat_webhook = false
+    }
+
+    # One service's checkpoint minute (Pub/Sub, pushed from the checkpoints topic, sent by the
+    # checkpoint with that service's metrics) -> the same judgement and ramp step. Many at once:
+    # one instance per message (concurrency 1), up to var.checkpoint_worker_max_instances.
+    checkpoint_worker = {
+      entry_point = "checkpoint_worker"
+      description = "canary-guard: judges one watched service's checkpoint minute and walks its ramp."
+      memory      = "512Mi"
+      # A Cloud Run traffic write x 5 attempts x 15 s plus the store's 60 s contention deadline;
+      # also the rollout's checkpoint lease (FUNCTION_TIMEOUT_S), so a crashed run frees it.
+      timeout_s     = 180
+      max_instances = var.checkpoint_worker_max_instances
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      environment = {
+        GOOGLE_CLOUD_PROJECT    = var.project_id
+        CANARY_SERVICES         = local.service_fullname
+        DECISION_RETENTION_DAYS = var.decision_retention_days
+        NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
+        ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
+        FUNCTION_TIMEOUT_S      = 180
       }
       chat_webhook = false
     }

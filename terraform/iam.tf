@@ -34,6 +34,11 @@ locals {
       description = "Pub/Sub push identity: delivers notifications to notify."
       function    = "notify"
     }
+    checkpoint_push = {
+      account_id  = "push-checkpoint"
+      description = "Pub/Sub push identity: delivers checkpoint minutes to checkpoint_worker."
+      function    = "checkpoint_worker"
+    }
     checkpoint_scheduler = {
       account_id  = "sched-checkpoint"
       description = "Cloud Scheduler OIDC identity: calls the checkpoint function."
@@ -54,7 +59,10 @@ locals {
     rollback           = ["roles/datastore.user", "custom/operation_reader"]
     emergency_rollback = ["roles/datastore.user", "custom/operation_reader"]
     checkpoint         = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter", "custom/operation_reader"]
-    load_test          = ["roles/datastore.user", "roles/monitoring.metricWriter"]
+    # Judges from the metrics in its message; reads Monitoring itself only for a window the
+    # message does not hold (a step held longer than the batched read).
+    checkpoint_worker = ["roles/datastore.user", "roles/monitoring.viewer", "roles/monitoring.metricWriter", "custom/operation_reader"]
+    load_test         = ["roles/datastore.user", "roles/monitoring.metricWriter"]
     # Reads the rollout for the message, and its outbox entry (delivered once).
     notify = ["roles/datastore.user"]
   }
@@ -66,6 +74,7 @@ locals {
     rollback           = ["custom/traffic_updater"]
     emergency_rollback = ["custom/traffic_updater"]
     checkpoint         = ["custom/traffic_updater"]
+    checkpoint_worker  = ["custom/traffic_updater"]
     load_test          = ["custom/service_reader", "roles/run.invoker"]
     notify             = []
   }
@@ -110,7 +119,7 @@ locals {
   build_staged_source_prefix = "projects/_/buckets/gcf-v2-sources-${local.project_number}-${var.region}/"
 
   # Updating a service's traffic deploys it "as" its runtime service account.
-  traffic_updaters = toset(["rollback", "emergency_rollback", "checkpoint"])
+  traffic_updaters = toset(["rollback", "emergency_rollback", "checkpoint", "checkpoint_worker"])
 
   # The functions that read CHAT_WEBHOOK_URL (shared/config.py ENV_BY_FUNCTION): chat_webhook
   # in local.functions (functions.tf).
@@ -256,7 +265,7 @@ resource "google_cloud_run_v2_service_iam_member" "caller_invokes_function" {
 # agents lack the permission to (Pub/Sub's push authentication docs). Granted on the three push
 # identities only, not on the project.
 resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
-  for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger", "notify_push"]) : toset([])
+  for_each = var.grant_pubsub_agent_token_creator ? toset(["alerts_trigger", "rollback_trigger", "notify_push", "checkpoint_push"]) : toset([])
 
   service_account_id = google_service_account.caller[each.key].name
   role               = "roles/iam.serviceAccountTokenCreator"

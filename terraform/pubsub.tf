@@ -4,6 +4,7 @@
 #   Cloud Monitoring ──▶ alerts topic ──(push subscription)──▶ breach_counter
 #   breach_counter / checkpoint / on-call ──▶ rollback topic ──(push subscription)──▶ rollback
 #   every deciding function ──▶ notifications topic ──(push subscription)──▶ notify ──▶ chat
+#   checkpoint (each minute) ──▶ checkpoints topic ──(push subscription)──▶ checkpoint_worker ×N
 #
 # The push subscriptions, with their retry and dead-letter policies, are in delivery.tf.
 
@@ -37,6 +38,28 @@ resource "google_pubsub_topic" "notifications" {
   name                       = var.notify_topic_name
   labels                     = { app = "canary-guard" }
   message_retention_duration = "86400s"
+
+  depends_on = [google_project_service.apis]
+}
+
+# One message per watched service per checkpoint minute, with that service's metrics, pushed
+# to checkpoint_worker (delivery.tf): Cloud Functions runs as many workers as there are
+# services, up to var.checkpoint_worker_max_instances.
+resource "google_pubsub_topic" "checkpoints" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption is enough for a minute's metrics; no CMEK key is provisioned for this pipeline.
+  project                    = var.project_id
+  name                       = var.checkpoint_topic_name
+  labels                     = { app = "canary-guard" }
+  message_retention_duration = "3600s" # a minute's message is stale long before
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "checkpoints_dead_letter" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption is enough for dead-lettered checkpoint minutes; no CMEK key is provisioned for this pipeline.
+  project = var.project_id
+  name    = "${var.checkpoint_topic_name}-dead-letter"
+  labels  = { app = "canary-guard" }
 
   depends_on = [google_project_service.apis]
 }
@@ -112,6 +135,20 @@ resource "google_pubsub_subscription" "rollback_dead_letter" {
   }
 }
 
+resource "google_pubsub_subscription" "checkpoints_dead_letter" {
+  project                    = var.project_id
+  name                       = "${var.checkpoint_topic_name}-dead-letter"
+  topic                      = google_pubsub_topic.checkpoints_dead_letter.id
+  labels                     = { app = "canary-guard" }
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  retain_acked_messages      = false
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
 # --- Who may publish -------------------------------------------------------------------
 
 # Cloud Monitoring publishes incidents through its notification service agent, which exists
@@ -141,6 +178,13 @@ resource "google_pubsub_topic_iam_member" "rollback_publisher_checkpoint" {
   member  = google_service_account.function["checkpoint"].member
 }
 
+resource "google_pubsub_topic_iam_member" "rollback_publisher_checkpoint_worker" {
+  project = var.project_id
+  topic   = google_pubsub_topic.rollback.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function["checkpoint_worker"].member
+}
+
 # The on-call engineers may request a rollback with `gcloud pubsub topics publish`.
 resource "google_pubsub_topic_iam_member" "rollback_publisher_oncall" {
   for_each = toset(var.emergency_rollback_members)
@@ -166,6 +210,21 @@ resource "google_pubsub_topic_iam_member" "rollback_dead_letter_publisher" {
   member  = local.pubsub_service_agent
 }
 
+# The checkpoint, each minute, hands one message per service to the workers.
+resource "google_pubsub_topic_iam_member" "checkpoints_publisher_checkpoint" {
+  project = var.project_id
+  topic   = google_pubsub_topic.checkpoints.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function["checkpoint"].member
+}
+
+resource "google_pubsub_topic_iam_member" "checkpoints_dead_letter_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.checkpoints_dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = local.pubsub_service_agent
+}
+
 resource "google_pubsub_topic_iam_member" "notifications_dead_letter_publisher" {
   project = var.project_id
   topic   = google_pubsub_topic.notifications_dead_letter.name
@@ -176,7 +235,7 @@ resource "google_pubsub_topic_iam_member" "notifications_dead_letter_publisher" 
 # The functions that commit decisions publish their notifications (NOTIFY_TOPIC); notify only
 # reads them.
 locals {
-  notification_publishers = toset(["breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test"])
+  notification_publishers = toset(["breach_counter", "rollback", "emergency_rollback", "checkpoint", "checkpoint_worker", "load_test"])
 }
 
 resource "google_pubsub_topic_iam_member" "notifications_publisher" {

@@ -137,6 +137,28 @@ variable "rollback_topic_name" {
   }
 }
 
+variable "checkpoint_topic_name" {
+  description = "Pub/Sub topic the checkpoint sends each watched service's minute to (pushed to checkpoint_worker); passed to it as CHECKPOINT_TOPIC."
+  type        = string
+  default     = "canary-checkpoints"
+
+  validation {
+    condition     = can(regex("^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", var.checkpoint_topic_name)) && !startswith(lower(var.checkpoint_topic_name), "goog")
+    error_message = "checkpoint_topic_name must be a Pub/Sub topic ID: 3-255 characters, starting with a letter, not with \"goog\"."
+  }
+}
+
+variable "checkpoint_worker_max_instances" {
+  description = "Most checkpoint_worker instances at once: each judges one service's minute in about 1-3 s, so 20 judge 300 services well inside the minute."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.checkpoint_worker_max_instances >= 1 && var.checkpoint_worker_max_instances <= 100
+    error_message = "checkpoint_worker_max_instances must be between 1 and 100."
+  }
+}
+
 variable "notify_topic_name" {
   description = "Pub/Sub topic the functions publish their decisions' notifications to (pushed to notify); passed to them as NOTIFY_TOPIC."
   type        = string

@@ -44,6 +44,7 @@ EXPECTED_ENTRY_POINTS = (
     "checkpoint",
     "load_test",
     "notify",
+    "checkpoint_worker",
 )
 SCHEDULER_JOBS = {"checkpoint": "checkpoint", "load_test": "load_test"}  # job -> entry point
 # The body keys each scheduled function's handler takes (shared/checkpoint.py handle_checkpoint,
@@ -97,6 +98,13 @@ EXPECTED_PROJECT_ROLES = {
     ],
     "load_test": ["roles/datastore.user", "roles/monitoring.metricWriter"],
     "notify": ["roles/datastore.user"],
+    # Judges from its message's metrics, writes the dashboard's custom metrics, steps the ramp.
+    "checkpoint_worker": [
+        "roles/datastore.user",
+        "roles/monitoring.viewer",
+        "roles/monitoring.metricWriter",
+        "custom/operation_reader",
+    ],
 }
 EXPECTED_TARGET_SERVICE_ROLES = {
     "breach_counter": ["custom/service_reader"],
@@ -105,6 +113,7 @@ EXPECTED_TARGET_SERVICE_ROLES = {
     "checkpoint": ["custom/traffic_updater"],
     "load_test": ["custom/service_reader", "roles/run.invoker"],
     "notify": [],
+    "checkpoint_worker": ["custom/traffic_updater"],
 }
 # The Cloud Run permissions the code uses, and where (terraform/README.md lists the same).
 CODE_PERMISSIONS = {
@@ -222,7 +231,7 @@ def test_thresholds_and_durations_come_from_the_policy_file(tf, policy):
 
 
 def test_cloud_event_functions_are_the_pubsub_ones():
-    assert cloud_event_entry_points() == {"breach_counter", "rollback", "notify"}
+    assert cloud_event_entry_points() == {"breach_counter", "rollback", "notify", "checkpoint_worker"}
 
 
 def test_push_subscriptions_retry_and_invoke_only_their_function(tf):
@@ -602,8 +611,8 @@ CUTS = [
     pytest.param(
         "iam.tf",
         _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
-        'toset(["alerts_trigger", "rollback_trigger", "notify_push"])',
-        'toset(["alerts_trigger", "notify_push"])',
+        'toset(["alerts_trigger", "rollback_trigger", "notify_push", "checkpoint_push"])',
+        'toset(["alerts_trigger", "notify_push", "checkpoint_push"])',
         "token_creator",
         "the push identity caller[rollback_trigger] of rollback: the Pub/Sub service agent gets no "
         "Token Creator",
@@ -612,8 +621,8 @@ CUTS = [
     pytest.param(
         "iam.tf",
         _res("google_service_account_iam_member", "pubsub_agent_token_creator"),
-        'toset(["alerts_trigger", "rollback_trigger", "notify_push"])',
-        'toset(["alerts_trigger", "notify_push", "checkpoint_scheduler"])',
+        'toset(["alerts_trigger", "rollback_trigger", "notify_push", "checkpoint_push"])',
+        'toset(["alerts_trigger", "notify_push", "checkpoint_push", "checkpoint_scheduler"])',
         "token_creator",
         "Token Creator on 'caller[checkpoint_scheduler]', not a push identity",
         id="token-creator-on-a-scheduler-identity",
@@ -1035,8 +1044,8 @@ CUTS = [
     pytest.param(
         "pubsub.tf",
         None,
-        '["breach_counter", "rollback", "emergency_rollback", "checkpoint", "load_test"]',
-        '["breach_counter", "rollback", "emergency_rollback", "load_test"]',
+        '["breach_counter", "rollback", "emergency_rollback", "checkpoint", "checkpoint_worker", "load_test"]',
+        '["breach_counter", "rollback", "emergency_rollback", "checkpoint_worker", "load_test"]',
         "notification_chain",
         "checkpoint cannot publish to the notifications topic notifications",
         id="checkpoint-cannot-publish-notifications",
@@ -1124,7 +1133,7 @@ CUTS = [
         'entry_point     = "rollback"',
         "entry_points",
         "no function deployed for entry point(s) "
-        "['breach_counter', 'checkpoint', 'emergency_rollback', 'load_test', 'notify']",
+        "['breach_counter', 'checkpoint', 'checkpoint_worker', 'emergency_rollback', 'load_test', 'notify']",
         id="every-function-built-with-one-entry-point",
     ),
     pytest.param(
@@ -1297,7 +1306,7 @@ def test_optional_features_switch_their_instances_off(tf):
         for i in tc.instances(tf, "google_service_account_iam_member")
         if i.name == "pubsub_agent_token_creator"
     }
-    assert token_creators == {"alerts_trigger", "rollback_trigger", "notify_push"}
+    assert token_creators == {"alerts_trigger", "rollback_trigger", "notify_push", "checkpoint_push"}
     off = {
         "chat_webhook_secret_id": "",
         "grant_pubsub_agent_token_creator": False,
