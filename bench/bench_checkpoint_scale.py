@@ -86,7 +86,9 @@ def run_minute(now: datetime, services: list[str], proxies: dict[str, LatencyPro
         proxy.reset_count()
     cloudrun_before = len(cloudrun.calls())
     started = time.perf_counter()
-    reports = run_checkpoints(now=now, settings=settings, policy=load_policy(settings.policy_file), clients=clients)
+    reports = run_checkpoints(
+        now=now, settings=settings, policy=load_policy(settings.policy_file), clients=clients
+    )
     wall = time.perf_counter() - started
     calls = Counter({name: proxy.reset_count() for name, proxy in proxies.items() if name != "cloudrun"})
     calls["cloudrun"] = len(cloudrun.calls()) - cloudrun_before

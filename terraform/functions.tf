@@ -27,7 +27,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
@@ -45,7 +45,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
       }
@@ -64,7 +64,7 @@ locals {
       ingress       = "ALLOW_ALL"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
       }
@@ -85,7 +85,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
@@ -110,7 +110,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         ROLLBACK_TOPIC          = google_pubsub_topic.rollback.name
@@ -130,7 +130,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         CHAT_FORMAT             = var.chat_format
         DASHBOARD_URL           = local.dashboard_url
@@ -141,15 +141,16 @@ locals {
     # Cloud Scheduler (policy load_test.schedule) -> bounded load + rate-limit probe -> results.
     # FUNCTION_TIMEOUT_S / FUNCTION_MEMORY_MB are its own timeout and memory: it bounds its run by them.
     load_test = {
-      entry_point   = "load_test"
-      description   = "canary-guard: nightly load test and rate-limit probe of canary and stable."
-      memory        = "${local.load_test_memory_mb}Mi"
-      timeout_s     = local.load_test_timeout_s
-      max_instances = 1
+      entry_point = "load_test"
+      description = "canary-guard: nightly load test and rate-limit probe of canary and stable."
+      memory      = "${local.load_test_memory_mb}Mi"
+      timeout_s   = local.load_test_timeout_s
+      # One scheduled call per service, all at the policy's time: one instance each.
+      max_instances = min(length(local.watched), 100)
       ingress       = "ALLOW_INTERNAL_ONLY"
       environment = {
         GOOGLE_CLOUD_PROJECT    = var.project_id
-        CANARY_SERVICES         = local.service_fullname
+        CANARY_SERVICES         = local.canary_services
         DECISION_RETENTION_DAYS = var.decision_retention_days
         NOTIFY_TOPIC            = google_pubsub_topic.notifications.name
         FUNCTION_TIMEOUT_S      = local.load_test_timeout_s

@@ -130,10 +130,14 @@ locals {
       for fn, roles in local.function_project_roles : [for role in roles : { fn = fn, role = role }]
     ]) : "${pair.fn} ${pair.role}" => pair
   }
-  function_target_service_grants = {
-    for pair in flatten([
-      for fn, roles in local.function_target_service_roles : [for role in roles : { fn = fn, role = role }]
-    ]) : "${pair.fn} ${pair.role}" => pair
+  # function_target_service_grants (one per function, role and watched service): services.tf.
+
+  # The act-as grants: each traffic updater on each distinct runtime account of the watched
+  # services (two services sharing an account share one grant: a duplicate would remove the
+  # binding of both when one is destroyed).
+  act_as_grants = {
+    for pair in setproduct(sort(local.traffic_updaters), sort(distinct(values(local.target_runtime_service_accounts)))) :
+    "${pair[0]} ${pair[1]}" => { fn = pair[0], account = pair[1] }
   }
 }
 
@@ -195,18 +199,18 @@ resource "google_cloud_run_v2_service_iam_member" "function_on_target" {
   for_each = local.function_target_service_grants
 
   project  = var.project_id
-  location = local.service_location
-  name     = var.service_name
+  location = local.watched[each.value.service].location
+  name     = each.value.service
   role     = startswith(each.value.role, "custom/") ? google_project_iam_custom_role.canary_guard[trimprefix(each.value.role, "custom/")].name : each.value.role
   member   = google_service_account.function[each.value.fn].member
 }
 
 resource "google_service_account_iam_member" "traffic_updater_act_as_target_runtime" {
-  for_each = local.traffic_updaters
+  for_each = local.act_as_grants
 
-  service_account_id = "projects/${var.project_id}/serviceAccounts/${local.target_runtime_service_account}"
+  service_account_id = "projects/${var.project_id}/serviceAccounts/${each.value.account}"
   role               = "roles/iam.serviceAccountUser"
-  member             = google_service_account.function[each.key].member
+  member             = google_service_account.function[each.value.fn].member
 }
 
 resource "google_secret_manager_secret_iam_member" "chat_webhook" {
@@ -286,11 +290,11 @@ resource "google_cloud_run_v2_service_iam_member" "oncall_invokes_emergency_roll
 # The canary uptime check authenticates as the Monitoring service agent (OIDC token). A grant
 # to an agent that does not exist yet is refused: it waits for time_sleep.monitoring_agent.
 resource "google_cloud_run_v2_service_iam_member" "uptime_check_invokes_target" {
-  count = var.canary_tag_url != "" && var.uptime_check_authenticated ? 1 : 0
+  for_each = var.uptime_check_authenticated ? local.uptime_checked : {}
 
   project  = var.project_id
-  location = local.service_location
-  name     = var.service_name
+  location = each.value.location
+  name     = each.key
   role     = "roles/run.invoker"
   member   = local.monitoring_notification_agent
 

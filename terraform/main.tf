@@ -10,9 +10,6 @@ locals {
   checkpoint_cfg = local.policy.checkpoint
   load_test_cfg  = local.policy.load_test
 
-  service_location = coalesce(var.service_location, var.region)
-  service_fullname = "projects/${var.project_id}/locations/${local.service_location}/services/${var.service_name}"
-
   # Where the policy file sits in the deployed function: the Python runtime serves the
   # uploaded source from /workspace, and the archive puts shared/ at its root (archive.tf).
 
@@ -26,13 +23,16 @@ locals {
   monitoring_notification_agent = "serviceAccount:service-${local.project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
   pubsub_service_agent          = "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # The runtime identity of the service under release: traffic updates must be able to
-  # "act as" exactly this account (roles/iam.serviceAccountUser on it, nothing wider).
-  target_runtime_service_account = coalesce(
-    var.target_service_account,
-    try(data.google_cloud_run_v2_service.target.template[0].service_account, ""),
-    "${local.project_number}-compute@developer.gserviceaccount.com",
-  )
+  # The runtime identity of each watched service: traffic updates must be able to "act as"
+  # exactly these accounts (roles/iam.serviceAccountUser on each, nothing wider). Services
+  # that share an account share its grant.
+  target_runtime_service_accounts = {
+    for name, s in local.watched : name => coalesce(
+      s.runtime_service_account,
+      try(data.google_cloud_run_v2_service.target[name].template[0].service_account, ""),
+      "${local.project_number}-compute@developer.gserviceaccount.com",
+    )
+  }
 
   chat_webhook_enabled = var.chat_webhook_secret_id != ""
 
@@ -56,11 +56,13 @@ data "google_project" "this" {
   project_id = var.project_id
 }
 
-# The Cloud Run service under release must already exist (canary-guard never creates it).
+# The Cloud Run services under release must already exist (canary-guard never creates them).
 data "google_cloud_run_v2_service" "target" {
+  for_each = local.watched
+
   project  = var.project_id
-  location = local.service_location
-  name     = var.service_name
+  location = each.value.location
+  name     = each.key
 }
 
 resource "google_project_service" "apis" {

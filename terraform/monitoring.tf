@@ -20,10 +20,8 @@ locals {
   alignment_period = "${local.alerting.alignment_period_s}s"
   alert_duration   = "${local.alerting.duration_s}s"
 
-  run_revision_filter = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${var.service_name}\""
-
-  # The resource labels decode_alert reads (shared/events.py REVISION_LABELS); the filter
-  # already pins one service, so grouping by its name and location splits nothing further.
+  # The resource labels decode_alert reads (shared/events.py REVISION_LABELS): a policy covers
+  # several services, so its incidents name the service, its location and the revision.
   revision_group_by = [
     "resource.label.service_name",
     "resource.label.location",
@@ -31,7 +29,7 @@ locals {
   ]
 
   alert_documentation = <<-EOT
-    canary-guard observes this rule for the canary revision of Cloud Run service `${var.service_name}` (${local.service_location}).
+    canary-guard observes this rule for the canary revisions of its watched Cloud Run services (the incident names the service and revision).
     Each notification makes the breach_counter function judge the canary's recent minutes from Cloud Monitoring; it
     requests a rollback when a rule's run of breach minutes reaches its limit in shared/policy.yaml.
 
@@ -67,38 +65,39 @@ resource "time_sleep" "monitoring_agent" {
 
 # One alert policy per entry of the policy file's alerting.metric_conditions (rule -> metric,
 # aligner, reducer, optional ratio denominator): adding a metric rule is a policy change.
+# One per rule and group of at most local.services_per_alert_policy services (services.tf).
 resource "google_monitoring_alert_policy" "metric_rule" {
-  for_each = local.alerting.metric_conditions
+  for_each = local.metric_policies
 
   project      = var.project_id
-  display_name = "canary-guard ${var.service_name}: ${each.value.title}"
+  display_name = "canary-guard ${local.alerting.metric_conditions[each.value.rule].title} (services ${each.value.group}: ${join(", ", local.service_groups[each.value.group].services)})"
   combiner     = "OR"
   severity     = "ERROR"
 
   conditions {
-    display_name = "${each.value.title} per revision above the policy threshold"
+    display_name = "${local.alerting.metric_conditions[each.value.rule].title} per revision above the policy threshold"
 
     condition_threshold {
-      filter     = "${each.value.filter} AND ${local.run_revision_filter}"
+      filter     = "${local.alerting.metric_conditions[each.value.rule].filter} AND ${local.service_groups[each.value.group].filter}"
       comparison = "COMPARISON_GT"
       # In the metric's own unit, like the rule's threshold: a fraction for ratios and
       # utilisation (0.01 = 1 %), milliseconds for request_latencies.
-      threshold_value = local.rules[each.key].threshold
+      threshold_value = local.rules[each.value.rule].threshold
       duration        = local.alert_duration
 
       aggregations {
         alignment_period     = local.alignment_period
-        per_series_aligner   = each.value.per_series_aligner
-        cross_series_reducer = each.value.cross_series_reducer
+        per_series_aligner   = local.alerting.metric_conditions[each.value.rule].per_series_aligner
+        cross_series_reducer = local.alerting.metric_conditions[each.value.rule].cross_series_reducer
         group_by_fields      = local.revision_group_by
       }
 
       # A ratio (error_rate: 5xx / all) divides by the same metric without the numerator's
       # label filter, aggregated the same way.
-      denominator_filter = each.value.denominator_filter == "" ? null : "${each.value.denominator_filter} AND ${local.run_revision_filter}"
+      denominator_filter = local.alerting.metric_conditions[each.value.rule].denominator_filter == "" ? null : "${local.alerting.metric_conditions[each.value.rule].denominator_filter} AND ${local.service_groups[each.value.group].filter}"
 
       dynamic "denominator_aggregations" {
-        for_each = each.value.denominator_filter == "" ? [] : [each.value]
+        for_each = local.alerting.metric_conditions[each.value.rule].denominator_filter == "" ? [] : [local.alerting.metric_conditions[each.value.rule]]
         content {
           alignment_period     = local.alignment_period
           per_series_aligner   = denominator_aggregations.value.per_series_aligner
@@ -125,14 +124,14 @@ resource "google_monitoring_alert_policy" "metric_rule" {
     }
   }
 
+  # No canary_service label: the policy covers several services, its incidents name theirs.
   user_labels = {
-    app            = "canary-guard"
-    canary_rule    = each.key
-    canary_service = var.service_name
+    app         = "canary-guard"
+    canary_rule = each.value.rule
   }
 
   documentation {
-    subject   = "canary-guard: ${var.service_name} canary ${each.value.title} above the rollback threshold"
+    subject   = "canary-guard: a canary's ${local.alerting.metric_conditions[each.value.rule].title} above the rollback threshold"
     content   = local.alert_documentation
     mime_type = "text/markdown"
   }
@@ -140,21 +139,16 @@ resource "google_monitoring_alert_policy" "metric_rule" {
 
 # --- canary_down: an uptime check on the canary's tag URL --------------------------------
 #
-# Only with var.canary_tag_url set. Its incidents carry the uptime_url resource (labels
-# host, project_id), not a revision: breach_counter maps them to the service through the
-# policy user label canary_service and to the current canary of that service. Without a tag
-# URL, canary_down is observed by the checkpoint function only.
-
-locals {
-  canary_uptime_enabled = var.canary_tag_url != ""
-  canary_host           = trimsuffix(trimprefix(var.canary_tag_url, "https://"), "/")
-}
+# One per service with a canary_tag_url (local.uptime_checked). Its incidents carry the
+# uptime_url resource (labels host, project_id), not a revision: breach_counter maps them to
+# the service through the policy user label canary_service and to the current canary of that
+# service. Without a tag URL, canary_down is observed by the checkpoint function only.
 
 resource "google_monitoring_uptime_check_config" "canary" {
-  count = local.canary_uptime_enabled ? 1 : 0
+  for_each = local.uptime_checked
 
   project      = var.project_id
-  display_name = "canary-guard ${var.service_name}: canary tag"
+  display_name = "canary-guard ${each.key}: canary tag"
   period       = "${local.uptime.period_s}s"
   timeout      = "${local.uptime.timeout_s}s"
   checker_type = "STATIC_IP_CHECKERS"
@@ -182,23 +176,23 @@ resource "google_monitoring_uptime_check_config" "canary" {
     type = "uptime_url"
     labels = {
       project_id = var.project_id
-      host       = local.canary_host
+      host       = each.value.canary_host
     }
   }
 
   user_labels = {
     app            = "canary-guard"
-    canary_service = var.service_name
+    canary_service = each.key
   }
 
   depends_on = [google_cloud_run_v2_service_iam_member.uptime_check_invokes_target]
 }
 
 resource "google_monitoring_alert_policy" "canary_down" {
-  count = local.canary_uptime_enabled ? 1 : 0
+  for_each = local.uptime_checked
 
   project      = var.project_id
-  display_name = "canary-guard ${var.service_name}: canary down"
+  display_name = "canary-guard ${each.key}: canary down"
   combiner     = "OR"
   severity     = "CRITICAL"
 
@@ -206,7 +200,7 @@ resource "google_monitoring_alert_policy" "canary_down" {
     display_name = "Canary tag uptime check failing from more checker regions than the policy threshold"
 
     condition_threshold {
-      filter          = "metric.type = \"monitoring.googleapis.com/uptime_check/check_passed\" AND resource.type = \"uptime_url\" AND metric.labels.check_id = \"${google_monitoring_uptime_check_config.canary[0].uptime_check_id}\""
+      filter          = "metric.type = \"monitoring.googleapis.com/uptime_check/check_passed\" AND resource.type = \"uptime_url\" AND metric.labels.check_id = \"${google_monitoring_uptime_check_config.canary[each.key].uptime_check_id}\""
       comparison      = "COMPARISON_GT"
       threshold_value = local.rules.canary_down.threshold
       duration        = local.alert_duration
@@ -237,11 +231,11 @@ resource "google_monitoring_alert_policy" "canary_down" {
   user_labels = {
     app            = "canary-guard"
     canary_rule    = "canary_down"
-    canary_service = var.service_name
+    canary_service = each.key
   }
 
   documentation {
-    subject   = "canary-guard: ${var.service_name} canary is not serving"
+    subject   = "canary-guard: ${each.key} canary is not serving"
     content   = local.alert_documentation
     mime_type = "text/markdown"
   }
@@ -257,13 +251,21 @@ locals {
 resource "google_monitoring_dashboard" "canary" {
   project = var.project_id
   dashboard_json = templatefile("${path.module}/../infra/dashboard.json", {
-    service_name                  = var.service_name
+    # Every chart covers all watched services, split by revision (named after its service).
+    services                      = join(", ", sort(keys(local.watched)))
+    service_names                 = join(",", [for name in sort(keys(local.watched)) : "\\\"${name}\\\""])
     alerts_dead_letter_sub        = google_pubsub_subscription.alerts_dead_letter.name
     rollback_dead_letter_sub      = google_pubsub_subscription.rollback_dead_letter.name
     notifications_dead_letter_sub = google_pubsub_subscription.notifications_dead_letter.name
-    error_rate_policy             = google_monitoring_alert_policy.metric_rule["error_rate"].name
-    latency_p95_policy            = google_monitoring_alert_policy.metric_rule["latency_p95"].name
-    memory_policy                 = google_monitoring_alert_policy.metric_rule["memory"].name
+    # The alert-policy charts: one row per group of services (services.tf).
+    alert_groups = [
+      for group, g in local.service_groups : {
+        services    = join(", ", g.services)
+        error_rate  = google_monitoring_alert_policy.metric_rule["error_rate/${group}"].name
+        latency_p95 = google_monitoring_alert_policy.metric_rule["latency_p95/${group}"].name
+        memory      = google_monitoring_alert_policy.metric_rule["memory/${group}"].name
+      }
+    ]
   })
 
   depends_on = [google_project_service.apis]

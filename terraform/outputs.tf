@@ -4,28 +4,29 @@ output "emergency_rollback_url" {
 }
 
 output "emergency_rollback_commands" {
-  description = "Copy-paste commands for the on-call engineer: dry run first, then the real rollback."
+  description = "Copy-paste commands for the on-call engineer: dry run first, then the real rollback (SERVICE: one of the watched services)."
   value       = <<-EOT
+    # SERVICE: one of ${join(", ", sort(keys(local.watched)))}
     # Dry run: what would change (nothing is changed).
     curl -sS -X POST '${google_cloudfunctions2_function.function["emergency_rollback"].service_config[0].uri}' \
       -H "Authorization: Bearer $(gcloud auth print-identity-token)" \
       -H 'Content-Type: application/json' \
-      -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": true}'
+      -d '{"service": "SERVICE", "reason": "manual: <why>", "dry_run": true}'
 
     # Roll back now (stable revision back to 100 %).
     curl -sS -X POST '${google_cloudfunctions2_function.function["emergency_rollback"].service_config[0].uri}' \
       -H "Authorization: Bearer $(gcloud auth print-identity-token)" \
       -H 'Content-Type: application/json' \
-      -d '{"service": "${var.service_name}", "reason": "manual: <why>", "dry_run": false}'
+      -d '{"service": "SERVICE", "reason": "manual: <why>", "dry_run": false}'
 
     # Or queue a rollback request for the rollback function (Pub/Sub, retried until done):
     gcloud pubsub topics publish ${google_pubsub_topic.rollback.name} --project=${var.project_id} \
-      --message='{"service": "${var.service_name}", "reason": "manual: <why>"}'
+      --message='{"service": "SERVICE", "reason": "manual: <why>"}'
   EOT
 }
 
 output "function_urls" {
-  description = "HTTPS endpoints of the five functions (only emergency_rollback accepts traffic from outside Google's network)."
+  description = "HTTPS endpoints of the seven functions (only emergency_rollback accepts traffic from outside Google's network)."
   value       = { for fn, f in google_cloudfunctions2_function.function : fn => f.service_config[0].uri }
 }
 

@@ -8,18 +8,10 @@ locals {
     checkpoint = {
       function    = "checkpoint"
       caller      = "checkpoint_scheduler"
-      description = "canary-guard: judge the running canary (GO / NO-GO / INCONCLUSIVE) and advance the ramp."
+      description = "canary-guard: judge every watched service's canary (GO / NO-GO / INCONCLUSIVE) and advance the ramps."
       schedule    = local.checkpoint_cfg.schedule
       time_zone   = local.checkpoint_cfg.time_zone
       paused      = var.checkpoint_paused
-    }
-    load_test = {
-      function    = "load_test"
-      caller      = "load_test_scheduler"
-      description = "canary-guard: nightly load test and rate-limit probe of canary and stable."
-      schedule    = local.load_test_cfg.schedule
-      time_zone   = local.load_test_cfg.time_zone
-      paused      = var.load_test_paused
     }
   }
 }
@@ -49,13 +41,49 @@ resource "google_cloud_scheduler_job" "job" {
     http_method = "POST"
     uri         = google_cloudfunctions2_function.function[each.value.function].service_config[0].uri
     headers     = { "Content-Type" = "application/json" }
-    # An empty object: every watched service, and load_test's default mode. The handlers
-    # refuse keys they do not know (400), so nothing else goes here.
+    # An empty object: every watched service (each sent to a checkpoint_worker). The handler
+    # refuses keys it does not know (400), so nothing else goes here.
     body = base64encode(jsonencode({}))
 
     oidc_token {
       service_account_email = google_service_account.caller[each.value.caller].email
       audience              = google_cloudfunctions2_function.function[each.value.function].service_config[0].uri
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.caller_invokes_function]
+}
+
+# The nightly load test: one job per watched service (local.load_test_jobs, services.tf), each
+# calling load_test for its service only, so the number of services never makes one call too
+# long (a call tests one service inside load_test's own timeout).
+resource "google_cloud_scheduler_job" "load_test" {
+  for_each = local.load_test_jobs
+
+  project     = var.project_id
+  region      = var.region
+  name        = "${var.prefix}-${replace(each.key, "_", "-")}"
+  description = "canary-guard: nightly load test and rate-limit probe of ${each.value.service}'s canary and stable."
+  schedule    = local.load_test_cfg.schedule
+  time_zone   = local.load_test_cfg.time_zone
+  paused      = var.load_test_paused
+
+  attempt_deadline = "${min(google_cloudfunctions2_function.function["load_test"].service_config[0].timeout_seconds, 1800)}s"
+
+  # A failed load test is a result, not something to re-run under load.
+  retry_config {
+    retry_count = 0
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = google_cloudfunctions2_function.function["load_test"].service_config[0].uri
+    headers     = { "Content-Type" = "application/json" }
+    body        = base64encode(jsonencode({ service = each.value.fullname }))
+
+    oidc_token {
+      service_account_email = google_service_account.caller["load_test_scheduler"].email
+      audience              = google_cloudfunctions2_function.function["load_test"].service_config[0].uri
     }
   }
 

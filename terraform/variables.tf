@@ -21,46 +21,47 @@ variable "region" {
   }
 }
 
-variable "service_name" {
-  description = "Name (not the full resource name) of the Cloud Run service whose canary releases are guarded."
-  type        = string
+variable "services" {
+  description = <<-EOT
+    The Cloud Run services whose canary releases canary-guard guards: service name -> settings.
+    Adding a service is one entry and one apply; every service shares the one pipeline (functions,
+    topics, alert policies, dashboard). Per entry, all optional:
+      location                = region of the service (default: var.region)
+      canary_tag_url          = URL of its canary traffic tag, e.g. https://canary---my-service-abc123-ew.a.run.app;
+                                empty: no uptime check, canary_down is then judged by the checkpoint only
+      runtime_service_account = its runtime service account email; traffic updates need
+                                iam.serviceAccountUser on exactly this account. Empty: read from the
+                                service; if it sets none, the Compute Engine default account is assumed.
+  EOT
+  type = map(object({
+    location                = optional(string, "")
+    canary_tag_url          = optional(string, "")
+    runtime_service_account = optional(string, "")
+  }))
 
   validation {
-    condition     = can(regex("^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$", var.service_name))
-    error_message = "service_name must be a Cloud Run service name: 1-49 lower-case letters, digits and hyphens, starting with a letter and not ending with a hyphen."
+    condition     = length(var.services) > 0
+    error_message = "services must name at least one Cloud Run service."
   }
-}
-
-variable "service_location" {
-  description = "Region of the Cloud Run service under release. null: same as var.region."
-  type        = string
-  default     = null
 
   validation {
-    condition     = var.service_location == null || can(regex("^[a-z]+-[a-z]+[0-9]+$", coalesce(var.service_location, "x")))
-    error_message = "service_location must be null or a GCP region such as us-central1."
+    condition     = alltrue([for name in keys(var.services) : can(regex("^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$", name))])
+    error_message = "Each key of services must be a Cloud Run service name: 1-49 lower-case letters, digits and hyphens, starting with a letter and not ending with a hyphen."
   }
-}
-
-variable "target_service_account" {
-  description = "Runtime service account email of the Cloud Run service under release. Traffic updates need iam.serviceAccountUser on exactly this account. null: read it from the service (data source); if the service sets none, the Compute Engine default service account is assumed."
-  type        = string
-  default     = null
 
   validation {
-    condition     = var.target_service_account == null || can(regex("^[a-z0-9-]+@[a-z0-9.-]+\\.gserviceaccount\\.com$", coalesce(var.target_service_account, "x")))
-    error_message = "target_service_account must be null or a service account email (…@….gserviceaccount.com)."
+    condition     = alltrue([for s in values(var.services) : s.location == "" || can(regex("^[a-z]+-[a-z]+[0-9]+$", s.location))])
+    error_message = "services[*].location must be empty or a GCP region such as us-central1."
   }
-}
-
-variable "canary_tag_url" {
-  description = "URL of the canary's traffic tag, e.g. https://canary---my-service-abc123-ew.a.run.app. Empty: no uptime check is created, so the canary_down rule is only observed by the checkpoint function (see README)."
-  type        = string
-  default     = ""
 
   validation {
-    condition     = var.canary_tag_url == "" || can(regex("^https://[a-z0-9][a-z0-9.-]*[a-z0-9]/?$", var.canary_tag_url))
-    error_message = "canary_tag_url must be empty or an https:// URL with a host only (no path, no query), e.g. https://canary---svc-hash-ew.a.run.app."
+    condition     = alltrue([for s in values(var.services) : s.canary_tag_url == "" || can(regex("^https://[a-z0-9][a-z0-9.-]*[a-z0-9]/?$", s.canary_tag_url))])
+    error_message = "services[*].canary_tag_url must be empty or an https:// URL with a host only (no path, no query), e.g. https://canary---svc-hash-ew.a.run.app."
+  }
+
+  validation {
+    condition     = alltrue([for s in values(var.services) : s.runtime_service_account == "" || can(regex("^[a-z0-9-]+@[a-z0-9.-]+\\.gserviceaccount\\.com$", s.runtime_service_account))])
+    error_message = "services[*].runtime_service_account must be empty or a service account email (…@….gserviceaccount.com)."
   }
 }
 

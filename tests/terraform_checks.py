@@ -80,6 +80,8 @@ class Terraform:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     required_providers: dict[str, Any] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
+    # Locals of services.tf as terraform itself evaluates them (evaluate_services).
+    evaluated_locals: dict[str, Any] = field(default_factory=dict)
 
     def resource(self, rtype: str, name: str) -> dict[str, Any] | None:
         return self.resources.get(rtype, {}).get(name)
@@ -116,7 +118,118 @@ def load(tf_dir: Path) -> Terraform:
         for item in parsed.get("terraform", []):
             for providers in _plain(item).get("required_providers", []):
                 tf.required_providers.update(providers)
+    if (tf_dir / SERVICES_TF).is_file():
+        tf.evaluated_locals = evaluate_services(tf)
     return tf
+
+
+# --- services.tf, evaluated by terraform ---------------------------------------------------
+#
+# Everything that exists once per watched service is derived in services.tf from variables
+# only: terraform itself evaluates those locals here (no provider needed: no resources), for
+# CHECK_SERVICES, and the checks then see one instance per service, rule group and grant as
+# `terraform plan` would. Its `for` expressions are beyond the offline evaluator below.
+
+SERVICES_TF = "services.tf"
+CHECK_SERVICES: dict[str, dict[str, str]] = {
+    "checkout": {"canary_tag_url": "https://canary---checkout-abc123-ew.a.run.app"},
+    "search": {},
+    "accounts": {
+        "location": "europe-west4",
+        "runtime_service_account": "accounts-run@canary-guard-check.iam.gserviceaccount.com",
+    },
+}
+CHECK_PROJECT, CHECK_REGION = "canary-guard-check", "europe-west1"
+_EVALUATED: dict[str, dict[str, Any]] = {}
+
+
+class TerraformUnavailable(RuntimeError):
+    pass
+
+
+def evaluate_services(
+    tf: Terraform, services: Mapping[str, Any] | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The locals of services.tf for `services` (default CHECK_SERVICES), evaluated by running
+    terraform on services.tf, variables.tf and the locals it reads from elsewhere (local.alerting
+    from the policy file, local.function_target_service_roles from iam.tf); `extra`: more
+    outputs (name -> expression over those)."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    services = CHECK_SERVICES if services is None else services
+    names = sorted(_locals_of(tf.texts[SERVICES_TF]))
+    stubs = {
+        "alerting": f'yamldecode(file("{tf.root.resolve() / ".." / "shared" / "policy.yaml"}")).alerting',
+        "function_target_service_roles": "jsondecode("
+        + json.dumps(json.dumps(tf.locals.get("function_target_service_roles", {})))
+        + ")",
+        "traffic_updaters": "[]",
+    }
+    config = (
+        tf.texts[SERVICES_TF]
+        + "\n"
+        + tf.texts["variables.tf"]
+        + "\nlocals {\n"
+        + "".join(f"  {name} = {expr}\n" for name, expr in stubs.items())
+        + "}\n"
+        + "".join(f'output "{name}" {{\n  value = local.{name}\n}}\n' for name in names)
+        + "".join(f'output "{name}" {{\n  value = {value}\n}}\n' for name, value in (extra or {}).items())
+    )
+    values = {
+        "project_id": CHECK_PROJECT,
+        "region": CHECK_REGION,
+        "services": services,
+        "emergency_rollback_members": ["group:oncall@example.com"],
+    }
+    policy = (tf.root / ".." / "shared" / "policy.yaml").read_text()
+    key = hashlib.sha256((config + json.dumps(values, sort_keys=True) + policy).encode()).hexdigest()
+    if key in _EVALUATED:
+        return _EVALUATED[key]
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        raise TerraformUnavailable("terraform is not on PATH: services.tf cannot be evaluated")
+    with tempfile.TemporaryDirectory(prefix="cg-services-") as work:
+        Path(work, "main.tf").write_text(config)
+        Path(work, "check.tfvars.json").write_text(json.dumps(values))
+        env = {"PATH": "/usr/bin:/bin:" + str(Path(terraform).parent), "TF_IN_AUTOMATION": "1", "HOME": work}
+        for argv in (
+            [terraform, "init", "-input=false", "-no-color"],
+            [terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-var-file=check.tfvars.json"],
+        ):
+            done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+            if done.returncode:
+                raise Unevaluable(f"terraform on services.tf failed: {done.stderr.strip()[-2000:]}")
+        out = subprocess.run(
+            [terraform, "output", "-json", "-no-color"], cwd=work, env=env, capture_output=True, text=True
+        )
+        result = {name: entry["value"] for name, entry in json.loads(out.stdout).items()}
+    _EVALUATED[key] = result
+    return result
+
+
+def render_dashboard(tf: Terraform, services: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """google_monitoring_dashboard.canary's dashboard_json as terraform renders it for `services`
+    (the names of the resources it links, alert policies and subscriptions, stubbed)."""
+    raw = str(tf.resource("google_monitoring_dashboard", "canary")["dashboard_json"])
+    expression = raw[2:-1] if is_expr(raw) else raw
+    expression = re.sub(
+        r"google_[a-z0-9_]+\.[a-z0-9_]+(\[[^\]]*\])?\.name",
+        lambda m: json.dumps(re.sub(r"[^\w./-]", "-", m.group(0))),
+        expression,
+    )
+    expression = expression.replace("${path.module}", str(tf.root.resolve()))
+    rendered = evaluate_services(tf, services, {"dashboard_json": expression})["dashboard_json"]
+    return json.loads(rendered)
+
+
+def _locals_of(text: str) -> set[str]:
+    names: set[str] = set()
+    for item in hcl2.loads(text, serialization_options=_OPTIONS).get("locals", []):
+        names.update(_plain(item))
+    return names
 
 
 def _plain(node: Any) -> Any:
@@ -243,6 +356,9 @@ class Instance:
 CHECK_VARIABLES: dict[str, Any] = {
     "chat_webhook_secret_id": "canary-guard-chat-webhook",
     "grant_pubsub_agent_token_creator": True,
+    "services": CHECK_SERVICES,
+    "project_id": CHECK_PROJECT,
+    "region": CHECK_REGION,
 }
 
 
@@ -535,6 +651,8 @@ class Evaluator:
         return thunk()
 
     def local(self, name: str) -> Any:
+        if name in self.tf.evaluated_locals:
+            return self.tf.evaluated_locals[name]
         if name not in self.tf.locals:
             raise Unevaluable(f"local.{name} is not defined")
         raw = self.tf.locals[name]
@@ -561,6 +679,7 @@ _FUNCTIONS: dict[str, Any] = {
     "contains": lambda ev, xs, x: x in xs,
     "keys": lambda ev, m: sorted(m),
     "length": lambda ev, xs: len(xs),
+    "join": lambda ev, sep, xs: sep.join(xs),
     "min": lambda ev, *xs: min(xs),
     "max": lambda ev, *xs: max(xs),
     # Terraform's jsonencode is compact; base64encode encodes the string's UTF-8 bytes.
@@ -915,7 +1034,11 @@ def check_alert_group_by(tf: Terraform, labels: Iterable[str]) -> list[str]:
         for cond in blocks(policy, "conditions"):
             threshold = block(cond, "condition_threshold") or {}
             # Cloud Run metrics are written against cloud_run_revision (the uptime check's are not).
-            if "run.googleapis.com/" not in str(threshold.get("filter", "")):
+            try:
+                metric_filter = str(ev.value(threshold.get("filter", "")))
+            except Unevaluable:
+                metric_filter = str(threshold.get("filter", ""))
+            if "run.googleapis.com/" not in metric_filter:
                 continue
             grouped: dict[str, list[str]] = {}
             for agg_name in ("aggregations", "denominator_aggregations"):
@@ -1798,12 +1921,16 @@ def check_roles(
             needle = conditional_project_level.get(role)
             if needle is None or needle not in _with_locals(tf, str(condition.get("expression", ""))):
                 problems.append(f"{rtype}.{name}: {role} granted on the whole project")
+    # serviceAccountUser only on the watched services' runtime accounts: each of local.act_as_grants,
+    # made from local.target_runtime_service_accounts (main.tf).
+    act_as = str(tf.locals.get("act_as_grants", ""))
     for name, body in tf.of_type("google_service_account_iam_member").items():
-        if body.get(
-            "role"
-        ) == "roles/iam.serviceAccountUser" and "local.target_runtime_service_account" not in str(
-            body.get("service_account_id")
-        ):
+        on_runtime_accounts = (
+            expr(body.get("for_each")) == "local.act_as_grants"
+            and "each.value.account" in str(body.get("service_account_id"))
+            and "values(local.target_runtime_service_accounts)" in act_as
+        )
+        if body.get("role") == "roles/iam.serviceAccountUser" and not on_runtime_accounts:
             problems.append(
                 f"google_service_account_iam_member.{name}: serviceAccountUser on another account"
             )
@@ -2048,4 +2175,104 @@ def check_variables_documented(tf: Terraform, must_validate: Iterable[str]) -> l
     for name, body in tf.outputs.items():
         if not body.get("description"):
             problems.append(f"output {name} has no description")
+    return problems
+
+
+def check_services_guarded(tf: Terraform, services: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """With var.services = `services`: each service is in one alert policy of every metric rule,
+    gets every function's role on it, an uptime check and canary_down policy when it has a tag
+    URL, its own load test job, its place in every function's CANARY_SERVICES; and no two
+    instances of a resource type share a name."""
+    from dataclasses import replace
+
+    problems: list[str] = []
+    tf = replace(tf, evaluated_locals=evaluate_services(tf, services))
+    ev = Evaluator(tf, {**CHECK_VARIABLES, "services": dict(services)})
+
+    def value(raw: Any) -> Any:
+        try:
+            return ev.value(raw)
+        except Unevaluable as exc:
+            return f"<{exc}>"
+
+    fullnames = {
+        name: f"projects/{CHECK_PROJECT}/locations/{s.get('location') or CHECK_REGION}/services/{name}"
+        for name, s in services.items()
+    }
+    rules = sorted(value("${local.alerting.metric_conditions}") or {})
+    policies = [inst.body for inst in instances(tf, "google_monitoring_alert_policy", ev.variables)]
+    for name in services:
+        for rule in rules:
+            covering = [
+                p
+                for p in policies
+                if (p.get("user_labels") or {}).get("canary_rule") == rule
+                and f'"{name}"'
+                in str(value((block(block(p, "conditions"), "condition_threshold") or {}).get("filter")))
+            ]
+            if len(covering) != 1:
+                problems.append(
+                    f"service {name}: {len(covering)} alert policies of rule {rule} cover it, not 1"
+                )
+    grants = [inst.body for inst in instances(tf, "google_cloud_run_v2_service_iam_member", ev.variables)]
+    roles = value("${local.function_target_service_roles}")
+    for name, s in services.items():
+        for fn, fn_roles in (roles or {}).items():
+            for role in fn_roles:
+                on = [
+                    g
+                    for g in grants
+                    if value(g.get("name")) == name
+                    and value(g.get("location")) == (s.get("location") or CHECK_REGION)
+                    and fn in str(g.get("member"))
+                    and role.split("/")[-1] in str(g.get("role"))
+                ]
+                if not on:
+                    problems.append(f"service {name}: function {fn} lacks {role} on it")
+    uptime = {
+        value(i.body.get("display_name")): i.body
+        for i in instances(tf, "google_monitoring_uptime_check_config", ev.variables)
+    }
+    down = [
+        i.body
+        for i in instances(tf, "google_monitoring_alert_policy", ev.variables)
+        if (i.body.get("user_labels") or {}).get("canary_rule") == "canary_down"
+    ]
+    for name, s in services.items():
+        wanted = bool(s.get("canary_tag_url"))
+        checks = [body for title, body in uptime.items() if str(title).startswith(f"canary-guard {name}:")]
+        policies_down = [p for p in down if value((p.get("user_labels") or {}).get("canary_service")) == name]
+        if wanted and (len(checks) != 1 or len(policies_down) != 1):
+            problems.append(
+                f"service {name}: {len(checks)} uptime checks, {len(policies_down)} canary_down policies"
+            )
+        if not wanted and (checks or policies_down):
+            problems.append(f"service {name} has no canary tag URL but an uptime check")
+        if wanted and checks:
+            host = value((block(checks[0], "monitored_resource") or {}).get("labels", {}).get("host"))
+            if host != s["canary_tag_url"].removeprefix("https://").rstrip("/"):
+                problems.append(f"service {name}: uptime check on {host!r}, not its canary tag URL")
+    bodies = []
+    for inst in instances(tf, "google_cloud_scheduler_job", ev.variables):
+        target = block(inst.body, "http_target") or {}
+        try:
+            bodies.append(json.loads(base64.b64decode(ev.value(target.get("body")))))
+        except (Unevaluable, ValueError, TypeError):
+            continue
+    for name, fullname in fullnames.items():
+        if sum(body == {"service": fullname} for body in bodies) != 1:
+            problems.append(f"service {name}: not exactly one load test job for {fullname}")
+    for fid, fn in functions(tf, ev.variables).items():
+        listed = str(value(env_of(fn).get("CANARY_SERVICES", ""))).split(",")
+        if sorted(listed) != sorted(fullnames.values()):
+            problems.append(f"function {fid}: CANARY_SERVICES is {listed}, not the watched services")
+    for rtype in sorted(tf.resources):
+        seen: dict[str, str] = {}
+        for inst in instances(tf, rtype, ev.variables):
+            for attr in ("name", "account_id", "role_id", "display_name"):
+                if attr in inst.body and not (rtype.endswith("_iam_member") and attr == "name"):
+                    label = f"{attr}={value(inst.body[attr])}"
+                    if label in seen:
+                        problems.append(f"{inst.address} and {seen[label]}: the same {label}")
+                    seen[label] = inst.address
     return problems

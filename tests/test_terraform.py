@@ -46,7 +46,10 @@ EXPECTED_ENTRY_POINTS = (
     "notify",
     "checkpoint_worker",
 )
-SCHEDULER_JOBS = {"checkpoint": "checkpoint", "load_test": "load_test"}  # job -> entry point
+# job -> entry point: the checkpoint, and one load test per watched service (tc.CHECK_SERVICES).
+SCHEDULER_JOBS = {"checkpoint": "checkpoint"} | {
+    f"load_test_{name}": "load_test" for name in tc.CHECK_SERVICES
+}
 # The body keys each scheduled function's handler takes (shared/checkpoint.py handle_checkpoint,
 # shared/loadtest.py handle_load_test); any other key is answered 400.
 SCHEDULER_BODY_KEYS = {"checkpoint": ("service",), "load_test": LOAD_TEST_BODY_KEYS}
@@ -139,10 +142,11 @@ VALIDATED_VARIABLES = (
     "decision_retention_days",
     "project_id",
     "region",
-    "service_name",
+    "services",
     "emergency_rollback_members",
     "chat_webhook_secret_id",
-    "canary_tag_url",
+    "checkpoint_topic_name",
+    "checkpoint_worker_max_instances",
 )
 
 
@@ -206,6 +210,7 @@ def _all_problems(t: tc.Terraform, policy: dict, *, defined: set[str] | None = N
         "identities": tc.check_function_identities(t),
         "emergency": tc.check_emergency_access(t),
         "variables": tc.check_variables_documented(t, VALIDATED_VARIABLES),
+        "services": tc.check_services_guarded(t, tc.CHECK_SERVICES),
     }
 
 
@@ -382,7 +387,7 @@ def test_tfvars_example_sets_every_required_variable(tf):
 
 
 def test_dashboard_shows_canary_vs_stable(tf):
-    dashboard = json.loads(DASHBOARD.read_text())
+    dashboard = tc.render_dashboard(tf)  # as terraform renders it for tc.CHECK_SERVICES
     tiles = dashboard["mosaicLayout"]["tiles"]
     filters = [s for s in tc.strings(tiles) if "metric.type=" in s]
     for metric in (
@@ -404,6 +409,33 @@ def test_dashboard_shows_canary_vs_stable(tf):
         assert f"{name} =" in passed or f"{name}=" in passed, f"templatefile() does not pass {name}"
 
 
+def test_one_apply_guards_three_services_each_with_its_policies_grants_and_tiles(tf):
+    """var.services with three services (one with a canary tag URL, one in another region with
+    its own runtime account): each is covered, granted, load tested and listed, and no two
+    resources share a name."""
+    assert tc.check_services_guarded(tf, tc.CHECK_SERVICES) == []
+    dashboard = tc.render_dashboard(tf)
+    # Every Cloud Run and canary-guard chart covers all three (the dead-letter charts are per topic).
+    filters = [
+        s
+        for s in tc.strings(dashboard)
+        if "metric.type=" in s and ("run.googleapis" in s or "canary_guard/" in s)
+    ]
+    assert len(filters) >= 8
+    for name in tc.CHECK_SERVICES:
+        assert all(f'"{name}"' in f for f in filters), name
+
+
+def test_thirty_services_share_a_few_alert_policies_and_nothing_collides(tf):
+    services = {f"svc-{index:02d}": {} for index in range(30)}
+    assert tc.check_services_guarded(tf, services) == []
+    groups = tc.evaluate_services(tf, services)["service_groups"]
+    assert [len(g["services"]) for g in groups.values()] == [25, 5]  # two policies per rule
+    dashboard = tc.render_dashboard(tf, services)
+    alert_tiles = [t for t in dashboard["mosaicLayout"]["tiles"] if "alertChart" in t["widget"]]
+    assert len(alert_tiles) == 3 * len(groups)
+
+
 def test_policy_change_flows_into_the_alert_policies(tmp_path, policy):
     """Change a threshold in the policy file only: the evaluated alert policy follows."""
     copy = _copy_tree(tmp_path)
@@ -416,7 +448,7 @@ def test_policy_change_flows_into_the_alert_policies(tmp_path, policy):
     (copy / "shared" / "policy.yaml").write_text(yaml.safe_dump(changed))
     t = tc.load(copy / "terraform")
     ev = tc.Evaluator(t)
-    body = tc.alert_policies(t)["google_monitoring_alert_policy.metric_rule[error_rate]"]
+    body = tc.alert_policies(t)["google_monitoring_alert_policy.metric_rule[error_rate/00]"]
     raw = tc.block(tc.block(body, "conditions"), "condition_threshold")["threshold_value"]
     assert ev.value(raw) == 0.042
     assert tc.check_thresholds_from_policy(t, changed) == []
@@ -498,6 +530,44 @@ def _job(key: str) -> tuple[str, str]:
 
 # (file, block, old, new, check that must report it, words of the report)
 CUTS = [
+    # Many services, one apply: each watched service is guarded, nothing collides.
+    pytest.param(
+        "services.tf",
+        None,
+        "chunklist(sort(keys(local.watched)), local.services_per_alert_policy)",
+        "chunklist(slice(sort(keys(local.watched)), 1, length(local.watched)),"
+        " local.services_per_alert_policy)",
+        "services",
+        "service accounts: 0 alert policies of rule error_rate cover it",
+        id="a-service-left-out-of-the-alert-policies",
+    ),
+    pytest.param(
+        "services.tf",
+        None,
+        'uptime_checked = { for name, s in local.watched : name => s if s.canary_tag_url != "" }',
+        "uptime_checked = local.watched",
+        "services",
+        "service search has no canary tag URL but an uptime check",
+        id="uptime-check-without-a-tag-url",
+    ),
+    pytest.param(
+        "scheduler.tf",
+        _res("google_cloud_scheduler_job", "load_test"),
+        "jsonencode({ service = each.value.fullname })",
+        "jsonencode({ service = each.value.service })",
+        "services",
+        "service checkout: not exactly one load test job",
+        id="load-test-job-for-a-short-name",
+    ),
+    pytest.param(
+        "scheduler.tf",
+        _res("google_cloud_scheduler_job", "load_test"),
+        'name        = "${var.prefix}-${replace(each.key, "_", "-")}"',
+        'name        = "${var.prefix}-load-test"',
+        "services",
+        "the same name=cg-load-test",
+        id="load-test-jobs-with-one-name",
+    ),
     pytest.param(
         "monitoring.tf",
         METRIC_RULE_POLICY,
@@ -700,9 +770,9 @@ CUTS = [
         "scheduler.tf",
         SCHEDULER_JOBS_RESOURCE,
         "uri         = google_cloudfunctions2_function.function[each.value.function].",
-        'uri         = google_cloudfunctions2_function.function["checkpoint"].',
+        'uri         = google_cloudfunctions2_function.function["load_test"].',
         "scheduler",
-        "job load_test does not call function load_test",
+        "job checkpoint does not call function checkpoint",
         id="scheduler-calls-wrong-function",
     ),
     pytest.param(
@@ -716,7 +786,7 @@ CUTS = [
     ),
     pytest.param(
         "scheduler.tf",
-        _job("load_test"),
+        _res("google_cloud_scheduler_job", "load_test"),
         "local.load_test_cfg.schedule",
         '"0 3 * * *"',
         "thresholds",
@@ -726,7 +796,7 @@ CUTS = [
     pytest.param(
         "monitoring.tf",
         METRIC_RULE_POLICY,
-        "threshold_value = local.rules[each.key].threshold",
+        "threshold_value = local.rules[each.value.rule].threshold",
         "threshold_value = 0.85",
         "thresholds",
         "is typed here, not read from the policy file",
@@ -735,7 +805,7 @@ CUTS = [
     pytest.param(
         "monitoring.tf",
         METRIC_RULE_POLICY,
-        "threshold_value = local.rules[each.key].threshold",
+        "threshold_value = local.rules[each.value.rule].threshold",
         "threshold_value = local.rules.error_rate.threshold",
         "thresholds",
         "policy file says 500",
@@ -756,19 +826,21 @@ CUTS = [
         '    "resource.label.location",\n',
         "",
         "alert_group_by",
-        "alert policy google_monitoring_alert_policy.metric_rule[error_rate] denominator_aggregations "
+        "alert policy google_monitoring_alert_policy.metric_rule[error_rate/00] denominator_aggregations "
         "aggregates away resource.label.location",
         id="location-aggregated-away",
     ),
     pytest.param(
         "monitoring.tf",
         METRIC_RULE_POLICY,
-        "        cross_series_reducer = each.value.cross_series_reducer\n"
+        "        cross_series_reducer = local.alerting.metric_conditions"
+        "[each.value.rule].cross_series_reducer\n"
         "        group_by_fields      = local.revision_group_by\n",
-        "        cross_series_reducer = each.value.cross_series_reducer\n"
+        "        cross_series_reducer = local.alerting.metric_conditions"
+        "[each.value.rule].cross_series_reducer\n"
         '        group_by_fields      = ["resource.label.revision_name"]\n',
         "alert_group_by",
-        "alert policy google_monitoring_alert_policy.metric_rule[memory] aggregations aggregates away "
+        "alert policy google_monitoring_alert_policy.metric_rule[memory/00] aggregations aggregates away "
         "resource.label.service_name, resource.label.location",
         id="grouped-by-revision-only",
     ),
@@ -779,7 +851,7 @@ CUTS = [
         '          group_by_fields      = ["resource.label.service_name", "resource.label.location", '
         '"resource.label.revision_name", "resource.label.project_id"]\n',
         "alert_group_by",
-        "metric_rule[error_rate]: numerator and denominator group by different fields",
+        "metric_rule[error_rate/00]: numerator and denominator group by different fields",
         id="ratio-denominator-grouped-differently",
     ),
     # The rule set is the policy file's: a metric rule left out of it has no alert policy.
@@ -807,7 +879,7 @@ CUTS = [
         "jsonencode({})",
         'jsonencode(["checkpoint"])',
         "scheduler_bodies",
-        "job load_test: body ['checkpoint'] is not a JSON object",
+        "job checkpoint: body ['checkpoint'] is not a JSON object",
         id="scheduler-body-not-an-object",
     ),
     pytest.param(
@@ -840,8 +912,8 @@ CUTS = [
     pytest.param(
         "functions.tf",
         _fn("rollback"),
-        "        CANARY_SERVICES         = local.service_fullname\n",
-        "        CANARY_SERVICES         = local.service_fullname\n"
+        "        CANARY_SERVICES         = local.canary_services\n",
+        "        CANARY_SERVICES         = local.canary_services\n"
         '        CLOUD_RUN_API_ENDPOINT  = "http://127.0.0.1:8090"\n',
         "environment",
         "CLOUD_RUN_API_ENDPOINT is for the local stand-ins only",
@@ -1044,8 +1116,8 @@ CUTS = [
     pytest.param(
         "pubsub.tf",
         None,
-        '["breach_counter", "rollback", "emergency_rollback", "checkpoint", "checkpoint_worker", "load_test"]',
-        '["breach_counter", "rollback", "emergency_rollback", "checkpoint_worker", "load_test"]',
+        '"emergency_rollback", "checkpoint", "checkpoint_worker", "load_test"]',
+        '"emergency_rollback", "checkpoint_worker", "load_test"]',
         "notification_chain",
         "checkpoint cannot publish to the notifications topic notifications",
         id="checkpoint-cannot-publish-notifications",
