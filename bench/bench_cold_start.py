@@ -31,6 +31,7 @@ FIRST_CALL = {
     "checkpoint": "import shared.checkpoint; shared.checkpoint.runtime_clients()",
     "load_test": "import shared.loadtest; runtime.store(); runtime.traffic(); runtime.writer()",
     "notify": "import shared.notify; runtime.notify_settings(); runtime.store()",
+    "checkpoint_worker": "import shared.fanout, shared.minutes; shared.checkpoint.runtime_clients()",
 }
 ENV = {
     "GOOGLE_CLOUD_PROJECT": "cold-start",

@@ -225,16 +225,11 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
 def checkpoint_worker(event: CloudEvent) -> None:
     """One service's checkpoint minute (Pub/Sub, CHECKPOINT_TOPIC, sent by the checkpoint with
     the service's metrics): the same judgement as the checkpoint's own, on its own instance."""
-    from shared.checkpoint import runtime_clients
     from shared.fanout import handle_checkpoint_message
 
     with _logged_failure("checkpoint_worker", event_id=event["id"]):
         report = handle_checkpoint_message(
-            event.data,
-            event_id=event["id"],
-            settings=runtime.settings(),
-            policy=runtime.policy(),
-            clients=runtime_clients(),
+            event.data, event_id=event["id"], settings=runtime.settings(), policy=runtime.policy()
         )
         report.emit()
 

@@ -7,6 +7,9 @@ stand-in as Cloud Run would record it; the alert it raises makes breach_counter 
 
     ./dev demo            (or: .venv/bin/python -m infra.demo)
     ./dev demo --ramp     checkpoints walk a healthy canary 5 % → 100 %, and the operator CLI
+
+The stack guards two services: while shop's canaries are rolled back, cart's healthy canary is
+judged by the same checkpoint minute, fanned out to one checkpoint_worker per service.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
 
 LOCATION = "us-central1"
 SERVICE = f"projects/{PROJECT}/locations/{LOCATION}/services/shop"
+CART = f"projects/{PROJECT}/locations/{LOCATION}/services/cart"  # a second service, guarded at once
 OBSERVED = {"error_rate": ("0.06", "0.01"), "memory": ("0.93", "0.85")}
 
 
@@ -75,6 +79,21 @@ def incident(
     }
 
 
+def demo_minutes(monitoring: Any, service: str, revision: str, minutes: list[datetime], traffic: Any) -> None:
+    """The revision's traffic in these minutes, written to the Monitoring stand-in."""
+    from infra.metrics_feed import feed
+
+    feed(
+        monitoring,
+        project=PROJECT,
+        location=LOCATION,
+        service=service,
+        revision=revision,
+        minutes=minutes,
+        traffic=traffic,
+    )
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -84,7 +103,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30) -> Non
 
 
 def split(stack: Any) -> dict[str, int]:
-    return {t["revision"]: t.get("percent", 0) for t in stack.cloudrun.service(SERVICE)["traffic"]}
+    return _split_of(stack, SERVICE)
 
 
 def show_split(traffic: dict[str, int]) -> str:
@@ -118,7 +137,6 @@ def breach_until_rollback(
     `start`, in the past, and each alert is the incident opened by its minute.)"""
     from google.cloud import pubsub_v1
 
-    from infra.metrics_feed import feed
     from shared.core import Phase
     from shared.store import rollout_id
 
@@ -129,15 +147,7 @@ def breach_until_rollback(
     traffic = bad_minute(rule)
     for n in range(1, limit + 1):
         minute_end = start + timedelta(minutes=n)
-        feed(
-            monitoring,
-            project=PROJECT,
-            location=LOCATION,
-            service="shop",
-            revision=revision,
-            minutes=[minute_end],
-            traffic=traffic,
-        )
+        demo_minutes(monitoring, "shop", revision, [minute_end], traffic)
         sent = time.monotonic()
         message = incident(rule, revision, number=n, started=minute_end + timedelta(seconds=20))
         publisher.publish(topic, json.dumps(message).encode()).result(timeout=30)
@@ -170,6 +180,46 @@ def breach_until_rollback(
     print_timeline(store, rid)
 
 
+def checkpoint_minute(stack: Any, store: Any, monitoring: Any) -> None:
+    """cart's healthy canary at 5 %, and one checkpoint minute over both services: the
+    checkpoint reads Monitoring once and sends each service to a checkpoint_worker (Pub/Sub)."""
+    from infra.metrics_feed import HEALTHY
+    from shared.store import rollout_id
+
+    revisions = ["cart-00001", "cart-00002"]
+    stack.cloudrun.put_service(
+        CART,
+        revisions,
+        [
+            {"revision": "cart-00001", "percent": 95},
+            {"revision": "cart-00002", "percent": 5, "tag": "canary"},
+        ],
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    for revision in revisions:
+        stamps = [end - timedelta(minutes=m) for m in range(10)]
+        demo_minutes(monitoring, "cart", revision, stamps, HEALTHY)
+    print("\n▶ canary cart-00002 deployed at 5% on cart (healthy); Cloud Scheduler calls checkpoint")
+    answer = requests.post(stack.function_urls["checkpoint"], timeout=60).json()
+    for report in answer["rollouts"]:
+        print(f"  checkpoint → {report['message']}")
+    cart = rollout_id(CART, "cart-00002")
+    wait_for("cart's checkpoint", lambda: bool((r := store.get(cart)) and r.last_verdict))
+    verdict = store.get(cart).last_verdict
+    evidence = verdict.get("evidence") or {}
+    readings, outcome = evidence.get("minutes", 0), evidence.get("outcome")
+    reason = (verdict.get("reasons") or [""])[0]
+    print(
+        f"  checkpoint_worker → cart: {readings} readings (rule × minute) of its healthy minutes into "
+        f"the ledger ({outcome}); step verdict {verdict['verdict']}: {reason}"
+    )
+    print(f"  traffic of cart: {show_split(_split_of(stack, CART))} (untouched by shop's rollbacks)")
+
+
+def _split_of(stack: Any, service: str) -> dict[str, int]:
+    return {t["revision"]: t.get("percent", 0) for t in stack.cloudrun.service(service)["traffic"]}
+
+
 def deploy(stack: Any, canary: str, revisions: list[str], percent: int = 5) -> None:
     stack.cloudrun.put_service(
         SERVICE,
@@ -194,7 +244,7 @@ def ramp_demo(log_dir: Path) -> int:
     """A healthy canary walked from 5 % to 100 % by checkpoint runs alone (soak 0 for the demo)."""
     import yaml
 
-    from infra.metrics_feed import HEALTHY, feed, rewind_step
+    from infra.metrics_feed import HEALTHY, rewind_step
     from infra.monitoring_standin import start_monitoring_standin
     from shared.policy import DEFAULT_POLICY_FILE
     from shared.store import rollout_id
@@ -215,15 +265,7 @@ def ramp_demo(log_dir: Path) -> int:
             lag = timedelta(minutes=policy["checkpoint"]["data_lag_minutes"])
             end = (datetime.now(UTC) - lag).replace(second=0, microsecond=0)
             minutes = [end - timedelta(minutes=m) for m in range(20)]
-            feed(
-                monitoring,
-                project=PROJECT,
-                location=LOCATION,
-                service="shop",
-                revision="shop-00005",
-                minutes=minutes,
-                traffic=HEALTHY,
-            )
+            demo_minutes(monitoring, "shop", "shop-00005", minutes, HEALTHY)
             print("\n▶ Cloud Scheduler calls checkpoint (healthy canary: 200 req/min, 0 % 5xx, P95 80 ms)")
             print("  (time compressed: before each call the step's start moves 10 minutes back)")
             for _ in range(4):
@@ -316,8 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     monitoring = start_monitoring_standin()
     channel = ChatWebhook()  # the team's chat channel, locally: what notify posts lands here
     extra = {"MONITORING_API_ENDPOINT": monitoring.target, "CHAT_WEBHOOK_URL": channel.url}
-    functions = ("breach_counter", "rollback", "emergency_rollback", "notify")
-    with local_stack(log_dir, [SERVICE], functions=functions, extra_env=extra) as stack:
+    functions = (
+        "breach_counter",
+        "rollback",
+        "emergency_rollback",
+        "notify",
+        "checkpoint",
+        "checkpoint_worker",
+    )
+    with local_stack(log_dir, [SERVICE, CART], functions=functions, extra_env=extra) as stack:
         from shared.policy import load_policy
         from shared.store import RolloutStore
 
@@ -345,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{show_split(_pcts(result['before']))} → {show_split(_pcts(result['after']))}"
             )
         print(f"\nfinal traffic of shop: {show_split(split(stack))}")
+        checkpoint_minute(stack, store, monitoring)
         channel.wait_for("ROLLED BACK canary shop-00004", timeout_s=20)
         print("\nwhat the team's chat channel read (notify → webhook):")
         for text in channel.texts():

@@ -640,10 +640,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Local stand-in for Cloud Monitoring API v3 (gRPC)")
     parser.add_argument("--port", type=int, default=9002)
     standin = start_monitoring_standin(parser.parse_args().port)
-    print(f"monitoring stand-in listening on {standin.target}", flush=True)
-    try:
+    try:  # announced inside the try: a Ctrl-C right after the announcement still stops the server
+        print(f"monitoring stand-in listening on {standin.target}", flush=True)
         standin.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         standin.stop()
 
 

@@ -8,6 +8,7 @@ etag, so a rollback that starts meanwhile always wins (see `change_step`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -315,6 +316,7 @@ MAX_BATCHED_READ = timedelta(minutes=90)
 # Services checked at once by one process (Cloud Run reads and Firestore transactions stay per
 # rollout); with CHECKPOINT_TOPIC set the work is spread over checkpoint_worker instances instead.
 CHECKPOINT_CONCURRENCY = 32
+RUN_BUDGET = timedelta(minutes=1)  # the checkpoint's schedule: one run per minute
 
 
 def read_minutes(
@@ -515,12 +517,23 @@ def handle_checkpoint(
         except ValueError as exc:
             return Report("WARNING", str(exc), outcome="bad_request"), 400
     at, clients = now or datetime.now(UTC), clients or runtime_clients()
+    started = time.monotonic()
     if settings.checkpoint_topic and only is None:  # fan out: one checkpoint_worker per service
         from shared.fanout import dispatch_checkpoints
 
         reports = dispatch_checkpoints(now=at, settings=settings, policy=policy, clients=clients)
     else:
         reports = run_checkpoints(now=at, settings=settings, policy=policy, clients=clients, only=only)
+    elapsed = time.monotonic() - started
+    if elapsed > RUN_BUDGET.total_seconds():
+        log(
+            "WARNING",
+            f"checkpoint run over {len(reports)} service(s) took {elapsed:.0f} s, more than its minute: "
+            "the next scheduled run is refused or late, so evidence arrives late"
+            + ("" if settings.checkpoint_topic else "; set CHECKPOINT_TOPIC to spread services over workers"),
+            elapsed_s=round(elapsed, 1),
+            outcome="over_budget",
+        )
     summary = "; ".join(report.message for report in reports) or "no watched service"
     rollouts = [report.as_dict() for report in reports]
     if any(report.severity == "ERROR" for report in reports):

@@ -84,11 +84,12 @@ def handle_checkpoint_message(
     event_id: str,
     settings: Settings,
     policy: Policy,
-    clients: Clients,
+    clients: Clients | None = None,
 ) -> Report:
     """Judge one service's minute from a dispatcher's message. A malformed message, or one for
     a service not watched, is acknowledged with the reason; a Firestore or Cloud Run failure
-    raises, so Pub/Sub redelivers it."""
+    raises, so Pub/Sub redelivers it. `clients`: built from the environment once the message
+    has been read, when not given."""
     try:
         message = pubsub_message(data, fallback_id=event_id)
         body = message.json()
@@ -104,6 +105,10 @@ def handle_checkpoint_message(
         return Report(
             "WARNING", f"checkpoint message ignored: {exc}", event_id=event_id, outcome="not_watched"
         )
+    if clients is None:
+        from shared.checkpoint import runtime_clients
+
+        clients = runtime_clients()
     try:
         source = _message_minutes(body, service, clients.reader)
     except (MalformedEvent, ValueError, TypeError, KeyError, IndexError) as exc:

@@ -24,8 +24,9 @@ EXPECTED = {
     "checkpoint": ["google.cloud.firestore"],
     "load_test": ["httptools"],
     "notify": ["google.cloud.firestore"],
+    "checkpoint_worker": ["google.cloud.firestore"],
 }
-PUBSUB_DRIVEN = ("breach_counter", "rollback", "notify")
+PUBSUB_DRIVEN = ("breach_counter", "rollback", "notify", "checkpoint_worker")
 
 PUBSUB_PUSH = {
     "message": {"data": "bm90IEpTT04=", "messageId": "cold-start", "publishTime": "2026-12-03T12:00:00Z"},

@@ -32,6 +32,10 @@ def test_demo_rolls_back_after_the_third_error_rate_and_the_second_memory_breach
     assert "rolled back shop: shop-00001 100%, canary shop-00003 0%" in out
     assert "emergency_rollback dry_run=True → HTTP 200 dry_run" in out
     assert "final traffic of shop: shop-00001 100%, shop-00004 0%" in out
+    # One checkpoint minute over both watched services, fanned out to a worker per service.
+    assert "checkpoint → cart: checkpoint sent to a worker" in out
+    assert "checkpoint_worker → cart: 40 readings (rule × minute) of its healthy minutes" in out
+    assert "traffic of cart: cart-00001 95%, cart-00002 5%" in out
     # What the channel read came through the notify function and the local webhook.
     channel = out.split("what the team's chat channel read")[1]
     assert (

@@ -1,10 +1,10 @@
 """Hostile input against the real entry points (functions-framework, the emulators, the Cloud
 Run stand-in): nothing a sender controls makes a function answer 5xx or touch traffic.
 
-Pub/Sub-triggered functions (breach_counter, rollback) must acknowledge every malformed message
-(2xx, so Pub/Sub never redelivers it); the on-call's HTTP function answers 4xx with a JSON
-message. Generated cases are derandomized and bounded so CI stays fast; the classes a hostile
-run found are kept as named regression cases.
+Pub/Sub-triggered functions (breach_counter, rollback, notify, checkpoint_worker) must
+acknowledge every malformed message (2xx, so Pub/Sub never redelivers it); the on-call's HTTP
+function answers 4xx with a JSON message. Generated cases are derandomized and bounded so CI
+stays fast; the classes a hostile run found are kept as named regression cases.
 """
 
 from __future__ import annotations
@@ -311,3 +311,51 @@ def test_notify_acknowledges_any_message_and_posts_nothing_it_did_not_decide(
     )
     assert answer.status_code < 500, answer.text[:300]
     assert hook.received == []
+
+
+@pytest.fixture(scope="module")
+def checkpoint_worker(function_env, log_dir):
+    from infra.localstack import free_port, serve_function
+    from tests.conftest import ServedFunction
+
+    port = free_port()
+    process = serve_function("checkpoint_worker", port, function_env, log_dir)
+    yield ServedFunction("checkpoint_worker", f"http://127.0.0.1:{port}", process.log_path)
+    process.stop()
+
+
+checkpoint_shapes = st.fixed_dictionaries(
+    {},
+    optional={
+        "service": st.sampled_from([SHOP, "shop", "api", "not-watched", ""]) | json_values,
+        "now": st.sampled_from(["2026-12-04T12:00:00Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+        | json_values,
+        "read": st.fixed_dictionaries({"start": json_values, "end": json_values}) | json_values,
+        "minutes": st.fixed_dictionaries(
+            {
+                "layouts": json_values,
+                "revisions": st.dictionaries(st.text(max_size=12), json_values, max_size=3),
+            }
+        )
+        | json_values,
+    },
+)
+
+
+@FUZZ
+@given(
+    payload=hostile_payloads | checkpoint_shapes.map(lambda m: json.dumps(m).encode()),
+    message_id=message_ids,
+)
+def test_checkpoint_worker_acknowledges_any_message_and_never_moves_traffic(
+    checkpoint_worker, served, cloudrun, payload, message_id
+):
+    before = traffic(cloudrun)
+    answer = post_raw(
+        checkpoint_worker,
+        raw_event(payload, message_id),
+        event_id=uuid.uuid4().hex,
+        topic="canary-checkpoints",
+    )
+    assert answer.status_code < 500, answer.text[:300]
+    assert traffic(cloudrun) == before
