@@ -369,3 +369,20 @@ def test_hostile_worker_messages_are_acknowledged_with_a_reason(
         assert report.fields["action"] == "none"  # no canary deployed: nothing to judge
     else:
         assert report.fields["outcome"] == outcome and report.severity == "WARNING", report.as_dict()
+
+
+def test_the_latency_proxy_delays_each_call_and_counts_it(monitoring):
+    """What bench/bench_checkpoint_scale.py puts in front of every Google API."""
+    from infra.latency_proxy import LatencyProxy
+
+    proxy = LatencyProxy(monitoring.target, delay_s=0.2)
+    try:
+        reader = MonitoringReader(PROJECT, proxy.host)
+        end = minute(datetime.now(UTC))
+        started = time.monotonic()
+        reader.platform_minutes([(LOCATION, "svc-00")], start=end - 2 * MINUTE, end=end)
+        took = time.monotonic() - started
+        assert proxy.reset_count() == 4 == monitoring.calls["ListTimeSeries"]
+        assert took >= 4 * 0.2  # four calls one after another, each delayed once
+    finally:
+        proxy.stop()
