@@ -21,6 +21,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.breach import lookback_window
 from shared.checkpoint import (
     Clients,
     _checkpoint_service,
@@ -35,19 +36,33 @@ from shared.policy import Policy
 
 if TYPE_CHECKING:
     from shared.metrics_source import MetricsSource
+    from shared.store import Rollout
 
 
-def checkpoint_message(service: ServiceRef, now: datetime, source: MetricsSource) -> dict[str, Any]:
+def checkpoint_message(
+    service: ServiceRef,
+    now: datetime,
+    source: MetricsSource,
+    *,
+    rollout: Rollout | None = None,
+    policy: Policy | None = None,
+) -> dict[str, Any]:
     """One worker's message: the service, the checkpoint's time, and the service's minutes
-    (left out when the batched read failed or they would not fit: the worker then reads its own)."""
+    (left out when the batched read failed or they would not fit: the worker then reads its own).
+    Minutes older than the lookback window travel only for `rollout`'s canary (its step window);
+    every revision's recent minutes travel."""
     from shared.minutes import RecordedMinutes, revisions_json
 
     message: dict[str, Any] = {"service": service.name, "now": now.isoformat()}
     if isinstance(source, RecordedMinutes):
-        minutes = revisions_json(source.revisions.get((service.location, service.service), {}))
+        keep_from = lookback_window(now, policy)[0] if policy is not None else source.start
+        whole = [rollout.canary_revision] if rollout is not None else []
+        revisions = source.revisions.get((service.location, service.service), {})
         with_minutes = message | {
             "read": {"start": source.start.isoformat(), "end": source.end.isoformat()},
-            "minutes": minutes,
+            "keep_from": keep_from.isoformat(),
+            "whole": whole,
+            "minutes": revisions_json(revisions, keep_from=keep_from, whole=whole),
         }
         if len(json.dumps(with_minutes, separators=(",", ":"))) <= MAX_PAYLOAD_BYTES:
             message = with_minutes
@@ -63,7 +78,10 @@ def dispatch_checkpoints(
     services = list(settings.services)
     rollouts = clients.store.active_many([s.name for s in services])
     source = read_minutes(services, rollouts, now=now, policy=policy, reader=clients.reader)
-    messages = [checkpoint_message(service, now, source) for service in services]
+    messages = [
+        checkpoint_message(service, now, source, rollout=rollouts.get(service.name), policy=policy)
+        for service in services
+    ]
     message_ids = clients.publisher.publish_many(settings.checkpoint_topic, messages)
     return [
         Report(
@@ -154,7 +172,11 @@ def _message_minutes(body: dict[str, Any], service: ServiceRef, reader: MetricsS
     if not isinstance(read, dict):
         raise MalformedEvent("minutes come with their read window: {'start', 'end'}")
     start, end = parse_time(read.get("start")), parse_time(read.get("end"))
+    keep_from = parse_time(body["keep_from"]) if "keep_from" in body else start
+    whole = body.get("whole") or []
+    if not isinstance(whole, list) or not all(isinstance(name, str) for name in whole):
+        raise MalformedEvent("whole must be a list of revision names")
     revisions = revisions_from_json(body["minutes"])
-    return RecordedMinutes(
-        {(service.location, service.service): revisions}, start=start, end=end, fallback=reader
-    )
+    key = (service.location, service.service)
+    trimmed = {key: (keep_from, frozenset(whole))}
+    return RecordedMinutes({key: revisions}, start=start, end=end, fallback=reader, trimmed=trimmed)

@@ -82,18 +82,22 @@ class MinuteSample:
 
 
 def _distribution_json(value: Distribution, layouts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sparse buckets: a latency layout has ~240 buckets, a minute fills a handful."""
+    """A latency layout has ~240 buckets; a minute fills a band of them."""
     from google.protobuf import json_format
 
     layout = json_format.MessageToDict(value.bucket_options)
     if layout not in layouts:
         layouts.append(layout)
+    filled = [index for index, count in enumerate(value.bucket_counts) if count]
+    first, last = (filled[0], filled[-1]) if filled else (0, -1)
     return {
         "count": value.count,
         "mean": value.mean,
         "ssd": value.sum_of_squared_deviation,
         "layout": layouts.index(layout),
-        "buckets": [[index, count] for index, count in enumerate(value.bucket_counts) if count],
+        # The counts from the first non-empty bucket to the last: a minute fills a narrow band.
+        "first": first,
+        "counts": list(value.bucket_counts[first : last + 1]),
         "size": len(value.bucket_counts),
     }
 
@@ -104,11 +108,10 @@ def _distribution_from_json(data: Mapping[str, Any], layouts: Sequence[Mapping[s
     size = int(data["size"])
     if not 0 <= size <= MAX_BUCKETS:
         raise ValueError(f"a distribution of {size} buckets: at most {MAX_BUCKETS}")
-    counts = [0] * size
-    for index, count in data["buckets"]:
-        if int(count) < 0:
-            raise ValueError("a bucket count is negative")
-        counts[int(index)] = int(count)
+    first, band = int(data["first"]), [int(count) for count in data["counts"]]
+    if first < 0 or first + len(band) > size or any(count < 0 for count in band):
+        raise ValueError(f"bucket counts from {first} ({len(band)} of them) do not fit {size} buckets")
+    counts = [0] * first + band + [0] * (size - first - len(band))
     if sum(counts) != int(data["count"]):
         raise ValueError("bucket counts do not add up to the distribution's count")
     options = json_format.ParseDict(layouts[int(data["layout"])], Distribution.BucketOptions())
@@ -162,11 +165,22 @@ def window_metrics(
     )
 
 
-def revisions_json(revisions: Mapping[str, Mapping[datetime, MinuteSample]]) -> dict[str, Any]:
-    """{"layouts": [...], "revisions": {revision: [sample, ...]}}: what a worker's message carries."""
+def revisions_json(
+    revisions: Mapping[str, Mapping[datetime, MinuteSample]],
+    *,
+    keep_from: datetime | None = None,
+    whole: Sequence[str] = (),
+) -> dict[str, Any]:
+    """{"layouts": [...], "revisions": {revision: [sample, ...]}}: what a worker's message carries.
+    With `keep_from`, minutes before it are kept only for the `whole` revisions (the canary,
+    whose step window reaches back; the others are needed only for the recent minutes)."""
     layouts: list[dict[str, Any]] = []
     by_revision = {
-        revision: [minutes[minute].as_json(layouts) for minute in sorted(minutes)]
+        revision: [
+            minutes[minute].as_json(layouts)
+            for minute in sorted(minutes)
+            if keep_from is None or revision in whole or minute + MINUTE > keep_from
+        ]
         for revision, minutes in revisions.items()
     }
     return {"layouts": layouts, "revisions": by_revision}
@@ -201,14 +215,25 @@ class RecordedMinutes:
         start: datetime,
         end: datetime,
         fallback: MetricsSource | None = None,
+        trimmed: Mapping[ServiceKey, tuple[datetime, frozenset[str]]] | None = None,
     ) -> None:
+        """trimmed: (location, service) -> (keep_from, whole): that service's minutes before
+        keep_from are held only for the `whole` revisions (see `revisions_json`)."""
         self.revisions = dict(revisions)
         self.start, self.end = start, end
         self.fallback = fallback
+        self.trimmed = dict(trimmed or {})
         self.fallback_reads = 0  # windows this source could not answer itself
 
-    def covers(self, location: str, service: str, start: datetime, end: datetime) -> bool:
-        return (location, service) in self.revisions and self.start <= start and end <= self.end
+    def covers(
+        self, location: str, service: str, start: datetime, end: datetime, revision: str | None = None
+    ) -> bool:
+        """Whether (start, end] of the service (of `revision` only, or of all its revisions) was read."""
+        key = (location, service)
+        if key not in self.revisions or not self.start <= start or not end <= self.end:
+            return False
+        keep_from, whole = self.trimmed.get(key, (self.start, frozenset()))
+        return start >= keep_from or (revision is not None and revision in whole)
 
     def _source(self, location: str, service: str, start: datetime, end: datetime) -> MetricsSource:
         if self.fallback is None:
@@ -244,7 +269,7 @@ class RecordedMinutes:
         end: datetime,
         exclude: Sequence[tuple[datetime, datetime]] = (),
     ) -> CanaryMetrics:
-        if not self.covers(location, service, start, end):
+        if not self.covers(location, service, start, end, revision):
             source = self._source(location, service, start, end)
             return source.canary_metrics(
                 location=location, service=service, revision=revision, start=start, end=end, exclude=exclude

@@ -344,7 +344,8 @@ def test_a_worker_judges_its_message_and_skips_a_minute_already_superseded(
                                     "mean": 1,
                                     "ssd": 0,
                                     "layout": 3,
-                                    "buckets": [[0, 1]],
+                                    "first": 0,
+                                    "counts": [1],
                                     "size": 9,
                                 },
                             }
@@ -386,3 +387,66 @@ def test_the_latency_proxy_delays_each_call_and_counts_it(monitoring):
         assert took >= 4 * 0.2  # four calls one after another, each delayed once
     finally:
         proxy.stop()
+
+
+def test_a_long_step_window_travels_for_the_canary_and_fits_a_message(monitoring):
+    """A canary 80 minutes into its step, three revisions with widely spread latencies: the
+    message carries the canary's whole window and the others' recent minutes, under the limit,
+    and the worker judges both windows from it without reading Monitoring."""
+    import random
+
+    from infra.metrics_feed import LATENCY_BUCKETS
+    from infra.monitoring_standin import distribution
+    from shared.config import ServiceRef
+    from shared.events import MAX_PAYLOAD_BYTES
+    from shared.fanout import _message_minutes
+    from shared.store import Rollout
+
+    reader = MonitoringReader(PROJECT, monitoring.target)
+    end = minute(datetime.now(UTC))
+    stamps = [end - timedelta(minutes=m) for m in range(88)]
+    spread = random.Random(7)
+    labels = {"project_id": PROJECT, "location": LOCATION, "service_name": "svc-00"}
+    for revision in ("svc-00-00001", "svc-00-00002", "svc-00-00003"):
+        resource = labels | {"revision_name": revision}
+        latencies = distribution([spread.lognormvariate(4.4, 0.6) for _ in range(500)], LATENCY_BUCKETS)
+        for metric, value, metric_labels in (
+            ("run.googleapis.com/request_latencies", latencies, {}),
+            ("run.googleapis.com/request_count", 500, {"response_code_class": "2xx"}),
+        ):
+            monitoring.add_points(
+                PROJECT,
+                metric,
+                [(stamp, value) for stamp in sorted(stamps)],
+                resource_type="cloud_run_revision",
+                resource_labels=resource,
+                metric_labels=metric_labels,
+            )
+    service_ref = ServiceRef.parse(service("svc-00"))
+    start = end - timedelta(minutes=90)
+    revisions = reader.platform_minutes([(LOCATION, "svc-00")], start=start, end=end)
+    source = RecordedMinutes(revisions, start=start, end=end)
+    rollout = Rollout.from_doc(
+        "r",
+        {
+            "service": service("svc-00"),
+            "canary_revision": "svc-00-00002",
+            "stable_revision": "svc-00-00001",
+            "phase": "RUNNING",
+            "canary_percent": 5,
+            "step_started_at": end - timedelta(minutes=80),
+        },
+    )
+    message = checkpoint_message(service_ref, end, source, rollout=rollout, policy=POLICY)
+    assert "minutes" in message and len(json.dumps(message, separators=(",", ":"))) <= MAX_PAYLOAD_BYTES
+    carried = _message_minutes(json.loads(json.dumps(message)), service_ref, reader=None)
+    query = {"location": LOCATION, "service": "svc-00"}
+    window = {"start": end - timedelta(minutes=79), "end": end}
+    assert carried.canary_metrics(revision="svc-00-00002", **query, **window) == source.canary_metrics(
+        revision="svc-00-00002", **query, **window
+    )
+    recent = {"start": end - timedelta(minutes=POLICY.evidence.lookback_minutes), "end": end}
+    assert carried.minute_metrics(**query, **recent) == source.minute_metrics(**query, **recent)
+    # The stable revision's old minutes did not travel: asking for them goes to the reader.
+    with pytest.raises(LookupError):
+        carried.canary_metrics(revision="svc-00-00001", **query, **window)
