@@ -9,7 +9,7 @@ each run it prints requests/s, the child's peak RSS (VmHWM) and CPU time per req
 of the reaped child), and the target's CPU use (near 100 % means the target was the limit).
 Installs wrk with apt-get when it is missing.
 
-`--memory` measures the constants of shared.loadgen.plan_fits: the RSS of a process with the
+`--memory` measures the constants of shared.load_rules.plan_fits: the RSS of a process with the
 load_test function's imports, and the peak RSS per concurrent connection over plain HTTP and
 TLS, with 2-byte and 1 MiB bodies, against a fixed-answer server in its own process.
 """
@@ -36,7 +36,8 @@ from typing import cast
 
 from infra.target_server import TargetHandle, start_target_server
 from infra.tls import self_signed_certificate
-from shared.loadgen import MAX_REQUESTS, run_closed
+from shared.load_rules import MAX_REQUESTS
+from shared.loadgen import run_closed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -15,18 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import ServiceRef, Settings
 from shared.judge import SyntheticTraffic
-from shared.loadgen import (
+from shared.load_rules import (
     FUNCTION_MARGIN_S,
+    LoadVerdict,
     TargetResult,
-    Verdict,
     judge_load,
     judge_probe,
     least_target_s,
     plan_fits,
     probe_deadline,
-    run_load_test,
-    run_probe,
 )
+from shared.loadgen import run_load_test, run_probe
 from shared.logs import Report
 from shared.policy import Policy
 from shared.traffic import CANARY_TAG, discover_canary
@@ -183,8 +182,8 @@ def run_service_tests(
     verdicts: dict[str, str] = {}
     probe_s = _probe_s(policy) if mode in ("probe", "both") else 0.0
     load: dict[str, TargetResult] = {}
-    judged: dict[str, Verdict] = {}
-    probe_verdict: Verdict | None = None
+    judged: dict[str, LoadVerdict] = {}
+    probe_verdict: LoadVerdict | None = None
     if mode in ("load", "both"):
         load = run_load_test(
             sides,

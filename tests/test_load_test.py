@@ -18,7 +18,7 @@ from infra.monitoring_standin import start_monitoring_standin
 from infra.target_server import start_target_server
 from shared.cloudrun import CloudRunTraffic
 from shared.config import Settings, load_settings
-from shared.loadgen import FUNCTION_MARGIN_S
+from shared.load_rules import FUNCTION_MARGIN_S
 from shared.loadtest import LoadTestClients, handle_load_test, run_service_tests
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
 from shared.store import RolloutStore, rollout_id

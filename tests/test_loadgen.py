@@ -23,17 +23,19 @@ from hypothesis import strategies as st
 from infra.target_server import TargetHandle, start_target_server
 from infra.tls import self_signed_certificate
 from shared import loadgen
-from shared.loadgen import (
+from shared.load_rules import (
     MAX_REQUESTS,
-    USER_AGENT,
     LatencyHistogram,
     LatencySummary,
     TargetResult,
-    _client_ssl_context,
-    _target,
     judge_load,
     judge_probe,
     plan_fits,
+)
+from shared.loadgen import (
+    USER_AGENT,
+    _client_ssl_context,
+    _target,
     run_closed,
     run_load_test,
     run_open,
