@@ -22,7 +22,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -74,15 +74,33 @@ TXN_BACKOFF_S = (0.02, 1.0)  # first and largest pause between rounds
 
 class _KeyedLocks:
     """One lock per rollout id within this process. Concurrent requests in one instance then
-    queue instead of contending in Firestore (where lock-upgrade conflicts abort both)."""
+    queue instead of contending in Firestore (where lock-upgrade conflicts abort both). A key's
+    lock exists only while someone holds or waits for it: a warm instance that sees thousands of
+    rollouts keeps none of them."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # key -> (lock, holders + waiters)
 
-    def __call__(self, key: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
         with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
 
 
 _rollout_locks = _KeyedLocks()
