@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import re
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -639,6 +640,10 @@ def start_monitoring_standin(port: int = 0) -> MonitoringStandin:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Local stand-in for Cloud Monitoring API v3 (gRPC)")
     parser.add_argument("--port", type=int, default=9002)
+    # Ctrl-C and SIGTERM stop it, even when started from a background job of a non-interactive
+    # shell, which starts its children with SIGINT ignored (POSIX).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     standin = start_monitoring_standin(parser.parse_args().port)
     try:  # announced inside the try: a Ctrl-C right after the announcement still stops the server
         print(f"monitoring stand-in listening on {standin.target}", flush=True)
