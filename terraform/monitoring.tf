@@ -70,7 +70,7 @@ resource "google_monitoring_alert_policy" "metric_rule" {
   for_each = local.metric_policies
 
   project      = var.project_id
-  display_name = "canary-guard ${local.alerting.metric_conditions[each.value.rule].title} (services ${each.value.group}: ${join(", ", local.service_groups[each.value.group].services)})"
+  display_name = "canary-guard ${local.alerting.metric_conditions[each.value.rule].title} (${local.service_groups[each.value.group].title})"
   combiner     = "OR"
   severity     = "ERROR"
 

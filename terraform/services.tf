@@ -30,7 +30,9 @@ locals {
     for index, names in chunklist(sort(keys(local.watched)), local.services_per_alert_policy) :
     format("%02d", index) => {
       services = names
-      filter   = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = one_of(${join(", ", [for n in names : "\"${n}\""])})"
+      # What its policies' display names show (at most 512 characters: not all the names).
+      title  = "group ${format("%02d", index)}: ${length(names)} services, ${names[0]} … ${names[length(names) - 1]}"
+      filter = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = one_of(${join(", ", [for n in names : "\"${n}\""])})"
     }
   }
 

@@ -2272,6 +2272,8 @@ def check_services_guarded(tf: Terraform, services: Mapping[str, Mapping[str, st
             for attr in ("name", "account_id", "role_id", "display_name"):
                 if attr in inst.body and not (rtype.endswith("_iam_member") and attr == "name"):
                     label = f"{attr}={value(inst.body[attr])}"
+                    if attr == "display_name" and len(label) - len("display_name=") > 512:
+                        problems.append(f"{inst.address}: display_name over the API's 512 characters")
                     if label in seen:
                         problems.append(f"{inst.address} and {seen[label]}: the same {label}")
                     seen[label] = inst.address

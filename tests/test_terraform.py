@@ -427,7 +427,8 @@ def test_one_apply_guards_three_services_each_with_its_policies_grants_and_tiles
 
 
 def test_thirty_services_share_a_few_alert_policies_and_nothing_collides(tf):
-    services = {f"svc-{index:02d}": {} for index in range(30)}
+    # Names of the longest kind Cloud Run allows (49 characters): display names stay short.
+    services = {f"svc-{index:02d}-" + "x" * 42: {} for index in range(30)}
     assert tc.check_services_guarded(tf, services) == []
     groups = tc.evaluate_services(tf, services)["service_groups"]
     assert [len(g["services"]) for g in groups.values()] == [25, 5]  # two policies per rule
@@ -1523,3 +1524,16 @@ def test_providers_are_pinned_to_what_the_configuration_needs(tf):
 
 def test_the_on_call_commands_need_only_the_invoker_role(tf):
     assert tc.check_oncall_commands(tf) == []
+
+
+def test_an_alert_policy_name_listing_every_service_is_reported(tmp_path):
+    long_names = {f"svc-{index:02d}-" + "x" * 42: {} for index in range(30)}
+    cut = _cut(
+        tmp_path,
+        "services.tf",
+        None,
+        '${names[0]} … ${names[length(names) - 1]}"',
+        '${join(", ", names)}"',
+    )
+    problems = tc.check_services_guarded(cut, long_names)
+    assert any("display_name over the API's 512 characters" in p for p in problems), problems
