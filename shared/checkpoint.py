@@ -317,6 +317,9 @@ MAX_BATCHED_READ = timedelta(minutes=90)
 # rollout); with CHECKPOINT_TOPIC set the work is spread over checkpoint_worker instances instead.
 CHECKPOINT_CONCURRENCY = 32
 RUN_BUDGET = timedelta(minutes=1)  # the checkpoint's schedule: one run per minute
+# A rollout's checkpoint lease outlives a run that died holding it by at most this: a normal run
+# takes seconds; two runs that overlap past it are still kept consistent by the transactions.
+MAX_LEASE = timedelta(minutes=2)
 
 
 def read_minutes(
@@ -451,7 +454,7 @@ def _checkpoint_service(
         return Report(
             "INFO", f"{service.service}: rollout is {rollout.phase}", rollout=rollout.id, action="none"
         )
-    lease = timedelta(seconds=settings.function_timeout_s)
+    lease = min(timedelta(seconds=settings.function_timeout_s), MAX_LEASE)
     token = clients.store.claim_checkpoint(rollout.id, _minute(now), lease=lease)
     if token is None:
         held = clients.store.checkpoint_lease(rollout.id) or {}
