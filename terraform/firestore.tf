@@ -23,12 +23,15 @@ resource "google_firestore_database" "default" {
 #   applied_events, canary_rollback_messages  dedupe markers: MARKER_TTL (30 days) after they
 #       are written, far past Pub/Sub's last redelivery (7 days of retention at most);
 #   decisions  the decision history: var.decision_retention_days after the decision (0: the
-#       field is not written and the history is kept for ever).
+#       field is not written and the history is kept for ever);
+#   canary_notifications  the notification outbox: MARKER_TTL after the decision;
+#   canary_checkpoint_leases  a lease is deleted when its run ends; one left by a run that died
+#       expires MARKER_TTL after its own expiry (the next run takes it over long before).
 # Rollouts and the per-service pointers are small and stay. Each field is exempt from
 # single-field indexing (index_config {}): a timestamp written in order would hot-spot an index
 # that no query uses.
 locals {
-  ttl_collection_groups = toset(["applied_events", "canary_rollback_messages", "decisions"])
+  ttl_collection_groups = toset(["applied_events", "canary_rollback_messages", "decisions", "canary_notifications", "canary_checkpoint_leases"])
 }
 
 resource "google_firestore_field" "expires_at" {

@@ -23,7 +23,15 @@ from shared.config import ENV_BY_FUNCTION, ENV_DEFAULTS
 from shared.events import REVISION_LABELS
 from shared.loadtest import BODY_KEYS as LOAD_TEST_BODY_KEYS
 from shared.policy import RULE_NAMES, load_policy
-from shared.store import APPLIED, DECISIONS, EXPIRES_AT, MARKER_TTL, ROLLBACK_MESSAGES
+from shared.store import (
+    APPLIED,
+    CHECKPOINT_LEASES,
+    DECISIONS,
+    EXPIRES_AT,
+    MARKER_TTL,
+    NOTIFICATIONS,
+    ROLLBACK_MESSAGES,
+)
 
 try:
     from tests import terraform_checks as tc
@@ -136,7 +144,7 @@ MONITORING_AGENT_WAIT_S = 60
 PENDING_ENTRY_POINTS: set[str] = set()
 
 # The collection groups whose documents the code gives an expires_at (shared/store.py).
-TTL_GROUPS = (APPLIED, ROLLBACK_MESSAGES, DECISIONS)
+TTL_GROUPS = (APPLIED, ROLLBACK_MESSAGES, DECISIONS, NOTIFICATIONS, CHECKPOINT_LEASES)
 
 VALIDATED_VARIABLES = (
     "decision_retention_days",
@@ -1016,8 +1024,8 @@ CUTS = [
     pytest.param(
         "firestore.tf",
         None,
-        '["applied_events", "canary_rollback_messages", "decisions"]',
-        '["applied_events", "decisions"]',
+        '["applied_events", "canary_rollback_messages", "decisions",',
+        '["applied_events", "decisions",',
         "expiry",
         "collection group canary_rollback_messages: 0 TTL fields on expires_at",
         id="rollback-markers-never-expire",
