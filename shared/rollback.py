@@ -8,7 +8,7 @@ redelivery after it was carried out changes nothing (Pub/Sub delivers at least o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
@@ -26,7 +26,14 @@ from shared.events import (
 from shared.lifecycle import Action, phases_allowing, transition
 from shared.logs import Report, log
 from shared.store import RollbackMarker, Rollout, StoreError, rollout_id
-from shared.traffic import ServiceTraffic, discover_canary, plan_rollback, targets_as_dicts
+from shared.traffic import (
+    RollbackStep,
+    ServiceTraffic,
+    decide_rollback,
+    discover_canary,
+    plan_rollback,
+    targets_as_dicts,
+)
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
@@ -134,65 +141,47 @@ def execute_rollback(
 
     current = traffic_client.get(service.name)
     rollout = _find_rollout(request, service, current, store)
+    decision = decide_rollback(
+        current,
+        service=service.service,
+        phase=rollout.phase if rollout else None,
+        canary_revision=rollout.canary_revision if rollout else "",
+        stable_revision=rollout.stable_revision if rollout else "",
+        named=bool(request.canary_revision),
+        dry_run=request.dry_run,
+    )
     base = {"service": service.name, "before": current.as_dicts()}
     if rollout is None:
         # Nothing carried out, so no marker: a redelivery that finds a canary rolls it back.
-        return RollbackResult(
-            "no_canary",
-            f"{service.service} has no canary to roll back (no revision tagged 'canary' with traffic)",
-            after=current.as_dicts(),
-            **base,
-        )
+        return RollbackResult("no_canary", decision.message, after=current.as_dicts(), **base)
     base |= {
         "rollout": rollout.id,
         "canary_revision": rollout.canary_revision,
         "stable_revision": rollout.stable_revision,
     }
-    # A request aimed at one canary moves only that canary's share (a newer canary keeps its own).
-    only = rollout.canary_revision if request.canary_revision else None
-    if rollout.phase is Phase.SUPERSEDED and not (only and current.percent_of(only)):
-        superseded = RollbackResult(
-            "superseded",
-            f"canary {rollout.canary_revision} was superseded by a newer canary; nothing rolled back",
-            after=current.as_dicts(),
-            **base,
-        )
-        return carried_out(superseded, rollout)
-
-    if request.canary_revision and current.percent_of(rollout.canary_revision) == 0:
-        # The named canary serves nothing (a redelivered or stale request): never touch the
-        # traffic, which may belong to a newer canary by now. A half-finished rollback is done.
-        message = f"canary {rollout.canary_revision} of {service.service} already serves no traffic"
+    unchanged = RollbackResult(decision.step.value, decision.message, after=current.as_dicts(), **base)
+    if decision.step in (RollbackStep.SUPERSEDED, RollbackStep.ALREADY_ROLLED_BACK):
+        return carried_out(unchanged, rollout)
+    if decision.step is RollbackStep.CANARY_GONE:
         store.set_phase(
             rollout.id,
             Phase.ROLLED_BACK,
             "rolled_back",
             {"message": f"canary {rollout.canary_revision} has no traffic left", "reason": request.reason},
             only_from=ACTIVE_PHASES,  # it held (or was losing) its share until now
-            marker=marker("already_rolled_back", message, rollout),
+            marker=marker("already_rolled_back", decision.message, rollout),
         )
-        return RollbackResult("already_rolled_back", message, after=current.as_dicts(), **base)
-    plan = plan_rollback(current, rollout.stable_revision, only)
-    if request.dry_run:
-        after = targets_as_dicts(plan) if plan is not None else current.as_dicts()
-        verb = "would move" if plan is not None else "would not change:"
-        message = f"dry run: {verb} {service.service} to {rollout.stable_revision} at 100%"
+        return replace(unchanged, status="already_rolled_back")
+    if decision.step is RollbackStep.DRY_RUN:
         store.record(
             rollout.id,
             "rollback_dry_run",
-            {"message": message, "requested_by": request.requested_by},
-            marker=marker("dry_run", message, rollout),
+            {"message": decision.message, "requested_by": request.requested_by},
+            marker=marker("dry_run", decision.message, rollout),
         )
-        return RollbackResult("dry_run", message, after=after, **base)
-    if plan is None and rollout.phase is Phase.ROLLED_BACK:
-        already = RollbackResult(
-            "already_rolled_back",
-            f"{service.service} is already rolled back to {rollout.stable_revision}",
-            after=current.as_dicts(),
-            **base,
-        )
-        return carried_out(already, rollout)
+        return replace(unchanged, after=targets_as_dicts(decision.after or ()))
 
+    only = decision.only_revision
     who = {"mode": mode, "requested_by": request.requested_by or "unknown", "reason": request.reason}
     store.set_phase(
         rollout.id,
@@ -220,9 +209,7 @@ def execute_rollback(
             except Exception as record_exc:  # the caller must see Cloud Run's refusal, not this
                 log("WARNING", f"rollback failure not recorded: {record_exc!r}", rollout=rollout.id)
         raise
-    message = (
-        f"rolled back {service.service}: {rollout.stable_revision} 100%, canary {rollout.canary_revision} 0%"
-    )
+    message = decision.message
     store.set_phase(
         rollout.id,
         Phase.ROLLED_BACK,

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+from shared.lifecycle import Phase
 
 CANARY_TAG = "canary"
 STABLE_TAG = "stable"
@@ -142,3 +145,76 @@ def plan_canary_share(
         tags[stable_revision] = STABLE_TAG
     wanted = _split(current, {rev: share for rev, share in shares.items() if share}, tags)
     return None if _same_split(current, wanted) else wanted
+
+
+# --- What a rollback request does: decided here, carried out by shared/rollback.py ----------
+
+
+class RollbackStep(StrEnum):
+    NO_CANARY = "no_canary"  # nothing to roll back: no rollout found for the request
+    SUPERSEDED = "superseded"  # its canary was replaced by a newer one, which it must not touch
+    CANARY_GONE = "canary_gone"  # the named canary serves nothing: mark it done, move no traffic
+    DRY_RUN = "dry_run"  # say what would change, change nothing
+    ALREADY_ROLLED_BACK = "already_rolled_back"  # rolled back and already on stable
+    ROLL_BACK = "roll_back"  # mark ROLLING_BACK, write `plan`'s split, mark ROLLED_BACK
+
+
+@dataclass(frozen=True)
+class RollbackDecision:
+    step: RollbackStep
+    message: str
+    only_revision: str | None = None  # move only this canary's share (a request naming it)
+    after: tuple[TrafficSplit, ...] | None = None  # the split it leads to (dry run: would)
+
+
+def decide_rollback(
+    current: ServiceTraffic,
+    *,
+    service: str,
+    phase: Phase | None,
+    canary_revision: str,
+    stable_revision: str,
+    named: bool,
+    dry_run: bool,
+) -> RollbackDecision:
+    """What a rollback request does to the live split `current` of `service` (short name):
+    `phase` / revisions are those of the rollout it is about (None: no rollout found), `named`
+    whether the request named that canary (a request from breach_counter or a checkpoint does;
+    an operator's names the service only)."""
+    if phase is None:
+        return RollbackDecision(
+            RollbackStep.NO_CANARY,
+            f"{service} has no canary to roll back (no revision tagged 'canary' with traffic)",
+        )
+    # A request aimed at one canary moves only that canary's share (a newer canary keeps its own).
+    only = canary_revision if named else None
+    if phase is Phase.SUPERSEDED and not (only and current.percent_of(only)):
+        return RollbackDecision(
+            RollbackStep.SUPERSEDED,
+            f"canary {canary_revision} was superseded by a newer canary; nothing rolled back",
+        )
+    if named and current.percent_of(canary_revision) == 0:
+        # A redelivered or stale request: never touch the traffic, which may belong to a newer
+        # canary by now. A half-finished rollback is done.
+        return RollbackDecision(
+            RollbackStep.CANARY_GONE, f"canary {canary_revision} of {service} already serves no traffic"
+        )
+    plan = plan_rollback(current, stable_revision, only)
+    if dry_run:
+        verb = "would move" if plan is not None else "would not change:"
+        return RollbackDecision(
+            RollbackStep.DRY_RUN,
+            f"dry run: {verb} {service} to {stable_revision} at 100%",
+            only,
+            tuple(plan) if plan is not None else current.targets,
+        )
+    if plan is None and phase is Phase.ROLLED_BACK:
+        return RollbackDecision(
+            RollbackStep.ALREADY_ROLLED_BACK, f"{service} is already rolled back to {stable_revision}"
+        )
+    return RollbackDecision(
+        RollbackStep.ROLL_BACK,
+        f"rolled back {service}: {stable_revision} 100%, canary {canary_revision} 0%",
+        only,
+        tuple(plan) if plan is not None else current.targets,
+    )

@@ -6,12 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.lifecycle import Phase
 from shared.traffic import (
     CANARY_TAG,
     CanarySplit,
+    RollbackStep,
     ServiceTraffic,
     TrafficPlanError,
     TrafficSplit,
+    decide_rollback,
     discover_canary,
     plan_canary_share,
     plan_rollback,
@@ -307,3 +310,57 @@ def test_rollback_aimed_at_one_canary_moves_only_its_share():
     plan = plan_rollback(live, "a", only_revision="b")
     assert {(t.revision, t.percent, t.tag) for t in plan} == {("a", 90, ""), ("c", 10, "canary")}
     assert plan_rollback(live, "a", only_revision="d") is None  # serves nothing: nothing to move
+
+
+# --- decide_rollback: what a rollback request does, for every phase and request --------------
+
+ALL_PHASES = [None, *Phase]
+
+
+@pytest.mark.parametrize("phase", ALL_PHASES, ids=lambda p: str(p))
+@pytest.mark.parametrize("named", [False, True])
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("canary_share", [0, 5])
+@pytest.mark.parametrize("newer_canary", [False, True])
+def test_a_rollback_decision_never_moves_what_it_must_not(phase, named, dry_run, canary_share, newer_canary):
+    targets = [(STABLE, 100 - canary_share - (10 if newer_canary else 0))]
+    if canary_share:
+        targets.append((CANARY, canary_share, "" if newer_canary else CANARY_TAG))
+    if newer_canary:
+        targets.append((OTHER, 10, CANARY_TAG))
+    current = live(*targets)
+    decision = decide_rollback(
+        current,
+        service="shop",
+        phase=phase,
+        canary_revision=CANARY,
+        stable_revision=STABLE,
+        named=named,
+        dry_run=dry_run,
+    )
+    step = decision.step
+    if phase is None:
+        assert step is RollbackStep.NO_CANARY
+        return
+    if phase is Phase.SUPERSEDED and not (named and canary_share):
+        assert step is RollbackStep.SUPERSEDED  # the newer canary is not its to touch
+        return
+    if named and canary_share == 0:
+        assert step is RollbackStep.CANARY_GONE  # a stale request: traffic is someone else's
+        return
+    if dry_run:
+        assert step is RollbackStep.DRY_RUN and "dry run" in decision.message
+    elif step is RollbackStep.ALREADY_ROLLED_BACK:
+        assert phase is Phase.ROLLED_BACK and decision.after is None
+        return
+    else:
+        assert step is RollbackStep.ROLL_BACK
+    # Revisions at 0 % keep their tags (the canary stays reachable): compare the shares only.
+    after = {t.revision: t.percent for t in decision.after or () if t.percent}
+    assert after.get(CANARY, 0) == 0  # the canary ends with no share
+    if named:
+        # Only the named canary's share moves: a newer canary keeps its own.
+        assert after.get(OTHER, 0) == (10 if newer_canary else 0)
+        assert after[STABLE] == 100 - after.get(OTHER, 0)
+    else:
+        assert after == {STABLE: 100}
