@@ -26,10 +26,12 @@ from shared.judge import (
     next_step,
     rollback_redrive_due,
     soak_end_rollback,
+    step_window,
     synthetic_in,
 )
 from shared.lifecycle import Action, phases_allowing
 from shared.logs import Report, log
+from shared.notifications import checkpoint_is_news
 from shared.notify import REPUBLISH_AFTER
 from shared.policy import Policy
 from shared.store import Rollout
@@ -130,13 +132,7 @@ def change_step(
 
 
 def _step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datetime, datetime]:
-    """(start, end] of the step's verdict window, ending `data_lag_minutes` before now so the
-    verdict is taken on complete minutes. A point stamped at minute M counts requests in
-    (M - 1 min, M]: starting at the first whole minute after the step keeps the previous share's
-    traffic out of the step's verdict."""
-    end = _minute(now - timedelta(minutes=policy.checkpoint.data_lag_minutes))
-    step_start = _minute(rollout.step_started_at + timedelta(minutes=1) - timedelta(microseconds=1))
-    return step_start, end
+    return step_window(rollout.step_started_at, now, policy)
 
 
 def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
@@ -222,8 +218,7 @@ def checkpoint_rollout(
             "action": decision.action.value,
             "message": decision.reason,
             "canary_percent": rollout.canary_percent,
-            # The channel hears of a hold when its verdict changes, not every minute.
-            "notify": decision.action is StepAction.HOLD and judgement.verdict.value != previous,
+            "notify": checkpoint_is_news(decision.action.value, judgement.verdict.value, previous),
             "evidence": {
                 "outcome": evidence.outcome.value,
                 "minutes": len(evidence.changed),

@@ -37,6 +37,12 @@ _ICON = {"info": "ℹ️", "good": "✅", "warning": "⚠️", "danger": "🚨"}
 _SLACK_COLOUR = {"info": "#439FE0", "good": "good", "warning": "warning", "danger": "danger"}
 
 
+def checkpoint_is_news(action: str, verdict: str, previous_verdict: str | None) -> bool:
+    """Whether a checkpoint's record asks for a message (its `notify` field): a hold is told when
+    its verdict changed, not every minute; steps, freezes and rollbacks have their own records."""
+    return action == "hold" and verdict != previous_verdict
+
+
 def should_notify(kind: str, data: Mapping[str, Any]) -> bool:
     """Whether a decision of `kind` with `data` is worth a chat message. Every start, step,
     freeze and rollback is; a load test only when it failed; a checkpoint only when its

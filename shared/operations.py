@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from shared.config import ServiceRef, Settings
 from shared.core import Phase
 from shared.events import RollbackRequest
-from shared.judge import judge, next_ramp_step, step_for_percent
+from shared.judge import judge, next_ramp_step, rollout_status
 from shared.lifecycle import Action, allows, transition
 from shared.policy import Policy
 from shared.rollback import execute_rollback
 from shared.store import Rollout, RolloutConflict, rollout_id
-from shared.traffic import plan_canary_share, shares_by_revision
+from shared.traffic import plan_canary_share, stable_beside
 
 if TYPE_CHECKING:
     from shared.checkpoint import Clients
@@ -54,15 +54,12 @@ class Operations:
         if not 0 < percent < 100:
             raise OperationError(f"--percent must be between 1 and 99, got {percent}")
         live = self.clients.traffic.get(service.name)
-        shares = shares_by_revision(live.targets)
-        shares.pop(revision, None)
-        if not shares:
+        stable, tied = stable_beside(live, revision)
+        if stable is None:
             raise OperationError(f"{service.service} has no other revision serving traffic to use as stable")
-        stable = max(shares, key=lambda rev: shares[rev])
-        tied = sorted(rev for rev, share in shares.items() if share == shares[stable])
         if len(tied) > 1:
             raise OperationError(
-                f"cannot tell the stable revision: {', '.join(tied)} each serve {shares[stable]}%; "
+                f"cannot tell the stable revision: {', '.join(tied)} each serve {live.percent_of(stable)}%; "
                 "give one of them all the traffic first"
             )
         # Refuse before touching traffic: one active rollout per service, and a revision that
@@ -105,7 +102,7 @@ class Operations:
     def status(self, name: str) -> dict[str, Any]:
         service = self.service(name)
         rollout = self.rollout(service)
-        return {"service": service.name, **describe(rollout, self.policy)}
+        return {"service": service.name, **rollout_status(rollout, self.policy)}
 
     def statuses(self) -> list[dict[str, Any]]:
         found = []
@@ -114,7 +111,7 @@ class Operations:
             found.append(
                 {
                     "service": service.name,
-                    **(describe(rollout, self.policy) if rollout else {"health": "NONE"}),
+                    **(rollout_status(rollout, self.policy) if rollout else {"health": "NONE"}),
                 }
             )
         return found
@@ -233,51 +230,3 @@ class Operations:
     def history(self, name: str, limit: int = 200) -> dict[str, Any]:
         rollout = self.rollout(self.service(name))
         return {"rollout": rollout.id, "entries": self.clients.store.history(rollout.id, limit=limit)}
-
-
-def describe(rollout: Rollout, policy: Policy) -> dict[str, Any]:
-    """A rollout at a glance: HEALTHY / DEGRADED / PAUSED / ROLLING_BACK / ROLLED_BACK / ... and why."""
-    verdict = dict(rollout.last_verdict or {})
-    breaching = {rule: s.count for rule, s in rollout.streaks.items() if s.count}
-    if rollout.phase is Phase.RUNNING:
-        if rollout.rollback_requested:
-            health, why = "ROLLING_BACK", "rollback requested"
-        elif breaching or verdict.get("verdict") in ("NO_GO", "HOLD"):
-            health = "DEGRADED"
-            parts = [
-                f"{rule} streak {count}/{policy.rollback_rules[rule].consecutive}"
-                for rule, count in breaching.items()
-            ]
-            why = "; ".join(parts + list(verdict.get("reasons", []))) or "last verdict not GO"
-        elif rollout.paused:
-            health, why = "PAUSED", "paused by hand"
-        else:
-            health, why = "HEALTHY", "; ".join(verdict.get("reasons", [])) or "no breach seen"
-    elif rollout.phase is Phase.ROLLED_BACK:
-        reason = (rollout.rollback_request or {}).get("reason")
-        health = rollout.phase.value
-        why = f"rolled back from {rollout.canary_percent}%" + (f": {reason}" if reason else "")
-    else:
-        health, why = rollout.phase.value, ""
-    # A rolled-back canary serves nothing, whatever share it had when it was pulled.
-    share = 0 if rollout.phase is Phase.ROLLED_BACK else rollout.canary_percent
-    return {
-        "health": health,
-        "why": why,
-        "rollout": rollout.id,
-        "phase": rollout.phase.value,
-        "canary_revision": rollout.canary_revision,
-        "stable_revision": rollout.stable_revision,
-        "canary_percent": share,
-        "step": f"{step_for_percent(policy, rollout.canary_percent) + 1}/{len(policy.ramp)}",
-        "step_started_at": rollout.step_started_at,
-        "paused": rollout.paused,
-        "streaks": {rule: s.count for rule, s in rollout.streaks.items()},
-        "last_verdict": verdict.get("verdict"),
-        "last_verdict_at": verdict.get("at"),
-        "last_verdict_reasons": verdict.get("reasons", []),
-        "last_load_test": (rollout.last_load_test or {}).get("verdict"),
-        "last_load_test_at": (rollout.last_load_test or {}).get("at"),
-        "last_load_test_summary": (rollout.last_load_test or {}).get("message"),
-        "started_by": rollout.started_by,
-    }

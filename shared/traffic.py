@@ -78,11 +78,24 @@ def discover_canary(traffic: ServiceTraffic) -> CanarySplit | None:
     shares = shares_by_revision(traffic.targets)
     if canary is None or canary not in shares:
         return None
-    others = {rev: share for rev, share in shares.items() if rev != canary}
-    if not others:
+    stable, _tied = stable_beside(traffic, canary)
+    if stable is None:
         return None  # the canary already serves everything: nothing is "stable" any more
-    stable = max(others, key=lambda rev: others[rev])
     return CanarySplit(canary, stable, shares[canary])
+
+
+def stable_beside(traffic: ServiceTraffic, canary_revision: str) -> tuple[str | None, list[str]]:
+    """The stable revision beside a canary: the other revision with the largest share (None
+    when no other serves), and every revision tied for that share (more than one: ambiguous,
+    which `start` refuses and a discovered canary resolves by name order)."""
+    others = {
+        rev: share for rev, share in shares_by_revision(traffic.targets).items() if rev != canary_revision
+    }
+    if not others:
+        return None, []
+    top = max(others.values())
+    tied = sorted(rev for rev, share in others.items() if share == top)
+    return tied[0], tied
 
 
 def _same_split(current: ServiceTraffic, wanted: Sequence[TrafficSplit]) -> bool:

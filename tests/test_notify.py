@@ -424,3 +424,12 @@ def test_without_a_topic_the_deciding_process_posts_in_the_background(
     assert "7.34 % > 1.00 %" in said
     time.sleep(2)
     assert len(hook.wait_for("shop: ROLLED BACK canary shop-00002 (auto)")) == 1
+
+
+def test_a_checkpoint_is_news_only_when_a_hold_changes_its_verdict():
+    from shared.notifications import checkpoint_is_news
+
+    assert checkpoint_is_news("hold", "HOLD", "GO")
+    assert checkpoint_is_news("hold", "NO_GO", None)  # the first verdict of a step
+    assert not checkpoint_is_news("hold", "GO", "GO")  # every minute of a soak: no message
+    assert not checkpoint_is_news("advance", "GO", "HOLD")  # the step has its own record

@@ -18,6 +18,7 @@ from shared.traffic import (
     discover_canary,
     plan_canary_share,
     plan_rollback,
+    stable_beside,
 )
 
 SERVICE = "projects/demo-project/locations/europe-west1/services/shop"
@@ -364,3 +365,12 @@ def test_a_rollback_decision_never_moves_what_it_must_not(phase, named, dry_run,
         assert after[STABLE] == 100 - after.get(OTHER, 0)
     else:
         assert after == {STABLE: 100}
+
+
+def test_the_stable_revision_beside_a_canary_is_the_largest_other_share_and_ties_are_named():
+    assert stable_beside(live((STABLE, 90), (CANARY, 10, CANARY_TAG)), CANARY) == (STABLE, [STABLE])
+    assert stable_beside(live((STABLE, 45), (OTHER, 45), (CANARY, 10, CANARY_TAG)), CANARY) == (
+        min(STABLE, OTHER),
+        sorted([STABLE, OTHER]),
+    )
+    assert stable_beside(live((CANARY, 100, CANARY_TAG)), CANARY) == (None, [])
