@@ -4,11 +4,9 @@ the emergency HTTP call, dry runs, idempotency and every injected control-plane 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -378,13 +376,10 @@ def test_emergency_answers_503_when_a_firestore_read_runs_out_of_retries(functio
 LATE = timedelta(minutes=10)
 
 
-@contextlib.contextmanager
-def written_at(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> Iterator[None]:
-    """The store's writes in the block (this process's) carry `moment`: a rollout's past without
-    waiting for it. The functions' own writes keep the real time."""
-    with monkeypatch.context() as patch:
-        patch.setattr("shared.store._now", lambda: moment)
-        yield
+def store_at(moment: datetime) -> RolloutStore:
+    """A store whose writes carry `moment` (its clock): a rollout's past without waiting for it.
+    The functions' own writes keep the real time."""
+    return RolloutStore(PROJECT, clock=lambda: moment)
 
 
 def test_a_redelivery_after_success_leaves_a_newer_canary_alone(functions, store, shop):
@@ -453,16 +448,13 @@ def test_a_redelivery_after_a_failed_first_attempt_rolls_back(
 
 
 @pytest.mark.parametrize("registered_by", ["this request", "a checkpoint", "deploy event"])
-def test_a_late_delivery_rolls_back_a_canary_registered_late(
-    functions, store, shop, monkeypatch, registered_by
-):
+def test_a_late_delivery_rolls_back_a_canary_registered_late(functions, store, shop, registered_by):
     """Canary A was registered; B was deployed during an outage and the on-call published a
     rollback before canary-guard registered B. The request is delivered 10 minutes after its
     publish, B registered meanwhile or by the delivery itself: B is rolled back (the old rule
     took B for a newer canary and dropped the emergency rollback)."""
     published = datetime.now(UTC) - LATE
-    with written_at(monkeypatch, published - LATE):
-        store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
+    store_at(published - LATE).register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
     deploy_canary(shop, canary="shop-00003")
     if registered_by != "this request":
         store.register(SHOP, "shop-00003", "shop-00001", canary_percent=5, started_by=registered_by)
