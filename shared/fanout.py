@@ -4,7 +4,7 @@ dispatcher and `checkpoint_worker` judges one service per message.
 The dispatcher reads Monitoring once for every watched service (shared/minutes.py), and
 publishes one message per service carrying that service's minutes; Pub/Sub pushes each to a
 checkpoint_worker instance, which runs the same per-service checkpoint as the in-process path
-(`shared.checkpoint._checkpoint_service`) on those minutes. Cloud Functions scales the workers
+(`shared.checkpoint_rollout._checkpoint_service`) on those minutes. Cloud Functions scales the workers
 out, so a minute over hundreds of rollouts takes about as long as a few.
 
 At-least-once delivery is harmless: a minute is judged into the evidence ledger (a join: the
@@ -22,13 +22,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.breach import lookback_window
-from shared.checkpoint import (
-    Clients,
-    _checkpoint_service,
-    _resend_notifications,
-    _step_window,
-    read_minutes,
-)
+from shared.checkpoint import _resend_notifications, read_minutes
+from shared.checkpoint_rollout import Clients, _checkpoint_service, _step_window
 from shared.config import ServiceRef, Settings
 from shared.events import MAX_PAYLOAD_BYTES, MalformedEvent, parse_time, pubsub_message
 from shared.logs import Report

@@ -143,7 +143,7 @@ class Operations:
 
     def advance(self, name: str, reason: str = "advanced by hand") -> dict[str, Any]:
         """The next ramp step now, whatever the verdict and soak (the release owner decides)."""
-        from shared.checkpoint import change_step
+        from shared.step import change_step
 
         service = self.service(name)
         rollout = self.rollout(service)
