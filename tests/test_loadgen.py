@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from infra.target_server import TargetHandle, start_target_server
 from infra.tls import self_signed_certificate
 from shared import loadgen
+from shared.http_client import USER_AGENT, client_ssl_context, target_of
 from shared.load_rules import (
     MAX_REQUESTS,
     LatencyHistogram,
@@ -33,9 +34,6 @@ from shared.load_rules import (
     plan_fits,
 )
 from shared.loadgen import (
-    USER_AGENT,
-    _client_ssl_context,
-    _target,
     run_closed,
     run_load_test,
     run_open,
@@ -654,7 +652,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def test_request_bytes_carry_host_and_the_callers_headers():
-    target = _target(
+    target = target_of(
         "https://canary---shop-abc123-ew.a.run.app/health?q=a b&x=1",
         "get",
         {"Authorization": "Bearer t0k3n", "accept": "application/json"},
@@ -681,17 +679,17 @@ def test_request_bytes_carry_host_and_the_callers_headers():
 
 
 def test_request_bytes_for_other_urls_and_methods():
-    ipv6 = _target("http://[::1]:8080")
+    ipv6 = target_of("http://[::1]:8080")
     assert (ipv6.host, ipv6.port, ipv6.tls) == ("::1", 8080, False)
     assert ipv6.request.startswith(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n")
-    assert b"Host: example.com\r\n" in _target("https://example.com:443/").request  # default port
-    assert b"Host: xn--bcher-kva.example:8443\r\n" in _target("https://bücher.example:8443/").request
-    basic = _target("http://user:p%40ss@example.com/").request
+    assert b"Host: example.com\r\n" in target_of("https://example.com:443/").request  # default port
+    assert b"Host: xn--bcher-kva.example:8443\r\n" in target_of("https://bücher.example:8443/").request
+    basic = target_of("http://user:p%40ss@example.com/").request
     assert b"Authorization: Basic dXNlcjpwQHNz\r\n" in basic  # user:p@ss
-    post = _target("http://example.com/x", "POST").request
+    post = target_of("http://example.com/x", "POST").request
     assert post.startswith(b"POST /x HTTP/1.1\r\n") and b"Content-Length: 0\r\n" in post
-    assert _target("http://example.com/", "HEAD").head
-    assert b"Host: other\r\n" in _target("http://example.com/", headers={"Host": "other"}).request
+    assert target_of("http://example.com/", "HEAD").head
+    assert b"Host: other\r\n" in target_of("http://example.com/", headers={"Host": "other"}).request
 
 
 @pytest.mark.parametrize(
@@ -707,14 +705,14 @@ def test_request_bytes_for_other_urls_and_methods():
 )
 def test_requests_that_cannot_be_sent_are_refused(url, method, headers, message):
     with pytest.raises(ValueError, match=message):
-        _target(url, method, headers)
+        target_of(url, method, headers)
 
 
 def test_https_urls_get_a_verifying_tls_context():
-    context = _client_ssl_context()
+    context = client_ssl_context()
     assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
-    assert not _target("http://example.com/").tls
+    assert not target_of("http://example.com/").tls
 
 
 def test_headers_reach_the_target_exactly(target):
