@@ -1,7 +1,8 @@
 """canary-guard operator CLI: the go-live checklist's hand-run steps as subcommands.
 
-Only argument parsing, client construction and rendering live here; every rule (what may be
-started, advanced, paused or rolled back, and what is healthy) is in shared/operations.py.
+Only argument parsing and client construction live here, how answers are shown in
+infra/cli_render.py; every rule (what may be started, advanced, paused or rolled back, and what
+is healthy) is in shared/operations.py.
 Clients come from the same environment variables as the functions (shared/runtime.py), and the
 heavy Google libraries are imported only when a subcommand runs, so `--help` stays fast.
 
@@ -14,12 +15,21 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+
+from infra.cli_render import (
+    before_after,
+    history_text,
+    load_test_text,
+    metrics_text,
+    status_detail,
+    status_table,
+)
 
 if TYPE_CHECKING:
     from shared.operations import Operations
@@ -122,154 +132,6 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-# --- rendering ---------------------------------------------------------------------------
-
-
-def _when(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-    if isinstance(value, str) and value:
-        with contextlib.suppress(ValueError):
-            return _when(datetime.fromisoformat(value))
-    return str(value) if value else "-"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "") -> str:
-    """Left-aligned columns; the last column is never padded (free-text messages go there)."""
-    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        lines.append((indent + "  ".join([*padded, row[-1]])).rstrip())
-    return "\n".join(lines)
-
-
-def _traffic(targets: Sequence[Mapping[str, Any]]) -> str:
-    parts = []
-    # Biggest share first, whatever order Cloud Run lists them in: stable reads first.
-    for target in sorted(targets, key=lambda t: (-t.get("percent", 0), t["revision"])):
-        tag = f" [{target['tag']}]" if target.get("tag") else ""
-        parts.append(f"{target['revision']} {target.get('percent', 0)}%{tag}")
-    return ", ".join(parts) or "-"
-
-
-def _before_after(data: Mapping[str, Any]) -> str:
-    return f"  before  {_traffic(data.get('before') or [])}\n  after   {_traffic(data.get('after') or [])}"
-
-
-def _short(service: str, all_names: Sequence[str]) -> str:
-    """location/service when every name is in one project (short but unambiguous), else the full name."""
-    parts = service.split("/")
-    projects = {name.split("/")[1] for name in all_names if name.count("/") == 5}
-    if len(parts) == 6 and len(projects) == 1:
-        return f"{parts[3]}/{parts[5]}"
-    return service
-
-
-def _streaks(streaks: Mapping[str, int]) -> str:
-    return ", ".join(f"{rule} {count}" for rule, count in streaks.items()) or "none"
-
-
-def _status_detail(data: Mapping[str, Any]) -> str:
-    lines = [f"{data['service'].rsplit('/', 1)[-1]}  {data['health']}  {data['why']}".rstrip()]
-    rows = [
-        ("service", data["service"]),
-        ("rollout", f"{data['rollout']} ({data['phase']})"),
-        (
-            "canary",
-            f"{data['canary_revision']} at {data['canary_percent']}%, step {data['step']} "
-            f"since {_when(data['step_started_at'])}",
-        ),
-        ("stable", data["stable_revision"]),
-        ("paused", "yes" if data["paused"] else "no"),
-        ("streaks", _streaks(data["streaks"])),
-        (
-            "last verdict",
-            f"{data['last_verdict']} at {_when(data['last_verdict_at'])}: "
-            + "; ".join(data["last_verdict_reasons"])
-            if data["last_verdict"]
-            else "none yet",
-        ),
-        (
-            "load test",
-            f"{data['last_load_test_summary']} at {_when(data['last_load_test_at'])}"
-            if data.get("last_load_test")
-            else "none yet",
-        ),
-        ("started by", data["started_by"] or "-"),
-    ]
-    width = max(len(key) for key, _ in rows)
-    lines += [f"  {key.ljust(width)}  {value}" for key, value in rows]
-    return "\n".join(lines)
-
-
-def _status_table(data: Mapping[str, Any]) -> str:
-    names = [row["service"] for row in data["services"]]
-    rows = []
-    for row in data["services"]:
-        if row["health"] == "NONE":
-            rows.append([_short(row["service"], names), "NONE", "-", "-", "-", "-", "no rollout"])
-            continue
-        paused = " (paused)" if row["paused"] else ""
-        rows.append(
-            [
-                _short(row["service"], names),
-                row["health"],
-                row["step"],
-                row["canary_revision"],
-                f"{row['canary_percent']}%{paused}",
-                row["stable_revision"],
-                row["why"] or "-",
-            ]
-        )
-    return _table(["SERVICE", "HEALTH", "STEP", "CANARY", "SHARE", "STABLE", "WHY"], rows)
-
-
-def _measure(value: float | None, unit: str) -> str:
-    if value is None:
-        return "no data"
-    return f"{value:.0f} ms" if unit == "ms" else f"{value * 100:.2f}%"
-
-
-def _metrics(data: Mapping[str, Any]) -> str:
-    from shared.judge import MEASURES  # the unit of each measured value
-
-    window = data["window"]
-    head = (
-        f"{data['service'].rsplit('/', 1)[-1]} canary {data['canary_revision']}: "
-        f"{data['request_count']} requests, {data['error_count']} 5xx "
-        f"in ({_when(window['start'])}, {_when(window['end'])}]"
-    )
-    rows = []
-    for name, bars in data["measured"].items():
-        unit = MEASURES[name][2] if name in MEASURES else ""
-        rollback = bars.get("rollback_bar")
-        rows.append(
-            [
-                name,
-                _measure(bars.get("value"), unit),
-                _measure(bars.get("go_bar"), unit),
-                _measure(rollback, unit) if rollback is not None else "-",
-            ]
-        )
-    table = _table(["MEASURE", "VALUE", "GO IF <=", "ROLL BACK IF >"], rows, indent="  ")
-    return f"{head}\n{table}\n  verdict  {data['verdict']}: {'; '.join(data['reasons'])}"
-
-
-def _history(data: Mapping[str, Any]) -> str:
-    rows = []
-    for entry in data["entries"]:
-        # Who acted is stored under the field its kind uses; an observation names its source.
-        who = next(
-            (entry[key] for key in ("by", "requested_by", "started_by", "source") if entry.get(key)), ""
-        )
-        message = entry.get("message") or entry.get("verdict") or ""
-        rows.append([_when(entry.get("at")), entry.get("kind", "?"), who or "-", message])
-    table = _table(["AT (UTC)", "KIND", "BY", "MESSAGE"], rows, indent="  ")
-    return f"history of {data['rollout']} ({len(rows)} entries)\n{table}"
-
-
 # --- commands ----------------------------------------------------------------------------
 
 
@@ -321,7 +183,7 @@ def start(service: str, revision: str, percent: int) -> None:
         data,
         lambda d: (
             f"started canary {d['canary']} at {percent}% (stable {d['stable']}), "
-            f"rollout {d['rollout']}\n{_before_after(d)}"
+            f"rollout {d['rollout']}\n{before_after(d)}"
         ),
     )
 
@@ -342,11 +204,11 @@ def status(service: str | None) -> None:
     """
     if service:
         one = _run(lambda ops: ops.status(service))
-        _emit(one, _status_detail)
+        _emit(one, status_detail)
         healths = [one["health"]]
     else:
         every = {"services": _run(lambda ops: ops.statuses())}
-        _emit(every, _status_table)
+        _emit(every, status_table)
         healths = [row["health"] for row in every["services"]]
     if UNHEALTHY.intersection(healths):
         sys.exit(EXIT_UNHEALTHY)
@@ -360,7 +222,7 @@ def metrics(service: str) -> None:
 
     Measured over the policy's recent window, which ends the data lag before now.
     """
-    _emit(_run(lambda ops: ops.metrics(service)), _metrics)
+    _emit(_run(lambda ops: ops.metrics(service)), metrics_text)
 
 
 @main.command()
@@ -374,7 +236,7 @@ def advance(service: str, reason: str | None) -> None:
     """
     extra = {"reason": reason} if reason else {}
     data = _run(lambda ops: ops.advance(service, **extra))
-    _emit(data, lambda d: f"{d['message']}\n{_before_after(d)}")
+    _emit(data, lambda d: f"{d['message']}\n{before_after(d)}")
 
 
 @main.command()
@@ -413,7 +275,7 @@ def rollback(service: str, reason: str, dry_run: bool) -> None:
     One Cloud Run update; the canary keeps its `canary` tag at 0 % for debugging.
     """
     data = _run(lambda ops: ops.rollback(service, reason, dry_run=dry_run))
-    _emit(data, lambda d: f"{d['status']}: {d['message']}\n{_before_after(d)}")
+    _emit(data, lambda d: f"{d['status']}: {d['message']}\n{before_after(d)}")
 
 
 @main.command()
@@ -423,46 +285,12 @@ def rollback(service: str, reason: str, dry_run: bool) -> None:
 def history(service: str, limit: int | None) -> None:
     """The rollout's recorded decisions, oldest first."""
     extra = {"limit": limit} if limit else {}
-    _emit(_run(lambda ops: ops.history(service, **extra)), _history)
-
-
-def _load_test(data: Mapping[str, Any]) -> str:
-    results = data["results"]
-    load = results.get("load_test", {})
-    probe = results.get("probe", {})
-    runs = [("load", side, r, r["verdict"]["status"]) for side, r in load.items()]
-    runs += [
-        ("probe", side, r, probe["verdict"]["sides"][side]) for side, r in probe.items() if side != "verdict"
-    ]
-    rows = []
-    for kind, side, r, verdict in runs:
-        failures, latency = r["failures"], r["latency_ms"]
-        errors = failures["timeout"] + failures["connection"] + failures["cancelled"]
-        percentiles = "/".join(
-            "-" if latency[k] is None else f"{latency[k]:.0f}" for k in ("p50", "p95", "p99")
-        )
-        rows.append(
-            [
-                kind,
-                side,
-                r["requests"],
-                r["successes"],
-                failures["4xx"],
-                failures["5xx"],
-                r["rate_limited_429"],
-                errors,
-                f"{r['achieved_rate_per_s']:.1f}",
-                percentiles,
-                verdict,
-            ]
-        )
-    headers = ["RUN", "SIDE", "REQ", "OK", "4XX", "5XX", "429", "ERR", "REQ/S", "P50/P95/P99 MS", "VERDICT"]
-    return f"{data['message']}\n{_table(headers, rows)}"
+    _emit(_run(lambda ops: ops.history(service, **extra)), history_text)
 
 
 def _run_load_test(service: str, mode: str) -> None:
     data = _run(lambda ops: ops.load_test(service, mode))
-    _emit(data, _load_test)
+    _emit(data, load_test_text)
     if data["outcome"] == "FAIL":
         sys.exit(EXIT_UNHEALTHY)
 
