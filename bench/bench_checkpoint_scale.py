@@ -9,6 +9,12 @@ minute. It prints each run's wall time, whether every rollout was judged and rec
 calls per rollout by kind.
 
     .venv/bin/python -m bench.bench_checkpoint_scale [--rollouts 1 10 100 300] [--latency-ms 150]
+    .venv/bin/python -m bench.bench_checkpoint_scale --fanout 32 [--rollouts ...]
+
+--fanout K runs what Terraform deploys instead: the checkpoint dispatches one Pub/Sub message
+per service (CHECKPOINT_TOPIC), the emulator pushes them to a checkpoint_worker served by
+functions-framework with K threads (K instances at one request each, sharing two cores), and the
+minute's wall time runs until every rollout holds that minute's verdict.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from infra.cloudrun_standin import start_cloudrun_standin
 from infra.latency_proxy import LatencyProxy
-from infra.localstack import PROJECT, ROLLBACK_TOPIC, ensure_topic, start_emulators
+from infra.localstack import CHECKPOINT_TOPIC, PROJECT, ROLLBACK_TOPIC, ensure_topic, start_emulators
 from infra.metrics_feed import HEALTHY, feed
 from infra.monitoring_standin import start_monitoring_standin
 
@@ -59,8 +65,25 @@ def stand_up(count: int, cloudrun, monitoring, now: datetime) -> list[str]:
     return services
 
 
-def run_minute(now: datetime, services: list[str], proxies: dict[str, LatencyProxy], cloudrun) -> dict:
-    from shared.checkpoint import Clients, run_checkpoints
+def function_env(services: list[str], proxies: dict[str, LatencyProxy]) -> dict[str, str]:
+    return dict(os.environ) | {
+        "CANARY_SERVICES": ",".join(services),
+        "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
+        "CLOUD_RUN_API_ENDPOINT": proxies["cloudrun"].url,
+        "MONITORING_API_ENDPOINT": proxies["monitoring"].host,
+    }
+
+
+def run_minute(
+    now: datetime,
+    services: list[str],
+    proxies: dict[str, LatencyProxy],
+    cloudrun,
+    *,
+    fanout: bool = False,
+    direct=None,
+) -> dict:
+    from shared.checkpoint import Clients, handle_checkpoint, run_checkpoints
     from shared.cloudrun import CloudRunTraffic
     from shared.config import load_settings
     from shared.monitoring import MonitoringReader
@@ -68,12 +91,7 @@ def run_minute(now: datetime, services: list[str], proxies: dict[str, LatencyPro
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
-    env = dict(os.environ) | {
-        "CANARY_SERVICES": ",".join(services),
-        "ROLLBACK_TOPIC": ROLLBACK_TOPIC,
-        "CLOUD_RUN_API_ENDPOINT": proxies["cloudrun"].url,
-        "MONITORING_API_ENDPOINT": proxies["monitoring"].host,
-    }
+    env = function_env(services, proxies) | ({"CHECKPOINT_TOPIC": CHECKPOINT_TOPIC} if fanout else {})
     settings = load_settings(env)
     clients = Clients(
         store=RolloutStore(PROJECT),  # FIRESTORE_EMULATOR_HOST points at the proxy
@@ -86,9 +104,15 @@ def run_minute(now: datetime, services: list[str], proxies: dict[str, LatencyPro
         proxy.reset_count()
     cloudrun_before = len(cloudrun.calls())
     started = time.perf_counter()
-    reports = run_checkpoints(
-        now=now, settings=settings, policy=load_policy(settings.policy_file), clients=clients
-    )
+    policy = load_policy(settings.policy_file)
+    if fanout:  # dispatch, then wait until every worker has recorded its service's verdict
+        handle_checkpoint(None, settings=settings, policy=policy, clients=clients, now=now)
+        reports = []
+        deadline = time.monotonic() + 600
+        while recorded(services, now, direct) < len(services) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    else:
+        reports = run_checkpoints(now=now, settings=settings, policy=policy, clients=clients)
     wall = time.perf_counter() - started
     calls = Counter({name: proxy.reset_count() for name, proxy in proxies.items() if name != "cloudrun"})
     calls["cloudrun"] = len(cloudrun.calls()) - cloudrun_before
@@ -110,6 +134,25 @@ def recorded(services: list[str], now: datetime, store) -> int:
     return count
 
 
+def start_worker(
+    services: list[str], proxies: dict[str, LatencyProxy], emulators, threads: int, log_dir: Path
+):
+    """checkpoint_worker under functions-framework (`threads` requests at once, every Google
+    call through the proxies), pushed the checkpoints topic by the emulator as delivery.tf does."""
+    from infra.localstack import free_port, push_endpoint, serve_function, wire_push
+
+    port = free_port()
+    env = function_env(services, proxies) | {"THREADS": str(threads)}
+    worker = serve_function("checkpoint_worker", port, env, log_dir)
+    direct = os.environ["PUBSUB_EMULATOR_HOST"]
+    os.environ["PUBSUB_EMULATOR_HOST"] = emulators.pubsub_host  # wiring is not a measured call
+    try:
+        wire_push(PROJECT, CHECKPOINT_TOPIC, "bench-checkpoint-worker", push_endpoint(port))
+    finally:
+        os.environ["PUBSUB_EMULATOR_HOST"] = direct
+    return worker
+
+
 def soak_half_done(store, services: list[str]) -> None:
     """Move each rollout's step start 30 minutes back (past the proxy), as if half its soak had
     passed: the steady minute then judges a step window of whole minutes, as most minutes do."""
@@ -125,6 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", type=int, nargs="+", default=[1, 10, 100, 300])
     parser.add_argument("--latency-ms", type=float, default=150.0)
+    parser.add_argument(
+        "--fanout", type=int, default=0, metavar="K", help="dispatch to a worker with K threads"
+    )
     args = parser.parse_args()
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
@@ -140,6 +186,7 @@ def main() -> None:
     }
     os.environ.update(emulators.env())
     ensure_topic(PROJECT, ROLLBACK_TOPIC)
+    ensure_topic(PROJECT, CHECKPOINT_TOPIC)
     from shared.store import RolloutStore
 
     direct = RolloutStore(PROJECT)  # built before the proxies go into the environment
@@ -154,10 +201,11 @@ def main() -> None:
             monitoring.reset()
             now = datetime.now(UTC).replace(second=0, microsecond=0)
             services = stand_up(count, cloudrun, monitoring, now)
+            worker = start_worker(services, proxies, emulators, args.fanout, log_dir) if args.fanout else None
             for label, at in (("first", now), ("steady", now + timedelta(minutes=1))):
                 if label == "steady":  # mid-soak: the step's window holds half an hour of minutes
                     soak_half_done(direct, services)
-                result = run_minute(at, services, proxies, cloudrun)
+                result = run_minute(at, services, proxies, cloudrun, fanout=bool(args.fanout), direct=direct)
                 judged = recorded(services, at, direct)
                 per = "  ".join(f"{kind} {n / count:.1f}" for kind, n in sorted(result["calls"].items()))
                 errors = result["actions"].get("error", 0)
@@ -166,6 +214,8 @@ def main() -> None:
                     + (f"  ({errors} failed)" if errors else ""),
                     flush=True,
                 )
+            if worker is not None:
+                worker.stop()
     finally:
         for proxy in proxies.values():
             proxy.stop()
