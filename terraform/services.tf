@@ -1,6 +1,6 @@
 # The watched services (var.services): everything that exists once per service is derived here,
 # from variables only (no resource, no data source), so the offline checks evaluate these
-# locals with terraform itself (tests/terraform_checks.py evaluate_services).
+# locals with terraform itself (tests/tf_model.py evaluate_services).
 #
 # One alert policy per rule covers many services (filtered with one_of on the service name,
 # grouped by service, location and revision, so each canary is still its own time series and
