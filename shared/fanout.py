@@ -124,7 +124,7 @@ def handle_checkpoint_message(
         clients = runtime_clients()
     try:
         source = _message_minutes(body, service, clients.reader)
-    except (MalformedEvent, ValueError, TypeError, KeyError, IndexError) as exc:
+    except (MalformedEvent, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         return Report(
             "WARNING",
             f"checkpoint message dropped: its minutes are malformed: {exc!r}",

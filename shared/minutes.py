@@ -74,11 +74,17 @@ class MinuteSample:
             requests=requests,
             errors=errors,
             **{
-                name: _distribution_from_json(data[name], layouts)
+                name: _distribution_from_json(_mapping(data[name]), layouts)
                 for name in ("latency", "memory", "cpu")
                 if data.get(name) is not None
             },
         )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"a distribution must be an object, not {type(value).__name__}")
+    return value
 
 
 def _distribution_json(value: Distribution, layouts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,6 +204,8 @@ def revisions_from_json(data: Any) -> Revisions:
     for revision, samples in data["revisions"].items():
         if not isinstance(samples, list):
             raise TypeError(f"revision {revision!r}: minutes must be a list")
+        if not all(isinstance(sample, dict) for sample in samples):
+            raise TypeError(f"revision {revision!r}: every minute must be an object")
         parsed = [MinuteSample.from_json(sample, layouts) for sample in samples]
         revisions[str(revision)] = {sample.minute: sample for sample in parsed}
     return revisions

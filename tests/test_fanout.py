@@ -321,6 +321,27 @@ def test_a_worker_judges_its_message_and_skips_a_minute_already_superseded(
                 "service": "svc-00",
                 "now": "2026-12-04T12:00:00Z",
                 "read": {"start": "2026-12-04T11:00:00Z", "end": "2026-12-04T12:00:00Z"},
+                "minutes": {"layouts": [], "revisions": {"r": [1, "x"]}},
+            },
+            "malformed",
+        ),
+        (
+            {
+                "service": "svc-00",
+                "now": "2026-12-04T12:00:00Z",
+                "read": {"start": "2026-12-04T11:00:00Z", "end": "2026-12-04T12:00:00Z"},
+                "minutes": {
+                    "layouts": [],
+                    "revisions": {"r": [{"minute": "2026-12-04T11:00Z", "latency": [1]}]},
+                },
+            },
+            "malformed",
+        ),
+        (
+            {
+                "service": "svc-00",
+                "now": "2026-12-04T12:00:00Z",
+                "read": {"start": "2026-12-04T11:00:00Z", "end": "2026-12-04T12:00:00Z"},
                 "minutes": {
                     "layouts": [],
                     "revisions": {"r": [{"minute": "2026-12-04T11:00Z", "errors": 5}]},
