@@ -10,6 +10,7 @@ calls per rollout by kind.
 
     .venv/bin/python -m bench.bench_checkpoint_scale [--rollouts 1 10 100 300] [--latency-ms 150]
     .venv/bin/python -m bench.bench_checkpoint_scale --fanout 32 [--rollouts ...]
+    .venv/bin/python -m bench.bench_checkpoint_scale --into-step 600   (day-long soaks: hour blocks)
 
 --fanout K runs what Terraform deploys instead: the checkpoint dispatches one Pub/Sub message
 per service (CHECKPOINT_TOPIC), the emulator pushes them to a checkpoint_worker served by
@@ -40,10 +41,10 @@ def service_name(index: int) -> str:
     return f"projects/{PROJECT}/locations/{LOCATION}/services/svc-{index:03d}"
 
 
-def stand_up(count: int, cloudrun, monitoring, now: datetime) -> list[str]:
-    """`count` services with a canary at 5 %, and 40 healthy minutes of both revisions."""
+def stand_up(count: int, cloudrun, monitoring, now: datetime, minutes: int = 40) -> list[str]:
+    """`count` services with a canary at 5 %, and `minutes` healthy minutes of both revisions."""
     services = [service_name(i) for i in range(count)]
-    stamps = [now - timedelta(minutes=m) for m in range(40)]
+    stamps = [now - timedelta(minutes=m) for m in range(minutes)]
     for index, name in enumerate(services):
         short = f"svc-{index:03d}"
         stable, canary = f"{short}-00001", f"{short}-00002"
@@ -153,14 +154,14 @@ def start_worker(
     return worker
 
 
-def soak_half_done(store, services: list[str]) -> None:
-    """Move each rollout's step start 30 minutes back (past the proxy), as if half its soak had
-    passed: the steady minute then judges a step window of whole minutes, as most minutes do."""
+def soak_half_done(store, services: list[str], minutes: int = 30) -> None:
+    """Move each rollout's step start `minutes` back (past the proxy), as if that much of its
+    soak had passed: the steady minute then judges a step window of whole minutes."""
     for name in services:
         rollout = store.active(name)
         if rollout is not None:
             store._rollout_ref(rollout.id).update(
-                {"step_started_at": rollout.step_started_at - timedelta(minutes=30)}
+                {"step_started_at": rollout.step_started_at - timedelta(minutes=minutes)}
             )
 
 
@@ -168,6 +169,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", type=int, nargs="+", default=[1, 10, 100, 300])
     parser.add_argument("--latency-ms", type=float, default=150.0)
+    parser.add_argument(
+        "--into-step", type=int, default=30, metavar="MIN", help="how far into its step each rollout is"
+    )
     parser.add_argument(
         "--fanout", type=int, default=0, metavar="K", help="dispatch to a worker with K threads"
     )
@@ -200,11 +204,11 @@ def main() -> None:
             cloudrun.reset()
             monitoring.reset()
             now = datetime.now(UTC).replace(second=0, microsecond=0)
-            services = stand_up(count, cloudrun, monitoring, now)
+            services = stand_up(count, cloudrun, monitoring, now, minutes=args.into_step + 10)
             worker = start_worker(services, proxies, emulators, args.fanout, log_dir) if args.fanout else None
             for label, at in (("first", now), ("steady", now + timedelta(minutes=1))):
                 if label == "steady":  # mid-soak: the step's window holds half an hour of minutes
-                    soak_half_done(direct, services)
+                    soak_half_done(direct, services, args.into_step)
                 result = run_minute(at, services, proxies, cloudrun, fanout=bool(args.fanout), direct=direct)
                 judged = recorded(services, at, direct)
                 per = "  ".join(f"{kind} {n / count:.1f}" for kind, n in sorted(result["calls"].items()))

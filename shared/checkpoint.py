@@ -6,6 +6,7 @@ judges one), or, with CHECKPOINT_TOPIC, sent to checkpoint_worker instances (sha
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +19,10 @@ from shared.checkpoint_rollout import (
     WATCHED_PHASES,
     Clients,
     _checkpoint_service,
-    _step_window,
     checkpoint_rollout,
 )
 from shared.config import ServiceRef, Settings
+from shared.judge import step_window
 from shared.logs import Report, log
 from shared.notify import REPUBLISH_AFTER
 from shared.policy import Policy
@@ -44,9 +45,10 @@ __all__ = [
 ]
 
 
-# The longest window one batched read covers: a step soaks 60 minutes at most (policy) plus the
-# Monitoring lag; a rollout held on its step longer has its step verdict read on its own.
+# The longest window read minute by minute: the first step's hour of soak plus the Monitoring
+# lag. Longer step windows (a day's soak at 10-50 %) are read in hour blocks instead.
 MAX_BATCHED_READ = timedelta(minutes=90)
+HOUR = timedelta(hours=1)
 
 
 # Services checked at once by one process (Cloud Run reads and Firestore transactions stay per
@@ -65,25 +67,41 @@ def read_minutes(
     policy: Policy,
     reader: MetricsSource,
 ) -> MetricsSource:
-    """The minute's metrics for every service in one batched read (`platform_minutes`), over
-    the lookback window and every watched rollout's step window so far. A reader without a
-    batched read, or a batched read that fails, leaves each rollout to read its own."""
+    """The minute's metrics for every service in batched reads (`platform_minutes`): minute by
+    minute over the lookback window and the step windows so far, up to MAX_BATCHED_READ; and,
+    when some step window is longer (a day's soak), in hour blocks up to the longest soak of the
+    ramp. A reader without a batched read, or a batched read that fails, leaves each rollout to
+    read its own."""
     batched = getattr(reader, "platform_minutes", None)
     if batched is None or not services:
         return reader
     from shared.minutes import RecordedMinutes
 
+    keys = [(s.location, s.service) for s in services]
     start, end = lookback_window(now, policy)
-    for rollout in rollouts.values():
-        if rollout is not None and rollout.phase in WATCHED_PHASES:
-            start = min(start, _step_window(rollout, now, policy)[0])
-    start = max(start, end - MAX_BATCHED_READ)
+    step_starts = [
+        step_window(rollout.step_started_at, now, policy)[0]
+        for rollout in rollouts.values()
+        if rollout is not None and rollout.phase in WATCHED_PHASES
+    ]
+    start = max(min([start, *step_starts]), end - MAX_BATCHED_READ)
     try:
-        revisions = batched([(s.location, s.service) for s in services], start=start, end=end)
+        source = RecordedMinutes(batched(keys, start=start, end=end), start=start, end=end, fallback=reader)
     except Exception as exc:  # Monitoring failing: each rollout's own read retries, or fails alone
         log("WARNING", f"batched metrics read failed, each rollout reads its own: {exc}")
         return reader
-    return RecordedMinutes(revisions, start=start, end=end, fallback=reader)
+    longer = [first for first in step_starts if first < start]
+    if longer:
+        step_end = step_window(now, now, policy)[1]
+        longest = max(step.soak_minutes for step in policy.ramp) + policy.checkpoint.data_lag_minutes
+        hours = min(math.ceil((step_end - min(longer)) / HOUR), math.ceil(longest / 60))
+        hours_start = step_end - hours * HOUR
+        try:
+            blocks = batched(keys, start=hours_start, end=step_end, period=HOUR)
+            source.hours = RecordedMinutes(blocks, start=hours_start, end=step_end)
+        except Exception as exc:  # those rollouts read their own step window
+            log("WARNING", f"batched read of the long step windows failed: {exc}")
+    return source
 
 
 def run_checkpoints(

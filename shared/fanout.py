@@ -16,7 +16,6 @@ spoke).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from shared.config import ServiceRef, Settings
 from shared.events import MAX_PAYLOAD_BYTES, MalformedEvent, parse_time, pubsub_message
 from shared.logs import Report
 from shared.policy import Policy
+from shared.pubsub import encode_json
 
 if TYPE_CHECKING:
     from shared.metrics_source import MetricsSource
@@ -42,6 +42,18 @@ def checkpoint_message(
     rollout: Rollout | None = None,
     policy: Policy | None = None,
 ) -> dict[str, Any]:
+    """See `encoded_checkpoint_message`: the message itself."""
+    return encoded_checkpoint_message(service, now, source, rollout=rollout, policy=policy)[0]
+
+
+def encoded_checkpoint_message(
+    service: ServiceRef,
+    now: datetime,
+    source: MetricsSource,
+    *,
+    rollout: Rollout | None = None,
+    policy: Policy | None = None,
+) -> tuple[dict[str, Any], bytes]:
     """One worker's message: the service, the checkpoint's time, and the service's minutes
     (left out when the batched read failed or they would not fit: the worker then reads its own).
     Minutes older than the lookback window travel only for `rollout`'s canary (its step window);
@@ -59,9 +71,17 @@ def checkpoint_message(
             "whole": whole,
             "minutes": revisions_json(revisions, keep_from=keep_from, whole=whole),
         }
-        if len(json.dumps(with_minutes, separators=(",", ":"))) <= MAX_PAYLOAD_BYTES:
-            message = with_minutes
-    return message
+        hours = source.hours
+        if hours is not None and whole:  # the canary's long step window, in hour blocks
+            blocks = hours.revisions.get((service.location, service.service), {})
+            with_minutes["hours"] = {
+                "read": {"start": hours.start.isoformat(), "end": hours.end.isoformat()},
+                "minutes": revisions_json({name: blocks.get(name, {}) for name in whole}),
+            }
+        data = encode_json(with_minutes)
+        if len(data) <= MAX_PAYLOAD_BYTES:
+            return with_minutes, data
+    return message, encode_json(message)
 
 
 def dispatch_checkpoints(
@@ -73,11 +93,14 @@ def dispatch_checkpoints(
     services = list(settings.services)
     rollouts = clients.store.active_many([s.name for s in services])
     source = read_minutes(services, rollouts, now=now, policy=policy, reader=clients.reader)
-    messages = [
-        checkpoint_message(service, now, source, rollout=rollouts.get(service.name), policy=policy)
+    encoded = [
+        encoded_checkpoint_message(service, now, source, rollout=rollouts.get(service.name), policy=policy)
         for service in services
     ]
-    message_ids = clients.publisher.publish_many(settings.checkpoint_topic, messages)
+    messages = [message for message, _data in encoded]
+    message_ids = clients.publisher.publish_many(
+        settings.checkpoint_topic, [data for _message, data in encoded]
+    )
     return [
         Report(
             "INFO",
@@ -174,4 +197,16 @@ def _message_minutes(body: dict[str, Any], service: ServiceRef, reader: MetricsS
     revisions = revisions_from_json(body["minutes"])
     key = (service.location, service.service)
     trimmed = {key: (keep_from, frozenset(whole))}
-    return RecordedMinutes({key: revisions}, start=start, end=end, fallback=reader, trimmed=trimmed)
+    hours = None
+    if "hours" in body:
+        read_hours = body["hours"].get("read") if isinstance(body["hours"], dict) else None
+        if not isinstance(read_hours, dict):
+            raise MalformedEvent("hours come with their read window: {'start', 'end'}")
+        hours_start, hours_end = parse_time(read_hours.get("start")), parse_time(read_hours.get("end"))
+        blocks = revisions_from_json(body["hours"].get("minutes"))
+        hours = RecordedMinutes(
+            {key: blocks}, start=hours_start, end=hours_end, trimmed={key: (hours_end, frozenset(whole))}
+        )
+    return RecordedMinutes(
+        {key: revisions}, start=start, end=end, fallback=reader, trimmed=trimmed, hours=hours
+    )

@@ -218,9 +218,15 @@ class MonitoringReader(_MonitoringApi):
         }
 
     def platform_minutes(
-        self, services: Sequence[tuple[str, str]], *, start: datetime, end: datetime
+        self,
+        services: Sequence[tuple[str, str]],
+        *,
+        start: datetime,
+        end: datetime,
+        period: timedelta = timedelta(seconds=MIN_WINDOW_S),
     ) -> dict[tuple[str, str], dict[str, dict[datetime, MinuteSample]]]:
-        """Every revision of every (location, service), minute by minute over (start, end]:
+        """Every revision of every (location, service), minute by minute over (start, end]
+        (`period`: blocks of that length ending at `end` instead, e.g. hours for a long window):
         (location, service) → revision → minute start → sample; every requested service has
         an entry, empty without data. Four ListTimeSeries calls however many services and
         revisions (grouped by location, service and revision; the client pages through long
@@ -241,7 +247,6 @@ class MonitoringReader(_MonitoringApi):
             resource += f" AND resource.labels.service_name = one_of({', '.join(map(_quote, names))})"
         # else: the whole project's Cloud Run revisions, the unwatched ones dropped below (a
         # filter naming hundreds of services is longer than Monitoring accepts).
-        period = timedelta(seconds=MIN_WINDOW_S)
         group = ["resource.labels.location", "resource.labels.service_name", "resource.labels.revision_name"]
         found: dict[tuple[str, str], dict[str, dict[datetime, dict[str, Any]]]] = {key: {} for key in wanted}
 
@@ -283,6 +288,7 @@ class MonitoringReader(_MonitoringApi):
             key: {
                 revision: {
                     minute: MinuteSample(
+                        span=period,
                         minute=minute,
                         requests=values["requests"],
                         errors=values["errors"],

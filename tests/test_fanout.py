@@ -471,3 +471,61 @@ def test_a_long_step_window_travels_for_the_canary_and_fits_a_message(monitoring
     # The stable revision's old minutes did not travel: asking for them goes to the reader.
     with pytest.raises(LookupError):
         carried.canary_metrics(revision="svc-00-00001", **query, **window)
+
+
+# -- long step windows (a day's soak at 10-50 %): hour blocks, still one read for all --------
+
+
+def test_a_long_step_window_is_judged_from_hour_blocks_read_once_for_all(
+    clients, function_env, cloudrun, monitoring
+):
+    """Five canaries ten hours into their step: the minute reads Monitoring 8 times in all
+    (minutes and hour blocks), judges every step window from the blocks, and each window's
+    whole hours give what a read of those hours gives."""
+    from infra.metrics_feed import rewind_step
+    from shared.checkpoint import read_minutes, run_checkpoints
+    from shared.judge import step_window
+    from shared.store import rollout_id
+
+    names = shorts(5)
+    settings = settings_for(function_env, names)
+    for name in names:
+        deploy(cloudrun, name)
+    t = minute(datetime.now(UTC))
+    run_checkpoints(now=t, settings=settings, policy=POLICY, clients=clients)
+    stamps = [t - timedelta(minutes=m) for m in range(11 * 60)]
+    for name in names:
+        serve(monitoring, name, stamps, HEALTHY if name != "svc-03" else SLOW)
+        rewind_step(PROJECT, rollout_id(service(name), f"{name}-00002"), timedelta(hours=10))
+    rollouts = clients.store.active_many([s.name for s in settings.services])
+
+    monitoring.calls.clear()
+    source = read_minutes(settings.services, rollouts, now=t, policy=POLICY, reader=clients.reader)
+    assert monitoring.calls["ListTimeSeries"] == 8 and source.hours is not None
+    for name in names:
+        start, end = step_window(rollouts[service(name)].step_started_at, t, POLICY)
+        whole_hours = end - (end - start) // timedelta(hours=1) * timedelta(hours=1)
+        query = {"location": LOCATION, "service": name, "revision": f"{name}-00002"}
+        assert source.canary_metrics(start=start, end=end, **query) == replace(
+            clients.reader.canary_metrics(start=whole_hours, end=end, **query), window_start=start
+        )
+    assert source.fallback_reads == 0
+
+    monitoring.calls.clear()
+    reports = run_checkpoints(now=t, settings=settings, policy=POLICY, clients=clients)
+    assert monitoring.calls["ListTimeSeries"] == 8  # not 4 more per rollout
+    verdicts = {r.fields["service"]: r.fields["verdict"] for r in reports}
+    assert verdicts[service("svc-03")] != "GO" and verdicts[service("svc-00")] == "GO", verdicts
+
+    # A worker judges the same from its message alone (its reader is unreachable).
+    message = checkpoint_message(
+        settings.services[3], t, source, rollout=rollouts[service("svc-03")], policy=POLICY
+    )
+    carried = handle_checkpoint_message(
+        pubsub_event(json.loads(json.dumps(message))),
+        event_id="e-long",
+        settings=settings,
+        policy=POLICY,
+        clients=replace(clients, reader=MonitoringReader(PROJECT, "127.0.0.1:1")),
+    )
+    assert carried.fields["verdict"] == verdicts[service("svc-03")], carried.as_dict()
