@@ -7,12 +7,13 @@ has arrived into the evidence ledger the alerts use, judge the step GO/NO-GO, an
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from shared.breach import judge_window, lookback_window, publish_pending_rollback, record_evidence
 from shared.config import ServiceRef, Settings
 from shared.core import COUNTING_PHASES, Phase, watching_promoted
+from shared.evidence import whole_minute
 from shared.judge import (
     Judgement,
     RampState,
@@ -60,10 +61,6 @@ class Clients:
     # Not used since notifications are published from the store's outbox (NOTIFY_TOPIC); kept
     # so that callers that pass one keep working.
     notifier: object | None = None
-
-
-def _minute(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
 def _step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datetime, datetime]:
@@ -302,11 +299,11 @@ def _checkpoint_service(
             "INFO", f"{service.service}: rollout is {rollout.phase}", rollout=rollout.id, action="none"
         )
     lease = min(timedelta(seconds=settings.function_timeout_s), MAX_LEASE)
-    token = clients.store.claim_checkpoint(rollout.id, _minute(now), lease=lease)
+    token = clients.store.claim_checkpoint(rollout.id, whole_minute(now), lease=lease)
     if token is None:
         held = clients.store.checkpoint_lease(rollout.id) or {}
         message = (
-            f"{service.service}: minute {_minute(now):%H:%M}Z not judged: the checkpoint of "
+            f"{service.service}: minute {whole_minute(now):%H:%M}Z not judged: the checkpoint of "
             f"{held.get('minute', 'an earlier minute')} is still running (the next minute catches up)"
         )
         return Report("WARNING", message, rollout=rollout.id, action="in_flight")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from shared.core import Phase
+from shared.evidence import whole_minute
 from shared.lifecycle import Action, allows
 from shared.policy import Policy, RampStep
 
@@ -205,12 +206,8 @@ def step_window(step_started_at: datetime, now: datetime, policy: Policy) -> tup
     verdict is taken on complete minutes. A point stamped at minute M counts requests in
     (M - 1 min, M]: starting at the first whole minute after the step keeps the previous share's
     traffic out of the step's verdict."""
-
-    def minute(moment: datetime) -> datetime:
-        return moment.astimezone(UTC).replace(second=0, microsecond=0)
-
-    end = minute(now - timedelta(minutes=policy.checkpoint.data_lag_minutes))
-    return minute(step_started_at + timedelta(minutes=1) - timedelta(microseconds=1)), end
+    end = whole_minute(now - timedelta(minutes=policy.checkpoint.data_lag_minutes))
+    return whole_minute(step_started_at + timedelta(minutes=1) - timedelta(microseconds=1)), end
 
 
 def next_step(state: RampState, verdict: Verdict, now: datetime, policy: Policy) -> StepDecision:

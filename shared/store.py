@@ -101,9 +101,7 @@ class RolloutStore(CoordinationStore, RecordsStore):
 
     def active(self, service_name: str) -> Rollout | None:
         """The service's most recent rollout (whatever its phase), or None."""
-        snap = self._service_ref(service_name).get()
-        rid = (snap.to_dict() or {}).get("active_rollout") if snap.exists else None
-        return self.get(rid) if rid else None
+        return self.active_many([service_name])[service_name]
 
     def active_many(self, service_names: Sequence[str]) -> dict[str, Rollout | None]:
         """`active` for many services in two batched reads (whatever their number)."""
