@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared import clock
 from shared.config import ServiceRef, Settings
 from shared.core import EvidenceDecision, Kind, Observation, Outcome, too_early
 from shared.events import MalformedEvent, decode_alert, pubsub_message
@@ -166,7 +167,7 @@ def handle_alert(
     except (MalformedEvent, LookupError, ValueError) as exc:
         return Report("WARNING", f"alert ignored: {exc}", event_id=event_id, outcome="malformed")
 
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     # An incident naming no revision (uptime check) is attributed to the live canary below.
     obs = replace(alert.observation, inferred_revision=not alert.revision)
     fields: dict[str, Any] = {

@@ -11,9 +11,10 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared import clock
 from shared.breach import lookback_window
 from shared.checkpoint_rollout import (
     WATCHED_PHASES,
@@ -145,8 +146,8 @@ def run_checkpoints(
 
 def _resend_notifications(clients: Clients) -> None:
     try:  # notifications committed but never sent on (the process stopped): send them now
-        # Wall-clock time, not the checkpoint's: the outbox is stamped when it was written.
-        clients.store.resend_notifications(older_than=datetime.now(UTC) - REPUBLISH_AFTER)
+        # The process clock, not the checkpoint's `now`: the outbox is stamped when it was written.
+        clients.store.resend_notifications(older_than=clock.now() - REPUBLISH_AFTER)
     except Exception as exc:  # the next run tries again; judging the canaries comes first
         log("WARNING", f"unsent notifications not re-sent: {exc!r}")
 
@@ -185,7 +186,7 @@ def handle_checkpoint(
             return Report("WARNING", str(exc), outcome="forbidden"), 403
         except ValueError as exc:
             return Report("WARNING", str(exc), outcome="bad_request"), 400
-    at, clients = now or datetime.now(UTC), clients or runtime_clients()
+    at, clients = now or clock.now(), clients or runtime_clients()
     started = time.monotonic()
     if settings.checkpoint_topic and only is None:  # fan out: one checkpoint_worker per service
         from shared.fanout import dispatch_checkpoints

@@ -10,9 +10,10 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared import clock
 from shared.config import ServiceRef, Settings
 from shared.judge import SyntheticTraffic
 from shared.load_rules import (
@@ -165,7 +166,7 @@ def run_service_tests(
     if skipped := _out_of_time(service, need_s, deadline):
         return skipped
     started = time.monotonic()
-    started_at = datetime.now(UTC)
+    started_at = clock.now()
     share_s = max(need_s, (deadline - started) / services_left)
     ends = started + share_s
     # Said before the first request: checkpoints leave this run's minutes out of the canary's
@@ -242,12 +243,10 @@ def run_service_tests(
         # A request the client gave up on may still finish on the server up to its timeout later.
         (
             run_id,
-            SyntheticTraffic(
-                started_at, datetime.now(UTC) + timedelta(seconds=policy.load_test.request_timeout_s)
-            ),
+            SyntheticTraffic(started_at, clock.now() + timedelta(seconds=policy.load_test.request_timeout_s)),
         ),
     )
-    _write_metrics(writer, service, load, probe, now or datetime.now(UTC))
+    _write_metrics(writer, service, load, probe, now or clock.now())
     return Report(
         "NOTICE" if overall == "FAIL" else "INFO",
         message,

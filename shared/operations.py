@@ -5,9 +5,10 @@ history. Each returns plain data; the CLI only renders it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared import clock
 from shared.config import ServiceRef, Settings
 from shared.core import Phase
 from shared.events import RollbackRequest
@@ -120,7 +121,7 @@ class Operations:
         """The canary's values over the recent window against the GO and rollback bars."""
         service = self.service(name)
         rollout = self.rollout(service)
-        end = (now or datetime.now(UTC)).replace(second=0, microsecond=0) - timedelta(
+        end = (now or clock.now()).replace(second=0, microsecond=0) - timedelta(
             minutes=self.policy.checkpoint.data_lag_minutes
         )
         start = end - METRICS_WINDOW

@@ -9,12 +9,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from shared import clock
 from shared.logs import log
 from shared.notifications import Notification, should_notify
 from shared.store_docs import (
@@ -96,7 +97,7 @@ NotificationSink = Callable[["StoreBase", Sequence[Notification]], None]
 
 
 def wall_clock() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class StoreBase:
