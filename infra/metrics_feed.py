@@ -1,10 +1,10 @@
 """Cloud Run-shaped metrics for the Monitoring stand-in: one minute of a revision's traffic as
 Cloud Monitoring would record it (request_count by response class, request_latencies,
-memory and CPU utilisation distributions). Used by the checkpoint tests and the demo."""
+memory and CPU utilisation distributions). Used by the tests, the demo and the rehearsal (which writes what its router served)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,33 +52,67 @@ def feed(
     traffic: Minute,
 ) -> None:
     """Record `traffic` for each minute (the end of each one-minute sample), oldest first."""
-    ends = sorted(minutes)
+    ok = traffic.requests - traffic.errors
+    for end in sorted(minutes):
+        record_minute(
+            standin,
+            RevisionRef(project, location, service, revision),
+            end,
+            responses={code: n for code, n in (("200", ok), ("500", traffic.errors)) if n},
+            latencies_ms=[traffic.latency_ms] * traffic.requests,
+            memory=[traffic.memory] * 2,
+            cpu=[traffic.cpu] * 2,
+        )
+
+
+@dataclass(frozen=True)
+class RevisionRef:
+    project: str
+    location: str
+    service: str
+    revision: str
+
+
+def record_minute(
+    standin: MonitoringStandin,
+    revision: RevisionRef,
+    end: datetime,
+    *,
+    responses: Mapping[str, int],
+    latencies_ms: Sequence[float],
+    memory: Sequence[float],
+    cpu: Sequence[float],
+) -> None:
+    """One minute of a revision as Cloud Run records it, stamped at the minute's `end`:
+    request_count per response code (with its class), the request_latencies distribution,
+    and the memory and CPU utilisation distributions over the minute's samples (none: the
+    revision had no instance that minute, so nothing is written)."""
     resource = {
-        "project_id": project,
-        "location": location,
-        "service_name": service,
-        "revision_name": revision,
+        "project_id": revision.project,
+        "location": revision.location,
+        "service_name": revision.service,
+        "revision_name": revision.revision,
     }
 
     def add(metric: str, value: object, **labels: str) -> None:
         standin.add_points(
-            project,
+            revision.project,
             metric,
-            [(end, value) for end in ends],
+            [(end, value)],
             resource_type=RUN_RESOURCE,
             resource_labels=resource,
             metric_labels=labels,
         )
 
-    ok = traffic.requests - traffic.errors
-    if ok:
-        add(REQUEST_COUNT, ok, response_code="200", response_code_class="2xx")
-    if traffic.errors:
-        add(REQUEST_COUNT, traffic.errors, response_code="500", response_code_class="5xx")
-    if traffic.requests:
-        add(REQUEST_LATENCIES, distribution([traffic.latency_ms] * traffic.requests, LATENCY_BUCKETS))
-    add(MEMORY_UTILIZATIONS, distribution([traffic.memory] * 2, UTILIZATION_BUCKETS))
-    add(CPU_UTILIZATIONS, distribution([traffic.cpu] * 2, UTILIZATION_BUCKETS))
+    for code, count in sorted(responses.items()):
+        if count:
+            add(REQUEST_COUNT, count, response_code=code, response_code_class=f"{code[0]}xx")
+    if latencies_ms:
+        add(REQUEST_LATENCIES, distribution(latencies_ms, LATENCY_BUCKETS))
+    if memory:
+        add(MEMORY_UTILIZATIONS, distribution(memory, UTILIZATION_BUCKETS))
+    if cpu:
+        add(CPU_UTILIZATIONS, distribution(cpu, UTILIZATION_BUCKETS))
 
 
 def rewind_step(project: str, rollout_id: str, by: timedelta) -> datetime:
