@@ -322,5 +322,9 @@ from infra.backtest_cli import backtest  # noqa: E402 (a command of its own modu
 
 main.add_command(backtest)
 
+from infra.rehearsal.cli import rehearse  # noqa: E402
+
+main.add_command(rehearse)
+
 if __name__ == "__main__":
     main()

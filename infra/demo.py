@@ -1,12 +1,18 @@
 """The main job, locally: a canary goes bad, alerts flow, it is rolled back, and you see how.
 
-Runs on the real Pub/Sub and Firestore emulators, the Cloud Run and Cloud Monitoring stand-ins
-and the functions served by functions-framework, wired with push subscriptions to their URLs as
-terraform/delivery.tf declares them. Each bad minute of the canary is written to the Monitoring
-stand-in as Cloud Run would record it; the alert it raises makes breach_counter judge those minutes:
+    ./dev demo                   a go-live rehearsal (infra/rehearsal/): real requests served by
+                                 sample revisions, metrics from what was served, alerts from the
+                                 policy; one canary walked up the ramp, one rolled back; a report
+    ./dev demo --scenario NAME   the rehearsal with a scenario of the library (repeatable)
+    ./dev demo --incidents       hand-made incidents published minute by minute (below)
+    ./dev demo --ramp            checkpoints walk a healthy canary 5 % → 100 %, and the operator CLI
+    ./dev demo --load-test       the load test and the rate-limit probe against two local targets
 
-    ./dev demo            (or: .venv/bin/python -m infra.demo)
-    ./dev demo --ramp     checkpoints walk a healthy canary 5 % → 100 %, and the operator CLI
+`--incidents` runs on the real Pub/Sub and Firestore emulators, the Cloud Run and Cloud
+Monitoring stand-ins and the functions served by functions-framework, wired with push
+subscriptions to their URLs as terraform/delivery.tf declares them. Each bad minute of the canary
+is written to the Monitoring stand-in as Cloud Run would record it; the alert it raises makes
+breach_counter judge those minutes.
 
 The stack guards two services: while shop's canaries are rolled back, cart's healthy canary is
 judged by the same checkpoint minute, fanned out to one checkpoint_worker per service.
@@ -338,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, help="keep the stack's logs here (default: a temp dir)")
     parser.add_argument("--ramp", action="store_true", help="show the checkpoint ramp and the CLI instead")
     parser.add_argument(
+        "--incidents", action="store_true", help="publish hand-made incidents instead of a rehearsal"
+    )
+    parser.add_argument(
+        "--scenario", action="append", default=[], metavar="NAME", help="rehearse a scenario of the library"
+    )
+    parser.add_argument(
         "--load-test",
         action="store_true",
         help="run the load test and the probe against local sample targets",
@@ -350,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.ramp:
         print(f"starting the local stack with the checkpoint function; logs in {log_dir}")
         return ramp_demo(log_dir)
+    if not args.incidents:
+        from infra.rehearsal.cli import rehearse
+
+        # The rehearsal's own command line: its exit code says whether every canary did what
+        # its scenario expects.
+        options = [opt for name in args.scenario for opt in ("--scenario", name)]
+        return rehearse.main([*options, "--out", str(log_dir)], standalone_mode=False) or 0
     print(f"starting the local stack (emulators, Cloud Run and Monitoring stand-ins, functions): {log_dir}")
     started = time.monotonic()
     from infra.chat_webhook import ChatWebhook

@@ -18,7 +18,7 @@ def run_demo(*args: str) -> str:
 
 
 def test_demo_rolls_back_after_the_third_error_rate_and_the_second_memory_breach():
-    out = run_demo()
+    out = run_demo("--incidents")
     assert (
         "canary serves 6% 5xx → alert → breach_counter judges it from Cloud Monitoring → error_rate 3/3"
         in out

@@ -1,0 +1,584 @@
+"""A go-live rehearsal: canary-guard guarding real traffic on the local stack, on one clock.
+
+Each rehearsed service gets a stable and a canary revision as real processes (the sample app,
+or the release owner's own commands), a router that serves their real requests split as the
+Cloud Run stand-in says, and steady traffic. What the router served and what the processes used
+is written to the Monitoring stand-in minute by minute, as Cloud Run records it, after a
+visibility lag; the alert evaluator applies the policy's alert policies to it and publishes
+incidents; a local Cloud Scheduler calls checkpoint on the policy's schedule. canary-guard
+itself runs unchanged under functions-framework: `canary-guard start` registers the canary,
+breach_counter / rollback / checkpoint decide, and a rollback written through the Cloud Run API
+moves the router's traffic.
+
+Time: every process reads one scaled clock (shared/clock.py, CANARY_GUARD_CLOCK): an injected
+clock rather than a process-level fake-time library, because it is the clock the product code
+already reads, it needs nothing installed, and only the time decisions are about runs fast
+(network timeouts, retries and the emulators keep real seconds). The ramp's soaks are
+compressed (`soak_minutes`); every other number comes from the policy file as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import requests
+import yaml
+
+from infra.chat_webhook import ChatWebhook
+from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
+from infra.metrics_feed import RevisionRef, record_minute
+from infra.monitoring_standin import start_monitoring_standin
+from infra.rehearsal.alerts import AlertEvaluator, monitoring_client
+from infra.rehearsal.report import write_report
+from infra.rehearsal.revisions import ResourceSampler, RevisionProcess
+from infra.rehearsal.router import SERVICE_URL, Router, TrafficDriver
+from infra.rehearsal.scheduler import LocalScheduler, policy_jobs
+from infra.rehearsal.scripts import CanaryScript
+from infra.rehearsal.timeline import (
+    AlertRecord,
+    DecisionRecord,
+    MinuteRecord,
+    Record,
+    StatusRecord,
+    TimelineWriter,
+    TrafficRecord,
+)
+from infra.rehearsal.view import LiveView
+from shared.clock import ENV as CLOCK_ENV
+from shared.clock import ScaledClock
+from shared.policy import DEFAULT_POLICY_FILE, load_policy
+from shared.store import rollout_id
+
+LOCATION = "us-central1"
+MINUTE = timedelta(minutes=1)
+FUNCTIONS = ("breach_counter", "rollback", "notify", "checkpoint")
+SAMPLE_APP = f"{sys.executable} -m infra.rehearsal.sample_app"
+
+
+@dataclass(frozen=True)
+class RehearsalOptions:
+    out_dir: Path
+    speed: float = 12.0  # rehearsal minutes per real minute: 12 = a minute every 5 s
+    rps: float = 120.0  # real requests per second, per service (600 a rehearsal minute at x12)
+    lag_minutes: int = 2  # Cloud Monitoring's visibility lag (up to ~3 minutes in GCP)
+    soak_minutes: int = 2  # every ramp step's soak, compressed
+    max_minutes: int = 60  # rehearsal minutes before giving up on an expectation
+    after_minutes: int = 4  # minutes kept running after the last decision (the error rate falls)
+    stable_cmd: str | None = None  # bring your own: the commands that serve $PORT
+    canary_cmd: str | None = None
+    memory_limit_mb: int = 512
+    policy_file: Path = DEFAULT_POLICY_FILE
+    live: bool = True
+
+
+@dataclass
+class ServiceOutcome:
+    service: str
+    expect: str
+    phase: str | None = None
+    percent: int | None = None
+    rolled_back_at: datetime | None = None
+    promoted_at: datetime | None = None
+    rollback_rule: str | None = None
+    canary_requests_after_rollback: int | None = None  # via the service URL
+    decisions: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        if self.expect == "rollback":
+            return self.rolled_back_at is not None
+        if self.expect == "promote":
+            return self.promoted_at is not None
+        if self.expect == "decide":  # bring your own: whatever canary-guard decides
+            return self.rolled_back_at is not None or self.promoted_at is not None
+        return self.rolled_back_at is None
+
+
+@dataclass
+class RehearsalResult:
+    services: dict[str, ServiceOutcome]
+    report: Path | None
+    timeline: Path
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.met for outcome in self.services.values())
+
+
+def full_name(service: str) -> str:
+    return f"projects/{PROJECT}/locations/{LOCATION}/services/{service}"
+
+
+def compressed_policy(source: Path, soak_minutes: int, out_dir: Path) -> Path:
+    """The policy file as it is, but every step's soak compressed to `soak_minutes` (the last
+    step's 0 stays 0): a rehearsal walks the ramp in minutes, judged on the same bars."""
+    raw = yaml.safe_load(source.read_text())
+    for step in raw["ramp"]:
+        if step["soak_minutes"]:
+            step["soak_minutes"] = soak_minutes
+    path = out_dir / "policy-rehearsal.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_policy(path)  # still a valid policy
+    return path
+
+
+@contextlib.contextmanager
+def scaled_clock(speed: float) -> Iterator[ScaledClock]:
+    """Start the rehearsal clock at the current minute and hand it to this process and every
+    process it starts (they inherit the environment)."""
+    real = time.time()
+    origin = datetime.fromtimestamp(real, UTC).replace(second=0, microsecond=0)
+    scaled = ScaledClock(origin, real, speed)
+    before = os.environ.get(CLOCK_ENV)
+    os.environ[CLOCK_ENV] = scaled.spec()
+    try:
+        yield scaled
+    finally:
+        if before is None:
+            os.environ.pop(CLOCK_ENV, None)
+        else:
+            os.environ[CLOCK_ENV] = before
+
+
+def minute_of(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+# Cloud Run records request_count per response code; the router keeps the class.
+CODE_OF_CLASS = {"2xx": "200", "3xx": "302", "4xx": "404", "5xx": "500"}
+
+
+class Rehearsal:
+    """One rehearsal: start everything, drive it minute by minute, stop everything."""
+
+    def __init__(
+        self, scripts: list[CanaryScript], options: RehearsalOptions, out: TextIO = sys.stdout
+    ) -> None:
+        if not scripts:
+            raise ValueError("nothing to rehearse: give at least one canary script")
+        if len({s.service for s in scripts}) != len(scripts):
+            raise ValueError("one script per service")
+        self.scripts = {s.service: s for s in scripts}
+        self.options = options
+        self.out = out
+        self.records: list[Record] = []
+        self.outcomes = {s.service: ServiceOutcome(s.service, s.expect) for s in scripts}
+        self._faults_sent: dict[str, Any] = {}
+        self._seen_decisions: set[tuple[str, str, str]] = set()
+        self._last_status: dict[str, Any] = {}
+        self._last_split: dict[str, dict[str, int]] = {}
+        self._canary_started: dict[str, datetime] = {}
+        self._canary_served_at_rollback: dict[str, int] = {}
+        self._rollback_seen_real: dict[str, float] = {}
+        self._settled_at: datetime | None = None
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> RehearsalResult:
+        # A stopped rehearsal still stops what it started (the ExitStack unwinds on SystemExit).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        options = self.options
+        options.out_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = options.out_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        policy_file = compressed_policy(options.policy_file, options.soak_minutes, options.out_dir)
+        self.policy = load_policy(policy_file)
+        started = time.monotonic()
+        timeline_path = options.out_dir / "timeline.jsonl"
+        with contextlib.ExitStack() as stack:
+            self.timeline = stack.enter_context(TimelineWriter(timeline_path))
+            self.clock = stack.enter_context(scaled_clock(options.speed))
+            self._say(
+                f"rehearsal clock: one minute every {60 / options.speed:.1f} s (x{options.speed:g}); "
+                f"Cloud Monitoring lag {options.lag_minutes} min; soaks compressed to "
+                f"{options.soak_minutes} min; {options.rps:g} requests/s per service"
+            )
+            self._start(stack, policy_file, log_dir)
+            self._say(f"local stack up in {time.monotonic() - started:.1f} s; files in {options.out_dir}")
+            # Not a terminal (CI, a pipe): the view prints each decision, alert and split once.
+            view = stack.enter_context(LiveView(policy=self.policy, live=options.live))
+            self._loop(view)
+        report = write_report(self.records, options.out_dir, self._title(), policy=self.policy).png
+        for outcome in self.outcomes.values():
+            outcome.canary_requests_after_rollback = self._canary_after_rollback(outcome)
+        return RehearsalResult(self.outcomes, report, timeline_path, time.monotonic() - started)
+
+    def _start(self, stack: contextlib.ExitStack, policy_file: Path, log_dir: Path) -> None:
+        monitoring = start_monitoring_standin()
+        stack.callback(monitoring.stop)
+        self.monitoring = monitoring
+        chat = ChatWebhook()
+        stack.callback(chat.stop)
+        env = {
+            "MONITORING_API_ENDPOINT": monitoring.target,
+            "CANARY_POLICY_FILE": str(policy_file),
+            "CHAT_WEBHOOK_URL": chat.url,
+            CLOCK_ENV: self.clock.spec(),
+        }
+        services = list(self.scripts)
+        self.stack = stack.enter_context(
+            local_stack(log_dir, [full_name(s) for s in services], functions=FUNCTIONS, extra_env=env)
+        )
+        from shared.store import RolloutStore
+
+        self.store = RolloutStore(PROJECT)
+        self.router = Router(self.stack.cloudrun.url, PROJECT, LOCATION)
+        stack.callback(self.router.stop)
+        self.sampler = ResourceSampler(
+            interval_s=max(0.2, 60 / self.options.speed / 10),  # ~10 samples a rehearsal minute
+            memory_limit_bytes=self.options.memory_limit_mb * 1024 * 1024,
+        )
+        stack.callback(self.sampler.stop)
+        self.canaries: dict[str, RevisionProcess] = {}
+        self.drivers: dict[str, TrafficDriver] = {}
+        for service in services:
+            stable, canary = self._deploy(stack, service, log_dir)
+            self.canaries[service] = canary
+            self.sampler.add(stable)
+            self.sampler.add(canary)
+        self.sampler.start()
+        for service in services:
+            rps = self.scripts[service].rps or self.options.rps
+            driver = TrafficDriver(
+                self.router.service_url(service), rps, threads=max(4, round(rps / 15))
+            ).start()
+            stack.callback(driver.stop)
+            self.drivers[service] = driver
+        self.evaluator = self._alert_evaluator(stack, services)
+        self.scheduler = LocalScheduler(policy_jobs(self.policy, self.stack.function_urls, []))
+        stack.callback(self.scheduler.stop)
+        self.scheduler.start(self.clock.now())
+
+    def _deploy(
+        self, stack: contextlib.ExitStack, service: str, log_dir: Path
+    ) -> tuple[RevisionProcess, RevisionProcess]:
+        """The stable revision serving everything and the canary deployed beside it with no
+        traffic and its `canary` tag (`gcloud run deploy --no-traffic --tag canary`)."""
+        stable_name, canary_name = f"{service}-00001", f"{service}-00002"
+        commands = {
+            stable_name: self.options.stable_cmd or SAMPLE_APP,
+            canary_name: self.options.canary_cmd or SAMPLE_APP,
+        }
+        processes = []
+        for name, command in commands.items():
+            env = {"K_SERVICE": service, "K_REVISION": name}
+            process = RevisionProcess(
+                name, command, service=service, log_path=log_dir / f"{name}.log", env=env
+            )
+            stack.callback(process.stop)
+            processes.append(process.start())
+        traffic = [
+            {"revision": stable_name, "percent": 100},
+            {"revision": canary_name, "percent": 0, "tag": "canary"},
+        ]
+        cloudrun = self.stack.cloudrun
+        cloudrun.put_service(full_name(service), [stable_name, canary_name], traffic)
+        url = self.router.add_service(service, {p.revision: p.url for p in processes})
+        tag_url = self.router.tag_url(service, "canary")
+        cloudrun.put_service(
+            full_name(service), [stable_name, canary_name], traffic, uri=url, tag_uris={"canary": tag_url}
+        )
+        self._say(
+            f"▶ {service}: {stable_name} serves 100 % at {url}; "
+            f"canary {canary_name} deployed at 0 % ({tag_url})"
+        )
+        return processes[0], processes[1]
+
+    def _alert_evaluator(self, stack: contextlib.ExitStack, services: list[str]) -> AlertEvaluator:
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        stack.callback(publisher.stop)
+        return AlertEvaluator(
+            self.policy,
+            PROJECT,
+            [full_name(s) for s in services],
+            monitoring_client(self.monitoring.target),
+            publisher,
+            f"projects/{PROJECT}/topics/{ALERTS_TOPIC}",
+            canary_urls=lambda: {s: self.router.tag_url(s, "canary") for s in services},
+            data_lag=timedelta(minutes=self.options.lag_minutes + 1),  # a minute is missing only after that
+        )
+
+    def _loop(self, view: LiveView) -> None:
+        options = self.options
+        start = minute_of(self.clock.now())
+        for service in self.scripts:
+            self._start_canary(service)
+        last_minute = start
+        deadline = start + options.max_minutes * MINUTE
+        while True:
+            at = self.clock.now()
+            if minute_of(at) > last_minute:
+                last_minute = minute_of(at)
+                self._apply_scripts(at)
+                self._write_minutes(last_minute - options.lag_minutes * MINUTE)
+                self._evaluate_alerts(at)
+            self.scheduler.tick(at)
+            self._poll_decisions(at)
+            view.update(self.records, at)
+            if self._finished(at) or at >= deadline:
+                break
+            time.sleep(0.25)
+
+    def _start_canary(self, service: str) -> None:
+        """`canary-guard start`, as the release owner runs it."""
+        canary = self.canaries[service].revision
+        env = {**os.environ, **self.stack.env, "USER": "release-owner"}
+        done = subprocess.run(
+            [sys.executable, "-m", "infra.cli", "start", service, "--revision", canary, "--percent", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"canary-guard start {service} failed: {done.stderr or done.stdout}")
+        self._canary_started[service] = self.clock.now()
+        self._say(f"$ canary-guard start {service} --revision {canary} --percent 5\n  {done.stdout.strip()}")
+
+    def _apply_scripts(self, at: datetime) -> None:
+        """Each sample-app canary serves its script's minute (bring-your-own apps serve as they are)."""
+        if self.options.canary_cmd:
+            return
+        for service, script in self.scripts.items():
+            minute = int((at - self._canary_started[service]) / MINUTE)
+            for role, process in (("canary", self.canaries[service]),):
+                faults = dict(script.faults_at(role, minute))
+                key = f"{service}/{role}"
+                if self._faults_sent.get(key) == faults or not process.running:
+                    continue
+                try:
+                    requests.post(f"{process.url}/_faults", json=faults, timeout=5).raise_for_status()
+                except requests.RequestException as exc:
+                    self._say(f"  {service} {role}: faults not set ({exc})")
+                    continue
+                self._faults_sent[key] = faults
+                self._record(
+                    DecisionRecord(at, full_name(service), "", "script", f"{role} faults: {faults or 'none'}")
+                )
+
+    def _write_minutes(self, visible_before: datetime) -> None:
+        """What the router served and the processes used, for every minute that ended by
+        `visible_before`: Cloud Monitoring shows a minute `lag` minutes after it ends."""
+        served = self.router.take_minutes(visible_before)
+        used = {(m.service, m.revision, m.start): m for m in self.sampler.take_minutes(visible_before)}
+        totals: dict[tuple[str, datetime], int] = {}
+        for minute in served:
+            key = (minute.service, minute.start)
+            totals[key] = totals.get(key, 0) + sum(minute.counts.values())
+        keys = {(m.service, m.revision, m.start) for m in served} | set(used)
+        by_key = {(m.service, m.revision, m.start): m for m in served}
+        for service, revision, start in sorted(keys, key=lambda k: (k[2], k[0], k[1])):
+            sm, rm = by_key.get((service, revision, start)), used.get((service, revision, start))
+            counts = dict(sm.counts) if sm else {}
+            latencies = list(sm.latencies_ms) if sm else []
+            memory = list(rm.memory_utilizations) if rm else []
+            cpu = list(rm.cpu_utilizations) if rm else []
+            record_minute(
+                self.monitoring,
+                RevisionRef(PROJECT, LOCATION, service, revision),
+                start + MINUTE,
+                responses={CODE_OF_CLASS[c]: n for c, n in counts.items() if c in CODE_OF_CLASS},
+                latencies_ms=latencies,
+                memory=memory,
+                cpu=cpu,
+            )
+            requests_served = sum(counts.values())
+            errors = counts.get("5xx", 0)
+            total = totals.get((service, start), 0)
+            self._record(
+                MinuteRecord(
+                    at=start,
+                    service=full_name(service),
+                    revision=revision,
+                    role=self._role(service, revision),
+                    share_pct=round(100 * requests_served / total, 2) if total else 0.0,
+                    requests=requests_served,
+                    errors=errors,
+                    error_rate=errors / requests_served if requests_served else None,
+                    p95_ms=percentile(latencies, 0.95) if latencies else None,
+                    memory=max(memory) if memory else None,
+                    cpu=max(cpu) if cpu else None,
+                )
+            )
+
+    def _role(self, service: str, revision: str) -> str:
+        if revision == self.canaries[service].revision:
+            return "canary"
+        return "stable" if revision == f"{service}-00001" else "other"
+
+    def _evaluate_alerts(self, at: datetime) -> None:
+        try:
+            notices = self.evaluator.evaluate(at)
+        except Exception as exc:  # a rehearsal goes on; the next minute evaluates again
+            self._say(f"  alert evaluation failed: {exc!r}")
+            return
+        for notice in notices:
+            self._record(
+                AlertRecord(
+                    at,
+                    notice.service,
+                    notice.revision,
+                    notice.rule,
+                    notice.state,
+                    notice.observed,
+                    notice.threshold,
+                )
+            )
+
+    def _poll_decisions(self, at: datetime) -> None:
+        """canary-guard's decisions as Firestore holds them, and the split the router serves."""
+        for service, script in self.scripts.items():
+            split = self.router.traffic(service)
+            if split != self._last_split.get(service):
+                self._last_split[service] = split
+                self._record(TrafficRecord(at, full_name(service), dict(split)))
+            self._count_canary_after_rollback(service, split)
+            rid = rollout_id(full_name(service), self.canaries[service].revision)
+            rollout = self.store.get(rid)
+            if rollout is None:
+                continue
+            outcome = self.outcomes[service]
+            status = (
+                rollout.phase.value,
+                rollout.canary_percent,
+                self._streaks(rollout),
+                self._verdict(rollout),
+            )
+            if status != self._last_status.get(service):
+                self._last_status[service] = status
+                phase, percent, streaks, verdict = status
+                self._record(StatusRecord(at, full_name(service), phase, percent, streaks, verdict))
+            outcome.phase, outcome.percent = rollout.phase.value, rollout.canary_percent
+            for entry in self.store.history(rid):
+                key = (service, str(entry.get("at")), entry.get("kind", ""))
+                if key in self._seen_decisions:
+                    continue
+                self._seen_decisions.add(key)
+                self._on_decision(service, rid, entry, script)
+
+    def _on_decision(self, service: str, rid: str, entry: dict[str, Any], script: CanaryScript) -> None:
+        at = entry.get("at") if isinstance(entry.get("at"), datetime) else self.clock.now()
+        kind, message = str(entry.get("kind", "")), str(entry.get("message", ""))
+        if kind == "checkpoint" and entry.get("verdict") and entry.get("reasons"):
+            message = f"{entry['verdict']}: {entry['reasons'][0]}"
+        self._record(DecisionRecord(at, full_name(service), rid, kind, message))
+        outcome = self.outcomes[service]
+        outcome.decisions.append(f"{at:%H:%M:%S} {kind}: {message}")
+        if kind == "rollback_requested":
+            outcome.rollback_rule = outcome.rollback_rule or entry.get("rule")
+        elif kind == "rolled_back" and outcome.rolled_back_at is None:
+            outcome.rolled_back_at = at
+        elif kind == "promoted" and outcome.promoted_at is None:
+            outcome.promoted_at = at
+
+    def _streaks(self, rollout: Any) -> dict[str, str]:
+        limits = self.policy.consecutive_limits
+        return {
+            rule: f"{streak.count}/{limits.get(rule, '?')}"
+            for rule, streak in rollout.streaks.items()
+            if streak.count
+        }
+
+    @staticmethod
+    def _verdict(rollout: Any) -> str | None:
+        verdict = rollout.last_verdict or {}
+        return verdict.get("verdict")
+
+    def _finished(self, at: datetime) -> bool:
+        """Every script has shown what it was for, and its aftermath has been watched."""
+        for service, script in self.scripts.items():
+            outcome = self.outcomes[service]
+            if script.minutes is not None:
+                if at < self._canary_started[service] + script.minutes * MINUTE:
+                    return False
+            elif outcome.expect == "hold" or not outcome.met:
+                return False
+        if self._settled_at is None:
+            self._settled_at = at
+        # The error rate after a rollback needs its minutes through the lag to show.
+        linger = (self.options.after_minutes + self.options.lag_minutes) * MINUTE
+        return at >= self._settled_at + linger
+
+    def _count_canary_after_rollback(self, service: str, split: dict[str, int]) -> None:
+        """Once the router serves the canary nothing after its rollback, count what the canary
+        answers through the service URL from then on: it must stay 0. (Counted from a second
+        later: a request routed just before the change may still be finishing.)"""
+        if self.outcomes[service].rolled_back_at is None or service in self._canary_served_at_rollback:
+            return
+        if split.get(self.canaries[service].revision, 0) != 0:
+            return
+        settle = self._rollback_seen_real.setdefault(service, time.monotonic() + 1.0)
+        if time.monotonic() >= settle:
+            self._canary_served_at_rollback[service] = self._canary_served(service)
+
+    def _canary_served(self, service: str) -> int:
+        """Requests the canary answered through the service URL (what users reach; its tag URL
+        stays up for debugging and the uptime check, and is left out)."""
+        canary = self.canaries[service].revision
+        return self.router.served_counts(service, via=SERVICE_URL).get(canary, 0)
+
+    def _canary_after_rollback(self, outcome: ServiceOutcome) -> int | None:
+        if outcome.service not in self._canary_served_at_rollback:
+            return None
+        return self._canary_served(outcome.service) - self._canary_served_at_rollback[outcome.service]
+
+    def _record(self, record: Record) -> None:
+        self.records.append(record)
+        self.timeline.write(record)
+
+    def _title(self) -> str:
+        expected = {"rollback": "rolled back", "promote": "promoted", "hold": "kept", "decide": "decided"}
+        parts = [f"{s} ({expected[script.expect]} expected)" for s, script in self.scripts.items()]
+        return f"canary-guard rehearsal: {', '.join(parts)}"
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def summary(result: RehearsalResult) -> str:
+    """What happened, service by service, and where the report is."""
+    lines = [f"\nrehearsal finished in {result.wall_s:.0f} s of wall time"]
+    for outcome in result.services.values():
+        verdict = "as expected" if outcome.met else f"NOT as expected (expected: {outcome.expect})"
+        what = f"phase {outcome.phase}, canary at {outcome.percent} %"
+        if outcome.rolled_back_at:
+            rule = outcome.rollback_rule or "rule ?"
+            what += f"; rolled back at {outcome.rolled_back_at:%H:%M:%S} ({rule})"
+            after = outcome.canary_requests_after_rollback
+            if after is not None:
+                what += f"; canary requests through the service URL since: {after}"
+        if outcome.promoted_at:
+            what += f"; promoted at {outcome.promoted_at:%H:%M:%S}"
+        lines.append(f"  {outcome.service}: {what} — {verdict}")
+        lines.extend(f"      {decision}" for decision in outcome.decisions if " evidence:" not in decision)
+    lines.append(f"timeline: {result.timeline}")
+    if result.report:
+        history = result.report.with_name("history.md")
+        lines.append(f"report:   {result.report}  (decision history: {history})")
+    return "\n".join(lines)
+
+
+def run(scripts: list[CanaryScript], options: RehearsalOptions, out: TextIO = sys.stdout) -> RehearsalResult:
+    result = Rehearsal(scripts, options, out).run()
+    print(summary(result), file=out, flush=True)
+    return result
