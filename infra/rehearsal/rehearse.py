@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 import requests
 import yaml
+from rich.console import Console
 
 from infra.chat_webhook import ChatWebhook
 from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
@@ -209,7 +210,8 @@ class Rehearsal:
             self._start(stack, policy_file, log_dir)
             self._say(f"local stack up in {time.monotonic() - started:.1f} s; files in {options.out_dir}")
             # Not a terminal (CI, a pipe): the view prints each decision, alert and split once.
-            view = stack.enter_context(LiveView(policy=self.policy, live=options.live))
+            console = Console(file=self.out)
+            view = stack.enter_context(LiveView(console, policy=self.policy, live=options.live))
             self._loop(view)
         report = write_report(self.records, options.out_dir, self._title(), policy=self.policy).png
         for outcome in self.outcomes.values():
