@@ -9,12 +9,13 @@ stable level afterwards, and a report drawn from the timeline."""
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 import pytest
 
 from infra.rehearsal.rehearse import Rehearsal, RehearsalOptions, full_name
-from infra.rehearsal.scripts import failing_from
+from infra.rehearsal.scripts import CanaryScript, failing_from
 from infra.rehearsal.timeline import AlertRecord, DecisionRecord, MinuteRecord, TrafficRecord, read_timeline
 
 pytestmark = pytest.mark.timeout(420)
@@ -82,3 +83,34 @@ def test_the_release_owner_gets_a_report_and_the_story(rehearsal):
     assert (result.report.parent / "history.md").read_text().count("rolled_back") >= 1
     assert "canary-guard start shop --revision shop-00002 --percent 5" in console
     assert "rolled_back" in console
+
+
+def test_bring_your_own_two_arbitrary_commands(tmp_path):
+    """The release owner's own commands: any two that serve HTTP on $PORT. Here the stable one
+    is Python's http.server and the canary is the same server that stops after 15 s (a crash
+    after a good start): canary-guard sees it down and rolls it back."""
+    (tmp_path / "index.html").write_text("hello from the release owner's app\n")
+    stable = f"{sys.executable} -m http.server $PORT --bind 127.0.0.1"
+    canary = f"timeout 15 {sys.executable} -m http.server $PORT --bind 127.0.0.1"
+    options = RehearsalOptions(
+        out_dir=tmp_path / "out",
+        speed=12,
+        rps=60,
+        after_minutes=1,
+        max_minutes=20,
+        stable_cmd=stable,
+        canary_cmd=canary,
+        live=False,
+    )
+    script = CanaryScript(service="app", description="your canary", expect="decide")
+    with open(tmp_path / "console.txt", "w") as console:
+        result = Rehearsal([script], options, out=console).run()
+    app = result.services["app"]
+    assert app.phase == "ROLLED_BACK" and result.ok
+    assert app.rollback_rule in ("canary_down", "error_rate")
+    assert app.canary_requests_after_rollback == 0
+    records = read_timeline(result.timeline)
+    stable_served = sum(
+        r.requests for r in records if isinstance(r, MinuteRecord) and r.revision == "app-00001"
+    )
+    assert stable_served > 500  # the stable command really served the traffic

@@ -157,6 +157,8 @@ def minute_of(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
+# Every minute has some: the timeline and the report keep them, the summary does not.
+ROUTINE_DECISIONS = frozenset({"evidence", "checkpoint", "script"})
 # Cloud Run records request_count per response code; the router keeps the class.
 CODE_OF_CLASS = {"2xx": "200", "3xx": "302", "4xx": "404", "5xx": "500"}
 
@@ -480,7 +482,8 @@ class Rehearsal:
             message = f"{entry['verdict']}: {entry['reasons'][0]}"
         self._record(DecisionRecord(at, full_name(service), rid, kind, message))
         outcome = self.outcomes[service]
-        outcome.decisions.append(f"{at:%H:%M:%S} {kind}: {message}")
+        if kind not in ROUTINE_DECISIONS:
+            outcome.decisions.append(f"{at:%H:%M:%S} {kind}: {message}")
         if kind == "rollback_requested":
             outcome.rollback_rule = outcome.rollback_rule or entry.get("rule")
         elif kind == "rolled_back" and outcome.rolled_back_at is None:
@@ -545,7 +548,7 @@ class Rehearsal:
 
     def _title(self) -> str:
         expected = {"rollback": "rolled back", "promote": "promoted", "hold": "kept", "decide": "decided"}
-        parts = [f"{s} ({expected[script.expect]} expected)" for s, script in self.scripts.items()]
+        parts = [f"{s} (expected: {expected[script.expect]})" for s, script in self.scripts.items()]
         return f"canary-guard rehearsal: {', '.join(parts)}"
 
     def _say(self, text: str) -> None:
@@ -572,7 +575,7 @@ def summary(result: RehearsalResult) -> str:
         if outcome.promoted_at:
             what += f"; promoted at {outcome.promoted_at:%H:%M:%S}"
         lines.append(f"  {outcome.service}: {what} — {verdict}")
-        lines.extend(f"      {decision}" for decision in outcome.decisions if " evidence:" not in decision)
+        lines.extend(f"      {decision}" for decision in outcome.decisions)
     lines.append(f"timeline: {result.timeline}")
     if result.report:
         history = result.report.with_name("history.md")
