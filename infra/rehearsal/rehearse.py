@@ -246,11 +246,12 @@ class Rehearsal:
             memory_limit_bytes=self.options.memory_limit_mb * 1024 * 1024,
         )
         stack.callback(self.sampler.stop)
+        self.stables: dict[str, RevisionProcess] = {}
         self.canaries: dict[str, RevisionProcess] = {}
         self.drivers: dict[str, TrafficDriver] = {}
         for service in services:
             stable, canary = self._deploy(stack, service, log_dir)
-            self.canaries[service] = canary
+            self.stables[service], self.canaries[service] = stable, canary
             self.sampler.add(stable)
             self.sampler.add(canary)
         self.sampler.start()
@@ -355,15 +356,18 @@ class Rehearsal:
         self._say(f"$ canary-guard start {service} --revision {canary} --percent 5\n  {done.stdout.strip()}")
 
     def _apply_scripts(self, at: datetime) -> None:
-        """Each sample-app canary serves its script's minute (bring-your-own apps serve as they are)."""
+        """Each sample-app revision serves its script's minute (bring-your-own apps serve as
+        they are). A change of what goes wrong is a timeline event; a level moving minute by
+        minute (a leak's memory) is not."""
         if self.options.canary_cmd:
             return
         for service, script in self.scripts.items():
             minute = int((at - self._canary_started[service]) / MINUTE)
-            for role, process in (("canary", self.canaries[service]),):
+            for role, process in (("stable", self.stables[service]), ("canary", self.canaries[service])):
                 faults = dict(script.faults_at(role, minute))
                 key = f"{service}/{role}"
-                if self._faults_sent.get(key) == faults or not process.running:
+                sent = self._faults_sent.get(key)
+                if sent == faults or not process.running or (sent is None and not faults):
                     continue
                 try:
                     requests.post(f"{process.url}/_faults", json=faults, timeout=5).raise_for_status()
@@ -371,9 +375,9 @@ class Rehearsal:
                     self._say(f"  {service} {role}: faults not set ({exc})")
                     continue
                 self._faults_sent[key] = faults
-                self._record(
-                    DecisionRecord(at, full_name(service), "", "script", f"{role} faults: {faults or 'none'}")
-                )
+                if sent is None or set(sent) != set(faults):
+                    what = f"{role} faults: {faults or 'none'}"
+                    self._record(DecisionRecord(at, full_name(service), "", "script", what))
 
     def _write_minutes(self, visible_before: datetime) -> None:
         """What the router served and the processes used, for every minute that ended by
@@ -505,13 +509,15 @@ class Rehearsal:
         return verdict.get("verdict")
 
     def _finished(self, at: datetime) -> bool:
-        """Every script has shown what it was for, and its aftermath has been watched."""
+        """Every script has shown what it was for, and its aftermath has been watched: a canary
+        expected to be rolled back or promoted once canary-guard did so (or its script's minutes
+        ran out), one expected to be kept once its script's minutes are over."""
         for service, script in self.scripts.items():
-            outcome = self.outcomes[service]
-            if script.minutes is not None:
-                if at < self._canary_started[service] + script.minutes * MINUTE:
-                    return False
-            elif outcome.expect == "hold" or not outcome.met:
+            ran_out = script.minutes is not None and at >= (
+                self._canary_started[service] + script.minutes * MINUTE
+            )
+            decided = script.expect != "hold" and self.outcomes[service].met
+            if not (decided or ran_out):
                 return False
         if self._settled_at is None:
             self._settled_at = at

@@ -401,6 +401,9 @@ def alert_text(alert: AlertRecord) -> str:
         measured = (
             f" ({metric_text(alert.rule, alert.observed)} vs bar {metric_text(alert.rule, alert.threshold)})"
         )
+    if not alert.revision:  # the uptime check's incident names the canary's URL, not a revision
+        regions = "" if alert.observed is None else f" ({alert.observed:g} checker regions failing)"
+        return f"{alert.rule} {alert.state} on the canary tag URL{regions}"
     return f"{alert.rule} {alert.state} on {alert.revision}{measured}"
 
 
