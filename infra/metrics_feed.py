@@ -1,6 +1,7 @@
 """Cloud Run-shaped metrics for the Monitoring stand-in: one minute of a revision's traffic as
 Cloud Monitoring would record it (request_count by response class, request_latencies,
-memory and CPU utilisation distributions). Used by the tests, the demo and the rehearsal (which writes what its router served)."""
+memory and CPU utilisation distributions). Used by the tests, the demo and the rehearsal
+(which writes what its router served)."""
 
 from __future__ import annotations
 
