@@ -70,7 +70,7 @@ def _step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datet
 def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
     """INCONCLUSIVE while not one whole minute since the step has reached Cloud Monitoring: judging
     the window before it would pass the new share on the old share's traffic."""
-    from shared.monitoring import CanaryMetrics
+    from shared.metrics_source import CanaryMetrics
 
     nothing = CanaryMetrics(step_start, step_start, 0, 0, None, None, None, None)
     lag = policy.checkpoint.data_lag_minutes

@@ -1,4 +1,5 @@
-"""The seam between the rules and Cloud Monitoring: what a checkpoint or an alert needs to read.
+"""The seam between the rules and Cloud Monitoring: what a checkpoint or an alert needs to read,
+and what a window read answers (`CanaryMetrics`, a plain value the rules judge).
 
 shared/monitoring.py's `MonitoringReader` is the real one (ListTimeSeries over gRPC). The rules
 (`shared.breach.judge_window`, the checkpoint's step verdict, the operator's `metrics`) take
@@ -9,12 +10,36 @@ Monitoring stand-in tests then prove the reader alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shared.evidence import MinuteMetrics
-    from shared.monitoring import CanaryMetrics
+
+
+@dataclass(frozen=True)
+class CanaryMetrics:
+    """What Cloud Monitoring saw of one revision in (window_start, window_end].
+
+    None means "no data" (the caller judges INCONCLUSIVE), never zero.
+    """
+
+    window_start: datetime
+    window_end: datetime
+    request_count: int  # run.googleapis.com/request_count, all response classes
+    error_count: int  # response_code_class = "5xx"
+    error_rate: float | None  # None when request_count == 0
+    latency_p95_ms: float | None  # P95 of the merged request_latencies distribution
+    memory_utilization: float | None  # P99 of container/memory/utilizations (0..1)
+    cpu_utilization: float | None  # P99 of container/cpu/utilizations (0..1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the window as ISO-8601 strings, everything else as is."""
+        data = asdict(self)
+        data["window_start"] = self.window_start.isoformat()
+        data["window_end"] = self.window_end.isoformat()
+        return data
 
 
 class MetricsSource(Protocol):

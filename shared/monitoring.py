@@ -1,6 +1,7 @@
 """Cloud Monitoring API v3 client: the only module that touches `google.cloud.monitoring_v3`.
 
-`MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics;
+`MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics
+(a `CanaryMetrics`, the value defined with the seam in shared/metrics_source.py);
 `MetricWriter` writes canary-guard's own custom metrics (load-test and probe results).
 Percentiles come from shared/distributions.py, which the local stand-in
 (infra/monitoring_standin.py) aggregates with too, so a percentile is computed one way only.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
 from shared.distributions import Distribution, bucket_bounds, merge_distributions, percentile
+from shared.metrics_source import CanaryMetrics
 
 if TYPE_CHECKING:
     from shared.evidence import MinuteMetrics
@@ -52,30 +54,6 @@ _READ_RETRY = retries.Retry(
     multiplier=2.0,
     timeout=CALL_TIMEOUT_S,
 )
-
-
-@dataclass(frozen=True)
-class CanaryMetrics:
-    """What Cloud Monitoring saw of one revision in (window_start, window_end].
-
-    None means "no data" (the caller judges INCONCLUSIVE), never zero.
-    """
-
-    window_start: datetime
-    window_end: datetime
-    request_count: int  # run.googleapis.com/request_count, all response classes
-    error_count: int  # response_code_class = "5xx"
-    error_rate: float | None  # None when request_count == 0
-    latency_p95_ms: float | None  # P95 of the merged request_latencies distribution
-    memory_utilization: float | None  # P99 of container/memory/utilizations (0..1)
-    cpu_utilization: float | None  # P99 of container/cpu/utilizations (0..1)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the window as ISO-8601 strings, everything else as is."""
-        data = asdict(self)
-        data["window_start"] = self.window_start.isoformat()
-        data["window_end"] = self.window_end.isoformat()
-        return data
 
 
 @dataclass(frozen=True)

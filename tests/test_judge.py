@@ -38,7 +38,7 @@ from shared.judge import (
     synthetic_in,
     wilson_upper,
 )
-from shared.monitoring import CanaryMetrics
+from shared.metrics_source import CanaryMetrics
 from shared.policy import DEFAULT_POLICY_FILE, Policy, load_policy
 
 POLICY = load_policy()
