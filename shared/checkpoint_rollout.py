@@ -35,8 +35,8 @@ from shared.traffic import discover_canary
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
+    from shared.custom_metrics import MetricWriter
     from shared.metrics_source import MetricsSource
-    from shared.monitoring import MetricWriter
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
 
@@ -223,7 +223,7 @@ def _write_metrics(
     """Streaks and the canary share as custom metrics for the dashboard; best effort."""
     if writer is None:
         return
-    from shared.monitoring import CustomPoint
+    from shared.custom_metrics import CustomPoint
 
     labels = {"service": service.service}
     points = [CustomPoint("canary_percent", float(rollout.canary_percent), labels, now)]

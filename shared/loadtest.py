@@ -33,7 +33,7 @@ from shared.traffic import CANARY_TAG, discover_canary
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
-    from shared.monitoring import MetricWriter
+    from shared.custom_metrics import MetricWriter
     from shared.store import RolloutStore
 
 MODES = ("both", "load", "probe")
@@ -268,7 +268,7 @@ def _write_metrics(
     """custom.googleapis.com/canary_guard/load_test/* per side, for the dashboard and alerts."""
     if writer is None:
         return
-    from shared.monitoring import CustomPoint
+    from shared.custom_metrics import CustomPoint
 
     points = []
     for side, result in load.items():

@@ -1,8 +1,10 @@
-"""Cloud Monitoring API v3 client: the only module that touches `google.cloud.monitoring_v3`.
+"""Cloud Monitoring API v3 client: with shared/custom_metrics.py, the only code that touches
+`google.cloud.monitoring_v3`.
 
 `MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics
-(a `CanaryMetrics`, the value defined with the seam in shared/metrics_source.py);
-`MetricWriter` writes canary-guard's own custom metrics (load-test and probe results).
+(a `CanaryMetrics`, the value defined with the seam in shared/metrics_source.py), and reads
+every watched revision minute by minute for a checkpoint. canary-guard's own custom metrics are
+written by `MetricWriter` (shared/custom_metrics.py) on the same client setup.
 Percentiles come from shared/distributions.py, which the local stand-in
 (infra/monitoring_standin.py) aggregates with too, so a percentile is computed one way only.
 """
@@ -11,25 +13,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.api import metric_pb2, monitored_resource_pb2
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as retries
 from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
-from shared.distributions import Distribution, bucket_bounds, merge_distributions, percentile
+from shared.distributions import Distribution, merge_distributions, percentile
 from shared.metrics_source import CanaryMetrics
 
 if TYPE_CHECKING:
     from shared.evidence import MinuteMetrics
     from shared.minutes import MinuteSample
-
-__all__ = ["Distribution", "bucket_bounds", "merge_distributions", "percentile"]  # re-exported
 
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
@@ -39,8 +37,6 @@ REQUEST_COUNT = "run.googleapis.com/request_count"
 REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
 MEMORY_UTILIZATIONS = "run.googleapis.com/container/memory/utilizations"
 CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
-CUSTOM_METRIC_PREFIX = "custom.googleapis.com/canary_guard/"
-MAX_SERIES_PER_WRITE = 200  # CreateTimeSeries limit
 MIN_WINDOW_S = 60  # the smallest alignment period Cloud Monitoring accepts
 MAX_ONE_OF = 100  # services named in one filter; beyond, the project's Cloud Run revisions are read
 CALL_TIMEOUT_S = 20.0  # per API call, retries included; a checkpoint makes eight reads (see functions.tf)
@@ -54,16 +50,6 @@ _READ_RETRY = retries.Retry(
     multiplier=2.0,
     timeout=CALL_TIMEOUT_S,
 )
-
-
-@dataclass(frozen=True)
-class CustomPoint:
-    """One value of a canary-guard custom metric, e.g. name "load_test/success_rate"."""
-
-    name: str  # becomes custom.googleapis.com/canary_guard/<name>
-    value: float | int  # int -> INT64, float -> DOUBLE; keep one Python type per name (see write)
-    labels: dict[str, str]
-    at: datetime
 
 
 class _MonitoringApi:
@@ -308,62 +294,6 @@ class MonitoringReader(_MonitoringApi):
         return list(self._client.list_time_series(request=request, retry=_READ_RETRY, timeout=CALL_TIMEOUT_S))
 
 
-class MetricWriter(_MonitoringApi):
-    """Writes canary-guard custom metrics as GAUGE points on the `global` resource.
-
-    `global` (label project_id) is one of the monitored resources Cloud Monitoring accepts for
-    user-defined metrics; cloud_run_revision is not writable by users.
-    """
-
-    def write(self, points: Sequence[CustomPoint]) -> None:
-        """Write in time order, in as few CreateTimeSeries calls as the API rules allow.
-
-        The first write of a metric fixes its value type (INT64 or DOUBLE); a later point of the
-        other Python type is rejected by the API. Writes are not retried: a write that reached
-        the server and is sent again is rejected as out of order, so failures surface instead.
-        """
-        for batch in _batches(points):
-            self._client.create_time_series(
-                name=f"projects/{self._project}",
-                time_series=[self._time_series(point) for point in batch],
-                timeout=CALL_TIMEOUT_S,
-            )
-
-    def _time_series(self, point: CustomPoint) -> monitoring_v3.TimeSeries:
-        is_int = isinstance(point.value, int)
-        value_type = metric_pb2.MetricDescriptor.ValueType
-        return monitoring_v3.TimeSeries(
-            metric=metric_pb2.Metric(type=CUSTOM_METRIC_PREFIX + point.name, labels=point.labels),
-            resource=monitored_resource_pb2.MonitoredResource(
-                type="global", labels={"project_id": self._project}
-            ),
-            metric_kind=metric_pb2.MetricDescriptor.MetricKind.GAUGE,
-            value_type=value_type.INT64 if is_int else value_type.DOUBLE,
-            points=[
-                monitoring_v3.Point(
-                    interval=monitoring_v3.TimeInterval(end_time=point.at),
-                    value=monitoring_v3.TypedValue(int64_value=point.value)
-                    if is_int
-                    else monitoring_v3.TypedValue(double_value=point.value),
-                )
-            ],
-        )
-
-
-def _batches(points: Sequence[CustomPoint]) -> list[list[CustomPoint]]:
-    """Oldest first; a batch holds at most 200 series and at most one point of each series."""
-    batches: list[list[CustomPoint]] = []
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    for point in sorted(points, key=lambda p: p.at):
-        series = (point.name, tuple(sorted(point.labels.items())))
-        if not batches or len(batches[-1]) == MAX_SERIES_PER_WRITE or series in seen:
-            batches.append([])
-            seen = set()
-        batches[-1].append(point)
-        seen.add(series)
-    return batches
-
-
 def _without_minutes(
     series: monitoring_v3.TimeSeries, exclude: Sequence[tuple[datetime, datetime]]
 ) -> monitoring_v3.TimeSeries:
@@ -380,11 +310,6 @@ def _one_distribution(parts: list[Distribution]) -> Distribution:
     """The minute's distribution: REDUCE_SUM already merged each revision's series into one
     point per minute, so there is usually nothing left to merge (merging copies ~240 buckets)."""
     return parts[0] if len(parts) == 1 else merge_distributions(parts)
-
-
-def _point_end(point: monitoring_v3.Point) -> datetime:
-    end = point.interval.end_time
-    return datetime.fromtimestamp(end.timestamp(), UTC).replace(microsecond=0)
 
 
 def _check_window(start: datetime, end: datetime) -> None:

@@ -14,7 +14,8 @@ from shared.policy import Policy, cached_policy
 
 if TYPE_CHECKING:
     from shared.cloudrun import CloudRunTraffic
-    from shared.monitoring import MetricWriter, MonitoringReader
+    from shared.custom_metrics import MetricWriter
+    from shared.monitoring import MonitoringReader
     from shared.notify import NotifySettings
     from shared.pubsub import Publisher
     from shared.store import RolloutStore
@@ -73,7 +74,7 @@ def reader() -> MonitoringReader:
 
 @cache
 def writer() -> MetricWriter:
-    from shared.monitoring import MetricWriter
+    from shared.custom_metrics import MetricWriter
 
     return MetricWriter(settings().project, settings().monitoring_endpoint)
 

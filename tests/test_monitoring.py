@@ -19,18 +19,16 @@ from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
 from infra.monitoring_standin import distribution, start_monitoring_standin
+from shared.custom_metrics import CustomPoint, MetricWriter
+from shared.distributions import merge_distributions, percentile
+from shared.metrics_source import CanaryMetrics
 from shared.monitoring import (
     CPU_UTILIZATIONS,
     MEMORY_UTILIZATIONS,
     REQUEST_COUNT,
     REQUEST_LATENCIES,
     RUN_RESOURCE,
-    CanaryMetrics,
-    CustomPoint,
-    MetricWriter,
     MonitoringReader,
-    merge_distributions,
-    percentile,
 )
 
 Buckets = distribution_pb2.Distribution.BucketOptions
