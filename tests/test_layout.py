@@ -84,3 +84,14 @@ def test_functions_import_only_shared():
     for path in sources(ROOT / "functions"):
         imports = project_imports(path)
         assert all(name.startswith("shared") for name in imports), f"{path}: {sorted(imports)}"
+
+
+def test_the_documented_checkpoint_call_is_the_handler():
+    """README: `from shared.checkpoint import handle_checkpoint`, `shared.checkpoint.Clients`."""
+    import shared.checkpoint as facade
+    from shared.handlers import checkpoint as handler
+
+    assert facade.handle_checkpoint is handler.handle_checkpoint
+    assert facade.Clients is handler.Clients
+    assert sorted(facade.__all__) == sorted(handler.__all__)
+    assert all(getattr(facade, name) is getattr(handler, name) for name in handler.__all__)
