@@ -69,8 +69,8 @@ def incident(i: int, opened: datetime, number: int) -> dict:
 
 def expected(pattern: list[Minute], start: datetime) -> bool:
     """Whether judging the minutes in order, one checkpoint each, trips a rule."""
-    from shared.core import Phase, apply_evidence
-    from shared.evidence import MinuteMetrics, judge_minute
+    from shared.core.evidence import MinuteMetrics, judge_minute
+    from shared.core.ledger import Phase, apply_evidence
     from shared.policy import load_policy
 
     policy = load_policy()
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             from google.api_core import exceptions as gexc
             from google.cloud import pubsub_v1
 
-            from shared.store import RolloutStore, rollout_id
+            from shared.clients.store import RolloutStore, rollout_id
 
             admin = pubsub_v1.PublisherClient()
             with contextlib.suppress(gexc.AlreadyExists):

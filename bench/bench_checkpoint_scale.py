@@ -3,7 +3,7 @@ real Firestore and Pub/Sub emulators and the Cloud Run / Monitoring stand-ins, e
 call delayed by a latency proxy (infra/latency_proxy.py) as it would be in GCP.
 
 For each N it runs two checkpoint minutes through the documented in-process call
-(`shared.checkpoint.run_checkpoints`, which is also what the scheduled function runs when it has
+(`shared.handlers.checkpoint.run_checkpoints`, which is also what the scheduled function runs when it has
 no CHECKPOINT_TOPIC): the first discovers and registers the N rollouts, the second is a steady
 minute. It prints each run's wall time, whether every rollout was judged and recorded, and the
 calls per rollout by kind.
@@ -84,13 +84,13 @@ def run_minute(
     fanout: bool = False,
     direct=None,
 ) -> dict:
-    from shared.checkpoint import Clients, handle_checkpoint, run_checkpoints
-    from shared.cloudrun import CloudRunTraffic
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.monitoring import MonitoringReader
+    from shared.clients.pubsub import Publisher
+    from shared.clients.store import RolloutStore
     from shared.config import load_settings
-    from shared.monitoring import MonitoringReader
+    from shared.handlers.checkpoint import Clients, handle_checkpoint, run_checkpoints
     from shared.policy import load_policy
-    from shared.pubsub import Publisher
-    from shared.store import RolloutStore
 
     env = function_env(services, proxies) | ({"CHECKPOINT_TOPIC": CHECKPOINT_TOPIC} if fanout else {})
     settings = load_settings(env)
@@ -191,7 +191,7 @@ def main() -> None:
     os.environ.update(emulators.env())
     ensure_topic(PROJECT, ROLLBACK_TOPIC)
     ensure_topic(PROJECT, CHECKPOINT_TOPIC)
-    from shared.store import RolloutStore
+    from shared.clients.store import RolloutStore
 
     direct = RolloutStore(PROJECT)  # built before the proxies go into the environment
     os.environ["FIRESTORE_EMULATOR_HOST"] = proxies["firestore"].host

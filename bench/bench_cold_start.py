@@ -25,13 +25,15 @@ CLIENT_LIBRARIES = (
 )
 # What each entry point imports and builds on its first call, before talking to any API.
 FIRST_CALL = {
-    "breach_counter": "import shared.breach; runtime.store(); runtime.publisher(); runtime.reader()",
-    "rollback": "import shared.rollback; runtime.store(); runtime.traffic()",
-    "emergency_rollback": "import shared.rollback; runtime.store(); runtime.traffic()",
-    "checkpoint": "import shared.checkpoint; shared.checkpoint.runtime_clients()",
-    "load_test": "import shared.loadtest; runtime.store(); runtime.traffic(); runtime.writer()",
-    "notify": "import shared.notify; runtime.notify_settings(); runtime.store()",
-    "checkpoint_worker": "import shared.fanout, shared.minutes; shared.checkpoint.runtime_clients()",
+    "breach_counter": "import shared.handlers.breach; runtime.store(); runtime.publisher(); runtime.reader()",
+    "rollback": "import shared.handlers.rollback; runtime.store(); runtime.traffic()",
+    "emergency_rollback": "import shared.handlers.rollback; runtime.store(); runtime.traffic()",
+    "checkpoint": "import shared.handlers.checkpoint; shared.handlers.checkpoint.runtime_clients()",
+    "load_test": "import shared.handlers.loadtest; runtime.store(); runtime.traffic(); runtime.writer()",
+    "notify": "import shared.handlers.notify; runtime.notify_settings(); runtime.store()",
+    "checkpoint_worker": (
+        "import shared.handlers.fanout, shared.core.minutes; shared.handlers.checkpoint.runtime_clients()"
+    ),
 }
 ENV = {
     "GOOGLE_CLOUD_PROJECT": "cold-start",

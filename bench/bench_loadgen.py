@@ -9,7 +9,7 @@ each run it prints requests/s, the child's peak RSS (VmHWM) and CPU time per req
 of the reaped child), and the target's CPU use (near 100 % means the target was the limit).
 Installs wrk with apt-get when it is missing.
 
-`--memory` measures the constants of shared.load_rules.plan_fits: the RSS of a process with the
+`--memory` measures the constants of shared.core.load_rules.plan_fits: the RSS of a process with the
 load_test function's imports, and the peak RSS per concurrent connection over plain HTTP and
 TLS, with 2-byte and 1 MiB bodies, against a fixed-answer server in its own process.
 """
@@ -36,8 +36,8 @@ from typing import cast
 
 from infra.target_server import TargetHandle, start_target_server
 from infra.tls import self_signed_certificate
-from shared.load_rules import MAX_REQUESTS
-from shared.loadgen import run_closed
+from shared.clients.loadgen import run_closed
+from shared.core.load_rules import MAX_REQUESTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -156,7 +156,7 @@ def generator(url: str, concurrency: int, duration: int) -> None:
 
 # --- memory, for plan_fits ---------------------------------------------------------------------
 
-# What the load_test function has imported when it runs (functions/main.py, shared/loadtest.py).
+# What the load_test function has imported when it runs (functions/main.py, shared/handlers/loadtest.py).
 FUNCTION_IMPORTS = (
     "functions_framework",
     "google.cloud.firestore",
@@ -165,7 +165,7 @@ FUNCTION_IMPORTS = (
     "google.cloud.pubsub_v1",
     "google.auth.transport.requests",
     "google.oauth2.id_token",
-    "shared.loadtest",
+    "shared.handlers.loadtest",
 )
 # (body bytes, TLS, concurrent connections): the cases plan_fits must cover.
 MEMORY_CASES = ((2, False, 1000), (2, True, 1000), (1 << 20, False, 200), (1 << 20, True, 200))

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         with local_stack(log_dir, [SERVICE], functions=("breach_counter",), extra_env=env) as stack:
             from google.cloud import pubsub_v1
 
-            from shared.store import RolloutStore, rollout_id
+            from shared.clients.store import RolloutStore, rollout_id
 
             stack.cloudrun.put_service(
                 SERVICE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from infra.backtest_cli import library
-from shared.backtest import load_scenario, run_scenario
+from shared.core.backtest import load_scenario, run_scenario
 from shared.policy import load_policy
 
 GOALS = {"crash": 4, "error_spike": 6, "just_over": 6, "latency_creep": 6, "memory_leak": 5}

@@ -80,7 +80,7 @@ def _permanent(exc: Exception) -> bool:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exceptions
 
-    from shared.cloudrun import ControlPlaneError
+    from shared.clients.cloudrun import ControlPlaneError
 
     permanent = (
         gexc.InvalidArgument,
@@ -123,7 +123,7 @@ def _logged_failure(entry_point: str, then: str = "will be retried", **ids: Any)
 def breach_counter(event: CloudEvent) -> None:
     """Alert incident (Pub/Sub) → judge the canary's latest minutes → at a rule's limit, one
     rollback request."""
-    from shared.breach import handle_alert
+    from shared.handlers.breach import handle_alert
 
     with _logged_failure("breach_counter", event_id=event["id"]):
         report = handle_alert(
@@ -143,7 +143,7 @@ def breach_counter(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def rollback(event: CloudEvent) -> None:
     """Rollback request (Pub/Sub) → stable revision at 100 %."""
-    from shared.rollback import handle_rollback_message
+    from shared.handlers.rollback import handle_rollback_message
 
     with _logged_failure("rollback", event_id=event["id"]):
         report = handle_rollback_message(
@@ -161,7 +161,7 @@ def rollback(event: CloudEvent) -> None:
 def notify(event: CloudEvent) -> None:
     """Notification (Pub/Sub, NOTIFY_TOPIC) → the chat webhook. A webhook that refuses, stalls or
     answers garbage fails this delivery only: Pub/Sub retries it with backoff."""
-    from shared.notify import handle_notification
+    from shared.handlers.notify import handle_notification
 
     with _logged_failure("notify", event_id=event["id"]):
         report = handle_notification(
@@ -177,7 +177,7 @@ def notify(event: CloudEvent) -> None:
 @functions_framework.http
 def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
     """On-call HTTP call: POST {"service", "reason", "dry_run"} → traffic before and after."""
-    from shared.rollback import handle_emergency
+    from shared.handlers.rollback import handle_emergency
 
     if request.method != "POST":
         return _json_response({"error": "use POST with a JSON body"}, 405)
@@ -207,7 +207,7 @@ def emergency_rollback(request: Request) -> tuple[dict, int, dict[str, str]]:
 def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
     """Cloud Scheduler (OIDC) → GO / NO-GO for each running rollout, the ramp, streak observations.
     Body (optional): {"service": "full or short name"} to check one service."""
-    from shared.checkpoint import handle_checkpoint
+    from shared.handlers.checkpoint import handle_checkpoint
 
     if request.method != "POST":
         return _json_response({"error": "use POST (Cloud Scheduler does)"}, 405)
@@ -225,7 +225,7 @@ def checkpoint(request: Request) -> tuple[dict, int, dict[str, str]]:
 def checkpoint_worker(event: CloudEvent) -> None:
     """One service's checkpoint minute (Pub/Sub, CHECKPOINT_TOPIC, sent by the checkpoint with
     the service's metrics): the same judgement as the checkpoint's own, on its own instance."""
-    from shared.fanout import handle_checkpoint_message
+    from shared.handlers.fanout import handle_checkpoint_message
 
     with _logged_failure("checkpoint_worker", event_id=event["id"]):
         report = handle_checkpoint_message(
@@ -238,7 +238,7 @@ def checkpoint_worker(event: CloudEvent) -> None:
 def load_test(request: Request) -> tuple[dict, int, dict[str, str]]:
     """Cloud Scheduler (OIDC, daily) → bounded load test and rate-limit probe of canary and stable.
     Body (optional): {"mode": "both" | "load" | "probe", "service": "full or short name"}."""
-    from shared.loadtest import handle_load_test
+    from shared.handlers.loadtest import handle_load_test
 
     if request.method != "POST":  # a stray GET (a health probe, a crawler) must not start load
         return _json_response({"error": "use POST (Cloud Scheduler does)"}, 405)

@@ -1,4 +1,4 @@
-"""`canary-guard backtest`: the decision core over recorded per-minute series (shared/backtest.py).
+"""`canary-guard backtest`: the decision core over recorded per-minute series (shared/core/backtest.py).
 
 canary-guard backtest infra/scenarios/crash.json        one scenario's timeline
 canary-guard backtest --library                         the whole scenario library, as a table
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:  # the core loads only when the command runs: `canary-guard --help` stays fast
-    from shared.backtest import Outcome, Scenario
+    from shared.core.backtest import Outcome, Scenario
 
 LIBRARY = Path(__file__).with_name("scenarios")
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "shared" / "policy.yaml"
@@ -68,7 +68,7 @@ def backtest(files: tuple[Path, ...], use_library: bool, policy_file: Path, lag:
     """Replay recorded per-minute canary (and stable) series through the decision core on a
     simulated clock: each minute's verdict, streaks, and the rollback or step and its minute.
     Exit 0 when every scenario with an expected outcome meets it, 4 when one does not."""
-    from shared.backtest import ScenarioError, load_scenario, run_scenario
+    from shared.core.backtest import ScenarioError, load_scenario, run_scenario
     from shared.policy import PolicyError, load_policy
 
     paths = [*files, *(library() if use_library else [])]

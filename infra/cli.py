@@ -2,7 +2,7 @@
 
 Only argument parsing and client construction live here, how answers are shown in
 infra/cli_render.py; every rule (what may be started, advanced, paused or rolled back, and what
-is healthy) is in shared/operations.py.
+is healthy) is in shared/handlers/operations.py.
 Clients come from the same environment variables as the functions (shared/runtime.py), and the
 heavy Google libraries are imported only when a subcommand runs, so `--help` stays fast.
 
@@ -32,12 +32,12 @@ from infra.cli_render import (
 )
 
 if TYPE_CHECKING:
-    from shared.operations import Operations
+    from shared.handlers.operations import Operations
 
 T = TypeVar("T")
 
 EXIT_OK = 0
-EXIT_REFUSED = 1  # shared.operations.OperationError
+EXIT_REFUSED = 1  # shared.handlers.operations.OperationError
 EXIT_CONFIG = 2  # same code as click's usage errors
 EXIT_CONTROL_PLANE = 3  # Cloud Run / Firestore / Monitoring API failure
 EXIT_UNHEALTHY = 4  # `status` only
@@ -83,9 +83,9 @@ def _exit_codes() -> Iterator[None]:
     from google.api_core import exceptions as gexc
     from google.auth.exceptions import DefaultCredentialsError
 
-    from shared.cloudrun import ControlPlaneError
+    from shared.clients.cloudrun import ControlPlaneError
     from shared.config import ConfigError
-    from shared.operations import OperationError
+    from shared.handlers.operations import OperationError
     from shared.policy import PolicyError
 
     try:
@@ -110,8 +110,8 @@ def _run(action: Callable[[Operations], T]) -> T:
     # The shared clients log retries as JSON lines on stdout; keep stdout for the result only.
     with _exit_codes(), contextlib.redirect_stdout(sys.stderr):
         from shared import runtime
-        from shared.checkpoint import runtime_clients
-        from shared.operations import Operations
+        from shared.handlers.checkpoint import runtime_clients
+        from shared.handlers.operations import Operations
 
         settings, policy = runtime.settings(), runtime.policy()  # config errors before any call
         operations = Operations(settings, policy, runtime_clients(), operator=options.operator)

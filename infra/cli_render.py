@@ -1,4 +1,4 @@
-"""How the operator CLI shows what shared/operations.py answers: tables, traffic splits, status,
+"""How the operator CLI shows what shared/handlers/operations.py answers: tables, traffic splits, status,
 metrics, history and load-test results. Text only; infra/cli.py parses and runs the commands."""
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def measure(value: float | None, unit: str) -> str:
 
 
 def metrics_text(data: Mapping[str, Any]) -> str:
-    from shared.judge import MEASURES  # the unit of each measured value
+    from shared.core.judge import MEASURES  # the unit of each measured value
 
     window = data["window"]
     head = (

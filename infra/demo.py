@@ -143,8 +143,8 @@ def breach_until_rollback(
     `start`, in the past, and each alert is the incident opened by its minute.)"""
     from google.cloud import pubsub_v1
 
-    from shared.core import Phase
-    from shared.store import rollout_id
+    from shared.clients.store import rollout_id
+    from shared.core.ledger import Phase
 
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(PROJECT, ALERTS_TOPIC)
@@ -190,7 +190,7 @@ def checkpoint_minute(stack: Any, store: Any, monitoring: Any) -> None:
     """cart's healthy canary at 5 %, and one checkpoint minute over both services: the
     checkpoint reads Monitoring once and sends each service to a checkpoint_worker (Pub/Sub)."""
     from infra.metrics_feed import HEALTHY
-    from shared.store import rollout_id
+    from shared.clients.store import rollout_id
 
     revisions = ["cart-00001", "cart-00002"]
     stack.cloudrun.put_service(
@@ -252,8 +252,8 @@ def ramp_demo(log_dir: Path) -> int:
 
     from infra.metrics_feed import HEALTHY, rewind_step
     from infra.monitoring_standin import start_monitoring_standin
+    from shared.clients.store import rollout_id
     from shared.policy import DEFAULT_POLICY_FILE
-    from shared.store import rollout_id
 
     policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     for step in policy["ramp"]:
@@ -386,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint_worker",
     )
     with local_stack(log_dir, [SERVICE, CART], functions=functions, extra_env=extra) as stack:
+        from shared.clients.store import RolloutStore
         from shared.policy import load_policy
-        from shared.store import RolloutStore
 
         print(f"stack up in {time.monotonic() - started:.1f} s: {', '.join(stack.function_urls)}")
         store = RolloutStore(PROJECT)

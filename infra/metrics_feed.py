@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from google.api import distribution_pb2
 
 from infra.monitoring_standin import MonitoringStandin, distribution
-from shared.monitoring import (
+from shared.clients.monitoring import (
     CPU_UTILIZATIONS,
     MEMORY_UTILIZATIONS,
     REQUEST_COUNT,
@@ -122,7 +122,7 @@ def rewind_step(project: str, rollout_id: str, by: timedelta) -> datetime:
     it. Returns the new step start."""
     from google.cloud import firestore
 
-    from shared.store import ROLLOUTS
+    from shared.clients.store import ROLLOUTS
 
     ref = firestore.Client(project=project).collection(ROLLOUTS).document(rollout_id)
     started = ref.get().get("step_started_at") - by

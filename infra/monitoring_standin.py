@@ -2,7 +2,8 @@
 
 google-cloud-monitoring has no REST transport, so this is a gRPC server (grpcio generic handlers)
 that (de)serialises the client's own protobuf messages. Reach it with
-`shared.monitoring.MonitoringReader(project, endpoint="127.0.0.1:PORT")` (or MetricWriter).
+`shared.clients.monitoring.MonitoringReader(project, endpoint="127.0.0.1:PORT")` (or
+`shared.clients.custom_metrics.MetricWriter`).
 
 Answered the way the API reference describes (TimeInterval, Aggregation, Monitoring filters):
 - filter: `field = "string"` or `field = one_of("a", "b")` clauses joined by AND; fields
@@ -51,7 +52,7 @@ from google.api import metric_pb2, monitored_resource_pb2
 from google.cloud import monitoring_v3
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from shared.monitoring import Distribution, bucket_bounds, merge_distributions, percentile
+from shared.core.distributions import Distribution, bucket_bounds, merge_distributions, percentile
 
 _SERVICE = "google.monitoring.v3.MetricService"
 PAGE_SIZE = 1000  # series per page when the request sets none

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.notifications import CHAT_FORMATS
+from shared.core.notifications import CHAT_FORMATS
 from shared.policy import DEFAULT_POLICY_FILE
 
 SERVICE_NAME_RE = re.compile(r"^projects/([a-z0-9-]+)/locations/([a-z0-9-]+)/services/([a-z0-9-]+)$")

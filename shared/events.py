@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.core import Kind, Observation
+from shared.core.ledger import Kind, Observation
 from shared.policy import RULE_NAMES
 
 # The cloud_run_revision resource labels that name a revision's service in full. The alert

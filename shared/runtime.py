@@ -13,11 +13,12 @@ from shared.config import Settings, load_settings
 from shared.policy import Policy, cached_policy
 
 if TYPE_CHECKING:
-    from shared.cloudrun import CloudRunTraffic
-    from shared.monitoring import MetricWriter, MonitoringReader
-    from shared.notify import NotifySettings
-    from shared.pubsub import Publisher
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.custom_metrics import MetricWriter
+    from shared.clients.monitoring import MonitoringReader
+    from shared.clients.pubsub import Publisher
+    from shared.clients.store import RolloutStore
+    from shared.handlers.notify import NotifySettings
 
 
 @cache
@@ -33,16 +34,16 @@ def policy() -> Policy:
 def store() -> RolloutStore:
     from datetime import timedelta
 
-    from shared.store import RolloutStore
+    from shared.clients.store import RolloutStore
 
     days = settings().decision_retention_days
     sink = None
     if settings().notify_topic:  # decisions the channel should hear of are published there
-        from shared.notify import notification_sink
+        from shared.handlers.notify import notification_sink
 
         sink = notification_sink(publisher(), settings().notify_topic)
     elif settings().chat_webhook_url:  # no topic (a local run): this process posts in the background
-        from shared.notify import BackgroundDelivery
+        from shared.handlers.notify import BackgroundDelivery
 
         sink = BackgroundDelivery(notify_settings().webhook, settings().dashboard_url)  # type: ignore[arg-type]
     return RolloutStore(
@@ -52,28 +53,28 @@ def store() -> RolloutStore:
 
 @cache
 def traffic() -> CloudRunTraffic:
-    from shared.cloudrun import CloudRunTraffic
+    from shared.clients.cloudrun import CloudRunTraffic
 
     return CloudRunTraffic(settings().cloud_run_endpoint)
 
 
 @cache
 def publisher() -> Publisher:
-    from shared.pubsub import Publisher
+    from shared.clients.pubsub import Publisher
 
     return Publisher(settings().project)
 
 
 @cache
 def reader() -> MonitoringReader:
-    from shared.monitoring import MonitoringReader
+    from shared.clients.monitoring import MonitoringReader
 
     return MonitoringReader(settings().project, settings().monitoring_endpoint)
 
 
 @cache
 def writer() -> MetricWriter:
-    from shared.monitoring import MetricWriter
+    from shared.clients.custom_metrics import MetricWriter
 
     return MetricWriter(settings().project, settings().monitoring_endpoint)
 
@@ -81,7 +82,7 @@ def writer() -> MetricWriter:
 @cache
 def notify_settings() -> NotifySettings:
     """The notify function's webhook (None without CHAT_WEBHOOK_URL) and links."""
-    from shared.notify import NotifySettings, Webhook
+    from shared.handlers.notify import NotifySettings, Webhook
 
     s = settings()
     webhook = Webhook(s.chat_webhook_url, s.chat_format) if s.chat_webhook_url else None  # type: ignore[arg-type]

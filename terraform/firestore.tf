@@ -19,7 +19,7 @@ resource "google_firestore_database" "default" {
 }
 
 # Firestore deletes a document some time (typically within 24 h) after the timestamp in its
-# TTL field. The functions write `expires_at` (shared/store.py EXPIRES_AT):
+# TTL field. The functions write `expires_at` (shared/clients/store_docs.py EXPIRES_AT):
 #   applied_events, canary_rollback_messages  dedupe markers: MARKER_TTL (30 days) after they
 #       are written, far past Pub/Sub's last redelivery (7 days of retention at most);
 #   decisions  the decision history: var.decision_retention_days after the decision (0: the

@@ -84,7 +84,7 @@ locals {
     service_reader = {
       title       = "canary-guard Cloud Run service reader"
       description = "Reads the service under release: its revisions, tags and traffic split."
-      # shared/cloudrun.py CloudRunTraffic.get (GET service): which revision is the canary.
+      # shared/clients/cloudrun.py CloudRunTraffic.get (GET service): which revision is the canary.
       permissions = ["run.services.get"]
     }
     traffic_updater = {

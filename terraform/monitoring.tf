@@ -13,7 +13,7 @@
 # not in group_by_fields, and the incident keeps only what is left: service_name and
 # location are grouped by too, so the incident names the full service (shared/events.py).
 # An alert is a trigger, not evidence: each opened or renotified incident makes breach_counter
-# read the canary's recent minutes from Cloud Monitoring and judge each of them (shared/breach.py),
+# read the canary's recent minutes from Cloud Monitoring and judge each of them (shared/handlers/breach.py),
 # so a repeated or reordered notification cannot count twice; a closed one changes nothing.
 
 locals {

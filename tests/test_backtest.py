@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from infra.backtest_cli import backtest, library
-from shared.backtest import (
+from shared.core.backtest import (
     T0,
     Expectation,
     ScenarioError,
@@ -19,7 +19,7 @@ from shared.backtest import (
     simulate,
     with_overrides,
 )
-from shared.evidence import MinuteMetrics
+from shared.core.evidence import MinuteMetrics
 from shared.policy import load_policy
 
 POLICY = load_policy()

@@ -17,18 +17,18 @@ from google.cloud import pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, serve_function, wire_push
 from infra.metrics_feed import HEALTHY, Minute, feed, rewind_step
-from shared.checkpoint import Clients, change_step, run_checkpoints
-from shared.cloudrun import CloudRunTraffic, ControlPlaneError
+from shared.clients.cloudrun import CloudRunTraffic, ControlPlaneError
+from shared.clients.monitoring import MonitoringReader
+from shared.clients.pubsub import Publisher
+from shared.clients.store import RolloutStore, rollout_id
 from shared.config import load_settings
-from shared.core import Phase
+from shared.core.judge import SyntheticTraffic, judge
+from shared.core.ledger import Phase
+from shared.core.notifications import Context, Notification, plain_text
 from shared.events import RollbackRequest
-from shared.judge import SyntheticTraffic, judge
-from shared.monitoring import MonitoringReader
-from shared.notifications import Context, Notification, plain_text
+from shared.handlers.checkpoint import Clients, change_step, run_checkpoints
+from shared.handlers.rollback import execute_rollback
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
-from shared.pubsub import Publisher
-from shared.rollback import execute_rollback
-from shared.store import RolloutStore, rollout_id
 from tests.conftest import LOCATION, SHOP, WATCHED, deploy_canary
 from tests.payloads import cloudevent_data, incident_message
 from tests.test_pipeline import post_event
@@ -725,7 +725,7 @@ def test_a_published_rollback_that_never_finished_is_resent_with_backoff(
     5 min after the publish, then back off (10 min), and never leave the canary serving."""
     deploy_canary(cloudrun)
     rollout = clients.store.register(SHOP, "shop-00002", "shop-00001", canary_percent=5, started_by="test")
-    from shared.evidence import uptime_evidence
+    from shared.core.evidence import uptime_evidence
 
     down = uptime_evidence(datetime.now(UTC), True, POLICY, "uptime incident")
     clients.store.apply_evidence(
@@ -818,7 +818,7 @@ def test_the_checkpoint_and_the_backtest_agree_on_a_library_scenario(
     """error_spike through the real checkpoint (Monitoring stand-in, a minute visible 3 minutes
     after it ends) requests the rollback at the same minute as the backtest of the same series."""
     from infra.backtest_cli import library
-    from shared.backtest import load_scenario, run_scenario
+    from shared.core.backtest import load_scenario, run_scenario
 
     scenario = load_scenario(next(p for p in library() if p.stem == "error_spike"))
     expected = run_scenario(scenario, POLICY, lag=3).rollback_minute

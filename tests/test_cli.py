@@ -27,12 +27,12 @@ from infra.cli import main
 from infra.localstack import PROJECT
 from infra.monitoring_standin import MonitoringStandin, distribution, start_monitoring_standin
 from shared import runtime
-from shared.breach import record_evidence
-from shared.core import Phase
-from shared.evidence import Evidence, EvidenceKind, whole_minute
-from shared.monitoring import CPU_UTILIZATIONS, MEMORY_UTILIZATIONS, REQUEST_COUNT, REQUEST_LATENCIES
+from shared.clients.monitoring import CPU_UTILIZATIONS, MEMORY_UTILIZATIONS, REQUEST_COUNT, REQUEST_LATENCIES
+from shared.clients.store import RolloutStore, rollout_id
+from shared.core.evidence import Evidence, EvidenceKind, whole_minute
+from shared.core.ledger import Phase
+from shared.handlers.breach import record_evidence
 from shared.policy import load_policy
-from shared.store import RolloutStore, rollout_id
 from tests.conftest import LOCATION, SHOP, WATCHED, deploy_canary
 
 pytestmark = pytest.mark.emulators

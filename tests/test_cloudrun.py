@@ -1,4 +1,4 @@
-"""shared/cloudrun.py driving the real google-cloud-run REST client against the local stand-in."""
+"""shared/clients/cloudrun.py driving the real google-cloud-run REST client against the local stand-in."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
-import shared.cloudrun
+import shared.clients.cloudrun
 from infra.cloudrun_standin import CloudRunStandin, start_cloudrun_standin
-from shared.cloudrun import SETTLE_POLL_S, CloudRunTraffic, ControlPlaneError, ServiceTraffic, TrafficSplit
+from shared.clients.cloudrun import (
+    SETTLE_POLL_S,
+    CloudRunTraffic,
+    ControlPlaneError,
+    ServiceTraffic,
+    TrafficSplit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PERMISSION_DENIED, FAILED_PRECONDITION = 7, 9  # google.rpc.Code
@@ -408,7 +414,7 @@ def test_a_refused_poll_then_another_writer_is_an_error_not_our_traffic(standin,
 
 
 def test_a_refused_poll_of_an_update_that_never_settles_gives_up(standin, client, delays, monkeypatch):
-    monkeypatch.setattr(shared.cloudrun, "OPERATION_TIMEOUT_S", 3 * SETTLE_POLL_S)
+    monkeypatch.setattr(shared.clients.cloudrun, "OPERATION_TIMEOUT_S", 3 * SETTLE_POLL_S)
     standin.next_update(reconcile_gets=1000)
     standin.inject_fault(403, count=1, methods=["GET"], resource="operations")
 

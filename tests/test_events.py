@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.config import Settings, load_settings
-from shared.core import Kind, Observation
+from shared.core.ledger import Kind, Observation
 from shared.events import (
     REVISION_LABELS,
     AlertObservation,

@@ -1,4 +1,4 @@
-"""The per-minute evidence ledger (shared/evidence.py, issue 9): judge_minute at every bar edge,
+"""The per-minute evidence ledger (shared/core/evidence.py, issue 9): judge_minute at every bar edge,
 the stable comparison on and off, merge precedence, runs with gaps / thin / skipped / ok minutes,
 first_trip tie-breaking, prune, the Firestore doc round trip, describe(), uptime evidence,
 aggregate(); and a property test that any permutation and duplication of the deliveries from two
@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.core import Outcome, Phase, apply_evidence
-from shared.evidence import (
+from shared.core.evidence import (
     REQUEST_RULES,
     Evidence,
     EvidenceKind,
@@ -33,6 +32,7 @@ from shared.evidence import (
     uptime_evidence,
     whole_minute,
 )
+from shared.core.ledger import Outcome, Phase, apply_evidence
 from shared.policy import load_policy
 
 POLICY = load_policy()

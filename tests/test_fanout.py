@@ -24,10 +24,10 @@ from infra.localstack import (
     wire_push,
 )
 from infra.metrics_feed import HEALTHY, Minute, feed
+from shared.clients.monitoring import MonitoringReader
 from shared.config import load_settings
-from shared.fanout import checkpoint_message, handle_checkpoint_message
-from shared.minutes import RecordedMinutes, revisions_from_json, revisions_json
-from shared.monitoring import MonitoringReader
+from shared.core.minutes import RecordedMinutes, revisions_from_json, revisions_json
+from shared.handlers.fanout import checkpoint_message, handle_checkpoint_message
 from shared.policy import load_policy
 from tests.conftest import LOCATION, deploy_canary
 from tests.test_checkpoint import ChatCapture, minute, soon
@@ -74,10 +74,10 @@ def serve(monitoring, short: str, stamps: list[datetime], traffic: Minute, *, st
 
 @pytest.fixture
 def clients(firestore_clean, cloudrun, monitoring):
-    from shared.checkpoint import Clients
-    from shared.cloudrun import CloudRunTraffic
-    from shared.pubsub import Publisher
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.pubsub import Publisher
+    from shared.clients.store import RolloutStore
+    from shared.handlers.checkpoint import Clients
 
     chat = ChatCapture()
     return Clients(
@@ -139,7 +139,7 @@ def test_calls_to_monitoring_do_not_grow_with_services_and_long_answers_are_page
     )
     assert monitoring.calls["ListTimeSeries"] == 4 * 5  # each metric: 48 series, 5 pages
     # Beyond MAX_ONE_OF names the project's revisions are read and the unwatched dropped.
-    monkeypatch.setattr("shared.monitoring.MAX_ONE_OF", 5)
+    monkeypatch.setattr("shared.clients.monitoring.MAX_ONE_OF", 5)
     assert (
         reader.platform_minutes([(LOCATION, n) for n in names], start=end - 2 * MINUTE, end=end) == revisions
     )
@@ -158,7 +158,7 @@ def test_minutes_travel_as_json_unchanged(monitoring):
 
 
 def decisions(store, short: str) -> list[tuple]:
-    from shared.store import rollout_id
+    from shared.clients.store import rollout_id
 
     entries = store.history(rollout_id(service(short), f"{short}-00002"))
     return [
@@ -170,7 +170,7 @@ def decisions(store, short: str) -> list[tuple]:
 def run_scenario(clients, function_env, cloudrun, monitoring, names: list[str]) -> dict[str, list[tuple]]:
     """Registered at t; healthy through the 60-minute soak (GO → 10 %); then three bad minutes
     (error_rate tripped → rollback requested). Every service serves the same traffic."""
-    from shared.checkpoint import run_checkpoints
+    from shared.handlers.checkpoint import run_checkpoints
 
     settings = settings_for(function_env, names)
     for name in names:
@@ -223,7 +223,7 @@ def test_the_dispatcher_sends_one_message_per_service_and_workers_judge_each(
 ):
     """checkpoint (CHECKPOINT_TOPIC) → Pub/Sub emulator push → checkpoint_worker, as
     terraform/delivery.tf wires it: every rollout judged and recorded, Monitoring read once."""
-    from shared.store import RolloutStore, rollout_id
+    from shared.clients.store import RolloutStore, rollout_id
 
     names = shorts(5)
     env = function_env | {
@@ -259,8 +259,8 @@ def test_the_dispatcher_sends_one_message_per_service_and_workers_judge_each(
 def test_a_rollout_judged_by_a_run_still_in_flight_is_not_judged_twice(
     clients, function_env, cloudrun, monitoring
 ):
-    from shared.checkpoint import run_checkpoints
-    from shared.store import rollout_id
+    from shared.clients.store import rollout_id
+    from shared.handlers.checkpoint import run_checkpoints
 
     settings = settings_for(function_env, ["svc-00"])
     deploy(cloudrun, "svc-00")
@@ -283,8 +283,8 @@ def test_a_rollout_judged_by_a_run_still_in_flight_is_not_judged_twice(
 def test_a_worker_judges_its_message_and_skips_a_minute_already_superseded(
     clients, function_env, cloudrun, monitoring, rollback_requests
 ):
-    from shared.checkpoint import read_minutes
-    from shared.store import rollout_id
+    from shared.clients.store import rollout_id
+    from shared.handlers.checkpoint import read_minutes
 
     settings = settings_for(function_env, ["svc-00"])
     deploy(cloudrun, "svc-00")
@@ -418,10 +418,10 @@ def test_a_long_step_window_travels_for_the_canary_and_fits_a_message(monitoring
 
     from infra.metrics_feed import LATENCY_BUCKETS
     from infra.monitoring_standin import distribution
+    from shared.clients.store import Rollout
     from shared.config import ServiceRef
     from shared.events import MAX_PAYLOAD_BYTES
-    from shared.fanout import _message_minutes
-    from shared.store import Rollout
+    from shared.handlers.fanout import _message_minutes
 
     reader = MonitoringReader(PROJECT, monitoring.target)
     end = minute(datetime.now(UTC))
@@ -483,9 +483,9 @@ def test_a_long_step_window_is_judged_from_hour_blocks_read_once_for_all(
     (minutes and hour blocks), judges every step window from the blocks, and each window's
     whole hours give what a read of those hours gives."""
     from infra.metrics_feed import rewind_step
-    from shared.checkpoint import read_minutes, run_checkpoints
-    from shared.judge import step_window
-    from shared.store import rollout_id
+    from shared.clients.store import rollout_id
+    from shared.core.judge import step_window
+    from shared.handlers.checkpoint import read_minutes, run_checkpoints
 
     names = shorts(5)
     settings = settings_for(function_env, names)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.localstack import PROJECT, free_port, serve_function
-from shared.store import RolloutStore, rollout_id
+from shared.clients.store import RolloutStore, rollout_id
 from tests.conftest import SHOP, ServedFunction, deploy_canary
 from tests.outage_proxy import OutageProxy
 from tests.test_pipeline import ERRORS, MINUTE, T0, alert, serve

@@ -255,7 +255,7 @@ def test_a_permanent_failure_is_acknowledged_and_the_outbox_keeps_the_rollback(
     the alert is acknowledged with an ERROR line instead of being redelivered until dead-lettered;
     the requested rollback stays in Firestore for the checkpoint to re-send."""
 
-    from shared.store import RolloutStore, rollout_id
+    from shared.clients.store import RolloutStore, rollout_id
 
     deploy_canary(cloudrun)
     payload = incident_on_a_bad_minute(monitoring, Minute(requests=40, errors=40))

@@ -1,4 +1,4 @@
-"""Decision table for the pure checkpoint rules in shared/judge.py (issues 3 and 9).
+"""Decision table for the pure checkpoint rules in shared/core/judge.py (issues 3 and 9).
 
 Real policy (shared/policy.yaml): GO bars 0.5 % errors, 200 ms P95, 85 % memory, 80 % CPU, at
 least 100 requests; rollback bars > 1 % errors, > 500 ms, > 85 % memory, no CPU rollback bar.
@@ -23,8 +23,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.core import Phase
-from shared.judge import (
+from shared.core.judge import (
     Judgement,
     RampState,
     StepAction,
@@ -38,7 +37,8 @@ from shared.judge import (
     synthetic_in,
     wilson_upper,
 )
-from shared.monitoring import CanaryMetrics
+from shared.core.ledger import Phase
+from shared.core.metrics_source import CanaryMetrics
 from shared.policy import DEFAULT_POLICY_FILE, Policy, load_policy
 
 POLICY = load_policy()
@@ -904,7 +904,7 @@ def test_verdict_properties(requests, error_rate, latency, memory, cpu):
 
 
 def test_rollback_redrive_backs_off_but_never_gives_up():
-    from shared.judge import rollback_redrive_due
+    from shared.core.judge import rollback_redrive_due
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
 

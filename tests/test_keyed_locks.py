@@ -1,6 +1,6 @@
-"""The store's per-rollout locks within one process (shared/store.py _KeyedLocks): requests of
-one instance queue on a rollout instead of contending in Firestore, and nothing is kept for the
-rollouts nobody is working on."""
+"""The store's per-rollout locks within one process (shared/clients/store_base.py _KeyedLocks):
+requests of one instance queue on a rollout instead of contending in Firestore, and nothing is
+kept for the rollouts nobody is working on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 def test_the_per_rollout_locks_of_a_process_are_freed_when_nobody_holds_them():
     import threading
 
-    from shared.store import _KeyedLocks
+    from shared.clients.store import _KeyedLocks
 
     locks = _KeyedLocks()
     order: list[str] = []

@@ -16,12 +16,12 @@ import yaml
 from infra.localstack import PROJECT, free_port, serve_function
 from infra.monitoring_standin import start_monitoring_standin
 from infra.target_server import start_target_server
-from shared.cloudrun import CloudRunTraffic
+from shared.clients.cloudrun import CloudRunTraffic
+from shared.clients.store import RolloutStore, rollout_id
 from shared.config import Settings, load_settings
-from shared.load_rules import FUNCTION_MARGIN_S
-from shared.loadtest import LoadTestClients, handle_load_test, run_service_tests
+from shared.core.load_rules import FUNCTION_MARGIN_S
+from shared.handlers.loadtest import LoadTestClients, handle_load_test, run_service_tests
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
-from shared.store import RolloutStore, rollout_id
 from tests.conftest import API, API_EU, SHOP
 
 pytestmark = pytest.mark.emulators
@@ -376,7 +376,7 @@ def test_policy_method_and_headers_reach_the_target():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from shared.loadgen import run_load_test
+    from shared.clients.loadgen import run_load_test
 
     seen: list[tuple[str, str | None]] = []
 

@@ -22,9 +22,15 @@ from hypothesis import strategies as st
 
 from infra.target_server import TargetHandle, start_target_server
 from infra.tls import self_signed_certificate
-from shared import loadgen
-from shared.http_client import USER_AGENT, client_ssl_context, target_of
-from shared.load_rules import (
+from shared.clients import loadgen
+from shared.clients.http_client import USER_AGENT, client_ssl_context, target_of
+from shared.clients.loadgen import (
+    run_closed,
+    run_load_test,
+    run_open,
+    run_probe,
+)
+from shared.core.load_rules import (
     MAX_REQUESTS,
     LatencyHistogram,
     LatencySummary,
@@ -32,12 +38,6 @@ from shared.load_rules import (
     judge_load,
     judge_probe,
     plan_fits,
-)
-from shared.loadgen import (
-    run_closed,
-    run_load_test,
-    run_open,
-    run_probe,
 )
 from shared.policy import LoadTest, RateLimitProbe, load_policy
 

@@ -1,4 +1,4 @@
-"""The rules read Cloud Monitoring through `MetricsSource` (shared/metrics_source.py): judged
+"""The rules read Cloud Monitoring through `MetricsSource` (shared/core/metrics_source.py): judged
 here in process on minutes made up for the test, with no gRPC and no stand-in."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import inspect
 from datetime import UTC, datetime, timedelta
 
-from shared.breach import judge_window
-from shared.evidence import EvidenceKind, MinuteMetrics
-from shared.metrics_source import MetricsSource
-from shared.monitoring import MonitoringReader
+from shared.clients.monitoring import MonitoringReader
+from shared.clients.store import Rollout
+from shared.core.evidence import EvidenceKind, MinuteMetrics
+from shared.core.metrics_source import MetricsSource
+from shared.handlers.breach import judge_window
 from shared.policy import load_policy
-from shared.store import Rollout
 
 POLICY = load_policy()
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""shared.monitoring driven through the real google-cloud-monitoring client against the stand-in."""
+"""shared.clients.monitoring driven through the real google-cloud-monitoring client against the stand-in."""
 
 from __future__ import annotations
 
@@ -19,19 +19,17 @@ from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
 from infra.monitoring_standin import distribution, start_monitoring_standin
-from shared.monitoring import (
+from shared.clients.custom_metrics import CustomPoint, MetricWriter
+from shared.clients.monitoring import (
     CPU_UTILIZATIONS,
     MEMORY_UTILIZATIONS,
     REQUEST_COUNT,
     REQUEST_LATENCIES,
     RUN_RESOURCE,
-    CanaryMetrics,
-    CustomPoint,
-    MetricWriter,
     MonitoringReader,
-    merge_distributions,
-    percentile,
 )
+from shared.core.distributions import merge_distributions, percentile
+from shared.core.metrics_source import CanaryMetrics
 
 Buckets = distribution_pb2.Distribution.BucketOptions
 Aligner = monitoring_v3.Aggregation.Aligner
@@ -80,7 +78,7 @@ def writer(standin):
 
 @pytest.fixture
 def client(standin):
-    """The official client, as shared.monitoring builds it, for stand-in level checks."""
+    """The official client, as shared.clients.monitoring builds it, for stand-in level checks."""
     channel = grpc.insecure_channel(standin.target)
     return monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
 

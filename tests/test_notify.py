@@ -26,12 +26,12 @@ from infra.cli import main
 from infra.localstack import NOTIFY_TOPIC, PROJECT, free_port, push_endpoint, serve_function, wire_push
 from infra.metrics_feed import HEALTHY, feed, rewind_step
 from shared import runtime
-from shared.core import Phase
-from shared.notifications import Context, Notification, render, should_notify
-from shared.notify import notification_sink
+from shared.clients.pubsub import Publisher
+from shared.clients.store import RolloutStore, rollout_id
+from shared.core.ledger import Phase
+from shared.core.notifications import Context, Notification, render, should_notify
+from shared.handlers.notify import notification_sink
 from shared.policy import DEFAULT_POLICY_FILE
-from shared.pubsub import Publisher
-from shared.store import RolloutStore, rollout_id
 from tests.conftest import LOCATION, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
 from tests.test_pipeline import post_event
@@ -298,7 +298,7 @@ def test_a_notification_that_was_never_published_is_sent_by_the_next_checkpoint(
 def _outbox(store: RolloutStore) -> list[dict]:
     from google.cloud import firestore
 
-    from shared.store import NOTIFICATIONS
+    from shared.clients.store import NOTIFICATIONS
 
     return [s.to_dict() for s in firestore.Client(project=PROJECT).collection(NOTIFICATIONS).stream()]
 
@@ -427,7 +427,7 @@ def test_without_a_topic_the_deciding_process_posts_in_the_background(
 
 
 def test_a_checkpoint_is_news_only_when_a_hold_changes_its_verdict():
-    from shared.notifications import checkpoint_is_news
+    from shared.core.notifications import checkpoint_is_news
 
     assert checkpoint_is_news("hold", "HOLD", "GO")
     assert checkpoint_is_news("hold", "NO_GO", None)  # the first verdict of a step

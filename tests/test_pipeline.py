@@ -18,8 +18,16 @@ from google.cloud import pubsub_v1
 
 from infra.localstack import ALERTS_TOPIC, PROJECT, ROLLBACK_TOPIC, push_endpoint, wire_push
 from infra.metrics_feed import HEALTHY, Minute, feed
-from shared.core import Phase
-from shared.store import APPLIED, DECISIONS, EXPIRES_AT, MARKER_TTL, ROLLOUTS, RolloutStore, rollout_id
+from shared.clients.store import (
+    APPLIED,
+    DECISIONS,
+    EXPIRES_AT,
+    MARKER_TTL,
+    ROLLOUTS,
+    RolloutStore,
+    rollout_id,
+)
+from shared.core.ledger import Phase
 from tests.conftest import DECISION_RETENTION_DAYS, FOREIGN, LOCATION, SHOP, deploy_canary
 from tests.payloads import DROP, cloudevent_data, incident_message
 from tests.test_events import CATALOGUE
@@ -299,8 +307,8 @@ def test_a_reordered_duplicated_alert_storm_decides_as_in_time_order(
     """30 minutes of canary data with bad spells, 60 incidents opened along it (each judging the
     minutes before it), delivered 160 times: 30 % twice or three times, in a scrambled order, 8 at
     a time. The ledger and the rollback are what judging every minute in order gives."""
-    from shared.core import apply_evidence
-    from shared.evidence import MinuteMetrics, judge_minute
+    from shared.core.evidence import MinuteMetrics, judge_minute
+    from shared.core.ledger import apply_evidence
     from shared.policy import load_policy
 
     policy = load_policy()
@@ -538,12 +546,12 @@ def test_a_failed_rollback_publish_is_retried_by_the_next_event(
 ):
     """The tripping event's publish fails (topic missing); a later, different event publishes the
     stored request (outbox), so the rollback is never lost."""
-    from shared.breach import handle_alert
-    from shared.cloudrun import CloudRunTraffic
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.monitoring import MonitoringReader
+    from shared.clients.pubsub import Publisher
     from shared.config import load_settings
-    from shared.monitoring import MonitoringReader
+    from shared.handlers.breach import handle_alert
     from shared.policy import load_policy
-    from shared.pubsub import Publisher
 
     serve(monitoring, CRASHED, T0)
 

@@ -43,7 +43,7 @@ from infra.rehearsal.alerts import (
     service_groups,
     uptime_check,
 )
-from shared.core import Kind
+from shared.core.ledger import Kind
 from shared.events import AlertObservation, decode_alert, pubsub_message
 from shared.policy import load_policy
 from tests.payloads import cloudevent_data

@@ -15,8 +15,8 @@ from google.api_core import retry
 from google.cloud import firestore, pubsub_v1
 
 from infra.localstack import PROJECT, ROLLBACK_TOPIC, free_port, push_endpoint, wire_push
-from shared.core import Phase
-from shared.store import EXPIRES_AT, MARKER_TTL, ROLLBACK_MESSAGES, Rollout, RolloutStore, rollout_id
+from shared.clients.store import EXPIRES_AT, MARKER_TTL, ROLLBACK_MESSAGES, Rollout, RolloutStore, rollout_id
+from shared.core.ledger import Phase
 from tests.conftest import API, FOREIGN, SHOP, deploy_canary
 from tests.payloads import cloudevent_data
 from tests.test_pipeline import post_event
@@ -352,9 +352,9 @@ class ImpatientStore(RolloutStore):
 
 
 def test_emergency_answers_503_when_a_firestore_read_runs_out_of_retries(function_env, shop, monkeypatch):
-    from shared.cloudrun import CloudRunTraffic
+    from shared.clients.cloudrun import CloudRunTraffic
     from shared.config import load_settings
-    from shared.rollback import handle_emergency
+    from shared.handlers.rollback import handle_emergency
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
     store = ImpatientStore(PROJECT, client=firestore.Client(project=PROJECT))

@@ -19,11 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.config import ENV_BY_FUNCTION, ENV_DEFAULTS
-from shared.events import REVISION_LABELS
-from shared.loadtest import BODY_KEYS as LOAD_TEST_BODY_KEYS
-from shared.policy import RULE_NAMES, load_policy
-from shared.store import (
+from shared.clients.store import (
     APPLIED,
     CHECKPOINT_LEASES,
     DECISIONS,
@@ -32,6 +28,10 @@ from shared.store import (
     NOTIFICATIONS,
     ROLLBACK_MESSAGES,
 )
+from shared.config import ENV_BY_FUNCTION, ENV_DEFAULTS
+from shared.events import REVISION_LABELS
+from shared.handlers.loadtest import BODY_KEYS as LOAD_TEST_BODY_KEYS
+from shared.policy import RULE_NAMES, load_policy
 
 try:
     from tests import terraform_checks as tc
@@ -58,8 +58,8 @@ EXPECTED_ENTRY_POINTS = (
 SCHEDULER_JOBS = {"checkpoint": "checkpoint"} | {
     f"load_test_{name}": "load_test" for name in tc.CHECK_SERVICES
 }
-# The body keys each scheduled function's handler takes (shared/checkpoint.py handle_checkpoint,
-# shared/loadtest.py handle_load_test); any other key is answered 400.
+# The body keys each scheduled function's handler takes (shared/handlers/checkpoint.py handle_checkpoint,
+# shared/handlers/loadtest.py handle_load_test); any other key is answered 400.
 SCHEDULER_BODY_KEYS = {"checkpoint": ("service",), "load_test": LOAD_TEST_BODY_KEYS}
 
 # Least privilege, written out: every role canary-guard grants anywhere, and the few that
@@ -128,9 +128,9 @@ EXPECTED_TARGET_SERVICE_ROLES = {
 }
 # The Cloud Run permissions the code uses, and where (terraform/README.md lists the same).
 CODE_PERMISSIONS = {
-    "run.services.get": "shared/cloudrun.py CloudRunTraffic.get / _fetch",
-    "run.services.update": "shared/cloudrun.py CloudRunTraffic.update_traffic (update_service)",
-    "run.operations.get": "shared/cloudrun.py CloudRunTraffic.update_traffic (operation.result)",
+    "run.services.get": "shared/clients/cloudrun.py CloudRunTraffic.get / _fetch",
+    "run.services.update": "shared/clients/cloudrun.py CloudRunTraffic.update_traffic (update_service)",
+    "run.operations.get": "shared/clients/cloudrun.py CloudRunTraffic.update_traffic (operation.result)",
 }
 # How long the functions wait after the APIs are enabled: new IAM grants (the build identity's)
 # and the service agents' own permissions take minutes to be in force.
@@ -143,7 +143,7 @@ MONITORING_AGENT_WAIT_S = 60
 # defines them; delete a name from this set once it does.
 PENDING_ENTRY_POINTS: set[str] = set()
 
-# The collection groups whose documents the code gives an expires_at (shared/store.py).
+# The collection groups whose documents the code gives an expires_at (shared/clients/store.py).
 TTL_GROUPS = (APPLIED, ROLLBACK_MESSAGES, DECISIONS, NOTIFICATIONS, CHECKPOINT_LEASES)
 
 VALIDATED_VARIABLES = (

@@ -1,4 +1,4 @@
-"""Pure traffic plans (shared/traffic.py): canary discovery, rollback and canary-share plans."""
+"""Pure traffic plans (shared/core/traffic.py): canary discovery, rollback and canary-share plans."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.lifecycle import Phase
-from shared.traffic import (
+from shared.core.lifecycle import Phase
+from shared.core.traffic import (
     CANARY_TAG,
     CanarySplit,
     RollbackStep,

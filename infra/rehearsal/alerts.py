@@ -49,7 +49,6 @@ from urllib.parse import urlsplit
 import grpc
 import requests
 from google.api_core import exceptions as api_exceptions
-from google.api_core import retry as retries
 from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
@@ -64,8 +63,9 @@ from infra.rehearsal.alert_rules import (
     next_older_count_false,
 )
 from shared import clock
+from shared.clients.monitoring import CALL_TIMEOUT_S, READ_RETRY, RUN_RESOURCE
 from shared.config import SERVICE_NAME_RE
-from shared.monitoring import CALL_TIMEOUT_S, RUN_RESOURCE, percentile
+from shared.core.distributions import percentile
 from shared.policy import Policy
 
 if TYPE_CHECKING:  # the publisher is google-cloud-pubsub's, built by the caller
@@ -93,13 +93,6 @@ SEVERITY_TEXT = {"ERROR": "Error", "CRITICAL": "Critical"}  # as incidents spell
 DEFAULT_DATA_LAG = timedelta(seconds=180)  # Cloud Run metrics are visible up to 180 s late
 MIN_LOOKBACK = timedelta(minutes=10)
 PUBLISH_TIMEOUT_S = 30.0
-_READ_RETRY = retries.Retry(
-    predicate=retries.if_exception_type(api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded),
-    initial=0.2,
-    maximum=5.0,
-    multiplier=2.0,
-    timeout=CALL_TIMEOUT_S,
-)
 _RESOURCE_DISPLAY = {RUN_RESOURCE: "Cloud Run Revision", "uptime_url": "Uptime Check URL"}
 _METRIC_DISPLAY = {
     "run.googleapis.com/request_count": "Request Count",
@@ -647,7 +640,7 @@ class AlertEvaluator:
             ),
             view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
         )
-        return list(self._client.list_time_series(request=request, retry=_READ_RETRY, timeout=CALL_TIMEOUT_S))
+        return list(self._client.list_time_series(request=request, retry=READ_RETRY, timeout=CALL_TIMEOUT_S))
 
     def _advance_metric_policy(
         self,

@@ -56,10 +56,10 @@ from infra.rehearsal.timeline import (
     TrafficRecord,
 )
 from infra.rehearsal.view import LiveView
+from shared.clients.store import rollout_id
 from shared.clock import ENV as CLOCK_ENV
 from shared.clock import ScaledClock
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
-from shared.store import rollout_id
 
 LOCATION = "us-central1"
 MINUTE = timedelta(minutes=1)
@@ -236,7 +236,7 @@ class Rehearsal:
         self.stack = stack.enter_context(
             local_stack(log_dir, [full_name(s) for s in services], functions=FUNCTIONS, extra_env=env)
         )
-        from shared.store import RolloutStore
+        from shared.clients.store import RolloutStore
 
         self.store = RolloutStore(PROJECT)
         self.router = Router(self.stack.cloudrun.url, PROJECT, LOCATION)

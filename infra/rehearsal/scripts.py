@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.backtest import Scenario, load_scenario
+from shared.core.backtest import Scenario, load_scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 BASE_LATENCY_MS = 5.0  # what the sample app takes on its own, left out of a scenario's P95

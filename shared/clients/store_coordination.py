@@ -11,9 +11,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from shared.notifications import Notification
-from shared.store_base import StoreBase
-from shared.store_docs import (
+from shared.clients.store_base import StoreBase
+from shared.clients.store_docs import (
     CHECKPOINT_LEASES,
     EXPIRES_AT,
     MARKER_TTL,
@@ -22,6 +21,7 @@ from shared.store_docs import (
     RollbackMarker,
     _plain,
 )
+from shared.core.notifications import Notification
 
 
 class CoordinationStore(StoreBase):

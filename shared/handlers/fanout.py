@@ -1,11 +1,11 @@
 """The checkpoint spread over instances: with CHECKPOINT_TOPIC set, the scheduled checkpoint is a
 dispatcher and `checkpoint_worker` judges one service per message.
 
-The dispatcher reads Monitoring once for every watched service (shared/minutes.py), and
+The dispatcher reads Monitoring once for every watched service (shared/core/minutes.py), and
 publishes one message per service carrying that service's minutes; Pub/Sub pushes each to a
 checkpoint_worker instance, which runs the same per-service checkpoint as the in-process path
-(`shared.checkpoint_rollout._checkpoint_service`) on those minutes. Cloud Functions scales the workers
-out, so a minute over hundreds of rollouts takes about as long as a few.
+(`shared.handlers.checkpoint_rollout._checkpoint_service`) on those minutes. Cloud Functions
+scales the workers out, so a minute over hundreds of rollouts takes about as long as a few.
 
 At-least-once delivery is harmless: a minute is judged into the evidence ledger (a join: the
 same minute twice is one entry), a step is taken only from the percentage it was judged at, and
@@ -20,18 +20,18 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.breach import lookback_window
-from shared.checkpoint import _resend_notifications, read_minutes
-from shared.checkpoint_rollout import Clients, _checkpoint_service, _step_window
+from shared.clients.pubsub import encode_json
 from shared.config import ServiceRef, Settings
 from shared.events import MAX_PAYLOAD_BYTES, MalformedEvent, parse_time, pubsub_message
+from shared.handlers.breach import lookback_window
+from shared.handlers.checkpoint import _resend_notifications, read_minutes
+from shared.handlers.checkpoint_rollout import Clients, _checkpoint_service, _step_window
 from shared.logs import Report
 from shared.policy import Policy
-from shared.pubsub import encode_json
 
 if TYPE_CHECKING:
-    from shared.metrics_source import MetricsSource
-    from shared.store import Rollout
+    from shared.clients.store import Rollout
+    from shared.core.metrics_source import MetricsSource
 
 
 def checkpoint_message(
@@ -58,7 +58,7 @@ def encoded_checkpoint_message(
     (left out when the batched read failed or they would not fit: the worker then reads its own).
     Minutes older than the lookback window travel only for `rollout`'s canary (its step window);
     every revision's recent minutes travel."""
-    from shared.minutes import RecordedMinutes, revisions_json
+    from shared.core.minutes import RecordedMinutes, revisions_json
 
     message: dict[str, Any] = {"service": service.name, "now": now.isoformat()}
     if isinstance(source, RecordedMinutes):
@@ -142,7 +142,7 @@ def handle_checkpoint_message(
             "WARNING", f"checkpoint message ignored: {exc}", event_id=event_id, outcome="not_watched"
         )
     if clients is None:
-        from shared.checkpoint import runtime_clients
+        from shared.handlers.checkpoint import runtime_clients
 
         clients = runtime_clients()
     try:
@@ -184,7 +184,7 @@ def _judged_later(last_verdict: dict[str, Any] | None, end: datetime) -> bool:
 def _message_minutes(body: dict[str, Any], service: ServiceRef, reader: MetricsSource) -> MetricsSource:
     if "minutes" not in body:
         return reader
-    from shared.minutes import RecordedMinutes, revisions_from_json
+    from shared.core.minutes import RecordedMinutes, revisions_from_json
 
     read = body.get("read")
     if not isinstance(read, dict):

@@ -1,6 +1,6 @@
 """Cloud Run traffic as plain values, and the pure plans that change it.
 
-No I/O here: shared/cloudrun.py reads and writes traffic with the official client, and hands
+No I/O here: shared/clients/cloudrun.py reads and writes traffic with the official client, and hands
 these values to the plans below inside its read-modify-write loop.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.lifecycle import Phase
+from shared.core.lifecycle import Phase
 
 CANARY_TAG = "canary"
 STABLE_TAG = "stable"
@@ -160,7 +160,7 @@ def plan_canary_share(
     return None if _same_split(current, wanted) else wanted
 
 
-# --- What a rollback request does: decided here, carried out by shared/rollback.py ----------
+# --- What a rollback request does: decided here, carried out by shared/handlers/rollback.py -
 
 
 class RollbackStep(StrEnum):

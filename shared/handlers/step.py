@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.clients.store import Rollout
 from shared.config import ServiceRef
-from shared.store import Rollout
-from shared.traffic import discover_canary, plan_canary_share
+from shared.core.traffic import discover_canary, plan_canary_share
 
 if TYPE_CHECKING:
-    from shared.cloudrun import CloudRunTraffic
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.store import RolloutStore
 
 
 @dataclass(frozen=True)

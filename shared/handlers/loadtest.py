@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared import clock
+from shared.clients.loadgen import run_load_test, run_probe
 from shared.config import ServiceRef, Settings
-from shared.judge import SyntheticTraffic
-from shared.load_rules import (
+from shared.core.judge import SyntheticTraffic
+from shared.core.load_rules import (
     FUNCTION_MARGIN_S,
     LoadVerdict,
     TargetResult,
@@ -26,15 +27,14 @@ from shared.load_rules import (
     plan_fits,
     probe_deadline,
 )
-from shared.loadgen import run_load_test, run_probe
+from shared.core.traffic import CANARY_TAG, discover_canary
 from shared.logs import Report
 from shared.policy import Policy
-from shared.traffic import CANARY_TAG, discover_canary
 
 if TYPE_CHECKING:
-    from shared.cloudrun import CloudRunTraffic
-    from shared.monitoring import MetricWriter
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.custom_metrics import MetricWriter
+    from shared.clients.store import RolloutStore
 
 MODES = ("both", "load", "probe")
 BODY_KEYS = ("mode", "service")
@@ -268,7 +268,7 @@ def _write_metrics(
     """custom.googleapis.com/canary_guard/load_test/* per side, for the dashboard and alerts."""
     if writer is None:
         return
-    from shared.monitoring import CustomPoint
+    from shared.clients.custom_metrics import CustomPoint
 
     points = []
     for side, result in load.items():
@@ -311,7 +311,7 @@ def handle_load_test(
     deadline = time.monotonic() + settings.function_timeout_s - FUNCTION_MARGIN_S
     from google.api_core import exceptions as gexc
 
-    from shared.cloudrun import ControlPlaneError
+    from shared.clients.cloudrun import ControlPlaneError
 
     if body is None:
         body = {}

@@ -16,9 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared import clock
-from shared.logs import log
-from shared.notifications import Notification, should_notify
-from shared.store_docs import (
+from shared.clients.store_docs import (
     DECISIONS,
     EXPIRES_AT,
     MARKER_TTL,
@@ -30,6 +28,8 @@ from shared.store_docs import (
     _jsonable,
     _key,
 )
+from shared.core.notifications import Notification, should_notify
+from shared.logs import log
 
 T = TypeVar("T")
 
@@ -92,7 +92,7 @@ class RolloutConflict(RuntimeError):
     """Another rollout of the service is active (one rollout per service at a time)."""
 
 
-# Called after a write commits with the notifications it enqueued (shared/notify.py publishes).
+# Called after a write commits with the notifications it enqueued (shared/handlers/notify.py publishes).
 NotificationSink = Callable[["StoreBase", Sequence[Notification]], None]
 
 

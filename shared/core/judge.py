@@ -1,8 +1,8 @@
 """The pure checkpoint rules: GO / HOLD / NO-GO / INCONCLUSIVE over a step's window, and the
 ramp step decision (advance, hold, freeze, or roll back at the end of the soak). The per-minute
-rollback rules live in shared/evidence.py.
+rollback rules live in shared/core/evidence.py.
 
-No I/O: shared/checkpoint.py reads the metrics and state and acts on what these return.
+No I/O: shared/handlers/checkpoint.py reads the metrics and state and acts on what these return.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from enum import StrEnum
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
-from shared.core import Phase
-from shared.evidence import whole_minute
-from shared.lifecycle import Action, allows
+from shared.core.evidence import whole_minute
+from shared.core.ledger import Phase
+from shared.core.lifecycle import Action, allows
 from shared.policy import Policy, RampStep
 
 if TYPE_CHECKING:
-    from shared.monitoring import CanaryMetrics
-    from shared.store import Rollout
+    from shared.core.metrics_source import CanaryMetrics
 
 
 class Verdict(StrEnum):
@@ -300,51 +299,3 @@ def rollback_redrive_due(
         return True
     wait = min(REDRIVE_FIRST_WAIT * 2**redrive_count, REDRIVE_MAX_WAIT)
     return now - last >= wait
-
-
-def rollout_status(rollout: Rollout, policy: Policy) -> dict[str, Any]:
-    """A rollout at a glance: HEALTHY / DEGRADED / PAUSED / ROLLING_BACK / ROLLED_BACK / ... and why."""
-    verdict = dict(rollout.last_verdict or {})
-    breaching = {rule: s.count for rule, s in rollout.streaks.items() if s.count}
-    if rollout.phase is Phase.RUNNING:
-        if rollout.rollback_requested:
-            health, why = "ROLLING_BACK", "rollback requested"
-        elif breaching or verdict.get("verdict") in ("NO_GO", "HOLD"):
-            health = "DEGRADED"
-            parts = [
-                f"{rule} streak {count}/{policy.rollback_rules[rule].consecutive}"
-                for rule, count in breaching.items()
-            ]
-            why = "; ".join(parts + list(verdict.get("reasons", []))) or "last verdict not GO"
-        elif rollout.paused:
-            health, why = "PAUSED", "paused by hand"
-        else:
-            health, why = "HEALTHY", "; ".join(verdict.get("reasons", [])) or "no breach seen"
-    elif rollout.phase is Phase.ROLLED_BACK:
-        reason = (rollout.rollback_request or {}).get("reason")
-        health = rollout.phase.value
-        why = f"rolled back from {rollout.canary_percent}%" + (f": {reason}" if reason else "")
-    else:
-        health, why = rollout.phase.value, ""
-    # A rolled-back canary serves nothing, whatever share it had when it was pulled.
-    share = 0 if rollout.phase is Phase.ROLLED_BACK else rollout.canary_percent
-    return {
-        "health": health,
-        "why": why,
-        "rollout": rollout.id,
-        "phase": rollout.phase.value,
-        "canary_revision": rollout.canary_revision,
-        "stable_revision": rollout.stable_revision,
-        "canary_percent": share,
-        "step": f"{step_for_percent(policy, rollout.canary_percent) + 1}/{len(policy.ramp)}",
-        "step_started_at": rollout.step_started_at,
-        "paused": rollout.paused,
-        "streaks": {rule: s.count for rule, s in rollout.streaks.items()},
-        "last_verdict": verdict.get("verdict"),
-        "last_verdict_at": verdict.get("at"),
-        "last_verdict_reasons": verdict.get("reasons", []),
-        "last_load_test": (rollout.last_load_test or {}).get("verdict"),
-        "last_load_test_at": (rollout.last_load_test or {}).get("at"),
-        "last_load_test_summary": (rollout.last_load_test or {}).get("message"),
-        "started_by": rollout.started_by,
-    }

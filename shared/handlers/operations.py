@@ -9,18 +9,18 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared import clock
+from shared.clients.store import Rollout, RolloutConflict, rollout_id
 from shared.config import ServiceRef, Settings
-from shared.core import Phase
+from shared.core.judge import judge, next_ramp_step, step_for_percent
+from shared.core.ledger import Phase
+from shared.core.lifecycle import Action, allows, transition
+from shared.core.traffic import plan_canary_share, stable_beside
 from shared.events import RollbackRequest
-from shared.judge import judge, next_ramp_step, rollout_status
-from shared.lifecycle import Action, allows, transition
+from shared.handlers.rollback import execute_rollback
 from shared.policy import Policy
-from shared.rollback import execute_rollback
-from shared.store import Rollout, RolloutConflict, rollout_id
-from shared.traffic import plan_canary_share, stable_beside
 
 if TYPE_CHECKING:
-    from shared.checkpoint import Clients
+    from shared.handlers.checkpoint import Clients
 
 METRICS_WINDOW = timedelta(minutes=5)  # `metrics`: the last five complete minutes
 
@@ -144,7 +144,7 @@ class Operations:
 
     def advance(self, name: str, reason: str = "advanced by hand") -> dict[str, Any]:
         """The next ramp step now, whatever the verdict and soak (the release owner decides)."""
-        from shared.step import change_step
+        from shared.handlers.step import change_step
 
         service = self.service(name)
         rollout = self.rollout(service)
@@ -207,7 +207,7 @@ class Operations:
 
     def load_test(self, name: str, mode: str = "both") -> dict[str, Any]:
         """Run the daily load test and/or the rate-limit probe now (same engine and bars)."""
-        from shared.loadtest import run_service_tests
+        from shared.handlers.loadtest import run_service_tests
 
         service = self.service(name)
         try:
@@ -231,3 +231,51 @@ class Operations:
     def history(self, name: str, limit: int = 200) -> dict[str, Any]:
         rollout = self.rollout(self.service(name))
         return {"rollout": rollout.id, "entries": self.clients.store.history(rollout.id, limit=limit)}
+
+
+def rollout_status(rollout: Rollout, policy: Policy) -> dict[str, Any]:
+    """A rollout at a glance: HEALTHY / DEGRADED / PAUSED / ROLLING_BACK / ROLLED_BACK / ... and why."""
+    verdict = dict(rollout.last_verdict or {})
+    breaching = {rule: s.count for rule, s in rollout.streaks.items() if s.count}
+    if rollout.phase is Phase.RUNNING:
+        if rollout.rollback_requested:
+            health, why = "ROLLING_BACK", "rollback requested"
+        elif breaching or verdict.get("verdict") in ("NO_GO", "HOLD"):
+            health = "DEGRADED"
+            parts = [
+                f"{rule} streak {count}/{policy.rollback_rules[rule].consecutive}"
+                for rule, count in breaching.items()
+            ]
+            why = "; ".join(parts + list(verdict.get("reasons", []))) or "last verdict not GO"
+        elif rollout.paused:
+            health, why = "PAUSED", "paused by hand"
+        else:
+            health, why = "HEALTHY", "; ".join(verdict.get("reasons", [])) or "no breach seen"
+    elif rollout.phase is Phase.ROLLED_BACK:
+        reason = (rollout.rollback_request or {}).get("reason")
+        health = rollout.phase.value
+        why = f"rolled back from {rollout.canary_percent}%" + (f": {reason}" if reason else "")
+    else:
+        health, why = rollout.phase.value, ""
+    # A rolled-back canary serves nothing, whatever share it had when it was pulled.
+    share = 0 if rollout.phase is Phase.ROLLED_BACK else rollout.canary_percent
+    return {
+        "health": health,
+        "why": why,
+        "rollout": rollout.id,
+        "phase": rollout.phase.value,
+        "canary_revision": rollout.canary_revision,
+        "stable_revision": rollout.stable_revision,
+        "canary_percent": share,
+        "step": f"{step_for_percent(policy, rollout.canary_percent) + 1}/{len(policy.ramp)}",
+        "step_started_at": rollout.step_started_at,
+        "paused": rollout.paused,
+        "streaks": {rule: s.count for rule, s in rollout.streaks.items()},
+        "last_verdict": verdict.get("verdict"),
+        "last_verdict_at": verdict.get("at"),
+        "last_verdict_reasons": verdict.get("reasons", []),
+        "last_load_test": (rollout.last_load_test or {}).get("verdict"),
+        "last_load_test_at": (rollout.last_load_test or {}).get("at"),
+        "last_load_test_summary": (rollout.last_load_test or {}).get("message"),
+        "started_by": rollout.started_by,
+    }

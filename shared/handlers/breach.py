@@ -1,7 +1,7 @@
 """Evidence in, rollback requests out: what breach_counter and the checkpoint share.
 
 Both judge the canary's per-minute Cloud Monitoring data with the same rules
-(`shared.evidence.judge_minute`) and record it in the rollout's ledger with `record_evidence`;
+(`shared.core.evidence.judge_minute`) and record it in the rollout's ledger with `record_evidence`;
 an alert notification is a trigger to do that at once for the minutes that opened its incident
 (an uptime-check incident is itself the evidence: canary_down). So turning alerts on can only
 bring a rollback forward, never count evidence the checkpoint would call too thin.
@@ -15,20 +15,20 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared import clock
+from shared.clients.store import Rollout, rollout_id
 from shared.config import ServiceRef, Settings
-from shared.core import EvidenceDecision, Kind, Observation, Outcome, too_early
+from shared.core.evidence import MINUTE, Evidence, judge_minute, minute_key, uptime_evidence, whole_minute
+from shared.core.ledger import EvidenceDecision, Kind, Observation, Outcome, too_early
+from shared.core.traffic import discover_canary
 from shared.events import MalformedEvent, decode_alert, pubsub_message
-from shared.evidence import MINUTE, Evidence, judge_minute, minute_key, uptime_evidence, whole_minute
 from shared.logs import Report
 from shared.policy import Policy
-from shared.store import Rollout, rollout_id
-from shared.traffic import discover_canary
 
 if TYPE_CHECKING:
-    from shared.cloudrun import CloudRunTraffic
-    from shared.metrics_source import MetricsSource
-    from shared.pubsub import Publisher
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.pubsub import Publisher
+    from shared.clients.store import RolloutStore
+    from shared.core.metrics_source import MetricsSource
 
 
 def attribution_grace(policy: Policy) -> dict[str, timedelta]:

@@ -1,7 +1,7 @@
 """Notifications leave through Pub/Sub and reach the chat webhook from the `notify` function.
 
 An operation never talks to the webhook: its decision's notification is written with the
-decision (shared/store.py), published to NOTIFY_TOPIC once that write commits
+decision (shared/clients/store.py), published to NOTIFY_TOPIC once that write commits
 (`notification_sink`, a few milliseconds), and delivered by `notify`. A webhook that answers
 garbage, stalls or is down fails only the delivery, which Pub/Sub retries with backoff and
 dead-letters at last; it never changes an operation's answer, exit code or latency.
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.core.notifications import ChatFormat, Context, Notification, plain_text, render
 from shared.events import MalformedEvent, pubsub_message
 from shared.logs import Report, log
-from shared.notifications import ChatFormat, Context, Notification, plain_text, render
 
 if TYPE_CHECKING:
-    from shared.pubsub import Publisher
-    from shared.store import RolloutStore
+    from shared.clients.pubsub import Publisher
+    from shared.clients.store import RolloutStore
 
 WEBHOOK_TIMEOUT_S = 10.0  # well inside the notify function's timeout: a stalled webhook is retried
 PUBLISH_TIMEOUT_S = 5.0  # an operation waits at most this for Pub/Sub; the outbox keeps the rest

@@ -21,9 +21,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.core import Phase, apply_evidence
-from shared.evidence import MINUTE, Evidence, EvidenceKind, Ledger, MinuteMetrics, aggregate, judge_minute
-from shared.judge import RampState, StepAction, judge, next_step, soak_end_rollback
+from shared.core.evidence import (
+    MINUTE,
+    Evidence,
+    EvidenceKind,
+    Ledger,
+    MinuteMetrics,
+    aggregate,
+    judge_minute,
+)
+from shared.core.judge import RampState, StepAction, judge, next_step, soak_end_rollback
+from shared.core.ledger import Phase, apply_evidence
+from shared.core.metrics_source import CanaryMetrics
 from shared.policy import Policy
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)  # the simulated clock's minute 0
@@ -99,9 +108,7 @@ class Outcome:
         return True, f"rolled back at minute {self.rollback_minute} by {self.rollback_rule}, as expected"
 
 
-def _canary_metrics(window: MinuteMetrics | None, start: datetime, end: datetime) -> Any:
-    from shared.monitoring import CanaryMetrics
-
+def _canary_metrics(window: MinuteMetrics | None, start: datetime, end: datetime) -> CanaryMetrics:
     if window is None:
         return CanaryMetrics(start, end, 0, 0, None, None, None, None)
     return CanaryMetrics(

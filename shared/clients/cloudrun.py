@@ -1,6 +1,6 @@
 """Cloud Run traffic client: the only module that touches `google.cloud.run_v2`.
 
-A traffic change is one read-modify-write: GET the service, let a pure plan (shared/traffic.py)
+A traffic change is one read-modify-write: GET the service, let a pure plan (shared/core/traffic.py)
 compute the whole new split, PATCH it back with the etag that was read. The PATCH carries every
 target at once, so traffic is never half-changed; the etag makes it fail (409) instead of
 overwriting a concurrent change, and then the loop re-reads and re-plans.
@@ -23,8 +23,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 
+from shared.core.traffic import ServiceTraffic, TrafficSplit
 from shared.logs import log
-from shared.traffic import ServiceTraffic, TrafficSplit
 
 __all__ = ["CloudRunTraffic", "ControlPlaneError", "ServiceTraffic", "TrafficSplit"]
 

@@ -1,4 +1,4 @@
-"""The pure decision core (shared/core.py, issue 9): apply_evidence over the per-minute ledger
+"""The pure decision core (shared/core/ledger.py, issue 9): apply_evidence over the per-minute ledger
 (limits from the real policy, gaps, thin / skipped / ok minutes, at-most-once rollback, phases,
 pruning), the early-alert attribution guard too_early(), and streaks_of() for display; plus a
 property test of apply_evidence against a reference model written from the rule's definition."""
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.core import (
+from shared.core.evidence import Evidence, EvidenceKind, Run
+from shared.core.ledger import (
     COUNTING_PHASES,
     IGNORED,
     EvidenceDecision,
@@ -24,7 +25,6 @@ from shared.core import (
     streaks_of,
     too_early,
 )
-from shared.evidence import Evidence, EvidenceKind, Run
 from shared.policy import RULE_NAMES, load_policy
 
 POLICY = load_policy()

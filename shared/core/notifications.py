@@ -2,8 +2,8 @@
 
 A decision that the team should see (a start, a step, a freeze, a rollback requested, done or
 failed, a failed load test...) becomes a `Notification` in the same Firestore write as its
-decision record (shared/store.py); it is published to Pub/Sub after that write commits and the
-`notify` function renders it here and posts it to the chat webhook (shared/notify.py).
+decision record (shared/clients/store.py); it is published to Pub/Sub after that write commits and the
+`notify` function renders it here and posts it to the chat webhook (shared/handlers/notify.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 ChatFormat = Literal["slack", "google_chat"]
 CHAT_FORMATS: tuple[ChatFormat, ...] = ("slack", "google_chat")
 
-# Decision kinds the channel hears about (shared/store.py writes them), and how loud each is.
+# Decision kinds the channel hears about (shared/clients/store.py writes them), and how loud each is.
 _LEVEL: dict[str, str] = {
     "started": "info",
     "step": "info",

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.distributions import Distribution, merge_distributions, percentile
-from shared.evidence import MinuteMetrics
+from shared.core.distributions import Distribution, merge_distributions, percentile
+from shared.core.evidence import MinuteMetrics
+from shared.core.metrics_source import CanaryMetrics
 
 if TYPE_CHECKING:
-    from shared.metrics_source import MetricsSource
-    from shared.monitoring import CanaryMetrics
+    from shared.core.metrics_source import MetricsSource
 
 MINUTE = timedelta(minutes=1)
 MAX_BUCKETS = 4096  # Cloud Monitoring's distributions hold far fewer; a bound for hostile input
@@ -164,8 +164,6 @@ def window_metrics(
     """One revision over (start, end], as `MonitoringReader.canary_metrics` reads it: request
     counts and latency leave out the `exclude` spans (canary-guard's own load tests), memory
     and CPU keep every minute (how the canary holds up under load is its own health)."""
-    from shared.monitoring import CanaryMetrics
-
     inside = [sample for sample in samples if _in_window(sample, start, end)]
     served = [sample for sample in inside if not _excluded(sample, exclude)]
     requests = sum(sample.requests for sample in served)

@@ -9,9 +9,9 @@ from typing import Any
 
 from google.cloud import firestore
 
-from shared.judge import SyntheticTraffic
-from shared.store_base import StoreBase
-from shared.store_docs import DECISIONS, EXPIRES_AT, RollbackMarker, _synthetic_entry
+from shared.clients.store_base import StoreBase
+from shared.clients.store_docs import DECISIONS, EXPIRES_AT, RollbackMarker, _synthetic_entry
+from shared.core.judge import SyntheticTraffic
 
 
 class RecordsStore(StoreBase):

@@ -1,7 +1,7 @@
 """The load test's rules, pure: its results (latency histogram, per-target results), how a run
 is judged against the policy's bars (`judge_load`, `judge_probe`), and whether a configuration
 fits the function before any traffic is sent (`plan_fits`, the deadlines). The HTTP engine that
-produces the results is shared/loadgen.py.
+produces the results is shared/clients/loadgen.py.
 """
 
 from __future__ import annotations

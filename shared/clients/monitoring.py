@@ -1,8 +1,11 @@
-"""Cloud Monitoring API v3 client: the only module that touches `google.cloud.monitoring_v3`.
+"""Cloud Monitoring API v3 client: with shared/clients/custom_metrics.py, the only code that touches
+`google.cloud.monitoring_v3`.
 
-`MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics;
-`MetricWriter` writes canary-guard's own custom metrics (load-test and probe results).
-Percentiles come from shared/distributions.py, which the local stand-in
+`MonitoringReader` measures a canary revision over a window from Cloud Run's built-in metrics
+(a `CanaryMetrics`, the value defined with the seam in shared/core/metrics_source.py), and reads
+every watched revision minute by minute for a checkpoint. canary-guard's own custom metrics are
+written by `MetricWriter` (shared/clients/custom_metrics.py) on the same client setup.
+Percentiles come from shared/core/distributions.py, which the local stand-in
 (infra/monitoring_standin.py) aggregates with too, so a percentile is computed one way only.
 """
 
@@ -10,24 +13,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.api import metric_pb2, monitored_resource_pb2
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as retries
 from google.cloud import monitoring_v3
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
-from shared.distributions import Distribution, bucket_bounds, merge_distributions, percentile
+from shared.core.distributions import Distribution, merge_distributions, percentile
+from shared.core.metrics_source import CanaryMetrics
 
 if TYPE_CHECKING:
-    from shared.evidence import MinuteMetrics
-    from shared.minutes import MinuteSample
-
-__all__ = ["Distribution", "bucket_bounds", "merge_distributions", "percentile"]  # re-exported
+    from shared.core.evidence import MinuteMetrics
+    from shared.core.minutes import MinuteSample
 
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
@@ -37,55 +37,19 @@ REQUEST_COUNT = "run.googleapis.com/request_count"
 REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
 MEMORY_UTILIZATIONS = "run.googleapis.com/container/memory/utilizations"
 CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
-CUSTOM_METRIC_PREFIX = "custom.googleapis.com/canary_guard/"
-MAX_SERIES_PER_WRITE = 200  # CreateTimeSeries limit
 MIN_WINDOW_S = 60  # the smallest alignment period Cloud Monitoring accepts
 MAX_ONE_OF = 100  # services named in one filter; beyond, the project's Cloud Run revisions are read
 CALL_TIMEOUT_S = 20.0  # per API call, retries included; a checkpoint makes eight reads (see functions.tf)
 
 # The client retries ListTimeSeries only on UNAVAILABLE by default. Reads are idempotent, so a
 # server-side DEADLINE_EXCEEDED is worth another attempt too, within the same overall deadline.
-_READ_RETRY = retries.Retry(
+READ_RETRY = retries.Retry(
     predicate=retries.if_exception_type(api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded),
     initial=0.2,
     maximum=5.0,
     multiplier=2.0,
     timeout=CALL_TIMEOUT_S,
 )
-
-
-@dataclass(frozen=True)
-class CanaryMetrics:
-    """What Cloud Monitoring saw of one revision in (window_start, window_end].
-
-    None means "no data" (the caller judges INCONCLUSIVE), never zero.
-    """
-
-    window_start: datetime
-    window_end: datetime
-    request_count: int  # run.googleapis.com/request_count, all response classes
-    error_count: int  # response_code_class = "5xx"
-    error_rate: float | None  # None when request_count == 0
-    latency_p95_ms: float | None  # P95 of the merged request_latencies distribution
-    memory_utilization: float | None  # P99 of container/memory/utilizations (0..1)
-    cpu_utilization: float | None  # P99 of container/cpu/utilizations (0..1)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the window as ISO-8601 strings, everything else as is."""
-        data = asdict(self)
-        data["window_start"] = self.window_start.isoformat()
-        data["window_end"] = self.window_end.isoformat()
-        return data
-
-
-@dataclass(frozen=True)
-class CustomPoint:
-    """One value of a canary-guard custom metric, e.g. name "load_test/success_rate"."""
-
-    name: str  # becomes custom.googleapis.com/canary_guard/<name>
-    value: float | int  # int -> INT64, float -> DOUBLE; keep one Python type per name (see write)
-    labels: dict[str, str]
-    at: datetime
 
 
 class _MonitoringApi:
@@ -232,7 +196,7 @@ class MonitoringReader(_MonitoringApi):
         revisions (grouped by location, service and revision; the client pages through long
         answers), so one checkpoint minute reads Monitoring a fixed number of times."""
         _check_window(start, end)
-        from shared.minutes import MinuteSample
+        from shared.core.minutes import MinuteSample
 
         wanted = set(services)
         names = sorted({service for _, service in wanted})
@@ -327,63 +291,7 @@ class MonitoringReader(_MonitoringApi):
             ),
             view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
         )
-        return list(self._client.list_time_series(request=request, retry=_READ_RETRY, timeout=CALL_TIMEOUT_S))
-
-
-class MetricWriter(_MonitoringApi):
-    """Writes canary-guard custom metrics as GAUGE points on the `global` resource.
-
-    `global` (label project_id) is one of the monitored resources Cloud Monitoring accepts for
-    user-defined metrics; cloud_run_revision is not writable by users.
-    """
-
-    def write(self, points: Sequence[CustomPoint]) -> None:
-        """Write in time order, in as few CreateTimeSeries calls as the API rules allow.
-
-        The first write of a metric fixes its value type (INT64 or DOUBLE); a later point of the
-        other Python type is rejected by the API. Writes are not retried: a write that reached
-        the server and is sent again is rejected as out of order, so failures surface instead.
-        """
-        for batch in _batches(points):
-            self._client.create_time_series(
-                name=f"projects/{self._project}",
-                time_series=[self._time_series(point) for point in batch],
-                timeout=CALL_TIMEOUT_S,
-            )
-
-    def _time_series(self, point: CustomPoint) -> monitoring_v3.TimeSeries:
-        is_int = isinstance(point.value, int)
-        value_type = metric_pb2.MetricDescriptor.ValueType
-        return monitoring_v3.TimeSeries(
-            metric=metric_pb2.Metric(type=CUSTOM_METRIC_PREFIX + point.name, labels=point.labels),
-            resource=monitored_resource_pb2.MonitoredResource(
-                type="global", labels={"project_id": self._project}
-            ),
-            metric_kind=metric_pb2.MetricDescriptor.MetricKind.GAUGE,
-            value_type=value_type.INT64 if is_int else value_type.DOUBLE,
-            points=[
-                monitoring_v3.Point(
-                    interval=monitoring_v3.TimeInterval(end_time=point.at),
-                    value=monitoring_v3.TypedValue(int64_value=point.value)
-                    if is_int
-                    else monitoring_v3.TypedValue(double_value=point.value),
-                )
-            ],
-        )
-
-
-def _batches(points: Sequence[CustomPoint]) -> list[list[CustomPoint]]:
-    """Oldest first; a batch holds at most 200 series and at most one point of each series."""
-    batches: list[list[CustomPoint]] = []
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    for point in sorted(points, key=lambda p: p.at):
-        series = (point.name, tuple(sorted(point.labels.items())))
-        if not batches or len(batches[-1]) == MAX_SERIES_PER_WRITE or series in seen:
-            batches.append([])
-            seen = set()
-        batches[-1].append(point)
-        seen.add(series)
-    return batches
+        return list(self._client.list_time_series(request=request, retry=READ_RETRY, timeout=CALL_TIMEOUT_S))
 
 
 def _without_minutes(
@@ -402,11 +310,6 @@ def _one_distribution(parts: list[Distribution]) -> Distribution:
     """The minute's distribution: REDUCE_SUM already merged each revision's series into one
     point per minute, so there is usually nothing left to merge (merging copies ~240 buckets)."""
     return parts[0] if len(parts) == 1 else merge_distributions(parts)
-
-
-def _point_end(point: monitoring_v3.Point) -> datetime:
-    end = point.interval.end_time
-    return datetime.fromtimestamp(end.timestamp(), UTC).replace(microsecond=0)
 
 
 def _check_window(start: datetime, end: datetime) -> None:

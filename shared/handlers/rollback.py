@@ -13,20 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 
-from shared.cloudrun import ControlPlaneError
+from shared.clients.cloudrun import ControlPlaneError
+from shared.clients.store import RollbackMarker, Rollout, StoreError, rollout_id
 from shared.config import ServiceRef, Settings
-from shared.core import ACTIVE_PHASES, Phase
-from shared.events import (
-    MalformedEvent,
-    RollbackRequest,
-    caller_identity,
-    decode_rollback_request,
-    pubsub_message,
-)
-from shared.lifecycle import Action, phases_allowing, transition
-from shared.logs import Report, log
-from shared.store import RollbackMarker, Rollout, StoreError, rollout_id
-from shared.traffic import (
+from shared.core.ledger import ACTIVE_PHASES, Phase
+from shared.core.lifecycle import Action, phases_allowing, transition
+from shared.core.traffic import (
     RollbackStep,
     ServiceTraffic,
     decide_rollback,
@@ -34,10 +26,18 @@ from shared.traffic import (
     plan_rollback,
     targets_as_dicts,
 )
+from shared.events import (
+    MalformedEvent,
+    RollbackRequest,
+    caller_identity,
+    decode_rollback_request,
+    pubsub_message,
+)
+from shared.logs import Report, log
 
 if TYPE_CHECKING:
-    from shared.cloudrun import CloudRunTraffic
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.store import RolloutStore
 
 # Statuses, and the HTTP code the emergency endpoint answers with.
 HTTP_STATUS = {

@@ -1,6 +1,6 @@
 """What canary-guard keeps in Firestore, as plain values: the collections, document ids, the
-rollout and rollback-marker documents and their mapping. Pure: shared/store.py reads and writes
-them (its docstring lists the layout)."""
+rollout and rollback-marker documents and their mapping. Pure: shared/clients/store.py reads
+and writes them (its docstring lists the layout)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.core import Phase, Streak, streaks_of
-from shared.evidence import Evidence, Ledger, minute_key
-from shared.judge import SyntheticTraffic
+from shared.core.evidence import Evidence, Ledger, minute_key
+from shared.core.judge import SyntheticTraffic
+from shared.core.ledger import Phase, Streak, streaks_of
 
 ROLLOUTS = "canary_rollouts"
 SERVICES = "canary_services"

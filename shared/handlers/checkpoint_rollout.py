@@ -1,7 +1,7 @@
 """One service's checkpoint minute: discover its live canary, judge every whole minute that
 has arrived into the evidence ledger the alerts use, judge the step GO/NO-GO, and walk the ramp
 (at the end of a step's soak a NO_GO rolls back). Run for every service by the checkpoint
-(shared/checkpoint.py) or by a checkpoint_worker (shared/fanout.py), on minutes read once.
+(shared/handlers/checkpoint.py) or by a checkpoint_worker (shared/handlers/fanout.py), on minutes read once.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from shared.breach import judge_window, lookback_window, publish_pending_rollback, record_evidence
+from shared.clients.store import Rollout
 from shared.config import ServiceRef, Settings
-from shared.core import COUNTING_PHASES, Phase, watching_promoted
-from shared.evidence import whole_minute
-from shared.judge import (
+from shared.core.evidence import whole_minute
+from shared.core.judge import (
     Judgement,
     RampState,
     StepAction,
@@ -25,20 +24,21 @@ from shared.judge import (
     step_window,
     synthetic_in,
 )
-from shared.lifecycle import Action, phases_allowing
+from shared.core.ledger import COUNTING_PHASES, Phase, watching_promoted
+from shared.core.lifecycle import Action, phases_allowing
+from shared.core.notifications import checkpoint_is_news
+from shared.core.traffic import discover_canary
+from shared.handlers.breach import judge_window, lookback_window, publish_pending_rollback, record_evidence
+from shared.handlers.step import StepResult, change_step
 from shared.logs import Report, log
-from shared.notifications import checkpoint_is_news
 from shared.policy import Policy
-from shared.step import StepResult, change_step
-from shared.store import Rollout
-from shared.traffic import discover_canary
 
 if TYPE_CHECKING:
-    from shared.cloudrun import CloudRunTraffic
-    from shared.metrics_source import MetricsSource
-    from shared.monitoring import MetricWriter
-    from shared.pubsub import Publisher
-    from shared.store import RolloutStore
+    from shared.clients.cloudrun import CloudRunTraffic
+    from shared.clients.custom_metrics import MetricWriter
+    from shared.clients.pubsub import Publisher
+    from shared.clients.store import RolloutStore
+    from shared.core.metrics_source import MetricsSource
 
 
 MIN_WINDOW = timedelta(seconds=60)
@@ -55,7 +55,7 @@ class Clients:
 
     store: RolloutStore
     traffic: CloudRunTraffic
-    reader: MetricsSource  # shared/monitoring.py MonitoringReader, or any other source
+    reader: MetricsSource  # shared/clients/monitoring.py MonitoringReader, or any other source
     writer: MetricWriter | None
     publisher: Publisher
     # Not used since notifications are published from the store's outbox (NOTIFY_TOPIC); kept
@@ -70,7 +70,7 @@ def _step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datet
 def _awaiting_step_data(rollout: Rollout, step_start: datetime, end: datetime, policy: Policy) -> Judgement:
     """INCONCLUSIVE while not one whole minute since the step has reached Cloud Monitoring: judging
     the window before it would pass the new share on the old share's traffic."""
-    from shared.monitoring import CanaryMetrics
+    from shared.core.metrics_source import CanaryMetrics
 
     nothing = CanaryMetrics(step_start, step_start, 0, 0, None, None, None, None)
     lag = policy.checkpoint.data_lag_minutes
@@ -223,7 +223,7 @@ def _write_metrics(
     """Streaks and the canary share as custom metrics for the dashboard; best effort."""
     if writer is None:
         return
-    from shared.monitoring import CustomPoint
+    from shared.clients.custom_metrics import CustomPoint
 
     labels = {"service": service.service}
     points = [CustomPoint("canary_percent", float(rollout.canary_percent), labels, now)]

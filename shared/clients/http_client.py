@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 client for load generation (shared/loadgen.py runs it).
+"""A small HTTP/1.1 client for load generation (shared/clients/loadgen.py runs it).
 
 The HTTP client is our own, small one: asyncio Protocols over `loop.create_connection` (TLS
 through an `ssl.SSLContext` with the system's CAs for https URLs, as a Cloud Run URL needs) and

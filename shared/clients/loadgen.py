@@ -15,7 +15,7 @@ or slot (see "The HTTP client" below):
 
 Every run is bounded: a hard cap on the number of requests, a per-request timeout and a
 wall-clock deadline after which outstanding requests are cancelled and counted as
-"cancelled". `plan_fits` (shared/load_rules.py, with the results and how they are judged)
+"cancelled". `plan_fits` (shared/core/load_rules.py, with the results and how they are judged)
 refuses a configuration that cannot finish inside the Cloud Function's timeout or memory before
 any traffic is sent.
 
@@ -23,7 +23,7 @@ Latency is the time from the (intended) send to the last byte of the body, recor
 fixed-size `LatencyHistogram` only for requests that got an HTTP response (any status);
 timeouts, connection errors and cancellations are counted as failures instead.
 
-The HTTP client is shared/http_client.py (why it is our own: its docstring).
+The HTTP client is shared/clients/http_client.py (why it is our own: its docstring).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from time import perf_counter
 from typing import Any
 
-from shared.http_client import KEEPALIVE_IDLE_S, Connection, HttpClient, Target, target_of
-from shared.load_rules import (
+from shared.clients.http_client import KEEPALIVE_IDLE_S, Connection, HttpClient, Target, target_of
+from shared.core.load_rules import (
     FUNCTION_MARGIN_S,
     MAX_CONCURRENCY,
     MAX_REQUESTS,

@@ -3,7 +3,7 @@ rollback.
 
 No I/O: the Firestore store reads the rollout inside a transaction, calls `apply_evidence`, and
 writes back what it returns. Checkpoints and alerts feed the same function with per-minute
-evidence (shared/evidence.py), so both count in one ledger per rule.
+evidence (shared/core/evidence.py), so both count in one ledger per rule.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from shared.evidence import Evidence, EvidenceKind, Ledger, Run, first_trip, merge, prune, runs
-from shared.lifecycle import Action, Phase, phases_allowing
+from shared.core.evidence import Evidence, EvidenceKind, Ledger, Run, first_trip, merge, prune, runs
+from shared.core.lifecycle import Action, Phase, phases_allowing
 
 
 class Kind(StrEnum):
@@ -38,7 +38,7 @@ class Outcome(StrEnum):
 # Outcomes that leave the ledger as it was (what a log reader can filter out).
 IGNORED = frozenset({Outcome.UNCHANGED, Outcome.DUPLICATE, Outcome.NOT_RUNNING, Outcome.TOO_EARLY})
 # The canary still serves traffic in these phases, so its breaches must still trip a rollback
-# (FROZEN only stops the ramp). From the lifecycle table (shared/lifecycle.py).
+# (FROZEN only stops the ramp). From the lifecycle table (shared/core/lifecycle.py).
 COUNTING_PHASES = phases_allowing(Action.COUNT)
 # A canary in these phases holds (or is losing) its share: the service has an active rollout, so
 # another canary may not start (one rollout per service); a new one discovered live supersedes it.
