@@ -11,7 +11,7 @@ locals {
   load_test_cfg  = local.policy.load_test
 
   # Where the policy file sits in the deployed function: the Python runtime serves the
-  # uploaded source from /workspace, and the archive puts shared/ at its root (archive.tf).
+  # uploaded source from /workspace, and the archive puts shared/ at its root (source.tf).
 
   # load_test bounds its own run by these, so they must equal its service_config.
   load_test_timeout_s = var.load_test_timeout_s

@@ -1,7 +1,8 @@
-"""The pure decision core (shared/core/ledger.py, issue 9): apply_evidence over the per-minute ledger
-(limits from the real policy, gaps, thin / skipped / ok minutes, at-most-once rollback, phases,
-pruning), the early-alert attribution guard too_early(), and streaks_of() for display; plus a
-property test of apply_evidence against a reference model written from the rule's definition."""
+"""The evidence ledger's decisions (shared/core/ledger.py, issue 9): apply_evidence over the
+per-minute ledger (limits from the real policy, gaps, thin / skipped / ok minutes, at-most-once
+rollback, phases, pruning), the early-alert attribution guard too_early(), and streaks_of() for
+display; plus a property test of apply_evidence against a reference model written from the
+rule's definition."""
 
 from __future__ import annotations
 

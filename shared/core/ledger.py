@@ -1,5 +1,7 @@
-"""The pure decision core: rollout phases, alert notifications, and when evidence requests a
-rollback.
+"""The evidence ledger's decisions: what a batch of judged minutes does to a rollout's ledger
+(`apply_evidence`: merged, pruned, and the first rule whose run of breach minutes reaches its
+limit trips, requesting one rollback), the streaks shown for it (`streaks_of`), which phases
+count evidence, and an alert's observation with its early-attribution guard (`too_early`).
 
 No I/O: the Firestore store reads the rollout inside a transaction, calls `apply_evidence`, and
 writes back what it returns. Checkpoints and alerts feed the same function with per-minute
