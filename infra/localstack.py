@@ -222,6 +222,14 @@ def wire_push(project: str, topic: str, subscription: str, endpoint: str) -> Non
     subscriber.close()
 
 
+def _restore_environ(saved: Mapping[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @dataclass
 class Stack:
     emulators: Emulators
@@ -259,7 +267,10 @@ def local_stack(
             **({"CHECKPOINT_TOPIC": CHECKPOINT_TOPIC} if "checkpoint_worker" in functions else {}),
             **(extra_env or {}),
         }
-        os.environ.update(emulators.env())  # this process publishes and wires subscriptions too
+        # This process publishes and wires subscriptions too; what it pointed at before comes
+        # back when the stack stops (a caller's own emulators must not be left on dead ports).
+        stack.callback(_restore_environ, {key: os.environ.get(key) for key in emulators.env()})
+        os.environ.update(emulators.env())
         ensure_topic(emulators.project, NOTIFY_TOPIC)  # decisions notify even when nobody listens
         urls: dict[str, str] = {}
         for target in functions:

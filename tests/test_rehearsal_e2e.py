@@ -9,6 +9,7 @@ stable level afterwards, and a report drawn from the timeline."""
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from infra.rehearsal.scripts import CanaryScript, failing_from
 from infra.rehearsal.timeline import AlertRecord, DecisionRecord, MinuteRecord, TrafficRecord, read_timeline
 
 pytestmark = pytest.mark.timeout(420)
+EMULATOR_HOSTS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,11 @@ def rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("rehearsal")
     script = failing_from(2, error_share=0.2)
     options = RehearsalOptions(out_dir=out, speed=12, rps=120, after_minutes=3, max_minutes=30, live=False)
+    emulators_before = {key: os.environ.get(key) for key in EMULATOR_HOSTS}
     with open(out / "console.txt", "w") as console:
         result = Rehearsal([script], options, out=console).run()
+    # The rehearsal's own emulators are gone: this process must point where it pointed before.
+    assert {key: os.environ.get(key) for key in EMULATOR_HOSTS} == emulators_before
     return result, read_timeline(result.timeline), (out / "console.txt").read_text()
 
 

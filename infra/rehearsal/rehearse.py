@@ -191,8 +191,15 @@ class Rehearsal:
 
     def run(self) -> RehearsalResult:
         # A stopped rehearsal still stops what it started (the ExitStack unwinds on SystemExit).
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        if threading.current_thread() is not threading.main_thread():
+            return self._run()
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            return self._run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self) -> RehearsalResult:
         options = self.options
         options.out_dir.mkdir(parents=True, exist_ok=True)
         log_dir = options.out_dir / "logs"
