@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,25 +38,22 @@ from rich.console import Console
 
 from infra.chat_webhook import ChatWebhook
 from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
-from infra.metrics_feed import RevisionRef, record_minute
 from infra.monitoring_standin import start_monitoring_standin
 from infra.rehearsal.alerts import AlertEvaluator, monitoring_client
 from infra.rehearsal.report import write_report
 from infra.rehearsal.revisions import ResourceSampler, RevisionProcess
-from infra.rehearsal.router import SERVICE_URL, Router, TrafficDriver
+from infra.rehearsal.router import Router, TrafficDriver
 from infra.rehearsal.scheduler import LocalScheduler, policy_jobs
 from infra.rehearsal.scripts import CanaryScript
+from infra.rehearsal.served_metrics import write_visible_minutes
 from infra.rehearsal.timeline import (
     AlertRecord,
     DecisionRecord,
-    MinuteRecord,
     Record,
-    StatusRecord,
     TimelineWriter,
-    TrafficRecord,
 )
 from infra.rehearsal.view import LiveView
-from shared.clients.store import rollout_id
+from infra.rehearsal.watch import DecisionWatcher, ServiceOutcome
 from shared.clock import ENV as CLOCK_ENV
 from shared.clock import ScaledClock
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
@@ -81,29 +78,6 @@ class RehearsalOptions:
     memory_limit_mb: int = 512
     policy_file: Path = DEFAULT_POLICY_FILE
     live: bool = True
-
-
-@dataclass
-class ServiceOutcome:
-    service: str
-    expect: str
-    phase: str | None = None
-    percent: int | None = None
-    rolled_back_at: datetime | None = None
-    promoted_at: datetime | None = None
-    rollback_rule: str | None = None
-    canary_requests_after_rollback: int | None = None  # via the service URL
-    decisions: list[str] = field(default_factory=list)
-
-    @property
-    def met(self) -> bool:
-        if self.expect == "rollback":
-            return self.rolled_back_at is not None
-        if self.expect == "promote":
-            return self.promoted_at is not None
-        if self.expect == "decide":  # bring your own: whatever canary-guard decides
-            return self.rolled_back_at is not None or self.promoted_at is not None
-        return self.rolled_back_at is None
 
 
 @dataclass
@@ -157,12 +131,6 @@ def minute_of(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
-# Every minute has some: the timeline and the report keep them, the summary does not.
-ROUTINE_DECISIONS = frozenset({"evidence", "checkpoint", "script"})
-# Cloud Run records request_count per response code; the router keeps the class.
-CODE_OF_CLASS = {"2xx": "200", "3xx": "302", "4xx": "404", "5xx": "500"}
-
-
 class Rehearsal:
     """One rehearsal: start everything, drive it minute by minute, stop everything."""
 
@@ -179,12 +147,7 @@ class Rehearsal:
         self.records: list[Record] = []
         self.outcomes = {s.service: ServiceOutcome(s.service, s.expect) for s in scripts}
         self._faults_sent: dict[str, Any] = {}
-        self._seen_decisions: set[tuple[str, str, str]] = set()
-        self._last_status: dict[str, Any] = {}
-        self._last_split: dict[str, dict[str, int]] = {}
         self._canary_started: dict[str, datetime] = {}
-        self._canary_served_at_rollback: dict[str, int] = {}
-        self._rollback_seen_real: dict[str, float] = {}
         self._settled_at: datetime | None = None
 
     # -- the run ------------------------------------------------------------------------------
@@ -224,7 +187,7 @@ class Rehearsal:
             self._loop(view)
         report = write_report(self.records, options.out_dir, self._title(), policy=self.policy).png
         for outcome in self.outcomes.values():
-            outcome.canary_requests_after_rollback = self._canary_after_rollback(outcome)
+            outcome.canary_requests_after_rollback = self.watcher.canary_after_rollback(outcome)
         return RehearsalResult(self.outcomes, report, timeline_path, time.monotonic() - started)
 
     def _start(self, stack: contextlib.ExitStack, policy_file: Path, log_dir: Path) -> None:
@@ -243,9 +206,6 @@ class Rehearsal:
         self.stack = stack.enter_context(
             local_stack(log_dir, [full_name(s) for s in services], functions=FUNCTIONS, extra_env=env)
         )
-        from shared.clients.store import RolloutStore
-
-        self.store = RolloutStore(PROJECT)
         self.router = Router(self.stack.cloudrun.url, PROJECT, LOCATION)
         stack.callback(self.router.stop)
         self.sampler = ResourceSampler(
@@ -262,6 +222,17 @@ class Rehearsal:
             self.sampler.add(stable)
             self.sampler.add(canary)
         self.sampler.start()
+        from shared.clients.store import RolloutStore  # after local_stack: it points at the emulator
+
+        self.watcher = DecisionWatcher(
+            RolloutStore(PROJECT),
+            self.router,
+            self.policy,
+            {service: process.revision for service, process in self.canaries.items()},
+            self.outcomes,
+            self._record,
+            self.clock.now,
+        )
         for service in services:
             rps = self.scripts[service].rps or self.options.rps
             driver = TrafficDriver(
@@ -337,10 +308,14 @@ class Rehearsal:
             if minute_of(at) > last_minute:
                 last_minute = minute_of(at)
                 self._apply_scripts(at)
-                self._write_minutes(last_minute - options.lag_minutes * MINUTE)
+                visible_before = last_minute - options.lag_minutes * MINUTE
+                for record in write_visible_minutes(
+                    self.router, self.sampler, self.monitoring, visible_before, self._role
+                ):
+                    self._record(record)
                 self._evaluate_alerts(at)
             self.scheduler.tick(at)
-            self._poll_decisions(at)
+            self.watcher.poll(at)
             view.update(self.records, at)
             if self._finished(at) or at >= deadline:
                 break
@@ -386,51 +361,6 @@ class Rehearsal:
                     what = f"{role} faults: {faults or 'none'}"
                     self._record(DecisionRecord(at, full_name(service), "", "script", what))
 
-    def _write_minutes(self, visible_before: datetime) -> None:
-        """What the router served and the processes used, for every minute that ended by
-        `visible_before`: Cloud Monitoring shows a minute `lag` minutes after it ends."""
-        served = self.router.take_minutes(visible_before)
-        used = {(m.service, m.revision, m.start): m for m in self.sampler.take_minutes(visible_before)}
-        totals: dict[tuple[str, datetime], int] = {}
-        for minute in served:
-            key = (minute.service, minute.start)
-            totals[key] = totals.get(key, 0) + sum(minute.counts.values())
-        keys = {(m.service, m.revision, m.start) for m in served} | set(used)
-        by_key = {(m.service, m.revision, m.start): m for m in served}
-        for service, revision, start in sorted(keys, key=lambda k: (k[2], k[0], k[1])):
-            sm, rm = by_key.get((service, revision, start)), used.get((service, revision, start))
-            counts = dict(sm.counts) if sm else {}
-            latencies = list(sm.latencies_ms) if sm else []
-            memory = list(rm.memory_utilizations) if rm else []
-            cpu = list(rm.cpu_utilizations) if rm else []
-            record_minute(
-                self.monitoring,
-                RevisionRef(PROJECT, LOCATION, service, revision),
-                start + MINUTE,
-                responses={CODE_OF_CLASS[c]: n for c, n in counts.items() if c in CODE_OF_CLASS},
-                latencies_ms=latencies,
-                memory=memory,
-                cpu=cpu,
-            )
-            requests_served = sum(counts.values())
-            errors = counts.get("5xx", 0)
-            total = totals.get((service, start), 0)
-            self._record(
-                MinuteRecord(
-                    at=start,
-                    service=full_name(service),
-                    revision=revision,
-                    role=self._role(service, revision),
-                    share_pct=round(100 * requests_served / total, 2) if total else 0.0,
-                    requests=requests_served,
-                    errors=errors,
-                    error_rate=errors / requests_served if requests_served else None,
-                    p95_ms=percentile(latencies, 0.95) if latencies else None,
-                    memory=max(memory) if memory else None,
-                    cpu=max(cpu) if cpu else None,
-                )
-            )
-
     def _role(self, service: str, revision: str) -> str:
         if revision == self.canaries[service].revision:
             return "canary"
@@ -455,66 +385,6 @@ class Rehearsal:
                 )
             )
 
-    def _poll_decisions(self, at: datetime) -> None:
-        """canary-guard's decisions as Firestore holds them, and the split the router serves."""
-        for service, script in self.scripts.items():
-            split = self.router.traffic(service)
-            if split != self._last_split.get(service):
-                self._last_split[service] = split
-                self._record(TrafficRecord(at, full_name(service), dict(split)))
-            self._count_canary_after_rollback(service, split)
-            rid = rollout_id(full_name(service), self.canaries[service].revision)
-            rollout = self.store.get(rid)
-            if rollout is None:
-                continue
-            outcome = self.outcomes[service]
-            status = (
-                rollout.phase.value,
-                rollout.canary_percent,
-                self._streaks(rollout),
-                self._verdict(rollout),
-            )
-            if status != self._last_status.get(service):
-                self._last_status[service] = status
-                phase, percent, streaks, verdict = status
-                self._record(StatusRecord(at, full_name(service), phase, percent, streaks, verdict))
-            outcome.phase, outcome.percent = rollout.phase.value, rollout.canary_percent
-            for entry in self.store.history(rid):
-                key = (service, str(entry.get("at")), entry.get("kind", ""))
-                if key in self._seen_decisions:
-                    continue
-                self._seen_decisions.add(key)
-                self._on_decision(service, rid, entry, script)
-
-    def _on_decision(self, service: str, rid: str, entry: dict[str, Any], script: CanaryScript) -> None:
-        at = entry.get("at") if isinstance(entry.get("at"), datetime) else self.clock.now()
-        kind, message = str(entry.get("kind", "")), str(entry.get("message", ""))
-        if kind == "checkpoint" and entry.get("verdict") and entry.get("reasons"):
-            message = f"{entry['verdict']}: {entry['reasons'][0]}"
-        self._record(DecisionRecord(at, full_name(service), rid, kind, message))
-        outcome = self.outcomes[service]
-        if kind not in ROUTINE_DECISIONS:
-            outcome.decisions.append(f"{at:%H:%M:%S} {kind}: {message}")
-        if kind == "rollback_requested":
-            outcome.rollback_rule = outcome.rollback_rule or entry.get("rule")
-        elif kind == "rolled_back" and outcome.rolled_back_at is None:
-            outcome.rolled_back_at = at
-        elif kind == "promoted" and outcome.promoted_at is None:
-            outcome.promoted_at = at
-
-    def _streaks(self, rollout: Any) -> dict[str, str]:
-        limits = self.policy.consecutive_limits
-        return {
-            rule: f"{streak.count}/{limits.get(rule, '?')}"
-            for rule, streak in rollout.streaks.items()
-            if streak.count
-        }
-
-    @staticmethod
-    def _verdict(rollout: Any) -> str | None:
-        verdict = rollout.last_verdict or {}
-        return verdict.get("verdict")
-
     def _finished(self, at: datetime) -> bool:
         """Every script has shown what it was for, and its aftermath has been watched: a canary
         expected to be rolled back or promoted once canary-guard did so (or its script's minutes
@@ -532,29 +402,6 @@ class Rehearsal:
         linger = (self.options.after_minutes + self.options.lag_minutes) * MINUTE
         return at >= self._settled_at + linger
 
-    def _count_canary_after_rollback(self, service: str, split: dict[str, int]) -> None:
-        """Once the router serves the canary nothing after its rollback, count what the canary
-        answers through the service URL from then on: it must stay 0. (Counted from a second
-        later: a request routed just before the change may still be finishing.)"""
-        if self.outcomes[service].rolled_back_at is None or service in self._canary_served_at_rollback:
-            return
-        if split.get(self.canaries[service].revision, 0) != 0:
-            return
-        settle = self._rollback_seen_real.setdefault(service, time.monotonic() + 1.0)
-        if time.monotonic() >= settle:
-            self._canary_served_at_rollback[service] = self._canary_served(service)
-
-    def _canary_served(self, service: str) -> int:
-        """Requests the canary answered through the service URL (what users reach; its tag URL
-        stays up for debugging and the uptime check, and is left out)."""
-        canary = self.canaries[service].revision
-        return self.router.served_counts(service, via=SERVICE_URL).get(canary, 0)
-
-    def _canary_after_rollback(self, outcome: ServiceOutcome) -> int | None:
-        if outcome.service not in self._canary_served_at_rollback:
-            return None
-        return self._canary_served(outcome.service) - self._canary_served_at_rollback[outcome.service]
-
     def _record(self, record: Record) -> None:
         self.records.append(record)
         self.timeline.write(record)
@@ -566,11 +413,6 @@ class Rehearsal:
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def summary(result: RehearsalResult) -> str:
