@@ -162,3 +162,30 @@ def test_the_rehearsal_policy_changes_only_the_soaks(tmp_path):
     assert [s["percent"] for s in rehearsal["ramp"]] == [s["percent"] for s in original["ramp"]]
     del original["ramp"], rehearsal["ramp"]
     assert rehearsal == original
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--stable-cmd", "python -m http.server $PORT"], "give both --stable-cmd and --canary-cmd"),
+        (
+            ["--stable-cmd", "a", "--canary-cmd", "b", "--scenario", "crash"],
+            "cannot script your own commands",
+        ),
+        (["--scenario", "nope"], "no scenario 'nope'; the library has: cpu_hot"),
+        (["--speed", "0"], "--speed"),
+    ],
+)
+def test_rehearse_refuses_what_it_cannot_run_and_says_what_to_fix(args, says):
+    from click.testing import CliRunner
+
+    from infra.rehearsal.cli import rehearse
+
+    result = CliRunner().invoke(rehearse, args)
+    assert result.exit_code == 2 and says in result.output
+
+
+def test_help_lists_the_scenario_library():
+    from infra.rehearsal.cli import SCENARIOS
+
+    assert scenario_names() == SCENARIOS

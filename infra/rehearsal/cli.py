@@ -7,10 +7,17 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from infra.rehearsal.scripts import CanaryScript, demo_scripts, from_scenario, scenario_names
+if TYPE_CHECKING:
+    from infra.rehearsal.scripts import CanaryScript
+
+# The scenario library's names, read without importing the decision core: `--help` stays light.
+SCENARIOS = sorted(
+    path.stem for path in (Path(__file__).resolve().parent.parent / "scenarios").glob("*.json")
+)
 
 
 @click.command()
@@ -20,7 +27,7 @@ from infra.rehearsal.scripts import CanaryScript, demo_scripts, from_scenario, s
     multiple=True,
     metavar="NAME",
     help="A scenario of the library for the sample canary (repeatable; default: the demo's two "
-    f"canaries, one promoted, one rolled back). Names: {', '.join(scenario_names())}.",
+    f"canaries, one promoted, one rolled back). Names: {', '.join(SCENARIOS)}.",
 )
 @click.option(
     "--stable-cmd", metavar="CMD", help="Bring your own: the command serving the stable revision on $PORT."
@@ -112,6 +119,8 @@ def rehearse(
 
 
 def _scripts(scenarios: tuple[str, ...], service: str, *, bring_your_own: bool) -> list[CanaryScript]:
+    from infra.rehearsal.scripts import CanaryScript, demo_scripts, from_scenario
+
     if bring_your_own:
         return [
             CanaryScript(
