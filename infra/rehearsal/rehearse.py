@@ -174,10 +174,11 @@ class Rehearsal:
         with contextlib.ExitStack() as stack:
             self.timeline = stack.enter_context(TimelineWriter(timeline_path))
             self.clock = stack.enter_context(scaled_clock(options.speed))
+            rates = ", ".join(f"{s} {script.rps or options.rps:g}" for s, script in self.scripts.items())
             self._say(
                 f"rehearsal clock: one minute every {60 / options.speed:.1f} s (x{options.speed:g}); "
                 f"Cloud Monitoring lag {options.lag_minutes} min; soaks compressed to "
-                f"{options.soak_minutes} min; {options.rps:g} requests/s per service"
+                f"{options.soak_minutes} min; requests/s: {rates}"
             )
             self._start(stack, policy_file, log_dir)
             self._say(f"local stack up in {time.monotonic() - started:.1f} s; files in {options.out_dir}")
