@@ -39,10 +39,10 @@ from infra.rehearsal.alerts import (
     canary_down_policy,
     incident_message,
     metric_alert_policies,
-    monitoring_client,
     service_groups,
     uptime_check,
 )
+from shared.clients.monitoring import metric_service_client
 from shared.core.ledger import Kind
 from shared.events import AlertObservation, decode_alert, pubsub_message
 from shared.policy import load_policy
@@ -600,7 +600,7 @@ def evaluator(monitoring, topic: Topic, publisher: object = None, **kwargs) -> A
         POLICY,
         PROJECT,
         [SHOP, CART],
-        monitoring_client(monitoring.target),
+        metric_service_client(monitoring.target),
         publisher or topic.publisher,
         topic.path,
         now=lambda: pytest.fail("the evaluator read the clock instead of the time it was given"),
@@ -776,7 +776,7 @@ def test_the_convenience_loop_evaluates_at_the_clock_and_hands_over_what_it_publ
         POLICY,
         PROJECT,
         [SHOP],
-        monitoring_client(monitoring.target),
+        metric_service_client(monitoring.target),
         topic.publisher,
         topic.path,
         now=lambda: minute(1) + timedelta(seconds=20),

@@ -46,11 +46,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-import grpc
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.cloud import monitoring_v3
-from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
 from infra.rehearsal.alert_rules import (
     Change,
@@ -455,15 +453,6 @@ def standin_substitute(aggregation: AggregationSpec) -> _Substitute | None:
     return _Substitute(aligner, reducer, divide_by, quantile)
 
 
-def monitoring_client(endpoint: str | None = None) -> monitoring_v3.MetricServiceClient:
-    """The official client; with `endpoint` (host:port) a plain-text channel to the local stand-in,
-    as shared/monitoring.py builds it (a ready channel makes the client skip credentials)."""
-    if endpoint is None:
-        return monitoring_v3.MetricServiceClient()
-    channel = grpc.insecure_channel(endpoint)
-    return monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
-
-
 @dataclass
 class _Uptime:
     """One service's uptime check: its probe results and the canary_down series."""
@@ -478,7 +467,7 @@ class AlertEvaluator:
     """Cloud Monitoring alerting for the rehearsal: `evaluate(at)` once per rehearsal minute.
 
     `services`: the watched services (full names or ServiceRef). `monitoring_client`: a
-    MetricServiceClient (see `monitoring_client`). `publisher` / `topic_path`: a
+    MetricServiceClient (`shared.clients.monitoring.metric_service_client`). `publisher` / `topic_path`: a
     google-cloud-pubsub PublisherClient and the alerts topic (PUBSUB_EMULATOR_HOST set by the
     caller). `canary_urls`: service (short or full name) -> canary tag base URL, asked at every
     evaluation; None: no uptime checks. `data_lag`: how long after its minute a Cloud Run point

@@ -39,7 +39,7 @@ from rich.console import Console
 from infra.chat_webhook import ChatWebhook
 from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
 from infra.monitoring_standin import start_monitoring_standin
-from infra.rehearsal.alerts import AlertEvaluator, monitoring_client
+from infra.rehearsal.alerts import AlertEvaluator
 from infra.rehearsal.report import write_report
 from infra.rehearsal.revisions import ResourceSampler, RevisionProcess
 from infra.rehearsal.router import Router, TrafficDriver
@@ -54,8 +54,10 @@ from infra.rehearsal.timeline import (
 )
 from infra.rehearsal.view import LiveView
 from infra.rehearsal.watch import DecisionWatcher, ServiceOutcome
+from shared.clients.monitoring import metric_service_client
 from shared.clock import ENV as CLOCK_ENV
 from shared.clock import ScaledClock
+from shared.core.evidence import whole_minute
 from shared.policy import DEFAULT_POLICY_FILE, load_policy
 
 LOCATION = "us-central1"
@@ -125,10 +127,6 @@ def scaled_clock(speed: float) -> Iterator[ScaledClock]:
             os.environ.pop(CLOCK_ENV, None)
         else:
             os.environ[CLOCK_ENV] = before
-
-
-def minute_of(at: datetime) -> datetime:
-    return at.replace(second=0, microsecond=0)
 
 
 class Rehearsal:
@@ -290,7 +288,7 @@ class Rehearsal:
             self.policy,
             PROJECT,
             [full_name(s) for s in services],
-            monitoring_client(self.monitoring.target),
+            metric_service_client(self.monitoring.target),
             publisher,
             f"projects/{PROJECT}/topics/{ALERTS_TOPIC}",
             canary_urls=lambda: {s: self.router.tag_url(s, "canary") for s in services},
@@ -299,15 +297,15 @@ class Rehearsal:
 
     def _loop(self, view: LiveView) -> None:
         options = self.options
-        start = minute_of(self.clock.now())
+        start = whole_minute(self.clock.now())
         for service in self.scripts:
             self._start_canary(service)
         last_minute = start
         deadline = start + options.max_minutes * MINUTE
         while True:
             at = self.clock.now()
-            if minute_of(at) > last_minute:
-                last_minute = minute_of(at)
+            if whole_minute(at) > last_minute:
+                last_minute = whole_minute(at)
                 self._apply_scripts(at)
                 visible_before = last_minute - options.lag_minutes * MINUTE
                 for record in write_visible_minutes(

@@ -33,23 +33,14 @@ from types import TracebackType
 
 import psutil
 
+from infra.localstack import free_port
 from shared import clock
+from shared.core.evidence import whole_minute
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_LIMIT_BYTES = 512 * 1024 * 1024  # Cloud Run's default memory limit
 MINUTE = timedelta(minutes=1)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the command binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def minute_start(at: datetime) -> datetime:
-    return at.replace(second=0, microsecond=0)
 
 
 class RevisionStartError(RuntimeError):
@@ -282,7 +273,7 @@ class ResourceSampler:
             revisions = list(self._revisions.values())
         readings = [(revision, _read_tree(revision)) for revision in revisions]
         with self._lock:
-            minute = minute_start(self._now())
+            minute = whole_minute(self._now())
             for revision, reading in readings:
                 if reading is None:  # not running: no instance, no samples
                     self._last_cpu.pop(revision.revision, None)

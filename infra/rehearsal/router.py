@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import requests
 
 from shared import clock
+from shared.core.evidence import whole_minute
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class _Ledger:
         with self._lock:
             # The minute is read under the lock, so a request done after a take_minutes that
             # covered its minute cannot land in that (already handed over) minute.
-            start = self._now().replace(second=0, microsecond=0)
+            start = whole_minute(self._now())
             minute = self._minutes.setdefault((service, revision, start), _Minute())
             minute.counts[response_class(status)] += 1
             minute.latencies_ms.append(latency_ms)

@@ -52,6 +52,20 @@ READ_RETRY = retries.Retry(
 )
 
 
+def metric_service_client(endpoint: str | None = None) -> monitoring_v3.MetricServiceClient:
+    """The official client: default credentials, or with `endpoint` (host:port) a plain-text
+    channel to a local stand-in."""
+    if endpoint is None:
+        return monitoring_v3.MetricServiceClient()
+    # client_options={"api_endpoint": ...} alone still speaks TLS, which a local plain-text
+    # server never answers; a ready channel makes the client skip auth. Unbounded messages, as
+    # the generated transport's own channel has them: a batched read of hundreds of services is
+    # a long answer.
+    unbounded = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    channel = grpc.insecure_channel(endpoint, options=unbounded)
+    return monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
+
+
 class _MonitoringApi:
     def __init__(self, project: str, endpoint: str | None = None) -> None:
         self._project = project
@@ -62,17 +76,7 @@ class _MonitoringApi:
     def _client(self) -> monitoring_v3.MetricServiceClient:
         # Built on first use: a function instance that never queries never needs credentials.
         if self._client_instance is None:
-            if self._endpoint is None:
-                self._client_instance = monitoring_v3.MetricServiceClient()  # default credentials
-            else:
-                # client_options={"api_endpoint": ...} alone still speaks TLS, which a local
-                # plain-text server never answers; a ready channel makes the client skip auth.
-                # Unbounded messages, as the generated transport's own channel has them: a
-                # batched read of hundreds of services is a long answer.
-                unbounded = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-                channel = grpc.insecure_channel(self._endpoint, options=unbounded)
-                transport = MetricServiceGrpcTransport(channel=channel)
-                self._client_instance = monitoring_v3.MetricServiceClient(transport=transport)
+            self._client_instance = metric_service_client(self._endpoint)
         return self._client_instance
 
 
