@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -241,8 +238,7 @@ def deploy(stack: Any, canary: str, revisions: list[str], percent: int = 5) -> N
 def cli(stack: Any, *args: str) -> None:
     """Run the operator CLI as a user would, against the local stack, and show its output."""
     print(f"\n$ canary-guard {' '.join(args)}")
-    env = {**os.environ, **stack.env, "USER": "release-owner"}
-    done = subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True)
+    done = stack.operator_cli(*args)
     print(textwrap.indent(done.stdout.rstrip() or done.stderr.rstrip(), "  "))
 
 

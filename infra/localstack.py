@@ -238,6 +238,17 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
 
+    def operator_cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        """The operator CLI (`canary-guard ARGS`) as a release owner runs it against this stack."""
+        env = {**os.environ, **self.env, "USER": "release-owner"}
+        return subprocess.run(
+            [sys.executable, "-m", "infra.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
 
 @contextmanager
 def local_stack(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -322,19 +321,13 @@ class Rehearsal:
 
     def _start_canary(self, service: str) -> None:
         """`canary-guard start`, as the release owner runs it."""
-        canary = self.canaries[service].revision
-        env = {**os.environ, **self.stack.env, "USER": "release-owner"}
-        done = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "start", service, "--revision", canary, "--percent", "5"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        args = ("start", service, "--revision", self.canaries[service].revision)
+        args += ("--percent", str(self.policy.ramp[0].percent))  # the ramp's first step
+        done = self.stack.operator_cli(*args)
         if done.returncode != 0:
             raise RuntimeError(f"canary-guard start {service} failed: {done.stderr or done.stdout}")
         self._canary_started[service] = self.clock.now()
-        self._say(f"$ canary-guard start {service} --revision {canary} --percent 5\n  {done.stdout.strip()}")
+        self._say(f"$ canary-guard {' '.join(args)}\n  {done.stdout.strip()}")
 
     def _apply_scripts(self, at: datetime) -> None:
         """Each sample-app revision serves its script's minute (bring-your-own apps serve as
