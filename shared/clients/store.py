@@ -10,11 +10,15 @@ Layout:
                                                  channel hears about, written with that decision
   canary_checkpoint_leases/{rollout_id}          a checkpoint run judging the rollout right now
 
-RolloutStore is made of parts, one concern each: store_base.py (the client, transactions, the
-outbox write), store_evidence.py (the evidence ledger's transaction, rollback requests),
-store_coordination.py (outbox delivery, rollback markers, checkpoint leases), store_records.py
-(history and records) and store_docs.py (the documents as plain values); this module holds the
-reads and the lifecycle's transitions (register, phase, step, pause).
+RolloutStore is made of parts. This module holds what an alert's path uses, end to end: the
+reads, registration (the first event of a canary), the evidence ledger's transaction (a batch of
+judged minutes merged, the trip checked and, at a rule's limit, the rollback request stored with
+the rollout, the outbox, in the same transaction), the rollback request that is not a trip (the
+end-of-soak NO_GO) and its publication. The rest, one concern each: store_phases.py (the phase
+moves after registration: roll back, step, pause), store_coordination.py (outbox delivery,
+rollback markers, checkpoint leases), store_records.py (history and records); underneath,
+store_base.py (the client, the transaction runner, the outbox write) and store_docs.py (the
+documents as plain values).
 
 The dedupe markers carry `expires_at` (MARKER_TTL after they are written) and the decisions
 `expires_at` when a retention is configured: Firestore's TTL policy on that field
@@ -23,10 +27,13 @@ The dedupe markers carry `expires_at` (MARKER_TTL after they are written) and th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.clients.store_base import (
@@ -52,13 +59,16 @@ from shared.clients.store_docs import (
     SERVICES,
     RollbackMarker,
     Rollout,
+    _event_key,
     _key,
+    _ledger_doc,
     rollout_id,
 )
-from shared.clients.store_evidence import EvidenceStore
+from shared.clients.store_phases import PhaseStore
 from shared.clients.store_records import RecordsStore
-from shared.core.ledger import Phase
-from shared.core.lifecycle import Action, allows, transition
+from shared.core.evidence import Evidence, minute_key
+from shared.core.ledger import EvidenceDecision, Outcome, Phase, apply_evidence, watching_promoted
+from shared.core.lifecycle import Action, allows
 from shared.core.traffic import CanarySplit
 
 # Re-exported: callers import these from shared.clients.store.
@@ -87,9 +97,8 @@ __all__ = [
 ]
 
 
-class RolloutStore(EvidenceStore, CoordinationStore, RecordsStore):
-    """The rollouts and every transition of their phase, each inside a transaction (the
-    evidence ledger's in shared/clients/store_evidence.py)."""
+class RolloutStore(PhaseStore, CoordinationStore, RecordsStore):
+    """The rollouts and every transition of their phase, each inside a transaction."""
 
     def get(self, rid: str) -> Rollout | None:
         snap = self._rollout_ref(rid).get()
@@ -206,112 +215,169 @@ class RolloutStore(EvidenceStore, CoordinationStore, RecordsStore):
         assert rollout is not None  # written or found by the transaction above
         return rollout
 
-    def set_phase(
+    def apply_evidence(
         self,
         rid: str,
-        phase: Phase,
-        kind: str,
-        data: Mapping[str, Any],
+        entries: list[Evidence],
+        limits: Mapping[str, int],
+        rollback_request: Callable[[EvidenceDecision], Mapping[str, Any]],
         *,
-        only_from: set[Phase],
-        marker: RollbackMarker | None = None,
-    ) -> bool:
-        """Move to `phase` if the rollout is currently in `only_from`; record it. False: not moved.
-
-        `marker` (the rollback request carried out) is written in the same transaction, moved or
-        not: a redelivery of that request then never sees the phase change without it."""
-        rollout_ref = self._rollout_ref(rid)
-
-        def txn_body(txn: firestore.Transaction) -> bool:
-            snap = rollout_ref.get(transaction=txn)
-            if marker is not None:
-                txn.set(self._marker_ref(marker.message_id), marker.as_doc(self._now()))
-            if not snap.exists or Phase(snap.get("phase")) not in only_from:
-                return False
-            txn.update(rollout_ref, {"phase": phase.value, "updated_at": self._now()})
-            self._decision(txn, rid, kind, data)
-            return True
-
-        return self._transact(rid, txn_body)
-
-    def step_change_allowed(self, rid: str, from_percent: int, *, respect_pause: bool = True) -> bool:
-        """Still RUNNING at `from_percent` with no rollback requested (and not paused, for the
-        scheduler): read before each traffic write of a step change, so a rollback or a pause
-        that started meanwhile wins."""
-        rollout = self.get(rid)
-        return bool(
-            rollout
-            and allows(rollout.phase, Action.STEP)
-            and not rollout.rollback_requested
-            and rollout.canary_percent == from_percent
-            and not (respect_pause and rollout.paused)
-        )
-
-    def commit_step(
-        self,
-        rid: str,
-        from_percent: int,
-        to_percent: int,
-        *,
-        by: str,
-        reason: str,
+        keep: timedelta,
+        event_id: str = "",
+        source: str,
         now: datetime | None = None,
-    ) -> bool:
-        """Record a step change that Cloud Run already applied. False: the rollout left RUNNING or
-        a rollback was requested meanwhile (the rollback then owns the traffic)."""
-        rollout_ref = self._rollout_ref(rid)
-        at = now or self._now()
+        promoted_watch: timedelta = timedelta(0),
+    ) -> tuple[EvidenceDecision, Rollout] | None:
+        """Ledger merge + trip check + history in one transaction. None: no such rollout.
 
-        def txn_body(txn: firestore.Transaction) -> bool:
-            snap = rollout_ref.get(transaction=txn)
-            if not snap.exists:
-                return False
-            rollout = Rollout.from_doc(rid, snap.to_dict())
-            promoted = to_percent == 100
-            step = transition(rollout.phase, Action.PROMOTE if promoted else Action.STEP)
-            if not step.allowed or rollout.rollback_requested or rollout.canary_percent != from_percent:
-                return False
-            update: dict[str, Any] = {
-                "canary_percent": to_percent,
-                "step_started_at": at,
-                "updated_at": self._now(),
-            }
-            if step.to is not None:
-                update["phase"] = step.to.value
-            txn.update(rollout_ref, update)
+        `event_id` (an alert's Pub/Sub message id) is recorded in the same transaction, so its
+        redelivery is reported as a duplicate (the ledger would not change anyway). When the
+        evidence trips a rule, `rollback_request(decision)` is stored with the rollout, so the
+        request can be (re)published until it is confirmed (outbox pattern).
+        """
+        rollout_ref = self._rollout_ref(rid)
+        marker_ref = rollout_ref.collection(APPLIED).document(_event_key(event_id)) if event_id else None
+        result: dict[str, Any] = {}
+
+        def txn_body(txn: firestore.Transaction) -> None:
+            result.clear()
+            rollout_snap = rollout_ref.get(transaction=txn)
+            if not rollout_snap.exists:
+                return
+            rollout = Rollout.from_doc(rid, rollout_snap.to_dict())
+            if marker_ref is not None and marker_ref.get(transaction=txn).exists:
+                duplicate = EvidenceDecision(
+                    Outcome.DUPLICATE, rollout.ledger, (), {}, None, f"event {event_id} was already applied"
+                )
+                result.update(decision=duplicate, rollout=rollout)
+                return
+            watching = watching_promoted(
+                rollout.phase, rollout.step_started_at, now or self._now(), promoted_watch
+            )
+            decision = apply_evidence(
+                rollout.phase,
+                rollout.ledger,
+                rollout.rollback_requested,
+                entries,
+                limits,
+                keep=keep,
+                watching_promoted=watching,
+            )
+            written_at = self._now()
+            if marker_ref is not None:
+                txn.create(
+                    marker_ref,
+                    {
+                        "applied_at": written_at,
+                        "outcome": decision.outcome.value,
+                        EXPIRES_AT: written_at + MARKER_TTL,
+                    },
+                )
+            request = dict(rollback_request(decision)) if decision.request_rollback else None
+            result.update(decision=decision, rollout=rollout, request=request)
+            if decision.outcome in (Outcome.NOT_RUNNING, Outcome.UNCHANGED):
+                return
+            update: dict[str, Any] = {"ledger": _ledger_doc(decision.ledger), "updated_at": written_at}
+            changed = [
+                {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc()} for e in decision.changed
+            ]
+            history_key = hashlib.sha256(repr((source, changed)).encode()).hexdigest()[:40]
             self._decision(
                 txn,
                 rid,
-                "promoted" if promoted else "step",
-                {"message": reason, "from_percent": from_percent, "to_percent": to_percent, "by": by},
+                "evidence",
+                {
+                    "source": source,
+                    "event_id": event_id or None,
+                    "outcome": decision.outcome.value,
+                    "message": decision.reason,
+                    "entries": changed,
+                },
+                key=f"ev-{history_key}",
             )
-            return True
+            if request is not None:
+                assert decision.trip is not None
+                update |= {"rollback_requested": True, "rollback_request": request}
+                self._decision(
+                    txn,
+                    rid,
+                    "rollback_requested",
+                    {
+                        "rule": decision.trip.rule,
+                        "message": decision.reason,
+                        "event_id": event_id or None,
+                        "minutes": [minute_key(e.minute) for e in decision.trip.tripped],
+                        "evidence": [e.describe() for e in decision.trip.tripped],
+                    },
+                    key=f"req-{rid}",
+                )
+            txn.update(rollout_ref, update)
 
-        return self._transact(rid, txn_body)
+        try:
+            self._transact(rid, txn_body)
+        except gexc.Conflict:
+            # The marker was created by a concurrent delivery after our read: that one applied it.
+            return self.apply_evidence(
+                rid,
+                entries,
+                limits,
+                rollback_request,
+                keep=keep,
+                event_id=event_id,
+                source=source,
+                now=now,
+                promoted_watch=promoted_watch,
+            )
+        if not result:
+            return None
+        decision: EvidenceDecision = result["decision"]
+        rollout: Rollout = result["rollout"]
+        if decision.outcome not in (Outcome.NOT_RUNNING, Outcome.DUPLICATE):
+            # what the transaction wrote, without reading it back
+            rollout = replace(
+                rollout,
+                ledger=decision.ledger,
+                rollback_requested=rollout.rollback_requested or decision.request_rollback,
+                rollback_request=result.get("request") or rollout.rollback_request,
+            )
+        return decision, rollout
 
-    def set_paused(self, rid: str, paused: bool, *, by: str, reason: str) -> bool:
-        """Pause or resume a RUNNING rollout (the scheduler never advances a paused one). Resuming
-        a FROZEN one is the release owner's call to try again: RUNNING, with a fresh step clock
-        (its soak and progress deadline start over)."""
+    def request_rollback(
+        self, rid: str, request: Mapping[str, Any], *, rule: str, message: str
+    ) -> Rollout | None:
+        """Request a rollback that is not a rule's trip (the end-of-soak NO_GO), once per rollout:
+        stored with the rollout (the outbox), in the same transaction as its history entry. None:
+        the rollout no longer serves its canary, or a rollback was requested already."""
         rollout_ref = self._rollout_ref(rid)
+        found: dict[str, Rollout] = {}
 
-        def txn_body(txn: firestore.Transaction) -> bool:
+        def txn_body(txn: firestore.Transaction) -> None:
+            found.clear()
             snap = rollout_ref.get(transaction=txn)
             if not snap.exists:
-                return False
-            move = transition(Phase(snap.get("phase")), Action.PAUSE if paused else Action.RESUME)
-            if not move.allowed:
-                return False
-            if move.to is not None:  # a FROZEN one resumed: ramping again, with a fresh step clock
-                if snap.get("rollback_requested"):
-                    return False
-                now = self._now()
-                update = {"phase": move.to.value, "paused": False, "step_started_at": now, "updated_at": now}
-                txn.update(rollout_ref, update)
-                self._decision(txn, rid, "unfrozen", {"message": reason, "by": by})
-                return True
-            txn.update(rollout_ref, {"paused": paused, "updated_at": self._now()})
-            self._decision(txn, rid, "paused" if paused else "resumed", {"message": reason, "by": by})
-            return True
+                return
+            rollout = Rollout.from_doc(rid, snap.to_dict())
+            if not allows(rollout.phase, Action.REQUEST_ROLLBACK) or rollout.rollback_requested:
+                return
+            txn.update(
+                rollout_ref,
+                {"rollback_requested": True, "rollback_request": dict(request), "updated_at": self._now()},
+            )
+            self._decision(
+                txn, rid, "rollback_requested", {"rule": rule, "message": message}, key=f"req-{rid}"
+            )
+            found["rollout"] = replace(rollout, rollback_requested=True, rollback_request=dict(request))
 
-        return self._transact(rid, txn_body)
+        self._transact(rid, txn_body)
+        return found.get("rollout")
+
+    def mark_rollback_published(self, rid: str, message_id: str) -> None:
+        now = self._now()
+        self._rollout_ref(rid).update(
+            {
+                "rollback_published": True,
+                "rollback_message_id": message_id,
+                "rollback_published_at": now,
+                "updated_at": now,
+            }
+        )

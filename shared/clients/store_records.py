@@ -72,17 +72,6 @@ class RecordsStore(StoreBase):
         self._batch_decision(batch, rid, kind, now, data)
         self._commit(batch)
 
-    def mark_rollback_published(self, rid: str, message_id: str) -> None:
-        now = self._now()
-        self._rollout_ref(rid).update(
-            {
-                "rollback_published": True,
-                "rollback_message_id": message_id,
-                "rollback_published_at": now,
-                "updated_at": now,
-            }
-        )
-
     def record_redrive(self, rid: str, message_id: str, *, at: datetime) -> None:
         """A checkpoint re-sent an unfinished rollback (its count drives the backoff)."""
         self._rollout_ref(rid).update(
