@@ -21,6 +21,15 @@ from google.cloud import pubsub_v1
 
 from infra.localstack import PROJECT
 from infra.metrics_feed import HEALTHY, Minute, feed
+from infra.rehearsal.alert_policies import (
+    CHECKER_REGIONS,
+    AlertPolicySpec,
+    canary_down_policy,
+    incident_message,
+    metric_alert_policies,
+    service_groups,
+    uptime_check,
+)
 from infra.rehearsal.alert_rules import (
     Change,
     IncidentRules,
@@ -31,17 +40,7 @@ from infra.rehearsal.alert_rules import (
     advance_all,
     next_older_count_false,
 )
-from infra.rehearsal.alerts import (
-    CHECKER_REGIONS,
-    AlertEvaluator,
-    AlertPolicySpec,
-    IncidentNotice,
-    canary_down_policy,
-    incident_message,
-    metric_alert_policies,
-    service_groups,
-    uptime_check,
-)
+from infra.rehearsal.alerts import AlertEvaluator, IncidentNotice
 from shared.clients.monitoring import metric_service_client
 from shared.core.ledger import Kind
 from shared.events import AlertObservation, decode_alert, pubsub_message

@@ -12,9 +12,12 @@ alerts topic of the Pub/Sub emulator, where breach_counter is pushed them as in 
   its policy: ALIGN_NEXT_OLDER over two check periods per checker region, REDUCE_COUNT_FALSE,
   more than `rollback_rules.canary_down.threshold` regions failing.
 
-The condition and incident lifecycle is `infra/rehearsal/alert_rules.py` (pure); this module reads,
-probes and publishes. The orchestrator calls `evaluate(at)` once per rehearsal minute (or runs
-`run_every_minute`). What differs from GCP, and why:
+The policies, as Terraform builds them, and their incident messages are
+`infra/rehearsal/alert_policies.py`; the condition and incident lifecycle is
+`infra/rehearsal/alert_rules.py` (both pure); a condition is read by
+`infra/rehearsal/condition_reads.py`; this module evaluates, probes and publishes. The
+orchestrator calls `evaluate(at)` once per rehearsal minute (or runs `run_every_minute`). What
+differs from GCP, and why:
 
 - The stand-in lacks ALIGN_RATE and the REDUCE_PERCENTILE_* reducers. The exact aggregation is
   asked first; when the stand-in answers UNIMPLEMENTED, the same value is computed from what it
@@ -34,7 +37,6 @@ probes and publishes. The orchestrator calls `evaluate(at)` once per rehearsal m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -42,28 +44,36 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
-from urllib.parse import urlsplit
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal
 
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.cloud import monitoring_v3
 
+from infra.rehearsal.alert_policies import (
+    CHECKER_REGIONS,
+    UPTIME_METRIC,
+    AlertPolicySpec,
+    UptimeCheckSpec,
+    canary_down_policy,
+    incident_id,
+    incident_message,
+    metric_alert_policies,
+    metric_type_of,
+    uptime_check,
+)
 from infra.rehearsal.alert_rules import (
-    Change,
-    IncidentRules,
-    MissingData,
     SeriesState,
     Transition,
     advance_all,
     floor_to,
     next_older_count_false,
 )
+from infra.rehearsal.condition_reads import ConditionReader, RevisionSeries, Substitute
 from shared import clock
-from shared.clients.monitoring import CALL_TIMEOUT_S, READ_RETRY, RUN_RESOURCE
-from shared.config import SERVICE_NAME_RE
-from shared.core.distributions import percentile
+from shared.clients.monitoring import RUN_RESOURCE
+from shared.config import ServiceRef
 from shared.policy import Policy
 
 if TYPE_CHECKING:  # the publisher is google-cloud-pubsub's, built by the caller
@@ -71,339 +81,9 @@ if TYPE_CHECKING:  # the publisher is google-cloud-pubsub's, built by the caller
 
 log = logging.getLogger(__name__)
 
-# --- What terraform/monitoring.tf and services.tf fix (the rest comes from the policy file) ---
-
-SERVICES_PER_ALERT_POLICY = 25  # services.tf local.services_per_alert_policy
-REVISION_GROUP_BY = (  # monitoring.tf local.revision_group_by
-    "resource.label.service_name",
-    "resource.label.location",
-    "resource.label.revision_name",
-)
-COMPARISON = "COMPARISON_GT"
-NOTIFICATION_PROMPTS = ("OPENED", "CLOSED")
-UPTIME_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
-UPTIME_GROUP_BY = ("resource.label.project_id", "resource.label.host")
-UPTIME_CONDITION = "Canary tag uptime check failing from more checker regions than the policy threshold"
-# Where STATIC_IP_CHECKERS run with no selected_regions (UptimeCheckRegion: all regions).
-CHECKER_REGIONS = ("USA_OREGON", "USA_IOWA", "USA_VIRGINIA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC")
-SEVERITY_TEXT = {"ERROR": "Error", "CRITICAL": "Critical"}  # as incidents spell it
-
 DEFAULT_DATA_LAG = timedelta(seconds=180)  # Cloud Run metrics are visible up to 180 s late
 MIN_LOOKBACK = timedelta(minutes=10)
 PUBLISH_TIMEOUT_S = 30.0
-_RESOURCE_DISPLAY = {RUN_RESOURCE: "Cloud Run Revision", "uptime_url": "Uptime Check URL"}
-_METRIC_DISPLAY = {
-    "run.googleapis.com/request_count": "Request Count",
-    "run.googleapis.com/request_latencies": "Request Latencies",
-    "run.googleapis.com/container/memory/utilizations": "Container Memory Utilization",
-    UPTIME_METRIC: "Check passed",
-}
-
-
-@dataclass(frozen=True, order=True)
-class ServiceRef:
-    """A watched Cloud Run service."""
-
-    project: str
-    location: str
-    service: str
-
-    @classmethod
-    def parse(cls, value: str | ServiceRef) -> ServiceRef:
-        """From `projects/P/locations/L/services/S` (CANARY_SERVICES' form) or a ServiceRef."""
-        if isinstance(value, ServiceRef):
-            return value
-        match = SERVICE_NAME_RE.fullmatch(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not projects/PROJECT/locations/LOCATION/services/SERVICE")
-        return cls(*match.groups())
-
-    @property
-    def name(self) -> str:
-        return f"projects/{self.project}/locations/{self.location}/services/{self.service}"
-
-
-# --- The alert policies, as Terraform builds them ------------------------------------------
-
-
-@dataclass(frozen=True)
-class AggregationSpec:
-    alignment_period_s: int
-    per_series_aligner: str
-    cross_series_reducer: str
-    group_by_fields: tuple[str, ...]
-
-    def as_incident(self) -> dict[str, Any]:
-        return {
-            "alignmentPeriod": f"{self.alignment_period_s}s",
-            "perSeriesAligner": self.per_series_aligner,
-            "crossSeriesReducer": self.cross_series_reducer,
-            "groupByFields": list(self.group_by_fields),
-        }
-
-
-@dataclass(frozen=True)
-class ConditionSpec:
-    """A google_monitoring_alert_policy's condition_threshold."""
-
-    display_name: str
-    filter: str
-    threshold_value: float
-    duration_s: int
-    aggregation: AggregationSpec
-    denominator_filter: str | None = None
-    denominator_aggregation: AggregationSpec | None = None
-    evaluation_missing_data: MissingData | None = None  # None: not set, i.e. NO_OP
-    comparison: str = COMPARISON
-
-    def as_incident(self) -> dict[str, Any]:
-        """The incident's `condition.conditionThreshold` (camelCase, as the API writes it)."""
-        threshold: dict[str, Any] = {
-            "filter": self.filter,
-            "comparison": self.comparison,
-            "thresholdValue": self.threshold_value,
-            "duration": f"{self.duration_s}s",
-            "trigger": {"count": 1},
-            "aggregations": [self.aggregation.as_incident()],
-        }
-        if self.denominator_filter is not None and self.denominator_aggregation is not None:
-            threshold["denominatorFilter"] = self.denominator_filter
-            threshold["denominatorAggregations"] = [self.denominator_aggregation.as_incident()]
-        if self.evaluation_missing_data is not None:
-            threshold["evaluationMissingData"] = self.evaluation_missing_data.value
-        return threshold
-
-
-@dataclass(frozen=True)
-class AlertPolicySpec:
-    """One google_monitoring_alert_policy instance."""
-
-    key: str  # its for_each key: "error_rate/00", or the service for canary_down
-    rule: str
-    display_name: str
-    severity: str
-    condition: ConditionSpec
-    user_labels: Mapping[str, str]
-    documentation_subject: str
-    auto_close_s: int
-    renotify_interval_s: int
-    services: tuple[str, ...]  # the short service names it covers
-    notification_prompts: tuple[str, ...] = NOTIFICATION_PROMPTS
-
-    @property
-    def policy_id(self) -> str:
-        """A stable stand-in for the numeric id GCP gives the policy."""
-        return _numeric_id(f"policy {self.rule} {self.key}")
-
-    @property
-    def condition_id(self) -> str:
-        return _numeric_id(f"condition {self.rule} {self.key}")
-
-    def rules(self, step: timedelta, data_lag: timedelta) -> IncidentRules:
-        return IncidentRules(
-            threshold=self.condition.threshold_value,
-            step=step,
-            duration=timedelta(seconds=self.condition.duration_s),
-            renotify_interval=timedelta(seconds=self.renotify_interval_s),
-            auto_close=timedelta(seconds=self.auto_close_s),
-            missing_data=self.condition.evaluation_missing_data or MissingData.NO_OP,
-            data_lag=data_lag,
-        )
-
-
-@dataclass(frozen=True)
-class UptimeCheckSpec:
-    """google_monitoring_uptime_check_config.canary for one service."""
-
-    service: str
-    host: str
-    path: str
-    period_s: int
-    timeout_s: int
-    request_method: str = "GET"
-    accepted_status_class: str = "STATUS_CLASS_2XX"
-
-    @property
-    def check_id(self) -> str:
-        # GCP derives the id from the display name ("canary-guard <service>: canary tag") plus a suffix.
-        return f"canary-guard-{self.service}-canary-tag"
-
-
-def service_groups(names: Sequence[str]) -> dict[str, list[str]]:
-    """services.tf local.service_groups: "00", "01", ... -> up to 25 sorted names each."""
-    ordered = sorted(set(names))
-    return {
-        f"{index:02d}": ordered[start : start + SERVICES_PER_ALERT_POLICY]
-        for index, start in enumerate(range(0, len(ordered), SERVICES_PER_ALERT_POLICY))
-    }
-
-
-def _group_filter(names: Sequence[str]) -> str:
-    listed = ", ".join(f'"{name}"' for name in names)
-    return f'resource.type = "{RUN_RESOURCE}" AND resource.labels.service_name = one_of({listed})'
-
-
-def metric_alert_policies(policy: Policy, service_names: Sequence[str]) -> list[AlertPolicySpec]:
-    """monitoring.tf google_monitoring_alert_policy.metric_rule: one per rule of
-    alerting.metric_conditions and group of services."""
-    alerting = policy.alerting
-    specs = []
-    for rule, condition in alerting.metric_conditions.items():
-        for group, names in service_groups(service_names).items():
-            group_title = f"group {group}: {len(names)} services, {names[0]} … {names[-1]}"
-            aggregation = AggregationSpec(
-                alerting.alignment_period_s,
-                condition.per_series_aligner,
-                condition.cross_series_reducer,
-                REVISION_GROUP_BY,
-            )
-            ratio = condition.denominator_filter != ""
-            specs.append(
-                AlertPolicySpec(
-                    key=f"{rule}/{group}",
-                    rule=rule,
-                    display_name=f"canary-guard {condition.title} ({group_title})",
-                    severity="ERROR",
-                    condition=ConditionSpec(
-                        display_name=f"{condition.title} per revision above the policy threshold",
-                        filter=f"{condition.filter} AND {_group_filter(names)}",
-                        threshold_value=policy.rollback_rules[rule].threshold,
-                        duration_s=alerting.duration_s,
-                        aggregation=aggregation,
-                        denominator_filter=(
-                            f"{condition.denominator_filter} AND {_group_filter(names)}" if ratio else None
-                        ),
-                        denominator_aggregation=aggregation if ratio else None,
-                        evaluation_missing_data=MissingData.INACTIVE,
-                    ),
-                    user_labels={"app": "canary-guard", "canary_rule": rule},
-                    documentation_subject=(
-                        f"canary-guard: a canary's {condition.title} above the rollback threshold"
-                    ),
-                    auto_close_s=alerting.auto_close_s,
-                    renotify_interval_s=alerting.renotify_interval_s,
-                    services=tuple(names),
-                )
-            )
-    return specs
-
-
-def uptime_check(policy: Policy, service: str, canary_url: str) -> UptimeCheckSpec:
-    """monitoring.tf google_monitoring_uptime_check_config.canary for `service`."""
-    check = policy.alerting.uptime_check
-    return UptimeCheckSpec(service, urlsplit(canary_url).netloc, check.path, check.period_s, check.timeout_s)
-
-
-def canary_down_policy(policy: Policy, check: UptimeCheckSpec) -> AlertPolicySpec:
-    """monitoring.tf google_monitoring_alert_policy.canary_down for the check's service."""
-    alerting = policy.alerting
-    return AlertPolicySpec(
-        key=check.service,
-        rule="canary_down",
-        display_name=f"canary-guard {check.service}: canary down",
-        severity="CRITICAL",
-        condition=ConditionSpec(
-            display_name=UPTIME_CONDITION,
-            filter=(
-                f'metric.type = "{UPTIME_METRIC}" AND resource.type = "uptime_url"'
-                f' AND metric.labels.check_id = "{check.check_id}"'
-            ),
-            threshold_value=policy.rollback_rules["canary_down"].threshold,
-            duration_s=alerting.duration_s,
-            aggregation=AggregationSpec(
-                check.period_s * 2, "ALIGN_NEXT_OLDER", "REDUCE_COUNT_FALSE", UPTIME_GROUP_BY
-            ),
-        ),
-        user_labels={"app": "canary-guard", "canary_rule": "canary_down", "canary_service": check.service},
-        documentation_subject=f"canary-guard: {check.service} canary is not serving",
-        auto_close_s=alerting.auto_close_s,
-        renotify_interval_s=alerting.renotify_interval_s,
-        services=(check.service,),
-    )
-
-
-# --- The incident message (schema 1.2) -------------------------------------------------------
-
-
-def number_text(value: float) -> str:
-    """How an incident writes threshold_value / observed_value: a short decimal string."""
-    return f"{value:.6g}"
-
-
-def incident_id(spec: AlertPolicySpec, series: object, started_at: datetime) -> str:
-    """One id per incident: the same for its open, renotifications and close."""
-    digest = hashlib.sha256(f"{spec.key}|{series}|{started_at.isoformat()}".encode()).hexdigest()
-    return f"0.{digest[:12]}"
-
-
-def incident_message(
-    spec: AlertPolicySpec,
-    transition: Transition,
-    *,
-    project: str,
-    project_number: int,
-    resource_type: str,
-    resource_labels: Mapping[str, str],
-    metric_type: str,
-    incident: str,
-) -> dict[str, Any]:
-    """The notification Cloud Monitoring publishes to a Pub/Sub channel: {"version": "1.2", ...}.
-
-    Top level snake_case, `condition` camelCase, threshold and observed values as strings,
-    started_at / ended_at unix seconds (ended_at null while open); the resource keeps only the
-    labels the policy groups by (and project_id), the metric no labels (the reducer drops them)."""
-    state = "closed" if transition.change is Change.CLOSE else "open"
-    resource_display = _RESOURCE_DISPLAY.get(resource_type, resource_type)
-    labels_text = ", ".join(f"{key}={value}" for key, value in resource_labels.items())
-    metric_display = _METRIC_DISPLAY.get(metric_type, metric_type)
-    threshold = number_text(spec.condition.threshold_value)
-    observed = None if transition.observed is None else number_text(transition.observed)
-    subject = f"{metric_display} for {project} {resource_display} labels {{{labels_text}}}"
-    if state == "open":
-        summary = f"{subject} is above the threshold of {threshold} with a value of {observed}."
-    elif observed is None:
-        summary = f"{subject} has no data: the incident closed ({transition.reason})."
-    else:
-        summary = f"{subject} returned to normal with a value of {observed}."
-    display = resource_labels.get("revision_name") or resource_labels.get("host", "")
-    body = {
-        "incident_id": incident,
-        "scoping_project_id": project,
-        "scoping_project_number": project_number,
-        "url": f"https://console.cloud.google.com/monitoring/alerting/incidents/{incident}?project={project}",
-        "severity": SEVERITY_TEXT.get(spec.severity, spec.severity.title()),
-        "started_at": int(transition.started_at.timestamp()),
-        "ended_at": None if transition.ended_at is None else int(transition.ended_at.timestamp()),
-        "state": state,
-        "summary": summary,
-        "apigee_url": "",
-        "observed_value": observed,
-        "resource": {"type": resource_type, "labels": dict(resource_labels)},
-        "resource_type_display_name": resource_display,
-        "resource_id": "",
-        "resource_display_name": display,
-        "resource_name": f"{project} {resource_display} labels {{{labels_text}}}",
-        "metric": {"type": metric_type, "displayName": metric_display, "labels": {}},
-        "metadata": {"system_labels": {}, "user_labels": {}},
-        "policy_name": spec.display_name,
-        "policy_user_labels": dict(spec.user_labels),
-        "documentation": {
-            "content": f"canary-guard alert policy for rule {spec.rule} (terraform/monitoring.tf).",
-            "mime_type": "text/markdown",
-            "subject": spec.documentation_subject,
-        },
-        "condition": {
-            "name": f"projects/{project}/alertPolicies/{spec.policy_id}/conditions/{spec.condition_id}",
-            "displayName": spec.condition.display_name,
-            "conditionThreshold": spec.condition.as_incident(),
-        },
-        "condition_name": spec.condition.display_name,
-        "threshold_value": threshold,
-    }
-    return {"version": "1.2", "incident": body}
-
-
-# --- The evaluator ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -420,37 +100,6 @@ class IncidentNotice:
     incident_id: str
     reason: str
     message_id: str
-
-
-class RevisionSeries(NamedTuple):
-    """One time series of a metric policy: what its group_by_fields keep."""
-
-    service: str
-    location: str
-    revision: str
-
-
-@dataclass(frozen=True)
-class _Substitute:
-    """A stand-in-supported aggregation giving the same aligned value as the one asked for."""
-
-    aligner: str
-    reducer: str
-    divide_by: float = 1.0  # ALIGN_RATE from ALIGN_DELTA: per second
-    percentile: float | None = None  # REDUCE_PERCENTILE_q from REDUCE_SUM of distributions
-
-
-def standin_substitute(aggregation: AggregationSpec) -> _Substitute | None:
-    """What to ask the stand-in instead of an aggregation it does not implement; None: no equivalent."""
-    aligner, reducer = aggregation.per_series_aligner, aggregation.cross_series_reducer
-    divide_by, quantile = 1.0, None
-    if aligner == "ALIGN_RATE":
-        aligner, divide_by = "ALIGN_DELTA", float(aggregation.alignment_period_s)
-    if reducer.startswith("REDUCE_PERCENTILE_"):
-        reducer, quantile = "REDUCE_SUM", float(reducer.removeprefix("REDUCE_PERCENTILE_"))
-    if (aligner, reducer) == (aggregation.per_series_aligner, aggregation.cross_series_reducer):
-        return None
-    return _Substitute(aligner, reducer, divide_by, quantile)
 
 
 @dataclass
@@ -492,12 +141,11 @@ class AlertEvaluator:
         self._policy = policy
         self._project = project
         self._project_number = project_number
-        refs = [ServiceRef.parse(service) for service in services]
+        refs = [s if isinstance(s, ServiceRef) else ServiceRef.parse(s) for s in services]
         self._services = {ref.service: ref for ref in refs}
         if not refs or len(self._services) != len(refs):
             # Terraform keys var.services by name: one service per name, at least one.
             raise ValueError(f"services must be one or more distinct service names, got {services!r}")
-        self._client = monitoring_client
         self._publisher = publisher
         self._topic = topic_path
         self._canary_urls = canary_urls
@@ -510,9 +158,13 @@ class AlertEvaluator:
         self._rules = {spec.key: spec.rules(self._step, data_lag) for spec in self.policies}
         self._states: dict[str, dict[RevisionSeries, SeriesState]] = {spec.key: {} for spec in self.policies}
         self._uptime: dict[str, _Uptime] = {}
-        # (aligner, reducer) the stand-in refused -> what is asked instead (see the module docstring)
-        self.substitutes: dict[tuple[str, str], _Substitute] = {}
+        self._reads = ConditionReader(monitoring_client, project, step=self._step, lookback=self._lookback)
         self.errors: list[str] = []  # of the last evaluation: a policy that could not be read
+
+    @property
+    def substitutes(self) -> dict[tuple[str, str], Substitute]:
+        """(aligner, reducer) the stand-in refused -> what is asked instead (see the module docstring)."""
+        return self._reads.substitutes
 
     # --- the minute ---
 
@@ -527,7 +179,7 @@ class AlertEvaluator:
         notices: list[IncidentNotice] = []
         for spec in self.policies:
             try:
-                series, arrived = self._read_condition(spec.condition, at)
+                series, arrived = self._reads.read(spec.condition, at)
             except api_exceptions.GoogleAPICallError as exc:
                 self.errors.append(f"{spec.display_name}: {exc}")
                 log.warning("alert policy %s not evaluated at %s: %s", spec.key, at.isoformat(), exc)
@@ -555,81 +207,6 @@ class AlertEvaluator:
             stop.wait(max(0.05, scaled.real_seconds(span) if scaled else span.total_seconds()))
 
     # --- metric policies ---
-
-    def _read_condition(
-        self, condition: ConditionSpec, at: datetime
-    ) -> tuple[dict[RevisionSeries, dict[datetime, float]], dict[RevisionSeries, datetime]]:
-        """The condition's aligned values per revision series, and per series the newest period
-        any of its data (numerator or denominator) has arrived for."""
-        end = floor_to(at, self._step)
-        start = end - self._lookback
-        numerator = self._aligned(condition.filter, condition.aggregation, start, end)
-        arrived = {key: max(points) for key, points in numerator.items() if points}
-        if condition.denominator_filter is None or condition.denominator_aggregation is None:
-            return numerator, arrived
-        denominator = self._aligned(
-            condition.denominator_filter, condition.denominator_aggregation, start, end
-        )
-        ratios: dict[RevisionSeries, dict[datetime, float]] = {}
-        for key, totals in denominator.items():
-            if totals:
-                arrived[key] = max(arrived.get(key, max(totals)), max(totals))
-            parts = numerator.get(key, {})
-            # No numerator point (no 5xx that minute): no ratio, i.e. no data (see the docstring).
-            values = {when: parts[when] / total for when, total in totals.items() if total and when in parts}
-            if values:
-                ratios[key] = values
-        return ratios, arrived
-
-    def _aligned(
-        self, filter_: str, aggregation: AggregationSpec, start: datetime, end: datetime
-    ) -> dict[RevisionSeries, dict[datetime, float]]:
-        wanted = (aggregation.per_series_aligner, aggregation.cross_series_reducer)
-        substitute = self.substitutes.get(wanted)
-        try:
-            found = self._list(filter_, aggregation, substitute, start, end)
-        except api_exceptions.MethodNotImplemented:
-            substitute = None if substitute else standin_substitute(aggregation)
-            if substitute is None:
-                raise
-            log.info("the Monitoring stand-in lacks %s + %s: reading %s", *wanted, substitute)
-            self.substitutes[wanted] = substitute
-            found = self._list(filter_, aggregation, substitute, start, end)
-        series: dict[RevisionSeries, dict[datetime, float]] = {}
-        for one in found:
-            raw = monitoring_v3.TimeSeries.pb(one)
-            labels = raw.resource.labels
-            key = RevisionSeries(labels["service_name"], labels["location"], labels["revision_name"])
-            points = series.setdefault(key, {})
-            for point in raw.points:
-                value = _point_value(point.value, substitute)
-                if value is not None:
-                    points[datetime.fromtimestamp(point.interval.end_time.seconds, UTC)] = value
-        return series
-
-    def _list(
-        self,
-        filter_: str,
-        aggregation: AggregationSpec,
-        substitute: _Substitute | None,
-        start: datetime,
-        end: datetime,
-    ) -> list[monitoring_v3.TimeSeries]:
-        aligner = substitute.aligner if substitute else aggregation.per_series_aligner
-        reducer = substitute.reducer if substitute else aggregation.cross_series_reducer
-        request = monitoring_v3.ListTimeSeriesRequest(
-            name=f"projects/{self._project}",
-            filter=filter_,
-            interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
-            aggregation=monitoring_v3.Aggregation(
-                alignment_period=timedelta(seconds=aggregation.alignment_period_s),
-                per_series_aligner=monitoring_v3.Aggregation.Aligner[aligner],
-                cross_series_reducer=monitoring_v3.Aggregation.Reducer[reducer],
-                group_by_fields=list(aggregation.group_by_fields),
-            ),
-            view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
-        )
-        return list(self._client.list_time_series(request=request, retry=READ_RETRY, timeout=CALL_TIMEOUT_S))
 
     def _advance_metric_policy(
         self,
@@ -666,7 +243,7 @@ class AlertEvaluator:
                         revision=key.revision,
                         resource_type=RUN_RESOURCE,
                         resource_labels=labels,
-                        metric_type=_metric_type(spec.condition.filter),
+                        metric_type=metric_type_of(spec.condition.filter),
                     )
                 )
             except Exception:
@@ -800,23 +377,3 @@ def probe(url: str, timeout_s: float) -> bool:
         return False
     # requests' timeout bounds each socket wait, not the whole answer: the check's timeout does.
     return 200 <= response.status_code < 300 and time.monotonic() - started <= timeout_s
-
-
-def _numeric_id(text: str) -> str:
-    return str(int(hashlib.sha256(text.encode()).hexdigest()[:15], 16))
-
-
-def _metric_type(filter_: str) -> str:
-    """The metric.type a condition filter starts with (the policy file's filters always do)."""
-    return filter_.split('"', 2)[1]
-
-
-def _point_value(value: Any, substitute: _Substitute | None) -> float | None:
-    """An aligned point's value as a float (None: no value, e.g. an empty distribution)."""
-    which = value.WhichOneof("value")
-    if which == "distribution_value":
-        if substitute is None or substitute.percentile is None:
-            raise ValueError("a distribution where the condition needs a number")
-        return percentile(value.distribution_value, substitute.percentile)
-    number = float(value.double_value if which == "double_value" else value.int64_value)
-    return number / substitute.divide_by if substitute else number
