@@ -19,7 +19,8 @@ import requests
 
 from infra.cloudrun_standin import CloudRunStandin, start_cloudrun_standin
 from infra.rehearsal.revisions import ResourceSampler, RevisionProcess, RevisionStartError
-from infra.rehearsal.router import Router, Routes, TrafficDriver, routes_of
+from infra.rehearsal.router import Router, Routes, routes_of
+from infra.rehearsal.traffic_driver import TrafficDriver
 from shared.clock import ENV as CLOCK_ENV
 from shared.clock import ScaledClock
 

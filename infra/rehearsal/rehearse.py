@@ -41,7 +41,7 @@ from infra.monitoring_standin import start_monitoring_standin
 from infra.rehearsal.alerts import AlertEvaluator
 from infra.rehearsal.report import write_report
 from infra.rehearsal.revisions import ResourceSampler, RevisionProcess
-from infra.rehearsal.router import Router, TrafficDriver
+from infra.rehearsal.router import Router
 from infra.rehearsal.scheduler import LocalScheduler, policy_jobs
 from infra.rehearsal.scripts import CanaryScript
 from infra.rehearsal.served_metrics import write_visible_minutes
@@ -51,6 +51,7 @@ from infra.rehearsal.timeline import (
     Record,
     TimelineWriter,
 )
+from infra.rehearsal.traffic_driver import TrafficDriver
 from infra.rehearsal.view import LiveView
 from infra.rehearsal.watch import DecisionWatcher, ServiceOutcome
 from shared.clients.monitoring import metric_service_client

@@ -14,7 +14,8 @@ recorded per (service, revision, minute of `now()` when its answer went out): it
 ("2xx", "3xx", "4xx", "5xx") and its end-to-end latency in ms, which `take_minutes` hands over
 as the `request_count` and `request_latencies` Cloud Run would record.
 
-`TrafficDriver` sends steady load to a URL from a few threads, for the rehearsal's orchestrator.
+What was served is kept by `infra/rehearsal/served.py`; steady load comes from
+`infra/rehearsal/traffic_driver.py`.
 """
 
 from __future__ import annotations
@@ -24,24 +25,21 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
+from infra.rehearsal.served import ANY_URL, ServedLedger, ServedMinute
 from shared import clock
-from shared.core.evidence import whole_minute
 
 log = logging.getLogger(__name__)
 
 LATEST = 1  # google.cloud.run.v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
-MINUTE = timedelta(minutes=1)
-RESPONSE_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 # Headers about one connection, not the request: never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP = frozenset(
     {
@@ -59,26 +57,8 @@ HOP_BY_HOP = frozenset(
 _BACKEND_FAILURES = (OSError, http.client.HTTPException)  # refused, reset, timed out, garbled
 
 
-def response_class(status: int) -> str:
-    return f"{status // 100}xx"
-
-
 def _short_name(name: str) -> str:
     return name.rsplit("/", 1)[-1]
-
-
-ANY_URL, SERVICE_URL = "*", ""  # served_counts(via=...): every URL, or the service URL alone
-
-
-@dataclass(frozen=True)
-class ServedMinute:
-    """What one revision of a service served in one minute."""
-
-    service: str
-    revision: str
-    start: datetime
-    counts: dict[str, int]  # response class -> requests
-    latencies_ms: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -111,51 +91,6 @@ def routes_of(service: dict[str, Any]) -> Routes:
         if target.get("tag"):
             tags[str(target["tag"])] = revision
     return Routes(percents, tags)
-
-
-@dataclass
-class _Minute:
-    counts: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-
-
-class _Ledger:
-    """Thread-safe per-minute request records."""
-
-    def __init__(self, now: Callable[[], datetime]) -> None:
-        self._now = now
-        self._lock = threading.Lock()
-        self._minutes: dict[tuple[str, str, datetime], _Minute] = {}
-        self._totals: Counter[tuple[str, str, str | None]] = Counter()  # (service, revision, tag)
-
-    def record(self, service: str, revision: str, status: int, latency_ms: float, tag: str | None) -> None:
-        with self._lock:
-            # The minute is read under the lock, so a request done after a take_minutes that
-            # covered its minute cannot land in that (already handed over) minute.
-            start = whole_minute(self._now())
-            minute = self._minutes.setdefault((service, revision, start), _Minute())
-            minute.counts[response_class(status)] += 1
-            minute.latencies_ms.append(latency_ms)
-            self._totals[(service, revision, tag)] += 1
-
-    def take(self, before: datetime) -> list[ServedMinute]:
-        with self._lock:
-            done = sorted(key for key in self._minutes if key[2] + MINUTE <= before)
-            taken = [(key, self._minutes.pop(key)) for key in done]
-        return [
-            ServedMinute(service, revision, start, dict(minute.counts), tuple(minute.latencies_ms))
-            for (service, revision, start), minute in taken
-        ]
-
-    def totals(self, service: str | None, via: str | None) -> dict[str, int]:
-        with self._lock:
-            totals: Counter[str] = Counter()
-            for (served_service, revision, tag), count in self._totals.items():
-                if service not in (None, served_service):
-                    continue
-                if via in (ANY_URL, tag) or (via == SERVICE_URL and tag is None):
-                    totals[revision] += count
-            return dict(totals)
 
 
 class _Listener(ThreadingHTTPServer):
@@ -267,7 +202,7 @@ class Router:
         self.location = location
         self.poll_interval_s = poll_interval_s
         self.backend_timeout_s = backend_timeout_s
-        self.ledger = _Ledger(now)
+        self.ledger = ServedLedger(now)
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._routes: dict[str, Routes] = {}
@@ -442,79 +377,3 @@ class Router:
                 host, int(port), timeout=self.backend_timeout_s
             )
         return connection, connection.sock is not None
-
-
-class TrafficDriver:
-    """Steady load on `url`: `rps` requests per real second in all, from `threads` threads (one
-    requests.Session each), cycling through `paths`, until stopped. Counts outcomes by response
-    class, and "error" for requests that got no answer."""
-
-    def __init__(
-        self,
-        url: str,
-        rps: float,
-        paths: Iterable[str] = ("/",),
-        *,
-        threads: int = 4,
-        timeout_s: float = 10.0,
-    ) -> None:
-        if rps <= 0 or threads <= 0:
-            raise ValueError("rps and threads must be > 0")
-        self.url = url.rstrip("/")
-        self.rps = rps
-        self.paths = tuple(paths) or ("/",)
-        self.timeout_s = timeout_s
-        self._thread_count = threads
-        self._lock = threading.Lock()
-        self._outcomes: Counter[str] = Counter()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> TrafficDriver:
-        interval = self._thread_count / self.rps
-        for index in range(self._thread_count):
-            # Staggered, so the threads' requests interleave instead of arriving in bursts.
-            first_at = time.monotonic() + index * interval / self._thread_count
-            thread = threading.Thread(
-                target=self._drive, args=(index, first_at, interval), name=f"driver-{index}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
-        return self
-
-    def stop(self) -> dict[str, int]:
-        """Stop, wait for the requests in flight, and return the outcomes."""
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
-        return self.outcomes()
-
-    def outcomes(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._outcomes)
-
-    def sent(self) -> int:
-        with self._lock:
-            return sum(self._outcomes.values())
-
-    def _drive(self, index: int, next_at: float, interval: float) -> None:
-        with requests.Session() as session:
-            sent = 0
-            while not self._stopping.wait(max(0.0, next_at - time.monotonic())):
-                path = self.paths[(index + sent * self._thread_count) % len(self.paths)]
-                try:
-                    outcome = response_class(session.get(self.url + path, timeout=self.timeout_s).status_code)
-                except requests.RequestException:
-                    outcome = "error"
-                with self._lock:
-                    self._outcomes[outcome] += 1
-                sent += 1
-                # Fixed schedule, no catch-up burst after a slow answer of more than a second.
-                next_at = max(next_at + interval, time.monotonic() - 1.0)
-
-    def __enter__(self) -> TrafficDriver:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

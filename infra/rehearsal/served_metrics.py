@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from infra.metrics_feed import RevisionRef, record_minute
 from infra.monitoring_standin import MonitoringStandin
 from infra.rehearsal.revisions import ResourceMinute, ResourceSampler
-from infra.rehearsal.router import Router, ServedMinute
+from infra.rehearsal.router import Router
+from infra.rehearsal.served import ServedMinute
 from infra.rehearsal.timeline import MinuteRecord
 
 MINUTE = timedelta(minutes=1)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from infra.rehearsal.router import SERVICE_URL, Router
+from infra.rehearsal.router import Router
+from infra.rehearsal.served import SERVICE_URL
 from infra.rehearsal.timeline import DecisionRecord, Record, StatusRecord, TrafficRecord
 from shared.clients.store import RolloutStore, rollout_id
 from shared.policy import Policy
