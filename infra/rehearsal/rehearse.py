@@ -45,12 +45,7 @@ from infra.rehearsal.router import Router
 from infra.rehearsal.scheduler import LocalScheduler, policy_jobs
 from infra.rehearsal.scripts import CanaryScript
 from infra.rehearsal.served_metrics import write_visible_minutes
-from infra.rehearsal.timeline import (
-    AlertRecord,
-    DecisionRecord,
-    Record,
-    TimelineWriter,
-)
+from infra.rehearsal.timeline import AlertRecord, DecisionRecord, Record, TimelineWriter
 from infra.rehearsal.traffic_driver import TrafficDriver
 from infra.rehearsal.view import LiveView
 from infra.rehearsal.watch import DecisionWatcher, ServiceOutcome

@@ -7,13 +7,13 @@ sees when the canary went bad, when it was rolled back (or stepped) and what hap
 
     python -m infra.rehearsal.report TIMELINE.jsonl OUT_DIR [--title TITLE]
 
-re-renders the report of a saved timeline (also one a crashed run left behind).
+re-renders the report of a saved timeline (also one a crashed run left behind). The Markdown
+history is written by infra/rehearsal/history.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,29 +21,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from infra.rehearsal.timeline import (
-    DecisionRecord,
-    MetricBars,
-    Record,
-    ServiceTimeline,
-    TimelineError,
-    alert_text,
-    group_by_service,
-    metric_text,
-    read_timeline,
-    split_text,
+from infra.rehearsal.history import (
+    HISTORY_NAME,
+    PNG_NAME,
+    ROUTINE_DECISIONS,
+    decision_label,
+    history_markdown,
 )
+from infra.rehearsal.service_timeline import MetricBars, ServiceTimeline, group_by_service
+from infra.rehearsal.timeline import Record, TimelineError, read_timeline
 from shared.policy import Policy, load_policy
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-PNG_NAME = "timeline.png"
-HISTORY_NAME = "history.md"
-
-# Decisions that happen every minute or so: ticked on the chart, not labelled (labels would pile up).
-ROUTINE_DECISIONS = frozenset({"evidence", "verdict", "checkpoint", "load_test", "load_tests_left_out"})
 ROLLBACK_DECISIONS = frozenset({"rollback_requested", "rollback_started", "rollback_failed", "rolled_back"})
 ADVANCE_DECISIONS = frozenset({"step", "promoted"})
 
@@ -97,21 +89,6 @@ def write_report(
 
 
 # ---- markers --------------------------------------------------------------------------------
-
-
-def _percent_in(message: str) -> str | None:
-    found = re.search(r"(\d+(?:\.\d+)?)\s?%", message)
-    return f"{found.group(1)}%" if found else None
-
-
-def decision_label(decision: DecisionRecord) -> str:
-    """`rolled back`, `step to 10%`, `started at 5%`: what a vertical line on the chart says."""
-    label = decision.kind.replace("_", " ")
-    if decision.kind in ("started", "step"):
-        percent = _percent_in(decision.message)
-        if percent:
-            label += f" {'at' if decision.kind == 'started' else 'to'} {percent}"
-    return label
 
 
 def markers_of(timeline: ServiceTimeline) -> list[Marker]:
@@ -391,80 +368,6 @@ def _draw_labels(figure: Figure, axes: Axes, groups: Sequence[Sequence[Marker]])
                 placed.append(box)
                 break
             text.remove()
-
-
-# ---- history.md -----------------------------------------------------------------------------
-
-
-def _when(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-
-
-def _cell(text: str) -> str:
-    """A Markdown table cell: pipes escaped, one line."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
-    return lines
-
-
-def _summary(timeline: ServiceTimeline) -> list[str]:
-    status = timeline.statuses[-1] if timeline.statuses else None
-    verdict = next((s.verdict for s in reversed(timeline.statuses) if s.verdict), None)
-    state = f"{status.phase} at {status.percent}%" if status else "no rollout status"
-    if verdict:
-        state += f", last verdict {verdict}"
-    final = split_text(timeline.traffic[-1].split) if timeline.traffic else "-"
-    lines = [f"- **{timeline.short_name}**: {state}; final traffic {final}"]
-    moments = [(d.at, decision_label(d)) for d in timeline.decisions if d.kind not in ROUTINE_DECISIONS]
-    moments += [(a.at, f"alert {alert_text(a)}") for a in timeline.alerts if a.state == "open"]
-    lines += [f"  - {_when(when)} {what}" for when, what in sorted(moments, key=lambda moment: moment[0])]
-    return lines
-
-
-def history_markdown(services: dict[str, ServiceTimeline], title: str, *, png_name: str = PNG_NAME) -> str:
-    """The decision history, alerts and traffic changes as Markdown tables, each in time order."""
-    lines = [f"# {title}", "", f"![timeline]({png_name})", "", "## Summary", ""]
-    for timeline in services.values():
-        lines += _summary(timeline)
-    if not services:
-        lines.append("The timeline holds no records.")
-
-    def in_time_order(rows: list[tuple[datetime, int, list[str]]]) -> list[list[str]]:
-        return [row for _, _, row in sorted(rows, key=lambda item: (item[0], item[1]))]
-
-    # Sorted by time across services; the timeline's order breaks ties (same-millisecond decisions).
-    decisions, alerts, traffic = [], [], []
-    for timeline in services.values():
-        for index, d in enumerate(timeline.decisions):
-            decisions.append((d.at, index, [_when(d.at), timeline.short_name, d.kind, d.message]))
-        for index, a in enumerate(timeline.alerts):
-            row = [
-                _when(a.at),
-                timeline.short_name,
-                a.revision,
-                a.rule,
-                a.state,
-                metric_text(a.rule, a.observed),
-                metric_text(a.rule, a.threshold),
-            ]
-            alerts.append((a.at, index, row))
-        for index, t in enumerate(timeline.traffic):
-            traffic.append((t.at, index, [_when(t.at), timeline.short_name, split_text(t.split)]))
-    lines += ["", "## Decisions", ""]
-    lines += _table(("time (UTC)", "service", "kind", "message"), in_time_order(decisions))
-    lines += ["", "## Alerts", ""]
-    if alerts:
-        headers = ("time (UTC)", "service", "revision", "rule", "state", "observed", "threshold")
-        lines += _table(headers, in_time_order(alerts))
-    else:
-        lines.append("No alerts.")
-    lines += ["", "## Traffic changes", ""]
-    lines += _table(("time (UTC)", "service", "split"), in_time_order(traffic))
-    return "\n".join(lines) + "\n"
 
 
 # ---- CLI ------------------------------------------------------------------------------------

@@ -19,20 +19,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from infra.rehearsal.timeline import (
-    AlertRecord,
-    DecisionRecord,
+from infra.rehearsal.service_timeline import (
     MetricBars,
-    MinuteRecord,
-    Record,
     ServiceTimeline,
-    TrafficRecord,
     alert_text,
     clock_text,
     group_by_service,
     service_short_name,
     split_text,
 )
+from infra.rehearsal.timeline import AlertRecord, DecisionRecord, MinuteRecord, Record, TrafficRecord
 from shared.policy import Policy, load_policy
 
 ROLE_STYLES = {"stable": "blue", "canary": "dark_orange", "other": "magenta"}

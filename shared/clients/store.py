@@ -68,7 +68,7 @@ from shared.clients.store_phases import PhaseStore
 from shared.clients.store_records import RecordsStore
 from shared.core.evidence import Evidence, minute_key
 from shared.core.ledger import EvidenceDecision, Outcome, Phase, apply_evidence, watching_promoted
-from shared.core.lifecycle import Action, allows
+from shared.core.lifecycle import Action, allows, transition
 from shared.core.traffic import CanarySplit
 
 # Re-exported: callers import these from shared.clients.store.
@@ -166,7 +166,8 @@ class RolloutStore(PhaseStore, CoordinationStore, RecordsStore):
             if rollout_snap.exists:
                 return
             # A FROZEN canary still serves its share: it is as active as a RUNNING one.
-            if previous is not None and allows(previous.phase, Action.SUPERSEDE):
+            supersede = transition(previous.phase, Action.SUPERSEDE) if previous is not None else None
+            if previous is not None and supersede is not None and supersede.allowed:
                 if refuse_if_active:
                     raise RolloutConflict(
                         f"{service_name} already has an active rollout of {previous.canary_revision} "
@@ -174,7 +175,7 @@ class RolloutStore(PhaseStore, CoordinationStore, RecordsStore):
                     )
                 txn.update(
                     self._rollout_ref(previous.id),
-                    {"phase": Phase.SUPERSEDED.value, "updated_at": self._now()},
+                    {"phase": (supersede.to or previous.phase).value, "updated_at": self._now()},
                 )
                 self._decision(
                     txn, previous.id, "superseded", {"message": f"superseded by canary {canary_revision}"}
