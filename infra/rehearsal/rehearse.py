@@ -48,7 +48,7 @@ from infra.rehearsal.served_metrics import write_visible_minutes
 from infra.rehearsal.timeline import AlertRecord, DecisionRecord, Record, TimelineWriter
 from infra.rehearsal.traffic_driver import TrafficDriver
 from infra.rehearsal.view import LiveView
-from infra.rehearsal.watch import DecisionWatcher, ServiceOutcome
+from infra.rehearsal.watch import DecisionWatcher, RehearsalResult, ServiceOutcome, summary
 from shared.clients.monitoring import metric_service_client
 from shared.clock import ENV as CLOCK_ENV
 from shared.clock import ScaledClock
@@ -75,18 +75,6 @@ class RehearsalOptions:
     memory_limit_mb: int = 512
     policy_file: Path = DEFAULT_POLICY_FILE
     live: bool = True
-
-
-@dataclass
-class RehearsalResult:
-    services: dict[str, ServiceOutcome]
-    report: Path | None
-    timeline: Path
-    wall_s: float
-
-    @property
-    def ok(self) -> bool:
-        return all(outcome.met for outcome in self.services.values())
 
 
 def full_name(service: str) -> str:
@@ -401,29 +389,6 @@ class Rehearsal:
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
-
-
-def summary(result: RehearsalResult) -> str:
-    """What happened, service by service, and where the report is."""
-    lines = [f"\nrehearsal finished in {result.wall_s:.0f} s of wall time"]
-    for outcome in result.services.values():
-        verdict = "as expected" if outcome.met else f"NOT as expected (expected: {outcome.expect})"
-        what = f"phase {outcome.phase}, canary at {outcome.percent} %"
-        if outcome.rolled_back_at:
-            rule = outcome.rollback_rule or "rule ?"
-            what += f"; rolled back at {outcome.rolled_back_at:%H:%M:%S} ({rule})"
-            after = outcome.canary_requests_after_rollback
-            if after is not None:
-                what += f"; canary requests through the service URL since: {after}"
-        if outcome.promoted_at:
-            what += f"; promoted at {outcome.promoted_at:%H:%M:%S}"
-        lines.append(f"  {outcome.service}: {what} — {verdict}")
-        lines.extend(f"      {decision}" for decision in outcome.decisions)
-    lines.append(f"timeline: {result.timeline}")
-    if result.report:
-        history = result.report.with_name("history.md")
-        lines.append(f"report:   {result.report}  (decision history: {history})")
-    return "\n".join(lines)
 
 
 def run(scripts: list[CanaryScript], options: RehearsalOptions, out: TextIO = sys.stdout) -> RehearsalResult:

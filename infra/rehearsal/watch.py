@@ -1,7 +1,7 @@
 """What canary-guard decided during a rehearsal, as Firestore holds it, and the split the
 router serves: each new decision, status and traffic change becomes a timeline record, and each
 service's outcome (rolled back, promoted, and what the canary served through the service URL
-after its rollback) is kept for the summary and the tests."""
+after its rollback) is kept for the summary (`summary`) and the tests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from infra.rehearsal.router import Router
@@ -150,3 +151,38 @@ class DecisionWatcher:
         if outcome.service not in self._canary_served_at_rollback:
             return None
         return self._canary_served(outcome.service) - self._canary_served_at_rollback[outcome.service]
+
+
+@dataclass
+class RehearsalResult:
+    services: dict[str, ServiceOutcome]
+    report: Path | None
+    timeline: Path
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.met for outcome in self.services.values())
+
+
+def summary(result: RehearsalResult) -> str:
+    """What happened, service by service, and where the report is."""
+    lines = [f"\nrehearsal finished in {result.wall_s:.0f} s of wall time"]
+    for outcome in result.services.values():
+        verdict = "as expected" if outcome.met else f"NOT as expected (expected: {outcome.expect})"
+        what = f"phase {outcome.phase}, canary at {outcome.percent} %"
+        if outcome.rolled_back_at:
+            rule = outcome.rollback_rule or "rule ?"
+            what += f"; rolled back at {outcome.rolled_back_at:%H:%M:%S} ({rule})"
+            after = outcome.canary_requests_after_rollback
+            if after is not None:
+                what += f"; canary requests through the service URL since: {after}"
+        if outcome.promoted_at:
+            what += f"; promoted at {outcome.promoted_at:%H:%M:%S}"
+        lines.append(f"  {outcome.service}: {what} — {verdict}")
+        lines.extend(f"      {decision}" for decision in outcome.decisions)
+    lines.append(f"timeline: {result.timeline}")
+    if result.report:
+        history = result.report.with_name("history.md")
+        lines.append(f"report:   {result.report}  (decision history: {history})")
+    return "\n".join(lines)
