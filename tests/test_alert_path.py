@@ -32,7 +32,7 @@ from infra.localstack import PROJECT
 from infra.metrics_feed import Minute, feed
 from shared.clients.store import RolloutStore, rollout_id
 from tests.conftest import LOCATION, SHOP, deploy_canary
-from tests.payloads import cloudevent_data, incident_message
+from tests.payloads import cloudevent_data, cloudevent_headers, incident_message
 
 pytestmark = pytest.mark.emulators
 
@@ -158,15 +158,9 @@ print(json.dumps({{
 def pubsub_push(payload: dict, topic: str) -> tuple[str, dict[str, str]]:
     """A Pub/Sub message as Eventarc posts it to a function: a binary-mode CloudEvent."""
     message_id = uuid.uuid4().hex
-    headers = {
-        "ce-id": message_id,
-        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-        "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/{topic}",
-        "ce-specversion": "1.0",
-        "ce-time": T0.isoformat(),
-        "Content-Type": "application/json",
-    }
-    return json.dumps(cloudevent_data(payload, message_id=message_id, publish_time=T0.isoformat())), headers
+    data = cloudevent_data(payload, message_id=message_id, publish_time=T0, topic=topic, project=PROJECT)
+    headers = cloudevent_headers(message_id=message_id, publish_time=T0, topic=topic, project=PROJECT)
+    return json.dumps(data), headers
 
 
 def incident(state: str) -> dict:

@@ -29,7 +29,7 @@ from shared.clients.store import (
 )
 from shared.core.ledger import Phase
 from tests.conftest import DECISION_RETENTION_DAYS, FOREIGN, LOCATION, SHOP, deploy_canary
-from tests.payloads import DROP, cloudevent_data, incident_message
+from tests.payloads import DROP, cloudevent_data, cloudevent_headers, incident_message
 from tests.test_events import CATALOGUE
 
 pytestmark = pytest.mark.emulators
@@ -66,14 +66,7 @@ def at(seconds: float) -> str:
 
 def post_event(fn, data: dict, *, event_id: str, topic: str = ALERTS_TOPIC) -> requests.Response:
     """A binary-mode CloudEvent, as Eventarc delivers a Pub/Sub message."""
-    headers = {
-        "ce-id": event_id,
-        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-        "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/{topic}",
-        "ce-specversion": "1.0",
-        "ce-time": at(0),
-        "Content-Type": "application/json",
-    }
+    headers = cloudevent_headers(message_id=event_id, publish_time=at(0), topic=topic, project=PROJECT)
     return requests.post(fn.url + "/", data=json.dumps(data), headers=headers, timeout=30)
 
 
