@@ -106,6 +106,22 @@ ROLLBACK = FilesCrossed(
     },
 )
 
+# The first alert of a canary never seen also reads the live split and registers the rollout.
+FIRST_ALERT = FilesCrossed(
+    deepest=[
+        "functions/main.py",
+        "shared/handlers/breach.py",
+        "shared/clients/store.py",  # register: the rollout, in one transaction
+        "shared/clients/store_base.py",  # the transaction runner, then the outbox flushed
+        "shared/handlers/notify.py",  # the outbox's sink
+        "shared/core/notifications.py",  # the chat message of "started"
+    ],
+    main_line=ALERT.main_line | {"shared/clients/cloudrun.py", "shared/core/traffic.py"},  # discover_canary
+    beneath=ALERT.beneath,
+)
+# The bar docs/ARCHITECTURE.md sets: one chain of calls crosses at most this many project files.
+DEEPEST_AT_MOST = 6
+
 TRACE = """
 import json, os, sys
 from functions_framework import create_app
@@ -237,7 +253,7 @@ def test_an_alert_to_its_rollback_request(env, store, monitoring, rollback_reque
     assert rollout is not None and rollout.rollback_requested and rollout.rollback_published
     [request] = rollback_requests(expect_at_least=1)
     assert request["rule"] == "error_rate"
-    assert path["deepest"] == ALERT.deepest
+    assert path["deepest"] == ALERT.deepest and len(ALERT.deepest) <= DEEPEST_AT_MOST
     assert set(path["main_line"]) == ALERT.main_line
     assert set(path["crossed"]) == ALERT.main_line | ALERT.beneath
 
@@ -255,7 +271,7 @@ def test_the_rollback_request_to_the_stable_revision(env, store, cloudrun):
     path = trace("rollback", "shared/handlers/rollback.py", stale, request, "canary-rollback-requests", env)
     live = {t["revision"]: t.get("percent", 0) for t in cloudrun.service(SHOP)["traffic"]}
     assert live == {"shop-00001": 100, "shop-00002": 0}
-    assert path["deepest"] == ROLLBACK.deepest
+    assert path["deepest"] == ROLLBACK.deepest and len(ROLLBACK.deepest) <= DEEPEST_AT_MOST
     assert set(path["main_line"]) == ROLLBACK.main_line
     assert set(path["crossed"]) == ROLLBACK.main_line | ROLLBACK.beneath
 
@@ -263,11 +279,38 @@ def test_the_rollback_request_to_the_stable_revision(env, store, cloudrun):
 def test_the_architecture_page_tells_the_path_as_measured():
     page = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
     section = " ".join(page.split("## One alert, through the files", 1)[1].split("\n## ", 1)[0].split())
-    for measured in (ALERT, ROLLBACK):
+    for measured in (ALERT, FIRST_ALERT, ROLLBACK):
         for path in measured.main_line | measured.beneath:
             assert f"`{path}`" in section, f"{path} is on the alert's path but not on the page"
-    deepest = max(len(ALERT.deepest), len(ROLLBACK.deepest))
+    deepest = max(len(ALERT.deepest), len(FIRST_ALERT.deepest), len(ROLLBACK.deepest))
     assert f"deepest call path crosses {deepest} project files" in section
+    first = FIRST_ALERT.main_line | FIRST_ALERT.beneath
+    assert f"a canary's first alert, {len(FIRST_ALERT.main_line)} and {len(first)}" in section
     assert f"{len(ALERT.main_line)} files on the main line" in section
     assert f"{len(ALERT.main_line | ALERT.beneath)} files in all" in section
     assert f"rollback {len(ROLLBACK.main_line)} and {len(ROLLBACK.main_line | ROLLBACK.beneath)}" in section
+
+
+def test_the_first_alert_of_a_canary_never_seen(
+    env, firestore_clean, cloudrun, monitoring, rollback_requests
+):
+    """No rollout yet (deployed outside the CLI): the alert learns it from Cloud Run and registers it."""
+    deploy_canary(cloudrun)
+    feed(
+        monitoring,
+        project=PROJECT,
+        location=LOCATION,
+        service="shop",
+        revision="shop-00002",
+        minutes=[T0 - timedelta(minutes=m) for m in (2, 1, 0)],
+        traffic=Minute(requests=200, errors=10),
+    )
+    foreign = incident_message(rule="error_rate", service="not-watched", project=PROJECT, location=LOCATION)
+    path = trace(
+        "breach_counter", "shared/handlers/breach.py", foreign, incident("open"), "canary-alerts", env
+    )
+    rollout = RolloutStore(PROJECT).get(rollout_id(SHOP, "shop-00002"))
+    assert rollout is not None and rollout.rollback_requested and rollout.rollback_published
+    assert path["deepest"] == FIRST_ALERT.deepest and len(FIRST_ALERT.deepest) <= DEEPEST_AT_MOST
+    assert set(path["main_line"]) == FIRST_ALERT.main_line
+    assert set(path["crossed"]) == FIRST_ALERT.main_line | FIRST_ALERT.beneath
