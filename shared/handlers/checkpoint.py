@@ -6,32 +6,26 @@ judges one), or, with CHECKPOINT_TOPIC, sent to checkpoint_worker instances (sha
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared import clock
-from shared.clients.store import Rollout
 from shared.config import ServiceRef, Settings
-from shared.core.judge import step_window
-from shared.handlers.breach import lookback_window
+from shared.handlers.checkpoint_minute import read_minutes, resend_notifications, runtime_clients
 from shared.handlers.checkpoint_rollout import (
-    WATCHED_PHASES,
     Clients,
-    _checkpoint_service,
     checkpoint_rollout,
+    checkpoint_service,
 )
-from shared.handlers.notify import REPUBLISH_AFTER
 from shared.handlers.step import StepResult, change_step
 from shared.logs import Report, log
 from shared.policy import Policy
 
 if TYPE_CHECKING:
-    from shared.core.metrics_source import MetricsSource
+    pass
 
 # What callers import from here: the checkpoint's clients, one rollout's checkpoint, a step.
 __all__ = [
@@ -46,63 +40,12 @@ __all__ = [
 ]
 
 
-# The longest window read minute by minute: the first step's hour of soak plus the Monitoring
-# lag. Longer step windows (a day's soak at 10-50 %) are read in hour blocks instead.
-MAX_BATCHED_READ = timedelta(minutes=90)
-HOUR = timedelta(hours=1)
-
-
 # Services checked at once by one process (Cloud Run reads and Firestore transactions stay per
 # rollout); with CHECKPOINT_TOPIC set the work is spread over checkpoint_worker instances instead.
 CHECKPOINT_CONCURRENCY = 32
 
 
 RUN_BUDGET = timedelta(minutes=1)  # the checkpoint's schedule: one run per minute
-
-
-def read_minutes(
-    services: Sequence[ServiceRef],
-    rollouts: Mapping[str, Rollout | None],
-    *,
-    now: datetime,
-    policy: Policy,
-    reader: MetricsSource,
-) -> MetricsSource:
-    """The minute's metrics for every service in batched reads (`platform_minutes`): minute by
-    minute over the lookback window and the step windows so far, up to MAX_BATCHED_READ; and,
-    when some step window is longer (a day's soak), in hour blocks up to the longest soak of the
-    ramp. A reader without a batched read, or a batched read that fails, leaves each rollout to
-    read its own."""
-    batched = getattr(reader, "platform_minutes", None)
-    if batched is None or not services:
-        return reader
-    from shared.core.minutes import RecordedMinutes
-
-    keys = [(s.location, s.service) for s in services]
-    start, end = lookback_window(now, policy)
-    step_starts = [
-        step_window(rollout.step_started_at, now, policy)[0]
-        for rollout in rollouts.values()
-        if rollout is not None and rollout.phase in WATCHED_PHASES
-    ]
-    start = max(min([start, *step_starts]), end - MAX_BATCHED_READ)
-    try:
-        source = RecordedMinutes(batched(keys, start=start, end=end), start=start, end=end, fallback=reader)
-    except Exception as exc:  # Monitoring failing: each rollout's own read retries, or fails alone
-        log("WARNING", f"batched metrics read failed, each rollout reads its own: {exc}")
-        return reader
-    longer = [first for first in step_starts if first < start]
-    if longer:
-        step_end = step_window(now, now, policy)[1]
-        longest = max(step.soak_minutes for step in policy.ramp) + policy.checkpoint.data_lag_minutes
-        hours = min(math.ceil((step_end - min(longer)) / HOUR), math.ceil(longest / 60))
-        hours_start = step_end - hours * HOUR
-        try:
-            blocks = batched(keys, start=hours_start, end=step_end, period=HOUR)
-            source.hours = RecordedMinutes(blocks, start=hours_start, end=step_end)
-        except Exception as exc:  # those rollouts read their own step window
-            log("WARNING", f"batched read of the long step windows failed: {exc}")
-    return source
 
 
 def run_checkpoints(
@@ -117,7 +60,7 @@ def run_checkpoints(
     process: Monitoring read once for all, then the services checked CHECKPOINT_CONCURRENCY at
     a time. A service whose checkpoint fails is reported as ERROR (and logged); the others
     still run."""
-    _resend_notifications(clients)
+    resend_notifications(clients)
     services = [only] if only else list(settings.services)
     rollouts = clients.store.active_many([s.name for s in services])
     source = read_minutes(services, rollouts, now=now, policy=policy, reader=clients.reader)
@@ -125,7 +68,7 @@ def run_checkpoints(
 
     def check(service: ServiceRef) -> Report:
         try:
-            return _checkpoint_service(
+            return checkpoint_service(
                 service,
                 now=now,
                 settings=settings,
@@ -142,26 +85,6 @@ def run_checkpoints(
         return [check(services[0])]
     with ThreadPoolExecutor(min(CHECKPOINT_CONCURRENCY, len(services)), "checkpoint") as pool:
         return list(pool.map(check, services))
-
-
-def _resend_notifications(clients: Clients) -> None:
-    try:  # notifications committed but never sent on (the process stopped): send them now
-        # The process clock, not the checkpoint's `now`: the outbox is stamped when it was written.
-        clients.store.resend_notifications(older_than=clock.now() - REPUBLISH_AFTER)
-    except Exception as exc:  # the next run tries again; judging the canaries comes first
-        log("WARNING", f"unsent notifications not re-sent: {exc!r}")
-
-
-def runtime_clients() -> Clients:
-    from shared import runtime
-
-    return Clients(
-        store=runtime.store(),
-        traffic=runtime.traffic(),
-        reader=runtime.reader(),
-        writer=runtime.writer(),
-        publisher=runtime.publisher(),
-    )
 
 
 def handle_checkpoint(

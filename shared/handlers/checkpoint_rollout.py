@@ -63,7 +63,7 @@ class Clients:
     notifier: object | None = None
 
 
-def _step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datetime, datetime]:
+def rollout_step_window(rollout: Rollout, now: datetime, policy: Policy) -> tuple[datetime, datetime]:
     return step_window(rollout.step_started_at, now, policy)
 
 
@@ -115,7 +115,7 @@ def checkpoint_rollout(
         )
 
     # The step's verdict over its whole window so far.
-    step_start, end = _step_window(rollout, now, policy)
+    step_start, end = rollout_step_window(rollout, now, policy)
     query = {"location": service.location, "service": service.service, "revision": rollout.canary_revision}
     # canary-guard's own load tests: their minutes are left out of request counts and latency.
     load_tests = [load.minutes for load in synthetic_in(step_start, end, rollout.synthetic_traffic)]
@@ -242,7 +242,7 @@ def _write_metrics(
 MAX_LEASE = timedelta(minutes=2)
 
 
-def _checkpoint_service(
+def checkpoint_service(
     service: ServiceRef,
     *,
     now: datetime,

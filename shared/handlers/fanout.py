@@ -4,7 +4,7 @@ dispatcher and `checkpoint_worker` judges one service per message.
 The dispatcher reads Monitoring once for every watched service (shared/core/minutes.py), and
 publishes one message per service carrying that service's minutes; Pub/Sub pushes each to a
 checkpoint_worker instance, which runs the same per-service checkpoint as the in-process path
-(`shared.handlers.checkpoint_rollout._checkpoint_service`) on those minutes. Cloud Functions
+(`shared.handlers.checkpoint_rollout.checkpoint_service`) on those minutes. Cloud Functions
 scales the workers out, so a minute over hundreds of rollouts takes about as long as a few.
 
 At-least-once delivery is harmless: a minute is judged into the evidence ledger (a join: the
@@ -24,8 +24,8 @@ from shared.clients.pubsub import encode_json
 from shared.config import ServiceRef, Settings
 from shared.events import MAX_PAYLOAD_BYTES, MalformedEvent, parse_time, pubsub_message
 from shared.handlers.breach import lookback_window
-from shared.handlers.checkpoint import _resend_notifications, read_minutes
-from shared.handlers.checkpoint_rollout import Clients, _checkpoint_service, _step_window
+from shared.handlers.checkpoint_minute import read_minutes, resend_notifications, runtime_clients
+from shared.handlers.checkpoint_rollout import Clients, checkpoint_service, rollout_step_window
 from shared.logs import Report
 from shared.policy import Policy
 
@@ -89,7 +89,7 @@ def dispatch_checkpoints(
 ) -> list[Report]:
     """The minute's batched read, then one message per watched service to CHECKPOINT_TOPIC."""
     assert settings.checkpoint_topic, "dispatch needs CHECKPOINT_TOPIC"
-    _resend_notifications(clients)
+    resend_notifications(clients)
     services = list(settings.services)
     rollouts = clients.store.active_many([s.name for s in services])
     source = read_minutes(services, rollouts, now=now, policy=policy, reader=clients.reader)
@@ -142,8 +142,6 @@ def handle_checkpoint_message(
             "WARNING", f"checkpoint message ignored: {exc}", event_id=event_id, outcome="not_watched"
         )
     if clients is None:
-        from shared.handlers.checkpoint import runtime_clients
-
         clients = runtime_clients()
     try:
         source = _message_minutes(body, service, clients.reader)
@@ -156,7 +154,9 @@ def handle_checkpoint_message(
         )
 
     rollout = clients.store.active(service.name)
-    if rollout is not None and _judged_later(rollout.last_verdict, _step_window(rollout, now, policy)[1]):
+    if rollout is not None and _judged_later(
+        rollout.last_verdict, rollout_step_window(rollout, now, policy)[1]
+    ):
         return Report(
             "INFO",
             f"{service.service}: minute {now:%H:%M}Z already superseded by a later checkpoint",
@@ -164,7 +164,7 @@ def handle_checkpoint_message(
             event_id=event_id,
             action="superseded",
         )
-    report = _checkpoint_service(
+    report = checkpoint_service(
         service,
         now=now,
         settings=settings,
