@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,11 +31,9 @@ from typing import Any
 
 import requests
 
+from infra.demo_stack import CART, LOCATION, SERVICE, demo_minutes
 from infra.localstack import ALERTS_TOPIC, PROJECT, local_stack
 
-LOCATION = "us-central1"
-SERVICE = f"projects/{PROJECT}/locations/{LOCATION}/services/shop"
-CART = f"projects/{PROJECT}/locations/{LOCATION}/services/cart"  # a second service, guarded at once
 OBSERVED = {"error_rate": ("0.06", "0.01"), "memory": ("0.93", "0.85")}
 
 
@@ -80,21 +77,6 @@ def incident(
             "threshold_value": threshold,
         },
     }
-
-
-def demo_minutes(monitoring: Any, service: str, revision: str, minutes: list[datetime], traffic: Any) -> None:
-    """The revision's traffic in these minutes, written to the Monitoring stand-in."""
-    from infra.metrics_feed import feed
-
-    feed(
-        monitoring,
-        project=PROJECT,
-        location=LOCATION,
-        service=service,
-        revision=revision,
-        minutes=minutes,
-        traffic=traffic,
-    )
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30) -> None:
@@ -233,13 +215,6 @@ def deploy(stack: Any, canary: str, revisions: list[str], percent: int = 5) -> N
         ],
     )
     print(f"\n▶ canary {canary} deployed at {percent}%: {show_split(split(stack))}")
-
-
-def cli(stack: Any, *args: str) -> None:
-    """Run the operator CLI as a user would, against the local stack, and show its output."""
-    print(f"\n$ canary-guard {' '.join(args)}")
-    done = stack.operator_cli(*args)
-    print(textwrap.indent(done.stdout.rstrip() or done.stderr.rstrip(), "  "))
 
 
 def main(argv: list[str] | None = None) -> int:

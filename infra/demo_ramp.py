@@ -1,6 +1,7 @@
 """Two more demos on the local stack: `./dev demo --ramp` (checkpoints walk a healthy canary
 5 % → 100 %, and the operator CLI) and `./dev demo --load-test` (the load test and the
-rate-limit probe against two local targets). The main demo is infra/demo.py."""
+rate-limit probe against two local targets). The main demo is infra/demo.py; what they
+share, infra/demo_stack.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import requests
 
-from infra.demo import SERVICE, cli, demo_minutes
+from infra.demo_stack import SERVICE, cli, demo_minutes
 from infra.localstack import PROJECT, local_stack
 
 
