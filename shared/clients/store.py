@@ -59,9 +59,9 @@ from shared.clients.store_docs import (
     SERVICES,
     RollbackMarker,
     Rollout,
-    _event_key,
-    _key,
-    _ledger_doc,
+    doc_key,
+    event_doc_key,
+    ledger_doc,
     rollout_id,
 )
 from shared.clients.store_phases import PhaseStore
@@ -112,7 +112,7 @@ class RolloutStore(PhaseStore, CoordinationStore, RecordsStore):
         """`active` for many services in two batched reads (whatever their number)."""
         pointers = self._db.get_all([self._service_ref(name) for name in service_names])
         by_key = {snap.id: (snap.to_dict() or {}).get("active_rollout") for snap in pointers if snap.exists}
-        rids = {name: by_key.get(_key(name)) for name in service_names}
+        rids = {name: by_key.get(doc_key(name)) for name in service_names}
         wanted = sorted({rid for rid in rids.values() if rid})
         found = {
             snap.id: Rollout.from_doc(snap.id, snap.to_dict())
@@ -237,7 +237,7 @@ class RolloutStore(PhaseStore, CoordinationStore, RecordsStore):
         request can be (re)published until it is confirmed (outbox pattern).
         """
         rollout_ref = self._rollout_ref(rid)
-        marker_ref = rollout_ref.collection(APPLIED).document(_event_key(event_id)) if event_id else None
+        marker_ref = rollout_ref.collection(APPLIED).document(event_doc_key(event_id)) if event_id else None
         result: dict[str, Any] = {}
 
         def txn_body(txn: firestore.Transaction) -> None:
@@ -278,7 +278,7 @@ class RolloutStore(PhaseStore, CoordinationStore, RecordsStore):
             result.update(decision=decision, rollout=rollout, request=request)
             if decision.outcome in (Outcome.NOT_RUNNING, Outcome.UNCHANGED):
                 return
-            update: dict[str, Any] = {"ledger": _ledger_doc(decision.ledger), "updated_at": written_at}
+            update: dict[str, Any] = {"ledger": ledger_doc(decision.ledger), "updated_at": written_at}
             changed = [
                 {"minute": minute_key(e.minute), "rule": e.rule, **e.as_doc()} for e in decision.changed
             ]

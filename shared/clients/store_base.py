@@ -24,9 +24,9 @@ from shared.clients.store_docs import (
     ROLLBACK_MESSAGES,
     ROLLOUTS,
     SERVICES,
-    _event_key,
-    _jsonable,
-    _key,
+    doc_key,
+    event_doc_key,
+    jsonable,
 )
 from shared.core.notifications import Notification, should_notify
 from shared.logs import log
@@ -142,7 +142,7 @@ class StoreBase:
         channel should hear of it: a crash after the commit loses nothing (checkpoints re-send)."""
         if self._sink is None or not should_notify(kind, data):
             return
-        note = Notification(decision_id, rid, kind, now.isoformat(), _jsonable(dict(data)))
+        note = Notification(decision_id, rid, kind, now.isoformat(), jsonable(dict(data)))
         writer.set(
             self._db.collection(NOTIFICATIONS).document(decision_id),
             {
@@ -173,10 +173,10 @@ class StoreBase:
         return self._db.collection(ROLLOUTS).document(rid)
 
     def _service_ref(self, service_name: str) -> firestore.DocumentReference:
-        return self._db.collection(SERVICES).document(_key(service_name))
+        return self._db.collection(SERVICES).document(doc_key(service_name))
 
     def _marker_ref(self, message_id: str) -> firestore.DocumentReference:
-        return self._db.collection(ROLLBACK_MESSAGES).document(_event_key(message_id))
+        return self._db.collection(ROLLBACK_MESSAGES).document(event_doc_key(message_id))
 
     def _transact(self, key: str, body: Callable[[firestore.Transaction], T]) -> T:
         """Run `body` in a transaction, serialised per rollout within this process and retrying
@@ -222,7 +222,7 @@ class StoreBase:
     ) -> None:
         """Append one history entry; a deterministic key makes a redelivered write land on the same doc."""
         decisions = self._rollout_ref(rid).collection(DECISIONS)
-        ref = decisions.document(_event_key(key)) if key else decisions.document()
+        ref = decisions.document(event_doc_key(key)) if key else decisions.document()
         now = self._now()
         txn.set(ref, self._decision_doc(now, kind, data))
         self._enqueue(txn, ref.id, rid, kind, now, data)

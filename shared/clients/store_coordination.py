@@ -19,7 +19,7 @@ from shared.clients.store_docs import (
     NOTIFICATION_LEASE,
     NOTIFICATIONS,
     RollbackMarker,
-    _plain,
+    plain_datetime,
 )
 from shared.core.notifications import Notification
 
@@ -96,7 +96,7 @@ class CoordinationStore(StoreBase):
             service=data.get("service", ""),
             rollout=data.get("rollout"),
             canary_revision=data.get("canary_revision"),
-            at=_plain(data.get("at")),
+            at=plain_datetime(data.get("at")),
         )
 
     def mark_rollback_message(self, marker: RollbackMarker) -> None:

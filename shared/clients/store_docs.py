@@ -31,7 +31,7 @@ NOTIFICATION_LEASE = timedelta(seconds=60)
 MARKER_TTL = timedelta(days=30)
 
 
-def _key(text: str) -> str:
+def doc_key(text: str) -> str:
     """A Firestore-safe document id: readable, no '/', bounded length."""
     safe = (
         text.replace("projects/", "").replace("/locations/", "~").replace("/services/", "~").replace("/", "~")
@@ -42,10 +42,10 @@ def _key(text: str) -> str:
 
 
 def rollout_id(service_name: str, canary_revision: str) -> str:
-    return _key(f"{service_name}/{canary_revision}")
+    return doc_key(f"{service_name}/{canary_revision}")
 
 
-def _event_key(event_id: str) -> str:
+def event_doc_key(event_id: str) -> str:
     """A document id derived from an event id: no input (".", "..", "__x__", "/", 1,500+ bytes)
     can form an id Firestore refuses."""
     return hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -126,33 +126,37 @@ class Rollout:
             stable_revision=data["stable_revision"],
             phase=Phase(data["phase"]),
             canary_percent=int(data.get("canary_percent", 0)),
-            step_started_at=_plain(data["step_started_at"]),
+            step_started_at=plain_datetime(data["step_started_at"]),
             started_by=data.get("started_by", ""),
             paused=bool(data.get("paused", False)),
             ledger=ledger,
             rollback_requested=bool(data.get("rollback_requested", False)),
             rollback_request=data.get("rollback_request"),
             rollback_published=bool(data.get("rollback_published", False)),
-            rollback_published_at=_plain(data.get("rollback_published_at")),
+            rollback_published_at=plain_datetime(data.get("rollback_published_at")),
             redrive_count=int(data.get("redrive_count", 0)),
-            redrive_at=_plain(data.get("redrive_at")),
+            redrive_at=plain_datetime(data.get("redrive_at")),
             last_verdict=data.get("last_verdict"),
             last_load_test=data.get("last_load_test"),
-            created_at=_plain(data.get("created_at")),
-            updated_at=_plain(data.get("updated_at")),
+            created_at=plain_datetime(data.get("created_at")),
+            updated_at=plain_datetime(data.get("updated_at")),
             synthetic_traffic=tuple(
-                SyntheticTraffic(_plain(load["started_at"]), _plain(load["ended_at"]), bool(load["finished"]))
+                SyntheticTraffic(
+                    plain_datetime(load["started_at"]),
+                    plain_datetime(load["ended_at"]),
+                    bool(load["finished"]),
+                )
                 for load in (data.get("synthetic_traffic") or {}).values()
             ),
         )
 
 
-def _synthetic_entry(run_id: str, traffic: SyntheticTraffic) -> dict[str, Any]:
+def synthetic_doc(run_id: str, traffic: SyntheticTraffic) -> dict[str, Any]:
     """The update that sets one run's entry of the rollout's `synthetic_traffic` map."""
     return {f"synthetic_traffic.{run_id}": traffic.as_dict()}
 
 
-def _plain(moment: datetime | None) -> datetime | None:
+def plain_datetime(moment: datetime | None) -> datetime | None:
     """Firestore's DatetimeWithNanoseconds as a plain aware datetime (safe to compute with and
     to write back)."""
     if moment is None:
@@ -160,18 +164,18 @@ def _plain(moment: datetime | None) -> datetime | None:
     return datetime.fromisoformat(moment.isoformat()).astimezone(UTC)
 
 
-def _ledger_doc(ledger: Ledger) -> dict[str, Any]:
+def ledger_doc(ledger: Ledger) -> dict[str, Any]:
     return {rule: {minute_key(m): e.as_doc() for m, e in minutes.items()} for rule, minutes in ledger.items()}
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """A decision's data as JSON (datetimes as RFC 3339), for the notification message."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)

@@ -10,7 +10,7 @@ from typing import Any
 from google.cloud import firestore
 
 from shared.clients.store_base import StoreBase
-from shared.clients.store_docs import DECISIONS, EXPIRES_AT, RollbackMarker, _synthetic_entry
+from shared.clients.store_docs import DECISIONS, EXPIRES_AT, RollbackMarker, synthetic_doc
 from shared.core.judge import SyntheticTraffic
 
 
@@ -44,7 +44,7 @@ class RecordsStore(StoreBase):
     def note_synthetic_traffic(self, rid: str, run_id: str, traffic: SyntheticTraffic) -> None:
         """When a load test run hits the canary (before it starts: until its deadline), by run.
         `run_id` must be a plain field name (letters, digits, _), e.g. "run_" + a uuid's hex."""
-        self._rollout_ref(rid).update(_synthetic_entry(run_id, traffic))
+        self._rollout_ref(rid).update(synthetic_doc(run_id, traffic))
 
     def record_load_test(
         self,
@@ -54,7 +54,7 @@ class RecordsStore(StoreBase):
     ) -> None:
         """The last load test / probe result on the rollout plus its history entry, and when the
         run (by id) hit the canary: checkpoints leave those minutes out of its request metrics."""
-        extra = _synthetic_entry(*synthetic) if synthetic else {}
+        extra = synthetic_doc(*synthetic) if synthetic else {}
         self._record_latest(rid, "last_load_test", "load_test", record, extra)
 
     def _record_latest(
