@@ -1,4 +1,4 @@
-"""The store's per-rollout locks within one process (shared/clients/store_base.py _KeyedLocks):
+"""The store's per-rollout locks within one process (shared/clients/store_base.py KeyedLocks):
 requests of one instance queue on a rollout instead of contending in Firestore, and nothing is
 kept for the rollouts nobody is working on."""
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 def test_the_per_rollout_locks_of_a_process_are_freed_when_nobody_holds_them():
     import threading
 
-    from shared.clients.store import _KeyedLocks
+    from shared.clients.store import KeyedLocks
 
-    locks = _KeyedLocks()
+    locks = KeyedLocks()
     order: list[str] = []
 
     def second() -> None:

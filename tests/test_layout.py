@@ -95,3 +95,68 @@ def test_the_documented_checkpoint_call_is_the_handler():
     assert facade.Clients is handler.Clients
     assert sorted(facade.__all__) == sorted(handler.__all__)
     assert all(getattr(facade, name) is getattr(handler, name) for name in handler.__all__)
+
+
+def _graph(folders: tuple[str, ...]) -> dict[str, set[str]]:
+    modules = {_module(path): path for folder in folders for path in sources(ROOT / folder)}
+    return {
+        name: {n for n in project_imports(path) if n in modules and n != name}
+        for name, path in modules.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """A reader can read any module after what it imports: no circle of imports, counting the
+    imports inside functions too (a lazy import is still a dependency)."""
+    assert _cycles(_graph(("shared", "functions", "infra", "bench"))) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize(
+    "path", sources(SHARED) + sources(ROOT / "infra"), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_no_private_name_is_imported_from_another_module(path):
+    """A name with a leading underscore belongs to its module; what other modules need is public."""
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PROJECT
+        for alias in node.names
+        if alias.name.startswith("_") and alias.name != "__all__"
+    ]
+    assert not private, f"{_module(path)} imports private names {private}"

@@ -11,7 +11,7 @@ from datetime import datetime
 from google.api import metric_pb2, monitored_resource_pb2
 from google.cloud import monitoring_v3
 
-from shared.clients.monitoring import CALL_TIMEOUT_S, _MonitoringApi
+from shared.clients.monitoring import CALL_TIMEOUT_S, MonitoringApi
 
 CUSTOM_METRIC_PREFIX = "custom.googleapis.com/canary_guard/"
 MAX_SERIES_PER_WRITE = 200  # CreateTimeSeries limit
@@ -27,7 +27,7 @@ class CustomPoint:
     at: datetime
 
 
-class MetricWriter(_MonitoringApi):
+class MetricWriter(MonitoringApi):
     """Writes canary-guard custom metrics as GAUGE points on the `global` resource.
 
     `global` (label project_id) is one of the monitored resources Cloud Monitoring accepts for

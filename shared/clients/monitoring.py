@@ -66,7 +66,10 @@ def metric_service_client(endpoint: str | None = None) -> monitoring_v3.MetricSe
     return monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
 
 
-class _MonitoringApi:
+class MonitoringApi:
+    """One project's Cloud Monitoring API: what the reader and canary-guard's own metric writer
+    (shared/clients/custom_metrics.py) are built on."""
+
     def __init__(self, project: str, endpoint: str | None = None) -> None:
         self._project = project
         self._endpoint = endpoint
@@ -80,7 +83,7 @@ class _MonitoringApi:
         return self._client_instance
 
 
-class MonitoringReader(_MonitoringApi):
+class MonitoringReader(MonitoringApi):
     """Reads a Cloud Run revision's request, latency and utilisation metrics."""
 
     def canary_metrics(

@@ -37,12 +37,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from shared.clients.store_base import (
+    KeyedLocks,
     NotificationSink,
     RolloutConflict,
     StoreContention,
     StoreError,
     StoreUnavailable,
-    _KeyedLocks,
     wall_clock,
 )
 from shared.clients.store_coordination import CoordinationStore
@@ -83,6 +83,7 @@ __all__ = [
     "ROLLBACK_MESSAGES",
     "ROLLOUTS",
     "SERVICES",
+    "KeyedLocks",
     "NotificationSink",
     "RollbackMarker",
     "Rollout",
@@ -91,7 +92,6 @@ __all__ = [
     "StoreContention",
     "StoreError",
     "StoreUnavailable",
-    "_KeyedLocks",
     "rollout_id",
     "wall_clock",
 ]

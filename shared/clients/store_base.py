@@ -42,7 +42,7 @@ TXN_DEADLINE_S = 60.0
 TXN_BACKOFF_S = (0.02, 1.0)  # first and largest pause between rounds
 
 
-class _KeyedLocks:
+class KeyedLocks:
     """One lock per rollout id within this process. Concurrent requests in one instance then
     queue instead of contending in Firestore (where lock-upgrade conflicts abort both). A key's
     lock exists only while someone holds or waits for it: a warm instance that sees thousands of
@@ -73,7 +73,7 @@ class _KeyedLocks:
             return len(self._locks)
 
 
-_rollout_locks = _KeyedLocks()
+_rollout_locks = KeyedLocks()
 
 
 class StoreError(RuntimeError):
