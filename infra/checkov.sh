@@ -2,7 +2,7 @@
 # Run checkov on terraform/ from its own virtualenv.
 #
 # checkov pins bc-python-hcl2, which installs a module also named `hcl2` and clashes with the
-# python-hcl2 that tests/test_terraform.py uses, so it lives in .venv-checkov (gitignored by
+# python-hcl2 that the tests/test_terraform_*.py suite uses, so it lives in .venv-checkov (gitignored by
 # the .venv-* pattern), created on first use. Every failed check must be fixed or skipped in
 # the Terraform code with `#checkov:skip=CKV_...:reason`; this script exits non-zero otherwise.
 #

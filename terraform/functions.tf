@@ -163,7 +163,7 @@ locals {
 }
 
 resource "google_cloudfunctions2_function" "function" {
-  #checkov:skip=CKV_GCP_124:Only emergency_rollback allows all ingress: the on-call engineer must reach it from anywhere in an emergency; access is IAM-only (run.invoker for var.emergency_rollback_members, never a public principal). tests/test_terraform.py fails if any other function is not ALLOW_INTERNAL_ONLY.
+  #checkov:skip=CKV_GCP_124:Only emergency_rollback allows all ingress: the on-call engineer must reach it from anywhere in an emergency; access is IAM-only (run.invoker for var.emergency_rollback_members, never a public principal). tests/test_terraform_iam.py fails if any other function is not ALLOW_INTERNAL_ONLY.
   for_each = local.functions
 
   project     = var.project_id

@@ -405,7 +405,7 @@ def test_several_missing_labels_are_all_named():
 
 
 # Metric policies aggregate with a cross-series reducer, which drops every resource label not
-# in group_by_fields. Terraform groups by all three (tests/test_terraform.py checks it); an
+# in group_by_fields. Terraform groups by all three (tests/test_terraform_alerting.py checks it); an
 # incident from a policy grouped by less still decodes when its canary_service label names the
 # service.
 
