@@ -252,3 +252,21 @@ def caller_entry(key: str) -> tuple[str, str]:
 def job_entry(key: str) -> tuple[str, str]:
     """The entry of one Cloud Scheduler job in local.scheduler_jobs (scheduler.tf)."""
     return ("scheduler_jobs", key)
+
+
+def assert_cut_is_reported(
+    tmp_path: Path,
+    policy: dict,
+    filename: str,
+    block: str | None,
+    old: str,
+    new: str,
+    check: str,
+    expected: str,
+) -> None:
+    """Cut one link of a copy of terraform/ (`cut_link`): the check `check` must report `expected`."""
+    cut = cut_link(tmp_path, filename, block, old, new)
+    problems = all_problems(cut, policy)
+    assert any(expected in p for p in problems[check]), (
+        f"{check} did not report {expected!r}: {problems[check]}"
+    )
