@@ -215,6 +215,19 @@ def trace(entry_point: str, handler: str, warm: dict, traced: dict, topic: str, 
     return result
 
 
+def three_bad_minutes(monitoring) -> None:
+    """The canary's three minutes before T0 at 5 % 5xx: an error_rate trip."""
+    feed(
+        monitoring,
+        project=PROJECT,
+        location=LOCATION,
+        service="shop",
+        revision="shop-00002",
+        minutes=[T0 - timedelta(minutes=m) for m in (2, 1, 0)],
+        traffic=Minute(requests=200, errors=10),
+    )
+
+
 @pytest.fixture
 def env(function_env) -> dict[str, str]:
     # The decision clock a minute after the incident opened: its three minutes have settled.
@@ -231,15 +244,7 @@ def store(firestore_clean, cloudrun) -> RolloutStore:
 
 
 def test_an_alert_to_its_rollback_request(env, store, monitoring, rollback_requests):
-    feed(
-        monitoring,
-        project=PROJECT,
-        location=LOCATION,
-        service="shop",
-        revision="shop-00002",
-        minutes=[T0 - timedelta(minutes=m) for m in (2, 1, 0)],
-        traffic=Minute(requests=200, errors=10),
-    )
+    three_bad_minutes(monitoring)
     # Warmed by a closed incident (acknowledged, nothing judged), traced on the open one.
     path = trace(
         "breach_counter",
@@ -296,15 +301,7 @@ def test_the_first_alert_of_a_canary_never_seen(
 ):
     """No rollout yet (deployed outside the CLI): the alert learns it from Cloud Run and registers it."""
     deploy_canary(cloudrun)
-    feed(
-        monitoring,
-        project=PROJECT,
-        location=LOCATION,
-        service="shop",
-        revision="shop-00002",
-        minutes=[T0 - timedelta(minutes=m) for m in (2, 1, 0)],
-        traffic=Minute(requests=200, errors=10),
-    )
+    three_bad_minutes(monitoring)
     foreign = incident_message(rule="error_rate", service="not-watched", project=PROJECT, location=LOCATION)
     path = trace(
         "breach_counter", "shared/handlers/breach.py", foreign, incident("open"), "canary-alerts", env

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared import clock
 from shared.config import ServiceRef, Settings
@@ -23,9 +23,6 @@ from shared.handlers.checkpoint_rollout import (
 from shared.handlers.step import StepResult, change_step
 from shared.logs import Report, log
 from shared.policy import Policy
-
-if TYPE_CHECKING:
-    pass
 
 # What callers import from here: the checkpoint's clients, one rollout's checkpoint, a step.
 __all__ = [
